@@ -1,0 +1,117 @@
+"""Losses in nats per image: reconstruction NLL, KL per latent dimension, and the objectives.
+
+−ELBO = E_q[−log p(x|z)] + Σ_j KL(q_j(z_j|x) ‖ N(0, 1)), with the closed form
+KL_j = ½(μ_j² + σ_j² − log σ_j² − 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from vae_service.core.model import VAE
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, σ²) ‖ N(0, 1)) per example and latent dimension, shape (batch, latent_dim)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)
+
+
+def reconstruction_nll(output: torch.Tensor, x: torch.Tensor, likelihood: str, log_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """−log p(x|z) per example (nats), summed over pixels.
+
+    Bernoulli takes logits (cross-entropy also accepts grey-level targets in [0, 1], as the
+    PyTorch example VAE does); Gaussian takes the mean and a shared learned log-scale.
+    """
+    if likelihood == "bernoulli":
+        per_pixel = F.binary_cross_entropy_with_logits(output, x, reduction="none")
+    else:
+        log_scale = log_scale if log_scale is not None else torch.zeros((), device=x.device)
+        per_pixel = 0.5 * ((x - output) * torch.exp(-log_scale)).pow(2) + log_scale + 0.5 * LOG_2PI
+    return per_pixel.flatten(1).sum(dim=1)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """How the terms are weighted. `kind` is vae, ae or kl_only (see spec.ObjectiveSpec)."""
+
+    kind: str = "vae"
+    beta: float = 1.0
+    warmup_epochs: float = 0.0
+    capacity_max_nats: Optional[float] = None
+    capacity_anneal_epochs: float = 1.0
+    capacity_gamma: float = 1000.0
+
+    def beta_at(self, progress: float) -> float:
+        """β after `progress` epochs (fractional): linear warm-up from 0 when configured."""
+        if self.warmup_epochs <= 0:
+            return self.beta
+        return self.beta * min(1.0, progress / self.warmup_epochs)
+
+    def capacity_at(self, progress: float) -> float:
+        """C(t), rising linearly from 0 to capacity_max_nats over the anneal epochs."""
+        assert self.capacity_max_nats is not None
+        return self.capacity_max_nats * min(1.0, progress / self.capacity_anneal_epochs)
+
+
+@dataclass
+class LossTerms:
+    loss: torch.Tensor  # the scalar that is optimised (batch mean)
+    recon: torch.Tensor  # per example
+    kl_dims: torch.Tensor  # per example and dimension
+    mu: torch.Tensor  # posterior means, for activity statistics
+
+    @property
+    def kl(self) -> torch.Tensor:
+        return self.kl_dims.sum(dim=1)
+
+    @property
+    def neg_elbo(self) -> torch.Tensor:
+        return self.recon + self.kl
+
+
+CODE_FOR_OBJECTIVE = {"vae": "sample", "ae": "mean", "kl_only": "detached"}
+
+
+def compute_loss(model: torch.nn.Module, x: torch.Tensor, objective: Objective, progress: float = 0.0) -> LossTerms:
+    """One forward pass and the objective's loss; reported terms are always the true −ELBO's.
+
+    `model` is a VAE or a DDP wrapper around one (the forward pass must go through the wrapper).
+    kl_only: the encoder is trained by the KL term alone; the decoder still learns from the
+    (uninformative) codes, so it converges to the mean image, as in the article.
+    """
+    vae: VAE = getattr(model, "module", model)
+    output, mu, logvar = model(x, code=CODE_FOR_OBJECTIVE[objective.kind])
+    recon = reconstruction_nll(output, x, vae.config.likelihood, vae.log_scale)
+    kl_dims = kl_per_dim(mu, logvar)
+    kl = kl_dims.sum(dim=1)
+
+    if objective.kind == "ae":
+        loss = recon.mean()
+    elif objective.kind == "kl_only":
+        loss = (recon + kl).mean()
+    elif objective.capacity_max_nats is not None:
+        capacity = objective.capacity_at(progress)
+        loss = recon.mean() + objective.capacity_gamma * (kl.mean() - capacity).abs()
+    else:
+        loss = recon.mean() + objective.beta_at(progress) * kl.mean()
+    return LossTerms(loss=loss, recon=recon, kl_dims=kl_dims, mu=mu.detach())
+
+
+def objective_from_spec(spec) -> Objective:
+    """Builds an Objective from `spec.objective` (an ObjectiveSpec)."""
+    capacity = spec.capacity
+    return Objective(
+        kind=spec.kind,
+        beta=spec.beta,
+        warmup_epochs=spec.warmup_epochs,
+        capacity_max_nats=capacity.max_nats if capacity else None,
+        capacity_anneal_epochs=capacity.anneal_epochs if capacity else 1.0,
+        capacity_gamma=capacity.gamma if capacity else 1000.0,
+    )

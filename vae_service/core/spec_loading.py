@@ -1,0 +1,204 @@
+"""Reading job specs from YAML safely and turning every mistake into `path: reason (line N)`.
+
+Safety: YAML is composed with the safe loader (no Python tags), files over 1 MiB are refused,
+and a document whose alias expansion would exceed `MAX_EXPANDED_NODES` (a "billion laughs"
+bomb) is refused before anything is expanded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+from pydantic import ValidationError
+
+from vae_service.core.spec import TrainSpec
+
+MAX_SPEC_BYTES = 1 << 20
+MAX_EXPANDED_NODES = 10_000
+RESERVED_KINDS = {"sweep": "kind 'sweep' is reserved for Ray Tune sweeps and not available yet"}
+
+
+@dataclass(frozen=True)
+class SpecProblem:
+    path: str
+    reason: str
+    line: Optional[int] = None
+
+    def __str__(self) -> str:
+        where = f" (line {self.line})" if self.line else ""
+        return f"{self.path}: {self.reason}{where}" if self.path else f"{self.reason}{where}"
+
+
+class SpecError(Exception):
+    """A spec that cannot be used; `problems` holds one entry per mistake."""
+
+    def __init__(self, source: str, problems: list[SpecProblem]):
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML → (plain data, line index)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Node count after alias expansion, computed without expanding (aliases share nodes)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = 1  # guards against recursive anchors
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[key] = size
+    return size
+
+
+def _line_index(node: yaml.Node, prefix: tuple = ()) -> dict[tuple, int]:
+    """Maps each key path to the 1-based line where its value starts."""
+    lines = {prefix: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                path = prefix + (key_node.value,)
+                lines[path] = key_node.start_mark.line + 1
+                lines.update({k: v for k, v in _line_index(value_node, path).items() if k != path})
+    elif isinstance(node, yaml.SequenceNode):
+        for i, child in enumerate(node.value):
+            lines.update(_line_index(child, prefix + (i,)))
+    return lines
+
+
+def parse_yaml(text: str, source: str = "<spec>") -> tuple[dict, dict[tuple, int]]:
+    """Parses one YAML mapping safely; returns it with a path → line index."""
+    if len(text.encode("utf-8", "replace")) > MAX_SPEC_BYTES:
+        raise SpecError(source, [SpecProblem("", f"spec is larger than {MAX_SPEC_BYTES} bytes")])
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        reason = f"YAML syntax error: {getattr(exc, 'problem', None) or exc}"
+        raise SpecError(source, [SpecProblem("", reason, mark.line + 1 if mark else None)]) from None
+    if node is None:
+        raise SpecError(source, [SpecProblem("", "spec is empty: expected a mapping such as 'kind: train'")])
+    if _expanded_size(node, {}) > MAX_EXPANDED_NODES:
+        raise SpecError(
+            source,
+            [SpecProblem("", f"YAML aliases expand to more than {MAX_EXPANDED_NODES} nodes; refused")],
+        )
+    if not isinstance(node, yaml.MappingNode):
+        kind = "a list" if isinstance(node, yaml.SequenceNode) else "a single value"
+        raise SpecError(source, [SpecProblem("", f"spec must be a mapping of fields, got {kind}", 1)])
+    try:
+        data = yaml.SafeLoader(text).get_single_data()
+    except yaml.YAMLError as exc:  # e.g. a tag the safe loader refuses
+        mark = getattr(exc, "problem_mark", None)
+        raise SpecError(source, [SpecProblem("", str(getattr(exc, "problem", exc)), mark.line + 1 if mark else None)]) from None
+    return data, _line_index(node)
+
+
+# ---------------------------------------------------------------------------------------------
+# --set a.b=c overrides
+
+
+def parse_override(assignment: str) -> tuple[list[str], Any]:
+    """`optim.lr=3e-4` → (["optim", "lr"], 0.0003); the value is read as a YAML scalar."""
+    path, sep, raw = assignment.partition("=")
+    keys = [k.strip() for k in path.split(".")]
+    if not sep or not all(keys):
+        raise SpecError("--set", [SpecProblem(assignment, "expected the form a.b.c=value")])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw  # not valid YAML: keep it as the literal string
+    return keys, value
+
+
+def apply_overrides(data: dict, assignments: Iterable[str]) -> dict:
+    """Applies `--set` assignments to a (copied) spec dict, creating sections as needed."""
+    result = json.loads(json.dumps(data, default=str)) if data else {}
+    for assignment in assignments:
+        keys, value = parse_override(assignment)
+        section = result
+        for depth, key in enumerate(keys[:-1]):
+            child = section.setdefault(key, {})
+            if not isinstance(child, dict):
+                where = ".".join(keys[: depth + 1])
+                raise SpecError("--set", [SpecProblem(where, f"is not a section, cannot set {assignment}")])
+            section = child
+        section[keys[-1]] = value
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# validation with readable messages
+
+
+def _reason(error: dict) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()))
+        return f"must be {op} {bound} (got {error.get('input')!r})"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')} (got {error.get('input')!r})"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return f"{error['msg']} (got {error.get('input')!r})" if "input" in error else error["msg"]
+
+
+def validate_data(data: Any, source: str = "<spec>", lines: Optional[dict] = None) -> TrainSpec:
+    """Validates a spec dict, raising SpecError with one problem per mistake."""
+    lines = lines or {}
+    if not isinstance(data, dict):
+        raise SpecError(source, [SpecProblem("", "spec must be a mapping of fields")])
+    kind = data.get("kind", "train")
+    if kind in RESERVED_KINDS:
+        raise SpecError(source, [SpecProblem("kind", RESERVED_KINDS[kind], lines.get(("kind",)))])
+    try:
+        return TrainSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+            path = ".".join(str(part) for part in loc)
+            problems.append(SpecProblem(path, _reason(error), line))
+        raise SpecError(source, problems) from None
+
+
+def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> TrainSpec:
+    """Reads, overrides and validates a spec file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(source, [SpecProblem("", "file not found")]) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise SpecError(source, [SpecProblem("", f"cannot read: {exc.__class__.__name__}")]) from None
+    return load_spec_text(text, source, overrides)
+
+
+def load_spec_text(text: str, source: str = "<spec>", overrides: Iterable[str] = ()) -> TrainSpec:
+    data, lines = parse_yaml(text, source)
+    overrides = list(overrides)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return validate_data(data, source, lines)
+
+
+def dump_spec(spec: TrainSpec) -> str:
+    """The normalised spec as YAML (every default filled in)."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,111 @@
+"""Live progress from the workers to the driver's terminal.
+
+Rank 0 pushes step updates to a tiny Ray actor (fire and forget); a driver thread polls it
+and draws a rich progress bar. Per-epoch results come from Ray Train's own reports.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+import ray
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    """Holds the latest progress snapshot (and every finished epoch's metrics)."""
+
+    def __init__(self) -> None:
+        self.latest: dict = {}
+        self.epochs: list[dict] = []
+
+    def update(self, snapshot: dict) -> None:
+        self.latest = snapshot
+
+    def finish_epoch(self, metrics: dict) -> None:
+        self.epochs.append(metrics)
+
+    def read(self) -> tuple[dict, list[dict]]:
+        return self.latest, self.epochs
+
+
+class ProgressDisplay:
+    """Polls a ProgressBoard in a background thread and renders epoch, step, loss, images/s, ETA."""
+
+    def __init__(self, board, epochs: int, console: Console, enabled: bool = True, poll_s: float = 0.25):
+        self.board, self.epochs, self.poll_s = board, epochs, poll_s
+        self.enabled = enabled
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._epochs_shown = 0
+        self._progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(),
+            TextColumn("step {task.fields[step]}/{task.fields[steps]}"),
+            TextColumn("loss {task.fields[loss]:.2f}"),
+            TextColumn("{task.fields[rate]:,.0f} img/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+
+    def __enter__(self) -> "ProgressDisplay":
+        if self.enabled:
+            self._progress.start()
+            self._task = self._progress.add_task(
+                "train", total=self.epochs, epoch=0, epochs=self.epochs, step=0, steps=0, loss=float("nan"), rate=0.0
+            )
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            self._refresh()  # the last epoch's line may have arrived after the last poll
+            self._progress.stop()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            if not self._refresh():
+                return
+
+    def _refresh(self) -> bool:
+        try:
+            snap, epochs = ray.get(self.board.read.remote(), timeout=5)
+        except Exception:  # the cluster is going away: stop drawing, never crash the run
+            return False
+        for metrics in epochs[self._epochs_shown :]:
+            self._progress.console.print(format_epoch(metrics))
+        self._epochs_shown = len(epochs)
+        if snap:
+            done = snap["epoch"] + snap["step"] / max(snap["steps"], 1)
+            self._progress.update(
+                self._task,
+                completed=done,
+                epoch=snap["epoch"] + 1,
+                step=snap["step"],
+                steps=snap["steps"],
+                loss=snap["loss"],
+                rate=snap["images_per_s"],
+            )
+        return True
+
+
+def format_epoch(metrics: dict) -> str:
+    parts = [f"epoch {metrics['epoch'] + 1}", f"train −ELBO {metrics['train_neg_elbo']:.2f}"]
+    if "val_neg_elbo" in metrics:
+        parts += [
+            f"val −ELBO {metrics['val_neg_elbo']:.2f}",
+            f"recon {metrics['val_recon']:.2f}",
+            f"KL {metrics['val_kl']:.2f}",
+            f"active {metrics['active_units']}",
+        ]
+    parts.append(f"{metrics['images_per_s']:,.0f} img/s")
+    return "  ".join(parts)

@@ -1,0 +1,172 @@
+"""Runs one training job on Ray Train and turns the outcome into a `RunResult`.
+
+Embedded default: a local Ray started for the run. With RAY_ADDRESS set, the run joins that
+cluster instead. Everything a run leaves is under `<storage.uri>/<run name>/`:
+  checkpoint_*/     Ray Train checkpoints (pickle-free, see core.checkpoint)
+  model/            final weights (safetensors) + config.json
+  spec.yaml         the normalised spec; metrics.json: per-epoch history and final metrics
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+from rich.console import Console
+
+from vae_service.core.checkpoint import load_checkpoint, read_state, save_model
+from vae_service.core.model import VAE, ModelConfig
+from vae_service.core.spec import TrainSpec
+from vae_service.core.spec_loading import dump_spec
+from vae_service.training.progress import ProgressBoard, ProgressDisplay
+from vae_service.training.worker import train_loop_per_worker
+
+SUMMARY_KEYS = ("val_neg_elbo", "val_recon", "val_kl", "active_units", "images_per_s")
+
+
+class TrainingError(Exception):
+    """Training stopped for a reason the user should see as one line (exit code 1)."""
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    model_dir: str
+    checkpoint: str
+    epochs_completed: int
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+    startup_s: float = 0.0
+    wall_s: float = 0.0
+
+    def to_json(self) -> dict:
+        summary = {k: self.metrics.get(k) for k in SUMMARY_KEYS}
+        summary.update({k: v for k, v in self.metrics.items() if k.startswith("test_")})
+        return {**asdict(self), "metrics": summary, "all_metrics": self.metrics}
+
+
+def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
+    """Connects to RAY_ADDRESS when set, else starts a local Ray for this process."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def new_run_name(spec: TrainSpec) -> str:
+    return f"{spec.name}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The checkpoint with the highest epoch under a run directory, if any."""
+    best, best_epoch = None, -1
+    for state_file in run_dir.glob("checkpoint_*/state.json"):
+        epoch = read_state(state_file.parent).get("epoch", -1)
+        if epoch > best_epoch:
+            best, best_epoch = state_file.parent, epoch
+    return best
+
+
+def _worker_env() -> dict:
+    """Settings the workers need from the driver's environment (data location, caches)."""
+    names = ("VAE_DATA_DIR", "VAE_CACHE_DIR", "VAE_MNIST_MIRROR")
+    return {"env_vars": {n: os.environ[n] for n in names if n in os.environ}}
+
+
+def run_training(
+    spec: TrainSpec,
+    *,
+    resume_dir: Optional[str] = None,
+    console: Optional[Console] = None,
+    show_progress: bool = True,
+) -> RunResult:
+    """Trains `spec` on Ray Train; raises TrainingError for a failed run."""
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    storage = Path(spec.storage.uri).expanduser().resolve()
+    if resume_dir:
+        run_dir = Path(resume_dir).expanduser().resolve()
+        if not run_dir.is_dir():
+            raise TrainingError(f"--resume: {resume_dir} is not a run directory")
+        storage, run_name = run_dir.parent, run_dir.name
+    else:
+        run_name = new_run_name(spec)
+        run_dir = storage / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.yaml").write_text(dump_spec(spec))
+
+    ensure_ray()
+    board = ProgressBoard.remote()
+    resume_from = latest_checkpoint(run_dir) if resume_dir else None
+    if resume_dir and resume_from is None:
+        console.print(f"[yellow]No checkpoint in {run_dir} yet: starting from epoch 1.")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "spec": spec.model_dump(mode="json"),
+            "progress_board": board,
+            "resume_from": str(resume_from) if resume_from else None,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=spec.resources.num_workers,
+            use_gpu=spec.resources.use_gpu,
+            resources_per_worker={"CPU": spec.resources.cpus_per_worker, "GPU": spec.resources.gpus},
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=str(storage),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.storage.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=spec.storage.max_failures),
+            worker_runtime_env=_worker_env(),
+        ),
+    )
+    try:
+        with ProgressDisplay(board, spec.optim.epochs, console, enabled=show_progress):
+            result = trainer.fit()
+        _, history = ray.get(board.read.remote())
+    except ray.train.TrainingFailedError as exc:
+        raise TrainingError(f"training failed: {_root_cause(exc)}") from None
+    finally:
+        ray.kill(board)
+
+    metrics = dict(result.metrics or {})
+    if "non_finite" in metrics:
+        raise TrainingError(metrics["non_finite"])
+    if result.checkpoint is None:
+        raise TrainingError("training finished without a checkpoint")
+    with result.checkpoint.as_directory() as directory:
+        state = read_state(directory)
+        model = VAE(ModelConfig.from_dict(state["model_config"]))
+        load_checkpoint(directory, model)
+    model_dir = save_model(run_dir / "model", model, extra={"spec": spec.model_dump(mode="json"), "metrics": metrics})
+    run = RunResult(
+        run_dir=str(run_dir),
+        model_dir=str(model_dir),
+        checkpoint=result.checkpoint.path,
+        epochs_completed=int(metrics.get("epoch", -1)) + 1,
+        metrics=metrics,
+        history=history,
+        wall_s=time.perf_counter() - started,
+    )
+    (run_dir / "metrics.json").write_text(json.dumps(run.to_json(), indent=2, default=str))
+    return run
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost worker error as one line (Ray wraps it a few times)."""
+    seen = exc
+    while seen.__cause__ is not None:
+        seen = seen.__cause__
+    text = str(seen).strip().splitlines()
+    return text[-1] if text else seen.__class__.__name__

@@ -1,0 +1,169 @@
+"""What each Ray Train worker runs: ordinary PyTorch around the core loop.
+
+Ray only prepares the model (DDP), tells each worker its rank, and persists what rank 0
+reports. Data sharding is ours: every rank takes a disjoint 1/N of a seeded permutation.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any, Optional
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from vae_service.core.checkpoint import load_checkpoint, save_checkpoint
+from vae_service.core.data import Dataset, binarize_static, epoch_shard, load_mnist
+from vae_service.core.loop import NonFiniteLoss, evaluate, train_epoch
+from vae_service.core.model import VAE, ModelConfig
+from vae_service.core.objective import objective_from_spec
+from vae_service.core.spec import TrainSpec
+
+PROGRESS_INTERVAL_S = 0.5
+
+
+def model_config_for(spec: TrainSpec, image_shape: tuple[int, int, int]) -> ModelConfig:
+    m = spec.model
+    return ModelConfig(
+        image_shape=tuple(image_shape),
+        latent_dim=m.latent_dim,
+        arch=m.arch,
+        hidden=tuple(m.hidden),
+        channels=tuple(m.channels),
+        likelihood=m.likelihood,
+    )
+
+
+def load_data(spec: TrainSpec, device: torch.device) -> Dataset:
+    d = spec.data
+    data = load_mnist(d.root, download=d.download, val_fraction=d.val_fraction, limit=d.limit)
+    if d.binarize == "static":
+        data = Dataset(*(type(s)(binarize_static(s.images, seed=i), s.labels) for i, s in enumerate((data.train, data.val, data.test))))
+    return data.to(device)
+
+
+def seed_everything(seed: Optional[int], epoch: int, rank: int) -> None:
+    """Per-epoch, per-rank seeding: a resumed run draws the same noise as an uninterrupted one."""
+    if seed is not None:
+        torch.manual_seed((seed * 1_000_003 + epoch) * 1024 + rank)
+
+
+class ProgressReporter:
+    """Rank 0 pushes step progress to the driver's progress actor at most every 0.5 s."""
+
+    def __init__(self, board: Any, rank: int, epoch: int, batch_images: int, world_size: int):
+        self.board = board if rank == 0 else None
+        self.epoch = epoch
+        self.images_per_step = batch_images * world_size
+        self.started = time.perf_counter()
+        self.last_push = 0.0
+
+    def __call__(self, step: int, steps: int, loss: float) -> None:
+        now = time.perf_counter()
+        if self.board is None or (now - self.last_push < PROGRESS_INTERVAL_S and step != steps):
+            return
+        self.last_push = now
+        rate = step * self.images_per_step / max(now - self.started, 1e-9)
+        self.board.update.remote({"epoch": self.epoch, "step": step, "steps": steps, "loss": loss, "images_per_s": rate})
+
+
+def _rank_mean(world_size: int):
+    if world_size == 1:
+        return None
+
+    def mean(tensor: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(tensor)
+        return tensor / world_size
+
+    return mean
+
+
+def _gather_check(world_size: int, shard: torch.Tensor, model: torch.nn.Module) -> dict:
+    """DDP integrity, checked every epoch: shards disjoint and weights identical on all ranks."""
+    if world_size == 1:
+        return {"shard_overlap": 0, "ranks_in_sync": True}
+    shards = [torch.empty_like(shard) for _ in range(world_size)]
+    dist.all_gather(shards, shard.cpu() if shard.device.type == "cpu" else shard)
+    everything = torch.cat(shards)
+    overlap = len(everything) - len(torch.unique(everything))
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()]).double()
+    digest = torch.stack([flat.sum(), (flat * torch.arange(1, len(flat) + 1, dtype=torch.float64, device=flat.device)).sum()])
+    digests = [torch.empty_like(digest) for _ in range(world_size)]
+    dist.all_gather(digests, digest)
+    in_sync = all(torch.equal(digests[0], other) for other in digests[1:])
+    return {"shard_overlap": int(overlap), "ranks_in_sync": bool(in_sync)}
+
+
+def train_loop_per_worker(config: dict) -> None:
+    spec = TrainSpec.model_validate(config["spec"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(spec.resources.torch_threads)
+    device = ray.train.torch.get_device()
+    seed = spec.optim.seed
+
+    data = load_data(spec, device)
+    if seed is not None:
+        torch.manual_seed(seed)  # identical initial weights on every rank (DDP also broadcasts)
+    model = VAE(model_config_for(spec, data.image_shape)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec.optim.lr)
+
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint() or _explicit_resume(config)
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = load_checkpoint(directory, model, optimizer, device)
+        start_epoch = state["epoch"] + 1
+
+    model = ray.train.torch.prepare_model(model)
+    objective = objective_from_spec(spec.objective)
+    per_worker_batch = max(1, spec.optim.batch_size // world_size)
+    rank_mean = _rank_mean(world_size)
+    board = config.get("progress_board")
+
+    for epoch in range(start_epoch, spec.optim.epochs):
+        seed_everything(seed if seed is not None else int(time.time()), epoch, rank)
+        shard = epoch_shard(len(data.train), epoch, rank, world_size, seed or 0).to(device)
+        reporter = ProgressReporter(board, rank, epoch, per_worker_batch, world_size)
+        try:
+            stats = train_epoch(
+                model, optimizer, data.train.images, shard, per_worker_batch, objective, epoch,
+                binarize=spec.data.binarize, on_step=reporter, rank_mean=rank_mean,
+            )
+        except NonFiniteLoss as exc:
+            # Deterministic: retrying would fail again. Report and stop cleanly on every rank.
+            ray.train.report({"epoch": epoch, "non_finite": str(exc)})
+            return
+        checks = _gather_check(world_size, shard, model)
+        metrics: dict[str, Any] = {"epoch": epoch, **stats.as_metrics(), **checks}
+        metrics["images_per_s"] *= world_size  # every rank processed the same number of images
+        last = epoch == spec.optim.epochs - 1
+        if rank == 0:
+            metrics.update(_evaluation_metrics(model, data, spec, include_test=last))
+            if board is not None:
+                board.finish_epoch.remote(metrics)
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(tmp, model, optimizer, {"epoch": epoch, "metrics": metrics, "spec": spec.model_dump(mode="json")})
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+
+
+def _evaluation_metrics(model: torch.nn.Module, data: Dataset, spec: TrainSpec, include_test: bool) -> dict:
+    binarize = spec.data.binarize
+    val = evaluate(model, data.val.images, binarize=binarize)
+    metrics = {f"val_{k}": v for k, v in val.items() if k != "active_units"}
+    metrics["active_units"] = val["active_units"]
+    if include_test:
+        test = evaluate(model, data.test.images, binarize=binarize)
+        metrics.update({f"test_{k}": v for k, v in test.items() if k in ("neg_elbo", "recon", "kl")})
+    return metrics
+
+
+def _explicit_resume(config: dict) -> Optional[ray.train.Checkpoint]:
+    path = config.get("resume_from")
+    return ray.train.Checkpoint(path) if path and os.path.exists(path) else None
