@@ -31,7 +31,7 @@ SET_HELP = "Override a spec field, e.g. --set optim.epochs=2 (value read as YAML
 
 
 def _fail(message: str, code: int) -> None:
-    err.print(message, markup=False, highlight=False)
+    err.print(message, markup=False, highlight=False, emoji=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -53,10 +53,10 @@ def validate(
     for path in specs:
         try:
             load_spec(path, set_)
-            err.print(f"{path}: ok", markup=False, highlight=False)
+            err.print(f"{path}: ok", markup=False, highlight=False, emoji=False, soft_wrap=True)
         except SpecError as exc:
             problems += 1
-            err.print(str(exc), markup=False, highlight=False)
+            err.print(str(exc), markup=False, highlight=False, emoji=False, soft_wrap=True)
     raise typer.Exit(2 if problems else 0)
 
 
@@ -85,7 +85,7 @@ def run(
     spec = _load_or_exit(spec_path, set_)
     # Imported here: Ray and torch take seconds to import, and validate/schema need neither.
     from vae_service.core.data import DataError, locate_mnist
-    from vae_service.training.runner import TrainingError, run_training
+    from vae_service.training.runner import TrainingError, TrainingInterrupted, run_training
 
     try:
         locate_mnist(spec.data.root, spec.data.download)  # fail fast, before Ray starts
@@ -98,9 +98,8 @@ def run(
         result = run_training(spec, resume_dir=str(resume) if resume else None, console=err, show_progress=not quiet)
     except TrainingError as exc:
         _fail(f"error: {exc}", 1)
-    except KeyboardInterrupt:
-        _fail("interrupted: the latest epoch checkpoint is kept; continue with "
-              f"`vae run {spec_path} --resume <run dir>` (see {spec.storage.uri}/)", 130)
+    except TrainingInterrupted as exc:
+        _fail(f"interrupted: checkpoints are kept; continue with `vae run {spec_path} --resume {exc}`", 130)
     _print_summary(result)
     if json_output:
         sys.stdout.write(json.dumps(result.to_json(), default=str) + "\n")

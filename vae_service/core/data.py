@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -81,8 +83,13 @@ def candidate_roots(root: Optional[str], dataset: str = "mnist") -> list[Path]:
 
 def read_idx_bytes(path: Path) -> bytes:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        return handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            return handle.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:  # truncated or damaged gzip
+        raise DataError(
+            f"{path}: cannot decompress ({exc}). The file is corrupt; delete it and provide the original."
+        ) from None
 
 
 def _find_file(name: str, roots: list[Path]) -> Optional[Path]:
@@ -116,9 +123,14 @@ def download_file(name: str, mirror: str, cache_root: Path) -> Path:
         except DataError:
             os.unlink(tmp.name)
             raise
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, zlib.error, ValueError, http.client.HTTPException) as exc:
+            # OSError covers URLError/HTTPError and BadGzipFile; zlib.error: damaged deflate data;
+            # ValueError: a malformed mirror URL; HTTPException: e.g. IncompleteRead.
             os.unlink(tmp.name)
             raise DataError(f"download of {url} failed: {exc}") from None
+        except BaseException:  # e.g. Ctrl-C: never leave a partial file behind
+            os.unlink(tmp.name)
+            raise
     os.replace(tmp.name, target)
     return target
 

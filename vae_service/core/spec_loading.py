@@ -7,7 +7,8 @@ bomb) is refused before anything is expanded.
 
 from __future__ import annotations
 
-import json
+import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -20,6 +21,18 @@ from vae_service.core.spec import TrainSpec
 MAX_SPEC_BYTES = 1 << 20
 MAX_EXPANDED_NODES = 10_000
 RESERVED_KINDS = {"sweep": "kind 'sweep' is reserved for Ray Tune sweeps and not available yet"}
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """The safe loader, plus YAML 1.2 floats without a dot or exponent sign (3e-4, 1e3, 1.0e5):
+    PyYAML (YAML 1.1) reads those as strings, editors (yaml-language-server) as numbers."""
+
+
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."),
+)
 
 
 @dataclass(frozen=True)
@@ -82,7 +95,7 @@ def parse_yaml(text: str, source: str = "<spec>") -> tuple[dict, dict[tuple, int
     if len(text.encode("utf-8", "replace")) > MAX_SPEC_BYTES:
         raise SpecError(source, [SpecProblem("", f"spec is larger than {MAX_SPEC_BYTES} bytes")])
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_SpecLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         reason = f"YAML syntax error: {getattr(exc, 'problem', None) or exc}"
@@ -98,7 +111,7 @@ def parse_yaml(text: str, source: str = "<spec>") -> tuple[dict, dict[tuple, int
         kind = "a list" if isinstance(node, yaml.SequenceNode) else "a single value"
         raise SpecError(source, [SpecProblem("", f"spec must be a mapping of fields, got {kind}", 1)])
     try:
-        data = yaml.SafeLoader(text).get_single_data()
+        data = _SpecLoader(text).get_single_data()
     except yaml.YAMLError as exc:  # e.g. a tag the safe loader refuses
         mark = getattr(exc, "problem_mark", None)
         raise SpecError(source, [SpecProblem("", str(getattr(exc, "problem", exc)), mark.line + 1 if mark else None)]) from None
@@ -116,7 +129,13 @@ def parse_override(assignment: str) -> tuple[list[str], Any]:
     if not sep or not all(keys):
         raise SpecError("--set", [SpecProblem(assignment, "expected the form a.b.c=value")])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        node = yaml.compose(raw, Loader=_SpecLoader) if raw.strip() else None
+        if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_NODES:
+            raise SpecError(
+                "--set",
+                [SpecProblem(".".join(keys), f"value: YAML aliases expand to more than {MAX_EXPANDED_NODES} nodes; refused")],
+            )
+        value = yaml.load(raw, Loader=_SpecLoader) if node is not None else None
     except yaml.YAMLError:
         value = raw  # not valid YAML: keep it as the literal string
     return keys, value
@@ -124,12 +143,14 @@ def parse_override(assignment: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict, assignments: Iterable[str]) -> dict:
     """Applies `--set` assignments to a (copied) spec dict, creating sections as needed."""
-    result = json.loads(json.dumps(data, default=str)) if data else {}
+    result = copy.deepcopy(data) if data else {}
     for assignment in assignments:
         keys, value = parse_override(assignment)
         section = result
         for depth, key in enumerate(keys[:-1]):
-            child = section.setdefault(key, {})
+            child = section.get(key)
+            if child is None:  # absent or null (an optional section left at its default)
+                child = section[key] = {}
             if not isinstance(child, dict):
                 where = ".".join(keys[: depth + 1])
                 raise SpecError("--set", [SpecProblem(where, f"is not a section, cannot set {assignment}")])
@@ -165,7 +186,7 @@ def validate_data(data: Any, source: str = "<spec>", lines: Optional[dict] = Non
     if not isinstance(data, dict):
         raise SpecError(source, [SpecProblem("", "spec must be a mapping of fields")])
     kind = data.get("kind", "train")
-    if kind in RESERVED_KINDS:
+    if isinstance(kind, str) and kind in RESERVED_KINDS:
         raise SpecError(source, [SpecProblem("kind", RESERVED_KINDS[kind], lines.get(("kind",)))])
     try:
         return TrainSpec.model_validate(data)
@@ -183,10 +204,14 @@ def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> TrainSpec:
     """Reads, overrides and validates a spec file."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as handle:  # bounded read: never slurp a huge file (or /dev/zero)
+            raw = handle.read(MAX_SPEC_BYTES + 1)
+        if len(raw) > MAX_SPEC_BYTES:
+            raise SpecError(source, [SpecProblem("", f"spec is larger than {MAX_SPEC_BYTES} bytes")])
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise SpecError(source, [SpecProblem("", "file not found")]) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(source, [SpecProblem("", f"cannot read: {exc.__class__.__name__}")]) from None
     return load_spec_text(text, source, overrides)
 

@@ -21,6 +21,7 @@ class ProgressBoard:
     def __init__(self) -> None:
         self.latest: dict = {}
         self.epochs: list[dict] = []
+        self.failure: Optional[str] = None
 
     def update(self, snapshot: dict) -> None:
         self.latest = snapshot
@@ -28,8 +29,12 @@ class ProgressBoard:
     def finish_epoch(self, metrics: dict) -> None:
         self.epochs.append(metrics)
 
-    def read(self) -> tuple[dict, list[dict]]:
-        return self.latest, self.epochs
+    def fail(self, reason: str) -> None:
+        """A failure that retrying cannot fix (e.g. a non-finite loss): the run must fail."""
+        self.failure = reason
+
+    def read(self) -> dict:
+        return {"latest": self.latest, "epochs": self.epochs, "failure": self.failure}
 
 
 class ProgressDisplay:
@@ -78,9 +83,10 @@ class ProgressDisplay:
 
     def _refresh(self) -> bool:
         try:
-            snap, epochs = ray.get(self.board.read.remote(), timeout=5)
+            state = ray.get(self.board.read.remote(), timeout=5)
         except Exception:  # the cluster is going away: stop drawing, never crash the run
             return False
+        snap, epochs = state["latest"], state["epochs"]
         for metrics in epochs[self._epochs_shown :]:
             self._progress.console.print(format_epoch(metrics))
         self._epochs_shown = len(epochs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -34,6 +35,26 @@ SUMMARY_KEYS = ("val_neg_elbo", "val_recon", "val_kl", "active_units", "images_p
 
 class TrainingError(Exception):
     """Training stopped for a reason the user should see as one line (exit code 1)."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C: the run was aborted; its checkpoints are kept for `--resume`."""
+
+
+class InterruptibleTorchTrainer(TorchTrainer):
+    """A TorchTrainer whose Ctrl-C aborts the run and lets `fit` return, so we can tell the
+    user how to resume (Ray's own handler calls sys.exit, which hides what happened)."""
+
+    interrupted = False
+
+    def _register_sigint_handler(self, controller) -> None:
+        def on_sigint(signum, frame):
+            if self.interrupted:  # a second Ctrl-C: stop waiting for the graceful abort
+                raise KeyboardInterrupt
+            self.interrupted = True
+            controller.abort.remote()
+
+        signal.signal(signal.SIGINT, on_sigint)
 
 
 @dataclass
@@ -111,7 +132,7 @@ def run_training(
     resume_from = latest_checkpoint(run_dir) if resume_dir else None
     if resume_dir and resume_from is None:
         console.print(f"[yellow]No checkpoint in {run_dir} yet: starting from epoch 1.")
-    trainer = TorchTrainer(
+    trainer = InterruptibleTorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "spec": spec.model_dump(mode="json"),
@@ -131,18 +152,29 @@ def run_training(
             worker_runtime_env=_worker_env(),
         ),
     )
+    previous_sigint = signal.getsignal(signal.SIGINT)
     try:
         with ProgressDisplay(board, spec.optim.epochs, console, enabled=show_progress):
             result = trainer.fit()
-        _, history = ray.get(board.read.remote())
+        board_state = ray.get(board.read.remote())
     except ray.train.TrainingFailedError as exc:
+        if trainer.interrupted:
+            raise TrainingInterrupted(str(run_dir)) from None
         raise TrainingError(f"training failed: {_root_cause(exc)}") from None
+    except (KeyboardInterrupt, ray.exceptions.RayError):
+        if trainer.interrupted:
+            raise TrainingInterrupted(str(run_dir)) from None
+        raise
     finally:
+        signal.signal(signal.SIGINT, previous_sigint)
         ray.kill(board)
+    if trainer.interrupted:
+        raise TrainingInterrupted(str(run_dir))
 
+    if board_state["failure"]:
+        raise TrainingError(board_state["failure"])
     metrics = dict(result.metrics or {})
-    if "non_finite" in metrics:
-        raise TrainingError(metrics["non_finite"])
+    history = board_state["epochs"]
     if result.checkpoint is None:
         raise TrainingError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as directory:

@@ -16,7 +16,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from vae_service.core.checkpoint import load_checkpoint, save_checkpoint
+from vae_service.core.checkpoint import load_checkpoint, read_state, save_checkpoint
 from vae_service.core.data import Dataset, binarize_static, epoch_shard, load_mnist
 from vae_service.core.loop import NonFiniteLoss, evaluate, train_epoch
 from vae_service.core.model import VAE, ModelConfig
@@ -113,7 +113,7 @@ def train_loop_per_worker(config: dict) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.optim.lr)
 
     start_epoch = 0
-    checkpoint = ray.train.get_checkpoint() or _explicit_resume(config)
+    checkpoint = _latest_of(ray.train.get_checkpoint(), _explicit_resume(config))
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(directory, model, optimizer, device)
@@ -135,8 +135,10 @@ def train_loop_per_worker(config: dict) -> None:
                 binarize=spec.data.binarize, on_step=reporter, rank_mean=rank_mean,
             )
         except NonFiniteLoss as exc:
-            # Deterministic: retrying would fail again. Report and stop cleanly on every rank.
-            ray.train.report({"epoch": epoch, "non_finite": str(exc)})
+            # Deterministic: a retry would fail the same way. Every rank saw the same shared
+            # loss, so all stop here together; rank 0 tells the driver why.
+            if rank == 0 and board is not None:
+                ray.get(board.fail.remote(str(exc)))
             return
         checks = _gather_check(world_size, shard, model)
         metrics: dict[str, Any] = {"epoch": epoch, **stats.as_metrics(), **checks}
@@ -162,6 +164,18 @@ def _evaluation_metrics(model: torch.nn.Module, data: Dataset, spec: TrainSpec, 
         test = evaluate(model, data.test.images, binarize=binarize)
         metrics.update({f"test_{k}": v for k, v in test.items() if k in ("neg_elbo", "recon", "kl")})
     return metrics
+
+
+def _checkpoint_epoch(checkpoint: ray.train.Checkpoint) -> int:
+    with checkpoint.as_directory() as directory:
+        return int(read_state(directory).get("epoch", -1))
+
+
+def _latest_of(*checkpoints: Optional[ray.train.Checkpoint]) -> Optional[ray.train.Checkpoint]:
+    """Ray's restored checkpoint (after a worker failure, or from the run's snapshot) and the
+    one named by --resume can differ when a run was aborted mid-report: take the newer."""
+    present = [c for c in checkpoints if c is not None]
+    return max(present, key=_checkpoint_epoch) if present else None
 
 
 def _explicit_resume(config: dict) -> Optional[ray.train.Checkpoint]:
