@@ -100,7 +100,7 @@ def mirror(tmp_path, mnist_dir, isolated_env, monkeypatch):
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(served)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     monkeypatch.setenv("VAE_MNIST_MIRROR", url)

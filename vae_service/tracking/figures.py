@@ -152,7 +152,9 @@ def _some(count: int, most: int) -> np.ndarray:
 
 
 def _signed(value: float, decimals: int = 2) -> str:
-    """+1.5 / −0.75 / +0: a sign always, a typographic minus, no trailing zeros."""
+    """+1.5 / −0.75 / 0: a sign on non-zero values, a typographic minus, no trailing zeros."""
+    if round(value, decimals) == 0:
+        return "0"
     text = f"{value:+.{decimals}f}"
     if "." in text:
         text = text.rstrip("0").rstrip(".")
@@ -168,7 +170,8 @@ def save_png(fig: Figure, path: Union[str, Path], dpi: int = DEFAULT_DPI) -> Pat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fig.savefig(path, dpi=dpi, format="png", facecolor="white")
+        # bbox "tight": the saved canvas is grown or trimmed to what is drawn, so no label is cut.
+        fig.savefig(path, dpi=dpi, format="png", facecolor="white", bbox_inches="tight", pad_inches=0.1)
     finally:
         plt.close(fig)
     return path
@@ -326,14 +329,17 @@ def latent_manifold(model: VAE, n: int = 20) -> Figure:
     ax = fig.add_subplot()
     _imshow(ax, _tile(images, n, pad=0))
     picked = _some(n, 7)
-    label = lambda i: f"{values[i].item():+.2f}".replace("-", "\u2212") + f"\n(q={quantiles[i].item():.2f})"  # noqa: E731
-    ax.set_xticks(_cell_centres(n, w)[picked], [label(i) for i in picked])
+    labels = [f"{_signed(values[i].item())}\n(q={quantiles[i].item():.2f})" for i in picked]
+    ax.set_xticks(_cell_centres(n, w)[picked], labels)
     rows_for = n - 1 - picked  # row index (top = 0) holding quantile index i
-    ax.set_yticks(_cell_centres(n, h)[rows_for], [label(i).replace("\n", " ") for i in picked])
+    ax.set_yticks(_cell_centres(n, h)[rows_for], [text.replace("\n", " ") for text in labels])
     ax.tick_params(labelsize=8)
     ax.set_xlabel("z1")
     ax.set_ylabel("z2")
-    fig.suptitle(f"Learned 2-D latent manifold: decoder mean on a {n}×{n} grid of\nGaussian quantiles q = 0.05…0.95 of z (tick values: Φ⁻¹(q))")
+    fig.suptitle(
+        f"Learned 2-D latent manifold: decoder mean on a {n}×{n} grid of\n"
+        "Gaussian quantiles q = 0.05…0.95 of z (tick values: Φ⁻¹(q))"
+    )
     return fig
 
 
@@ -460,7 +466,7 @@ def latent_dimensions(model: VAE, images: ArrayLike, n: int = 8) -> Figure:
             ax.set_xlabel("latent dimension", fontsize=9)
     fig.supylabel("μ ± σ")
     handles = [
-        Line2D([], [], marker="o", markersize=3, color="tab:blue", label="posterior q(z_j|x): μ ± σ"),
+        Line2D([], [], marker="o", markersize=3, color="tab:blue", label=r"posterior $q(z_j|x)$: μ ± σ"),
         Patch(color="0.9", label="prior N(0, 1): 0 ± 1"),
     ]
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=9, frameon=False)
@@ -494,10 +500,11 @@ def kl_per_dimension(
         ax.bar(dims, np.maximum(kl, floor) - floor, bottom=floor, color=colours)
         ax.set_yscale("log")
         ax.axhline(threshold, color="0.4", linestyle="--", linewidth=1)
+        ax.set_ylim(floor, max(kl.max(), threshold) * 100)  # headroom for the legend
         baseline = floor
     else:
         ax.bar(dims, kl, color=colours)
-        ax.set_ylim(bottom=0.0)
+        ax.set_ylim(0.0, max(kl.max(), threshold) * 1.3)  # headroom for the legend
         baseline = 0.0
     if collapsed.any():
         ax.plot(dims[collapsed], np.full(collapsed.sum(), baseline), linestyle="none", marker="x",
@@ -512,7 +519,7 @@ def kl_per_dimension(
     ax.set_xlim(0.4, d + 0.6)
     ax.tick_params(axis="x", labelsize=8 if d > 20 else 9)
     ax.set_xlabel("latent dimension")
-    ax.set_ylabel("KL(q(z_j|x) ‖ N(0, 1))  [nats]")
+    ax.set_ylabel(r"$\mathrm{KL}(q(z_j|x)\ \|\ N(0, 1))$  [nats]")
     ax.grid(axis="y", alpha=0.3)
     handles = [
         Patch(color=ACTIVE_COLOR, label=f"active (KL ≥ {threshold:g} nats): {int((~collapsed).sum())}"),
@@ -520,6 +527,9 @@ def kl_per_dimension(
          Line2D([], [], color=COLLAPSED_COLOR, marker="x", markersize=7, markeredgewidth=2, linestyle="none")),
     ]
     labels = [handles[0].get_label(), f"collapsed (KL < {threshold:g} nats): {int(collapsed.sum())}"]
+    if log_scale:
+        handles.append(Line2D([], [], color="0.4", linestyle="--", linewidth=1))
+        labels.append(f"threshold {threshold:g} nats")
     ax.legend(handles=handles, labels=labels, loc="upper right", fontsize=9,
               handler_map={tuple: HandlerTuple(ndivide=None, pad=0.6)})
     fig.suptitle(title or f"KL divergence per latent dimension (total {kl.sum():.2f} nats)")
@@ -560,7 +570,7 @@ def latent_traversals(
 
     cell = 0.62
     label_width = 1.3 if kl_per_dim is not None else 0.8
-    fig = Figure(figsize=(cell * (n_steps + 1.4) + label_width, cell * len(dims) + 1.25), layout="constrained")
+    fig = Figure(figsize=(cell * (n_steps + 1.4) + label_width, cell * len(dims) + 1.5), layout="constrained")
     grid = fig.add_gridspec(1, 2, width_ratios=[1.3, n_steps])
     ax_in = fig.add_subplot(grid[0])
     _imshow(ax_in, _picture(x[0]))
@@ -579,7 +589,7 @@ def latent_traversals(
         col = int(zero[0])
         ax.add_patch(Rectangle((col * (w + pad) - 1.5, -1.5), w + 2, len(dims) * (h + pad) - pad + 2,
                                fill=False, edgecolor="tab:red", linewidth=1.5, clip_on=False))
-    ax.set_xlabel("z_j − μ_j  (offset from the image's μ; red: z = μ)")
+    ax.set_xlabel(r"$z_j - \mu_j$  (offset from the image's μ; red box: z = μ)")
     ax.set_ylabel("varied dimension" + (" (by KL)" if kl is not None else ""))
     which = f"the {len(dims)} dimensions of largest KL" if kl is not None else f"{_dim_name(dims[0])}…{_dim_name(dims[-1])}"
     fig.suptitle(f"Latent traversals: each row varies one dimension of z,\nthe others stay at the image's μ (rows: {which})")

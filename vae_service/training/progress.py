@@ -7,6 +7,7 @@ and draws a rich progress bar. Per-epoch results come from Ray Train's own repor
 from __future__ import annotations
 
 import threading
+import time
 from typing import Optional
 
 import ray
@@ -22,8 +23,11 @@ class ProgressBoard:
         self.latest: dict = {}
         self.epochs: list[dict] = []
         self.failure: Optional[str] = None
+        self.first_step_at: Optional[float] = None  # unix time of the first training step
 
     def update(self, snapshot: dict) -> None:
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
         self.latest = snapshot
 
     def finish_epoch(self, metrics: dict) -> None:
@@ -34,7 +38,7 @@ class ProgressBoard:
         self.failure = reason
 
     def read(self) -> dict:
-        return {"latest": self.latest, "epochs": self.epochs, "failure": self.failure}
+        return {"latest": self.latest, "epochs": self.epochs, "failure": self.failure, "first_step_at": self.first_step_at}
 
 
 class ProgressDisplay:

@@ -65,7 +65,8 @@ class RunResult:
     epochs_completed: int
     metrics: dict
     history: list[dict] = field(default_factory=list)
-    startup_s: float = 0.0
+    startup_s: float = 0.0  # run_training called → first training step
+    first_step_at: float = 0.0  # unix time of the first step (for process-level timings)
     wall_s: float = 0.0
 
     def to_json(self) -> dict:
@@ -114,7 +115,7 @@ def run_training(
 ) -> RunResult:
     """Trains `spec` on Ray Train; raises TrainingError for a failed run."""
     console = console or Console(stderr=True)
-    started = time.perf_counter()
+    started, started_unix = time.perf_counter(), time.time()
     storage = Path(spec.storage.uri).expanduser().resolve()
     if resume_dir:
         run_dir = Path(resume_dir).expanduser().resolve()
@@ -189,6 +190,8 @@ def run_training(
         epochs_completed=int(metrics.get("epoch", -1)) + 1,
         metrics=metrics,
         history=history,
+        startup_s=(board_state["first_step_at"] or started_unix) - started_unix,
+        first_step_at=board_state["first_step_at"] or 0.0,
         wall_s=time.perf_counter() - started,
     )
     (run_dir / "metrics.json").write_text(json.dumps(run.to_json(), indent=2, default=str))

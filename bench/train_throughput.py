@@ -1,0 +1,138 @@
+"""Training throughput: the plain PyTorch loop vs Ray Train with 1 and 2 workers.
+
+Same model (MLP 784-400-20 VAE), same data (MNIST train split, on the device as tensors), same
+`core.loop.train_epoch`, in one run. Each mode runs in its own process, so every start-up cost
+is counted from `python` starting to the first training step.
+
+    python bench/train_throughput.py [--epochs 3] [--repeats 1] [--gpu]
+
+Prints a table and writes bench/results/train_throughput.json. images/s is the training loop's
+own rate (steps only, no evaluation), averaged over the epochs after the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "train_throughput.json"
+
+
+def _spec(epochs: int, workers: int, cpus: float, gpu: bool, storage: str):
+    from vae_service.core.spec_loading import validate_data
+
+    return validate_data({
+        "name": f"bench-{workers}w",
+        "optim": {"epochs": epochs, "batch_size": 128, "seed": 0},
+        "resources": {"num_workers": workers, "cpus_per_worker": cpus, "use_gpu": gpu},
+        "storage": {"uri": storage, "keep_checkpoints": 1},
+    })
+
+
+def run_plain(epochs: int, gpu: bool, process_start: float) -> dict:
+    import torch
+
+    from vae_service.core.loop import train_epoch
+    from vae_service.core.data import epoch_shard
+    from vae_service.core.model import VAE
+    from vae_service.core.objective import objective_from_spec
+    from vae_service.training.worker import load_data, model_config_for
+
+    spec = _spec(epochs, 1, os.cpu_count() or 1, gpu, "/tmp/unused")
+    torch.set_num_threads(spec.resources.torch_threads)
+    device = torch.device("cuda" if gpu else "cpu")
+    data = load_data(spec, device)
+    torch.manual_seed(0)
+    model = VAE(model_config_for(spec, data.image_shape)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec.optim.lr)
+    first_step: list[float] = []
+    rates = []
+    for epoch in range(epochs):
+        shard = epoch_shard(len(data.train), epoch, 0, 1, 0).to(device)
+        on_step = (lambda *_: first_step.append(time.time()) if not first_step else None)
+        stats = train_epoch(model, optimizer, data.train.images, shard, 128, objective_from_spec(spec.objective), epoch, on_step=on_step)
+        rates.append(stats.as_metrics()["images_per_s"])
+    return {"rates": rates, "startup_s": first_step[0] - process_start}
+
+
+def run_ray(epochs: int, workers: int, gpu: bool, process_start: float) -> dict:
+    import tempfile
+
+    from vae_service.training.runner import run_training
+
+    cpus = max(1, (os.cpu_count() or 1) // workers)
+    with tempfile.TemporaryDirectory() as storage:
+        result = run_training(_spec(epochs, workers, cpus, gpu, storage), show_progress=False)
+    return {"rates": [row["images_per_s"] for row in result.history], "startup_s": result.first_step_at - process_start}
+
+
+def child(mode: str, epochs: int, gpu: bool, process_start: float) -> None:
+    out = run_plain(epochs, gpu, process_start) if mode == "plain" else run_ray(epochs, int(mode[-1]), gpu, process_start)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def measure(mode: str, epochs: int, gpu: bool) -> dict:
+    start = time.time()
+    cmd = [sys.executable, __file__, "--child", mode, "--epochs", str(epochs), "--start", repr(start)] + (["--gpu"] if gpu else [])
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if done.returncode != 0 or line is None:
+        sys.exit(f"{mode} failed:\n{done.stderr[-3000:]}")
+    out = json.loads(line[len("RESULT "):])
+    steady = out["rates"][1:] or out["rates"]
+    return {"images_per_s": statistics.mean(steady), "per_epoch": out["rates"], "startup_s": out["startup_s"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1, help="Interleaved repetitions of every mode.")
+    parser.add_argument("--gpu", action="store_true", help="use_gpu: true (needs a GPU).")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--start", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.epochs, args.gpu, args.start)
+        return
+
+    modes = {"plain": "plain PyTorch loop", "ray1": "Ray Train, 1 worker", "ray2": "Ray Train, 2 workers"}
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    for _ in range(args.repeats):
+        for mode in modes:  # interleaved, so drift in machine load hits every mode alike
+            runs[mode].append(measure(mode, args.epochs, args.gpu))
+            print(f"  {mode}: {runs[mode][-1]['images_per_s']:,.0f} img/s", file=sys.stderr)
+
+    base = statistics.mean(r["images_per_s"] for r in runs["plain"])
+    rows = []
+    print(f"\n{'mode':<24}{'images/s':>12}{'vs plain':>10}{'start-up s':>12}")
+    for mode, label in modes.items():
+        rate = statistics.mean(r["images_per_s"] for r in runs[mode])
+        startup = statistics.mean(r["startup_s"] for r in runs[mode])
+        rows.append({"mode": mode, "label": label, "images_per_s": rate, "ratio_to_plain": rate / base,
+                     "startup_s": startup, "runs": runs[mode]})
+        print(f"{label:<24}{rate:>12,.0f}{rate / base:>9.2f}×{startup:>12.1f}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({
+        "benchmark": "train_throughput",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": args.gpu},
+        "setup": {"model": "MLP 784-400-20 VAE", "data": "MNIST train split (54,000 images)",
+                  "batch_size": 128, "epochs": args.epochs, "repeats": args.repeats,
+                  "images_per_s": "mean over epochs after the first", "startup_s": "python start → first training step"},
+        "target": "Ray Train 1 worker >= 0.95x the plain loop",
+        "results": rows,
+    }, indent=2))
+    print(f"\nwrote {args.output.relative_to(REPO) if args.output.is_relative_to(REPO) else args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""`vae run` as a user runs it: a subprocess, Ctrl-C, --resume and --json."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+VAE = [sys.executable, "-m", "vae_service.cli"]
+
+
+def _write_spec(tmp_path: Path, epochs: int) -> Path:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(
+        f"""
+kind: train
+name: cli-tiny
+data: {{limit: 2000}}
+model: {{hidden: [64], latent_dim: 4}}
+optim: {{epochs: {epochs}, batch_size: 100, seed: 0}}
+resources: {{num_workers: 1, cpus_per_worker: 1}}
+storage: {{uri: {tmp_path / 'runs'}}}
+"""
+    )
+    return spec
+
+
+def _checkpoint_epochs(runs: Path) -> list[int]:
+    epochs = []
+    for state in runs.glob("*/checkpoint_*/state.json"):
+        try:
+            epochs.append(json.loads(state.read_text())["epoch"])
+        except (ValueError, KeyError):
+            pass  # being written
+    return sorted(epochs)
+
+
+def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_with_json(tmp_path):
+    spec = _write_spec(tmp_path, epochs=200)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(VAE + ["run", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 240
+    while not _checkpoint_epochs(tmp_path / "runs") and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert _checkpoint_epochs(tmp_path / "runs"), "no checkpoint appeared"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "--resume" in err
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert str(run_dir) in err.replace("\n", "")
+
+    reached = max(_checkpoint_epochs(tmp_path / "runs"))
+    target = reached + 3  # two more epochs
+    done = subprocess.run(
+        VAE + ["run", str(spec), "--resume", str(run_dir), "--json", "--quiet", "--set", f"optim.epochs={target}"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["run_dir"] == str(run_dir)
+    assert result["epochs_completed"] == target
+    assert [row["epoch"] for row in result["history"]] == [reached + 1, reached + 2]
+    for key in ("val_neg_elbo", "val_recon", "val_kl", "active_units", "images_per_s"):
+        assert isinstance(result["metrics"][key], (int, float)), key
+    assert result["metrics"]["val_neg_elbo"] == pytest.approx(result["metrics"]["val_recon"] + result["metrics"]["val_kl"])
+    assert Path(result["model_dir"], "model.safetensors").is_file()
+
+
+def test_missing_data_is_a_clear_error_before_ray_starts(tmp_path):
+    spec = _write_spec(tmp_path, epochs=1)
+    env = dict(os.environ, VAE_DATA_DIR=str(tmp_path / "nowhere"), VAE_CACHE_DIR=str(tmp_path / "cache"))
+    done = subprocess.run(VAE + ["run", str(spec), "--set", "data.download=false"], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "VAE_DATA_DIR" in done.stderr

@@ -1,0 +1,377 @@
+"""The article's figures, drawn from tiny untrained VAEs and random images (no data files)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
+
+from vae_service.core.data import to_unit_float
+from vae_service.core.model import VAE, ModelConfig
+from vae_service.tracking import figures as F
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _model(seed: int, **config) -> VAE:
+    torch.manual_seed(seed)
+    return VAE(ModelConfig(**config))
+
+
+@pytest.fixture(scope="module")
+def mlp2() -> VAE:
+    return _model(0, latent_dim=2)
+
+
+@pytest.fixture(scope="module")
+def mlp5() -> VAE:
+    return _model(1, latent_dim=5)
+
+
+@pytest.fixture(scope="module")
+def conv3() -> VAE:
+    return _model(2, latent_dim=3, arch="conv")
+
+
+@pytest.fixture(params=["mlp2", "mlp5", "conv3"])
+def any_model(request) -> VAE:
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (60, 1, 28, 28), dtype=torch.uint8, generator=generator)
+
+
+@pytest.fixture(scope="module")
+def labels() -> torch.Tensor:
+    return torch.arange(60) % 10
+
+
+def n_images(fig: Figure) -> int:
+    return sum(len(ax.images) for ax in fig.axes)
+
+
+def decode_mu(model: VAE, x: torch.Tensor) -> np.ndarray:
+    """E[x | z = μ(x)] as imshow gets it: (N, H, W) for one channel."""
+    with torch.no_grad():
+        mu, _ = model.eval().encode(x)
+        return model.mean_image(mu)[:, 0].numpy()
+
+
+def assert_valid_png(path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert len(data) > 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# reconstructions
+
+
+def test_reconstructions_rows_of_inputs_and_reconstructions(any_model, images):
+    fig = F.reconstructions(any_model, images, n=6)
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 12 and n_images(fig) == 12
+    assert "reconstruction" in fig.get_suptitle().lower()
+    assert fig.axes[0].get_ylabel() == "input" and "reconstruction" in fig.axes[6].get_ylabel()
+    x = to_unit_float(images[:6])
+    top = np.stack([ax.images[0].get_array() for ax in fig.axes[:6]])
+    bottom = np.stack([ax.images[0].get_array() for ax in fig.axes[6:]])
+    np.testing.assert_allclose(top, x[:, 0].numpy())
+    np.testing.assert_allclose(bottom, decode_mu(any_model, x), atol=1e-6)
+
+
+def test_uint8_and_float_images_give_the_same_figure(mlp2, images):
+    from_uint8 = F.reconstructions(mlp2, images, n=3)
+    from_float = F.reconstructions(mlp2, to_unit_float(images), n=3)
+    for a, b in zip(from_uint8.axes, from_float.axes):
+        np.testing.assert_array_equal(a.images[0].get_array(), b.images[0].get_array())
+
+
+def test_n_larger_than_the_batch_uses_every_image(mlp2, images):
+    fig = F.reconstructions(mlp2, images[:3], n=8)
+    assert n_images(fig) == 6
+
+
+def test_model_mode_is_restored_and_no_gradients_flow(images):
+    model = _model(3, latent_dim=4)
+    model.train()
+    F.reconstructions(model, images, n=2)
+    F.latent_dimensions(model, images, n=2)
+    assert model.training
+    assert all(p.grad is None for p in model.parameters())
+    model.eval()
+    F.prior_samples(model, n=4)
+    assert not model.training
+
+
+def test_bad_image_shape_is_a_clear_error(mlp2):
+    with pytest.raises(ValueError, match="do not fit"):
+        F.reconstructions(mlp2, torch.zeros(2, 1, 32, 32, dtype=torch.uint8))
+
+
+# ---------------------------------------------------------------------------------------------
+# prior samples and the manifold
+
+
+def test_prior_samples_grid_is_seeded(any_model):
+    fig = F.prior_samples(any_model, n=16, seed=5)
+    assert len(fig.axes) == 1 and n_images(fig) == 1
+    assert "prior" in fig.get_suptitle() and "N(0, I)" in fig.get_suptitle()
+    grid = fig.axes[0].images[0].get_array()
+    assert grid.shape == (4 * 30 - 2, 4 * 30 - 2)  # 4×4 cells of 28 px, 2 px apart
+    np.testing.assert_array_equal(grid, F.prior_samples(any_model, n=16, seed=5).axes[0].images[0].get_array())
+    assert not np.array_equal(grid, F.prior_samples(any_model, n=16, seed=6).axes[0].images[0].get_array())
+
+
+def test_latent_manifold_decodes_gaussian_quantiles(mlp2):
+    n = 6
+    fig = F.latent_manifold(mlp2, n=n)
+    assert len(fig.axes) == 1 and n_images(fig) == 1
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "z1" and ax.get_ylabel() == "z2"
+    assert "quantile" in fig.get_suptitle().lower()
+    grid = ax.images[0].get_array()
+    assert grid.shape == (n * 28, n * 28)
+    values = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
+    # top-left cell: smallest z1, largest z2; bottom-right: largest z1, smallest z2
+    with torch.no_grad():
+        corners = mlp2.mean_image(torch.tensor([[values[0], values[-1]], [values[-1], values[0]]]))[:, 0].numpy()
+    np.testing.assert_allclose(grid[:28, :28], corners[0], atol=1e-6)
+    np.testing.assert_allclose(grid[-28:, -28:], corners[1], atol=1e-6)
+    tick_text = " ".join(t.get_text() for t in ax.get_xticklabels())
+    assert "1.64" in tick_text and "q=0.05" in tick_text
+
+
+@pytest.mark.parametrize("name", ["mlp5", "conv3"])
+def test_latent_manifold_needs_two_dimensions(name, request):
+    with pytest.raises(ValueError, match="latent_dim == 2"):
+        F.latent_manifold(request.getfixturevalue(name))
+
+
+# ---------------------------------------------------------------------------------------------
+# scatters
+
+
+def test_latent_scatter_2d_plots_mu_directly(mlp2, images, labels):
+    fig = F.latent_scatter(mlp2, images, labels)
+    assert len(fig.axes) == 2  # the scatter and the digit colour bar
+    ax, bar = fig.axes
+    assert ax.get_xlabel() == "z1" and ax.get_ylabel() == "z2"
+    assert "principal" not in fig.get_suptitle()
+    assert [t.get_text() for t in bar.get_yticklabels()] == [str(d) for d in range(10)]
+    points = ax.collections[0].get_offsets()
+    mu, _ = F.encode_means(mlp2, images)
+    np.testing.assert_allclose(np.sort(points[:, 0]), np.sort(mu[:, 0].numpy()), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["mlp5", "conv3"])
+def test_latent_scatter_projects_higher_dims_on_principal_components(name, images, labels, request):
+    fig = F.latent_scatter(request.getfixturevalue(name), images, labels)
+    assert "principal components" in fig.get_suptitle()
+    assert fig.axes[0].get_xlabel().startswith("PC1")
+    custom = F.latent_scatter(request.getfixturevalue(name), images, labels, title="Test set")
+    assert custom.get_suptitle().startswith("Test set") and "principal components" in custom.get_suptitle()
+
+
+def test_latent_scatter_label_count_must_match(mlp2, images):
+    with pytest.raises(ValueError, match="labels"):
+        F.latent_scatter(mlp2, images, torch.zeros(3))
+
+
+def test_pca_2d_finds_the_main_direction():
+    direction = torch.tensor([1.0, 2.0, 0.0, -1.0, 0.5])
+    mu = torch.linspace(-3, 3, 50).unsqueeze(1) * direction + 1e-3 * torch.randn(50, 5)
+    points, explained = F.pca_2d(mu)
+    assert points.shape == (50, 2)
+    assert explained[0] > 0.999
+    np.testing.assert_allclose(np.abs(points[:, 0]).max(), 3 * direction.norm().item(), rtol=1e-2)
+
+
+def test_latent_scatter_panels_share_one_colour_bar(labels):
+    rng = np.random.default_rng(0)
+    panels = [(name, rng.normal(size=(60, 2)) * scale, labels.numpy()) for name, scale in
+              [("autoencoder", 5.0), ("KL only", 0.01), ("VAE", 1.0)]]
+    fig = F.latent_scatter_panels(panels)
+    assert len(fig.axes) == 4
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["autoencoder", "KL only", "VAE"]
+    assert all(ax.get_xlabel() == "z1" for ax in fig.axes[:3]) and fig.axes[0].get_ylabel() == "z2"
+    assert fig.get_suptitle()
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
+        F.latent_scatter_panels([("bad", rng.normal(size=(60, 3)), labels.numpy())])
+    with pytest.raises(ValueError):
+        F.latent_scatter_panels([])
+
+
+# ---------------------------------------------------------------------------------------------
+# latent dimensions, KL, traversals
+
+
+def test_latent_dimensions_shows_mu_and_sigma_per_image(any_model, images):
+    fig = F.latent_dimensions(any_model, images, n=5)
+    d = any_model.config.latent_dim
+    assert len(fig.axes) == 10 and n_images(fig) == 5  # one image and one error-bar plot each
+    plots = [ax for ax in fig.axes if not ax.images]
+    assert fig.get_supylabel() == "μ ± σ"
+    assert any(ax.get_xlabel() == "latent dimension" for ax in plots)
+    with torch.no_grad():
+        mu, logvar = any_model.encode(to_unit_float(images[:5]))
+    for i, ax in enumerate(plots):
+        container = ax.containers[0]
+        np.testing.assert_allclose(container.lines[0].get_ydata(), mu[i].numpy(), atol=1e-6)
+        assert len(container.lines[0].get_xdata()) == d
+    assert "latent dimensions" in fig.get_suptitle()
+
+
+def test_kl_per_dimension_marks_collapsed_dimensions():
+    kl = [2.0, 0.001, 0.5, 0.0, 0.02]
+    fig = F.kl_per_dimension(kl, threshold=0.01)
+    ax = fig.axes[0]
+    bars = ax.patches
+    assert len(bars) == 5
+    np.testing.assert_allclose([b.get_height() for b in bars], kl)
+    colours = [b.get_facecolor() for b in bars]
+    assert colours[0] == colours[2] == colours[4] and colours[1] == colours[3] != colours[0]
+    legend = " ".join(t.get_text() for t in ax.get_legend().get_texts())
+    assert "collapsed (KL < 0.01 nats): 2" in legend and "active" in legend
+    assert ax.get_xlabel() == "latent dimension" and "nats" in ax.get_ylabel()
+    assert "KL" in fig.get_suptitle()
+    log_fig = F.kl_per_dimension(kl, threshold=0.1, log_scale=True)
+    assert log_fig.axes[0].get_yscale() == "log"
+    assert "collapsed (KL < 0.1 nats): 3" in " ".join(t.get_text() for t in log_fig.axes[0].get_legend().get_texts())
+
+
+def test_latent_traversals_rows_and_columns(any_model, images):
+    d = any_model.config.latent_dim
+    fig = F.latent_traversals(any_model, images[0], n_steps=5, span=2.0, max_dims=4)
+    assert len(fig.axes) == 2 and n_images(fig) == 2  # the input, and the traversal grid
+    grid_ax = fig.axes[1]
+    rows = min(d, 4)
+    assert grid_ax.images[0].get_array().shape == (rows * 30 - 2, 5 * 30 - 2)
+    assert [t.get_text() for t in grid_ax.get_yticklabels()] == [f"z{j + 1}" for j in range(rows)]
+    assert [t.get_text() for t in grid_ax.get_xticklabels()] == ["\u22122", "\u22121", "0", "+1", "+2"]
+    # the middle column is the reconstruction from μ
+    middle = grid_ax.images[0].get_array()[:28, 2 * 30 : 2 * 30 + 28]
+    np.testing.assert_allclose(middle, decode_mu(any_model, to_unit_float(images[:1]))[0], atol=1e-5)
+    assert "traversal" in fig.get_suptitle().lower()
+
+
+def test_latent_traversals_pick_the_dimensions_of_largest_kl(mlp5, images):
+    kl = [0.1, 3.0, 0.0, 1.5, 0.7]
+    fig = F.latent_traversals(mlp5, images[:1], max_dims=3, kl_per_dim=kl)
+    names = [t.get_text().split("\n")[0] for t in fig.axes[1].get_yticklabels()]
+    assert names == ["z2", "z4", "z5"]
+    with pytest.raises(ValueError, match="latent dimensions"):
+        F.latent_traversals(mlp5, images[:1], kl_per_dim=[1.0, 2.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# interpolation
+
+
+@pytest.mark.parametrize("method", ["linear", "slerp"])
+def test_interpolation_strip_ends_at_the_decoded_means(any_model, images, method):
+    steps = 6
+    fig = F.interpolation(any_model, images[0], images[1], steps=steps, method=method)
+    assert len(fig.axes) == steps + 2 and n_images(fig) == steps + 2
+    strip = [ax.images[0].get_array() for ax in fig.axes]
+    x = to_unit_float(images[:2])
+    np.testing.assert_allclose(strip[0], x[0, 0].numpy())  # the originals at the ends
+    np.testing.assert_allclose(strip[-1], x[1, 0].numpy())
+    ends = decode_mu(any_model, x)
+    np.testing.assert_allclose(strip[1], ends[0], atol=1e-6)  # t = 0 decodes μ_A
+    np.testing.assert_allclose(strip[-2], ends[1], atol=1e-6)  # t = 1 decodes μ_B
+    assert ("slerp" in fig.get_suptitle()) == (method == "slerp")
+
+
+@pytest.mark.parametrize("method", ["linear", "slerp"])
+def test_interpolate_latents_end_points_are_exact(method):
+    generator = torch.Generator().manual_seed(0)
+    z_a, z_b = torch.randn(2, 7, generator=generator)
+    path = F.interpolate_latents(z_a, z_b, 9, method)
+    assert path.shape == (9, 7) and path.dtype == z_a.dtype
+    assert torch.equal(path[0], z_a) and torch.equal(path[-1], z_b)
+    assert torch.equal(F.interpolate_latents(z_a.unsqueeze(0), z_b.unsqueeze(0), 9, method), path)
+
+
+def test_interpolate_latents_linear_is_evenly_spaced():
+    z_a, z_b = torch.tensor([0.0, 2.0]), torch.tensor([4.0, -2.0])
+    path = F.interpolate_latents(z_a, z_b, 5, "linear")
+    torch.testing.assert_close(path, torch.tensor([[0.0, 2.0], [1.0, 1.0], [2.0, 0.0], [3.0, -1.0], [4.0, -2.0]]))
+
+
+def test_slerp_follows_the_great_circle():
+    z_a, z_b = torch.tensor([2.0, 0.0, 0.0]), torch.tensor([0.0, 2.0, 0.0])
+    path = F.interpolate_latents(z_a, z_b, 7, "slerp")
+    torch.testing.assert_close(path.norm(dim=1), torch.full((7,), 2.0))
+    angles = torch.atan2(path[:, 1], path[:, 0])
+    torch.testing.assert_close(angles, torch.linspace(0, math.pi / 2, 7))
+
+
+@pytest.mark.parametrize("z_b", [torch.tensor([1.0, 2.0, 3.0]) * 1.5,  # parallel
+                                 torch.tensor([1.0, 2.0, 3.0 + 1e-4]),  # nearly parallel
+                                 torch.tensor([-1.0, -2.0, -3.0]),  # opposite
+                                 torch.zeros(3)])  # no direction at all
+def test_slerp_falls_back_to_linear_when_the_angle_is_ill_defined(z_b):
+    z_a = torch.tensor([1.0, 2.0, 3.0])
+    slerp = F.interpolate_latents(z_a, z_b, 6, "slerp")
+    assert torch.isfinite(slerp).all()
+    torch.testing.assert_close(slerp, F.interpolate_latents(z_a, z_b, 6, "linear"))
+
+
+def test_interpolate_latents_rejects_bad_arguments():
+    z = torch.zeros(3)
+    with pytest.raises(ValueError, match="steps"):
+        F.interpolate_latents(z, z, 1)
+    with pytest.raises(ValueError, match="method"):
+        F.interpolate_latents(z, z, 5, "cubic")
+    with pytest.raises(ValueError, match="shape"):
+        F.interpolate_latents(z, torch.zeros(4), 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# saving
+
+
+FIGURES = {
+    "reconstructions": lambda m, x, y: F.reconstructions(m, x),
+    "prior_samples": lambda m, x, y: F.prior_samples(m),
+    "latent_manifold": lambda m, x, y: F.latent_manifold(m),
+    "latent_scatter": lambda m, x, y: F.latent_scatter(m, x, y),
+    "latent_scatter_panels": lambda m, x, y: F.latent_scatter_panels(
+        [(name, F.encode_means(m, x)[0] * scale, y) for name, scale in [("AE", 5.0), ("KL", 0.01), ("VAE", 1.0)]]),
+    "latent_dimensions": lambda m, x, y: F.latent_dimensions(m, x),
+    "kl_per_dimension": lambda m, x, y: F.kl_per_dimension([1.0, 0.001]),
+    "latent_traversals": lambda m, x, y: F.latent_traversals(m, x[0], kl_per_dim=[0.5, 1.0]),
+    "interpolation": lambda m, x, y: F.interpolation(m, x[0], x[1], method="slerp"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_every_figure_saves_as_a_png(name, mlp2, images, labels, tmp_path):
+    path = F.save_png(FIGURES[name](mlp2, images, labels), tmp_path / f"{name}.png")
+    assert path == tmp_path / f"{name}.png"
+    assert_valid_png(path)
+
+
+def test_save_png_writes_a_png_and_closes_the_figure(tmp_path):
+    fig = plt.figure()  # a pyplot-managed figure, to see that save_png closes it
+    fig.add_subplot().plot([0, 1], [1, 0])
+    number = fig.number
+    path = F.save_png(fig, tmp_path / "a" / "b" / "line.png")
+    assert path.is_file()
+    assert_valid_png(path)
+    assert number not in plt.get_fignums()
+
+
+def test_figures_do_not_pile_up_in_pyplot(mlp2, images):
+    before = set(plt.get_fignums())
+    F.reconstructions(mlp2, images, n=2)
+    F.prior_samples(mlp2, n=4)
+    assert set(plt.get_fignums()) == before
