@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=1, help="Interleaved repetitions of every mode.")
     parser.add_argument("--gpu", action="store_true", help="use_gpu: true (needs a GPU).")
+    parser.add_argument("--modes", default="plain,ray1,ray2", help="Comma-separated subset of plain,ray1,ray2.")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--start", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -104,7 +105,10 @@ def main() -> None:
         child(args.child, args.epochs, args.gpu, args.start)
         return
 
-    modes = {"plain": "plain PyTorch loop", "ray1": "Ray Train, 1 worker", "ray2": "Ray Train, 2 workers"}
+    labels = {"plain": "plain PyTorch loop", "ray1": "Ray Train, 1 worker", "ray2": "Ray Train, 2 workers"}
+    modes = {m: labels[m] for m in args.modes.split(",")}
+    if "plain" not in modes:
+        parser.error("--modes must include plain (the baseline)")
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     for _ in range(args.repeats):
         for mode in modes:  # interleaved, so drift in machine load hits every mode alike

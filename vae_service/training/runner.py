@@ -27,6 +27,8 @@ from vae_service.core.checkpoint import load_checkpoint, read_state, save_model
 from vae_service.core.model import VAE, ModelConfig
 from vae_service.core.spec import TrainSpec
 from vae_service.core.spec_loading import dump_spec
+from vae_service.tracking.mlflow_run import worker_env as mlflow_worker_env
+from vae_service.tracking.tracked_run import RUN_ID_FILE, TrackedRun
 from vae_service.training.progress import ProgressBoard, ProgressDisplay
 from vae_service.training.worker import train_loop_per_worker
 
@@ -65,6 +67,8 @@ class RunResult:
     epochs_completed: int
     metrics: dict
     history: list[dict] = field(default_factory=list)
+    mlflow_run_id: str = ""
+    model_uri: str = ""  # models:/name/N when registered, else the logged model's URI
     startup_s: float = 0.0  # run_training called → first training step
     first_step_at: float = 0.0  # unix time of the first step (for process-level timings)
     wall_s: float = 0.0
@@ -103,7 +107,9 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
 def _worker_env() -> dict:
     """Settings the workers need from the driver's environment (data location, caches)."""
     names = ("VAE_DATA_DIR", "VAE_CACHE_DIR", "VAE_MNIST_MIRROR")
-    return {"env_vars": {n: os.environ[n] for n in names if n in os.environ}}
+    env = {n: os.environ[n] for n in names if n in os.environ}
+    env.update(mlflow_worker_env())
+    return {"env_vars": env}
 
 
 def run_training(
@@ -129,16 +135,39 @@ def run_training(
     (run_dir / "spec.yaml").write_text(dump_spec(spec))
 
     ensure_ray()
+    previous_run_id = (run_dir / RUN_ID_FILE).read_text().strip() if (run_dir / RUN_ID_FILE).is_file() else None
+    tracked = TrackedRun.begin(spec, run_name, previous_run_id)
+    (run_dir / RUN_ID_FILE).write_text(tracked.run_id)
     board = ProgressBoard.remote()
+    try:
+        trainer = _build_trainer(spec, run_dir, run_name, storage, resume_dir, board, tracked.run_id, console)
+        result, board_state = _fit(trainer, board, spec, run_dir, console, show_progress)
+        run = _outcome(spec, result, board_state, run_dir, tracked)
+    except TrainingInterrupted:
+        tracked.fail("interrupted by the user")
+        raise
+    except BaseException as exc:
+        tracked.fail(str(exc) or exc.__class__.__name__)
+        raise
+    finally:
+        ray.kill(board)
+    run.wall_s = time.perf_counter() - started
+    run.startup_s = (run.first_step_at or started_unix) - started_unix
+    (run_dir / "metrics.json").write_text(json.dumps(run.to_json(), indent=2, default=str))
+    return run
+
+
+def _build_trainer(spec: TrainSpec, run_dir: Path, run_name: str, storage: Path, resume_dir: Optional[str], board, mlflow_run_id: str, console: Console) -> "InterruptibleTorchTrainer":
     resume_from = latest_checkpoint(run_dir) if resume_dir else None
     if resume_dir and resume_from is None:
         console.print(f"[yellow]No checkpoint in {run_dir} yet: starting from epoch 1.")
-    trainer = InterruptibleTorchTrainer(
+    return InterruptibleTorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "spec": spec.model_dump(mode="json"),
             "progress_board": board,
             "resume_from": str(resume_from) if resume_from else None,
+            "mlflow_run_id": mlflow_run_id,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=spec.resources.num_workers,
@@ -153,6 +182,10 @@ def run_training(
             worker_runtime_env=_worker_env(),
         ),
     )
+
+
+def _fit(trainer: "InterruptibleTorchTrainer", board, spec: TrainSpec, run_dir: Path, console: Console, show_progress: bool):
+    """Runs the trainer with the live display; returns (Ray's result, the board's state)."""
     previous_sigint = signal.getsignal(signal.SIGINT)
     try:
         with ProgressDisplay(board, spec.optim.epochs, console, enabled=show_progress):
@@ -168,34 +201,35 @@ def run_training(
         raise
     finally:
         signal.signal(signal.SIGINT, previous_sigint)
-        ray.kill(board)
     if trainer.interrupted:
         raise TrainingInterrupted(str(run_dir))
-
     if board_state["failure"]:
         raise TrainingError(board_state["failure"])
-    metrics = dict(result.metrics or {})
-    history = board_state["epochs"]
     if result.checkpoint is None:
         raise TrainingError("training finished without a checkpoint")
+    return result, board_state
+
+
+def _outcome(spec: TrainSpec, result, board_state: dict, run_dir: Path, tracked: TrackedRun) -> RunResult:
+    """Saves the final model, publishes it to MLflow and summarises the run."""
+    metrics = dict(result.metrics or {})
     with result.checkpoint.as_directory() as directory:
         state = read_state(directory)
         model = VAE(ModelConfig.from_dict(state["model_config"]))
         load_checkpoint(directory, model)
     model_dir = save_model(run_dir / "model", model, extra={"spec": spec.model_dump(mode="json"), "metrics": metrics})
-    run = RunResult(
+    published = tracked.complete(spec, model, model_dir, metrics.get("val_kl_per_dim"))
+    return RunResult(
         run_dir=str(run_dir),
         model_dir=str(model_dir),
         checkpoint=result.checkpoint.path,
         epochs_completed=int(metrics.get("epoch", -1)) + 1,
         metrics=metrics,
-        history=history,
-        startup_s=(board_state["first_step_at"] or started_unix) - started_unix,
+        history=board_state["epochs"],
+        mlflow_run_id=tracked.run_id,
+        model_uri=published.registry_uri or published.model_uri,
         first_step_at=board_state["first_step_at"] or 0.0,
-        wall_s=time.perf_counter() - started,
     )
-    (run_dir / "metrics.json").write_text(json.dumps(run.to_json(), indent=2, default=str))
-    return run
 
 
 def _root_cause(exc: BaseException) -> str:

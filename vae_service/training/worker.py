@@ -22,6 +22,7 @@ from vae_service.core.loop import NonFiniteLoss, evaluate, train_epoch
 from vae_service.core.model import VAE, ModelConfig
 from vae_service.core.objective import objective_from_spec
 from vae_service.core.spec import TrainSpec
+from vae_service.tracking.epoch_logger import EpochLogger
 
 PROGRESS_INTERVAL_S = 0.5
 
@@ -124,6 +125,7 @@ def train_loop_per_worker(config: dict) -> None:
     per_worker_batch = max(1, spec.optim.batch_size // world_size)
     rank_mean = _rank_mean(world_size)
     board = config.get("progress_board")
+    epoch_logger = EpochLogger(config["mlflow_run_id"]) if rank == 0 and config.get("mlflow_run_id") else None
 
     for epoch in range(start_epoch, spec.optim.epochs):
         seed_everything(seed if seed is not None else int(time.time()), epoch, rank)
@@ -148,6 +150,8 @@ def train_loop_per_worker(config: dict) -> None:
             metrics.update(_evaluation_metrics(model, data, spec, include_test=last))
             if board is not None:
                 board.finish_epoch.remote(metrics)
+            if epoch_logger is not None:
+                epoch_logger.log(metrics)
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(tmp, model, optimizer, {"epoch": epoch, "metrics": metrics, "spec": spec.model_dump(mode="json")})
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

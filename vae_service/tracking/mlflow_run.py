@@ -1,0 +1,114 @@
+"""The MLflow run around a training job, as the driver sees it: create, tag, finish.
+
+Embedded default: `sqlite:///<cwd>/mlflow.db` with artifacts under `<cwd>/mlartifacts`
+(absolute, because Ray workers run in another working directory). With MLFLOW_TRACKING_URI
+pointing at a server, the server decides where artifacts go (e.g. S3 with --serve-artifacts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+from mlflow.entities import Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+from vae_service.core.spec import TrainSpec
+from vae_service.core.spec_loading import dump_spec
+
+LOCAL_DB = "mlflow.db"
+LOCAL_ARTIFACTS = "mlartifacts"
+
+
+def tracking_uri() -> str:
+    """The tracking URI for this process and its workers (absolute for the local default)."""
+    configured = os.environ.get("MLFLOW_TRACKING_URI")
+    if configured:
+        return configured
+    return f"sqlite:///{Path.cwd() / LOCAL_DB}"
+
+
+def is_local_store(uri: str) -> bool:
+    return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
+
+
+def client() -> MlflowClient:
+    uri = tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, str]:
+    """{'model': {'latent_dim': 20}} → {'model.latent_dim': '20'} (MLflow params are strings)."""
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = json.dumps(value) if isinstance(value, (list, type(None))) else str(value)
+    return flat
+
+
+def spec_hash(spec: TrainSpec) -> str:
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def git_revision() -> str:
+    """The revision of the code that runs the job (the checkout of the installed package)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def experiment_id(mlflow: MlflowClient, name: str) -> str:
+    existing = mlflow.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    location = None
+    if is_local_store(tracking_uri()):
+        location = (Path.cwd() / LOCAL_ARTIFACTS).resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def start_run(spec: TrainSpec, run_name: str, ray_job_id: Optional[str] = None) -> str:
+    """Creates the run with params, tags and the spec; returns its id."""
+    mlflow = client()
+    tags = {
+        "mlflow.runName": run_name,
+        "vae.spec_hash": spec_hash(spec),
+        "mlflow.source.git.commit": git_revision(),
+        "vae.kind": spec.kind,
+    }
+    if ray_job_id:
+        tags["vae.ray_job_id"] = ray_job_id
+    if os.environ.get("VAE_JOB_ID"):
+        tags["vae.job_id"] = os.environ["VAE_JOB_ID"]
+    run = mlflow.create_run(experiment_id(mlflow, spec.tracking.experiment), run_name=run_name, tags=tags)
+    run_id = run.info.run_id
+    params = [Param(k, v) for k, v in flatten(spec.model_dump(mode="json")).items()]
+    for start in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
+        mlflow.log_batch(run_id, params=params[start : start + 100])
+    mlflow.log_text(run_id, dump_spec(spec), "spec.yaml")
+    return run_id
+
+
+def finish_run(run_id: str, succeeded: bool, error: Optional[str] = None) -> None:
+    mlflow = client()
+    if error:
+        mlflow.log_batch(run_id, tags=[RunTag("vae.error", error[:5000])])
+    status = RunStatus.to_string(RunStatus.FINISHED if succeeded else RunStatus.FAILED)
+    mlflow.set_terminated(run_id, status=status)
+
+
+def worker_env() -> dict[str, str]:
+    """What rank 0 needs to log to the same place as the driver."""
+    return {"MLFLOW_TRACKING_URI": tracking_uri()}

@@ -1,0 +1,38 @@
+"""The MLflow pyfunc model, logged as "models from code": MLflow stores this file's source and
+the artifacts (safetensors weights + JSON config), never a pickled Python object.
+
+`predict` takes images — an array of shape (N, pixels) or (N, C, H, W), grey levels in [0, 1]
+(uint8 0–255 is accepted too) — and returns a DataFrame with μ and log σ² per latent dimension.
+Loading needs the `vae_service` package installed (it rebuilds the network from the config).
+"""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.pyfunc import PythonModel
+
+
+class VAEEncoderModel(PythonModel):
+    def load_context(self, context) -> None:
+        from vae_service.core.checkpoint import load_model
+
+        self.vae = load_model(context.artifacts["vae"])  # model.safetensors + config.json
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        array = model_input.to_numpy() if isinstance(model_input, pd.DataFrame) else np.asarray(model_input)
+        images = torch.as_tensor(array, dtype=torch.float32)
+        if images.max() > 1.0:  # uint8 grey levels
+            images = images / 255.0
+        images = images.reshape(-1, *self.vae.config.image_shape)
+        with torch.no_grad():
+            mu, logvar = self.vae.encode(images)
+        dims = range(1, mu.shape[1] + 1)
+        columns = {f"mu_{j}": mu[:, j - 1].numpy() for j in dims}
+        columns.update({f"logvar_{j}": logvar[:, j - 1].numpy() for j in dims})
+        return pd.DataFrame(columns)
+
+
+mlflow.models.set_model(VAEEncoderModel())

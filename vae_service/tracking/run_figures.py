@@ -1,0 +1,40 @@
+"""The set of figures every training run gets, chosen by the latent dimension."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+from vae_service.core.data import ImageSplit
+from vae_service.core.model import VAE
+from vae_service.tracking import figures
+
+SCATTER_POINTS = 5000  # enough to see the structure, few enough to draw quickly
+
+
+def render_run_figures(vae: VAE, test: ImageSplit, out_dir: Path, kl_per_dim: Optional[Sequence[float]] = None) -> list[Path]:
+    """Writes the article's figures for a trained model as PNGs; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images, labels = test.images[:SCATTER_POINTS], test.labels[:SCATTER_POINTS]
+    first, second = _two_different_digits(test)
+    made = {
+        "reconstructions.png": figures.reconstructions(vae, images[:8]),
+        "prior_samples.png": figures.prior_samples(vae),
+        "latent_scatter.png": figures.latent_scatter(vae, images, labels),
+        "latent_dimensions.png": figures.latent_dimensions(vae, images[:8]),
+        "latent_traversals.png": figures.latent_traversals(vae, images[0], kl_per_dim=kl_per_dim),
+        "interpolation.png": figures.interpolation(vae, test.images[first], test.images[second]),
+        "interpolation_slerp.png": figures.interpolation(vae, test.images[first], test.images[second], method="slerp"),
+    }
+    if kl_per_dim is not None:
+        made["kl_per_dimension.png"] = figures.kl_per_dimension(list(kl_per_dim))
+    if vae.config.latent_dim == 2:
+        made["latent_manifold.png"] = figures.latent_manifold(vae)
+    return [figures.save_png(fig, out_dir / name) for name, fig in made.items()]
+
+
+def _two_different_digits(test: ImageSplit) -> tuple[int, int]:
+    """Indices of the first test image and the first one of another class."""
+    first_label = int(test.labels[0])
+    other = next((i for i, label in enumerate(test.labels.tolist()) if label != first_label), min(1, len(test) - 1))
+    return 0, other
