@@ -42,3 +42,79 @@ def tiny_spec(tmp_path):
         return validate_data(apply_overrides(base, assignments))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 API: `moto_server` on a free local port, for the whole session.
+
+    While it runs, the process environment points storage at it (VAE_S3_ENDPOINT_URL) with fake
+    AWS credentials; the previous values come back at the end. Yields a dict with
+    `endpoint_url`, `client` (boto3) and `make_bucket(name=None) -> name` (a fresh bucket per
+    test keeps tests apart).
+    """
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    import boto3
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    executable = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    log = open(tmp_path_factory.mktemp("moto") / "moto_server.log", "wb")
+    process = subprocess.Popen([executable, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=2).close()
+            break
+        except urllib.error.HTTPError:
+            break  # it answered
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                log.close()
+                pytest.fail(f"moto_server did not start on {endpoint}")
+            time.sleep(0.2)
+
+    settings = {
+        "VAE_S3_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+    }
+    saved = {name: os.environ.get(name) for name in [*settings, "AWS_SESSION_TOKEN"]}
+    os.environ.update(settings)
+    os.environ.pop("AWS_SESSION_TOKEN", None)
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
+
+    def make_bucket(name=None):
+        name = name or f"vae-{uuid.uuid4().hex[:12]}"
+        client.create_bucket(Bucket=name)
+        return name
+
+    try:
+        yield {"endpoint_url": endpoint, "client": client, "make_bucket": make_bucket}
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from vae_service.core.checkpoint import load_model
+from vae_service.tracking.mlflow_run import client
 from vae_service.training.runner import TrainingError, run_training
 
 pytestmark = pytest.mark.slow
 
 
 def test_two_worker_ddp_shards_are_disjoint_and_weights_stay_identical(ray_cluster, tiny_spec):
-    spec = tiny_spec(resources__num_workers=2)
+    spec = tiny_spec(resources__num_workers=2, tracking__register_as="tiny-ddp", tracking__experiment="ddp")
     result = run_training(spec, show_progress=False)
 
     assert result.epochs_completed == 1
@@ -30,6 +31,28 @@ def test_two_worker_ddp_shards_are_disjoint_and_weights_stay_identical(ray_clust
     # Pickle-free: nothing the run left behind is a pickle.
     leftovers = [p for p in Path(result.run_dir).rglob("*") if p.suffix in (".pkl", ".pt", ".pth")]
     assert leftovers == []
+
+    # Tracked: params, metrics, figures, and a registered pickle-free model with its alias.
+    mlflow = client()
+    run = mlflow.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.latent_dim"] == "4"
+    assert run.data.params["resources.num_workers"] == "2"
+    assert run.data.metrics["val_neg_elbo"] == pytest.approx(result.metrics["val_neg_elbo"])
+    assert "val_kl_dim_04" in run.data.metrics
+    assert run.data.tags["vae.spec_hash"]
+    figures = {f.path for f in mlflow.list_artifacts(result.mlflow_run_id, "figures")}
+    assert len(figures) >= 6 and "figures/latent_scatter.png" in figures
+    version = mlflow.get_model_version_by_alias("tiny-ddp", "candidate")
+    assert result.model_uri == f"models:/tiny-ddp/{version.version}"
+    import mlflow as mlflow_module
+
+    local = Path(mlflow_module.artifacts.download_artifacts(artifact_uri=result.model_uri))
+    names = {p.name for p in local.rglob("*")}
+    assert {"MLmodel", "pyfunc_model.py", "model.safetensors", "config.json"} <= names
+    assert not [n for n in names if n.endswith(".pkl")]
+    encoded = mlflow_module.pyfunc.load_model(result.model_uri).predict(torch.zeros(2, 784).numpy())
+    assert list(encoded.columns[:2]) == ["mu_1", "mu_2"] and len(encoded) == 2
 
 
 def test_loss_falls_and_resume_continues_at_next_epoch(ray_cluster, tiny_spec):
@@ -47,6 +70,10 @@ def test_loss_falls_and_resume_continues_at_next_epoch(ray_cluster, tiny_spec):
     assert resumed.run_dir == first.run_dir
     # It continued from the trained weights, not from scratch.
     assert resumed.metrics["val_neg_elbo"] < first.history[0]["val_neg_elbo"]
+    # ...and in the same MLflow run, which now has all three epochs.
+    assert resumed.mlflow_run_id == first.mlflow_run_id
+    steps = [m.step for m in client().get_metric_history(first.mlflow_run_id, "val_neg_elbo")]
+    assert sorted(steps) == [0, 1, 2]
 
 
 def test_seeded_single_worker_run_is_reproducible(ray_cluster, tiny_spec):
@@ -59,6 +86,13 @@ def test_seeded_single_worker_run_is_reproducible(ray_cluster, tiny_spec):
 
 
 def test_non_finite_loss_stops_the_run_with_epoch_and_step(ray_cluster, tiny_spec):
-    spec = tiny_spec(**{"optim__lr": 1e30, "model__likelihood": "gaussian"})
+    spec = tiny_spec(**{"optim__lr": 1e30, "model__likelihood": "gaussian", "tracking__register_as": "never",
+                        "tracking__experiment": "nan"})
     with pytest.raises(TrainingError, match=r"^non-finite loss at epoch 0 step \d+$"):
         run_training(spec, show_progress=False)
+    # The MLflow run is marked FAILED with the reason, and nothing was registered.
+    mlflow = client()
+    runs = mlflow.search_runs([mlflow.get_experiment_by_name("nan").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert runs[0].data.tags["vae.error"].startswith("non-finite loss at epoch 0")
+    assert not mlflow.search_registered_models("name='never'")

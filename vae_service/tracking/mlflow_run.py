@@ -36,7 +36,15 @@ def is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
 
 
+def bound_retries() -> None:
+    """Bounded retries against a tracking server (MLflow's default backs off for minutes)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
 def client() -> MlflowClient:
+    bound_retries()
     uri = tracking_uri()
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -73,10 +81,17 @@ def experiment_id(mlflow: MlflowClient, name: str) -> str:
     existing = mlflow.get_experiment_by_name(name)
     if existing is not None:
         return existing.experiment_id
-    location = None
-    if is_local_store(tracking_uri()):
-        location = (Path.cwd() / LOCAL_ARTIFACTS).resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    return mlflow.create_experiment(name, artifact_location=local_artifact_root(tracking_uri()))
+
+
+def local_artifact_root(uri: str) -> Optional[str]:
+    """For a local store: `mlartifacts/` beside the SQLite file (absolute, for Ray workers).
+    For a server: None, so the server's own artifact root (e.g. S3) applies."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / LOCAL_ARTIFACTS).resolve().as_uri()
+    if is_local_store(uri):
+        return (Path.cwd() / LOCAL_ARTIFACTS).resolve().as_uri()
+    return None
 
 
 def start_run(spec: TrainSpec, run_name: str, ray_job_id: Optional[str] = None) -> str:

@@ -1,7 +1,8 @@
 """Runs one training job on Ray Train and turns the outcome into a `RunResult`.
 
 Embedded default: a local Ray started for the run. With RAY_ADDRESS set, the run joins that
-cluster instead. Everything a run leaves is under `<storage.uri>/<run name>/`:
+cluster instead. Everything a run leaves is under `<storage.uri>/<run name>/` (a local path or
+`s3://bucket/prefix`, see vae_service.storage):
   checkpoint_*/     Ray Train checkpoints (pickle-free, see core.checkpoint)
   model/            final weights (safetensors) + config.json
   spec.yaml         the normalised spec; metrics.json: per-epoch history and final metrics
@@ -15,7 +16,6 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Optional
 
 import ray
@@ -23,7 +23,8 @@ import ray.train
 from ray.train.torch import TorchTrainer
 from rich.console import Console
 
-from vae_service.core.checkpoint import load_checkpoint, read_state, save_model
+from vae_service import storage
+from vae_service.core.checkpoint import STATE_FILE, load_checkpoint, read_state, save_model
 from vae_service.core.model import VAE, ModelConfig
 from vae_service.core.spec import TrainSpec
 from vae_service.core.spec_loading import dump_spec
@@ -94,19 +95,23 @@ def new_run_name(spec: TrainSpec) -> str:
     return f"{spec.name}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
 
 
-def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    """The checkpoint with the highest epoch under a run directory, if any."""
+def latest_checkpoint(run_dir: storage.Location) -> Optional[storage.Location]:
+    """The checkpoint with the highest epoch under a run directory (local or S3), if any."""
     best, best_epoch = None, -1
-    for state_file in run_dir.glob("checkpoint_*/state.json"):
-        epoch = read_state(state_file.parent).get("epoch", -1)
+    for checkpoint in storage.list_checkpoints(run_dir):
+        state_file = checkpoint.join(STATE_FILE)
+        if not storage.exists(state_file):  # a checkpoint cut off while it was being written
+            continue
+        epoch = storage.read_json(state_file).get("epoch", -1)
         if epoch > best_epoch:
-            best, best_epoch = state_file.parent, epoch
+            best, best_epoch = checkpoint, epoch
     return best
 
 
 def _worker_env() -> dict:
-    """Settings the workers need from the driver's environment (data location, caches)."""
-    names = ("VAE_DATA_DIR", "VAE_CACHE_DIR", "VAE_MNIST_MIRROR")
+    """Settings the workers need from the driver's environment (data location, caches, and the
+    S3 endpoint/keys/region, so `storage.checkpoint_from_uri` reaches the same store there)."""
+    names = ("VAE_DATA_DIR", "VAE_CACHE_DIR", "VAE_MNIST_MIRROR") + storage.ENV_VARS
     env = {n: os.environ[n] for n in names if n in os.environ}
     env.update(mlflow_worker_env())
     return {"env_vars": env}
@@ -122,25 +127,16 @@ def run_training(
     """Trains `spec` on Ray Train; raises TrainingError for a failed run."""
     console = console or Console(stderr=True)
     started, started_unix = time.perf_counter(), time.time()
-    storage = Path(spec.storage.uri).expanduser().resolve()
-    if resume_dir:
-        run_dir = Path(resume_dir).expanduser().resolve()
-        if not run_dir.is_dir():
-            raise TrainingError(f"--resume: {resume_dir} is not a run directory")
-        storage, run_name = run_dir.parent, run_dir.name
-    else:
-        run_name = new_run_name(spec)
-        run_dir = storage / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "spec.yaml").write_text(dump_spec(spec))
+    storage_root, run_dir, run_name = _prepare_run_dir(spec, resume_dir)
 
     ensure_ray()
-    previous_run_id = (run_dir / RUN_ID_FILE).read_text().strip() if (run_dir / RUN_ID_FILE).is_file() else None
+    run_id_file = run_dir.join(RUN_ID_FILE)
+    previous_run_id = storage.read_text(run_id_file).strip() if storage.exists(run_id_file) else None
     tracked = TrackedRun.begin(spec, run_name, previous_run_id)
-    (run_dir / RUN_ID_FILE).write_text(tracked.run_id)
+    storage.write_text(run_id_file, tracked.run_id)
     board = ProgressBoard.remote()
     try:
-        trainer = _build_trainer(spec, run_dir, run_name, storage, resume_dir, board, tracked.run_id, console)
+        trainer = _build_trainer(spec, run_dir, run_name, storage_root, resume_dir, board, tracked.run_id, console)
         result, board_state = _fit(trainer, board, spec, run_dir, console, show_progress)
         run = _outcome(spec, result, board_state, run_dir, tracked)
     except TrainingInterrupted:
@@ -153,11 +149,32 @@ def run_training(
         ray.kill(board)
     run.wall_s = time.perf_counter() - started
     run.startup_s = (run.first_step_at or started_unix) - started_unix
-    (run_dir / "metrics.json").write_text(json.dumps(run.to_json(), indent=2, default=str))
+    storage.write_text(run_dir.join("metrics.json"), json.dumps(run.to_json(), indent=2, default=str))
     return run
 
 
-def _build_trainer(spec: TrainSpec, run_dir: Path, run_name: str, storage: Path, resume_dir: Optional[str], board, mlflow_run_id: str, console: Console) -> "InterruptibleTorchTrainer":
+def _prepare_run_dir(spec: TrainSpec, resume_dir: Optional[str]) -> tuple[storage.Location, storage.Location, str]:
+    """(storage root, run directory, run name), the run directory created with its spec.yaml.
+    S3 is checked first (bounded retries), so an unreachable store fails before Ray starts."""
+    try:
+        storage_root = storage.resolve(resume_dir or spec.storage.uri)
+        storage.check_reachable(storage_root)
+        if resume_dir:
+            run_dir = storage_root
+            if not storage.is_dir(run_dir):
+                raise TrainingError(f"--resume: {resume_dir} is not a run directory")
+            storage_root, run_name = run_dir.parent, run_dir.name
+        else:
+            run_name = new_run_name(spec)
+            run_dir = storage_root.join(run_name)
+        storage.make_dirs(run_dir)
+        storage.write_text(run_dir.join("spec.yaml"), dump_spec(spec))
+    except (storage.StorageError, OSError) as exc:
+        raise TrainingError(" ".join(str(exc).split()) or exc.__class__.__name__) from None
+    return storage_root, run_dir, run_name
+
+
+def _build_trainer(spec: TrainSpec, run_dir: storage.Location, run_name: str, storage_root: storage.Location, resume_dir: Optional[str], board, mlflow_run_id: str, console: Console) -> "InterruptibleTorchTrainer":
     resume_from = latest_checkpoint(run_dir) if resume_dir else None
     if resume_dir and resume_from is None:
         console.print(f"[yellow]No checkpoint in {run_dir} yet: starting from epoch 1.")
@@ -166,7 +183,7 @@ def _build_trainer(spec: TrainSpec, run_dir: Path, run_name: str, storage: Path,
         train_loop_config={
             "spec": spec.model_dump(mode="json"),
             "progress_board": board,
-            "resume_from": str(resume_from) if resume_from else None,
+            "resume_from": resume_from.uri if resume_from else None,
             "mlflow_run_id": mlflow_run_id,
         },
         scaling_config=ray.train.ScalingConfig(
@@ -176,7 +193,8 @@ def _build_trainer(spec: TrainSpec, run_dir: Path, run_name: str, storage: Path,
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=str(storage),
+            storage_path=storage_root.path,  # for S3: bucket/prefix, on the filesystem below
+            storage_filesystem=None if storage_root.is_local else storage_root.filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.storage.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=spec.storage.max_failures),
             worker_runtime_env=_worker_env(),
@@ -184,7 +202,7 @@ def _build_trainer(spec: TrainSpec, run_dir: Path, run_name: str, storage: Path,
     )
 
 
-def _fit(trainer: "InterruptibleTorchTrainer", board, spec: TrainSpec, run_dir: Path, console: Console, show_progress: bool):
+def _fit(trainer: "InterruptibleTorchTrainer", board, spec: TrainSpec, run_dir: storage.Location, console: Console, show_progress: bool):
     """Runs the trainer with the live display; returns (Ray's result, the board's state)."""
     previous_sigint = signal.getsignal(signal.SIGINT)
     try:
@@ -210,19 +228,22 @@ def _fit(trainer: "InterruptibleTorchTrainer", board, spec: TrainSpec, run_dir: 
     return result, board_state
 
 
-def _outcome(spec: TrainSpec, result, board_state: dict, run_dir: Path, tracked: TrackedRun) -> RunResult:
+def _outcome(spec: TrainSpec, result, board_state: dict, run_dir: storage.Location, tracked: TrackedRun) -> RunResult:
     """Saves the final model, publishes it to MLflow and summarises the run."""
     metrics = dict(result.metrics or {})
     with result.checkpoint.as_directory() as directory:
         state = read_state(directory)
         model = VAE(ModelConfig.from_dict(state["model_config"]))
         load_checkpoint(directory, model)
-    model_dir = save_model(run_dir / "model", model, extra={"spec": spec.model_dump(mode="json"), "metrics": metrics})
-    published = tracked.complete(spec, model, model_dir, metrics.get("val_kl_per_dim"))
+    model_dir = run_dir.join("model")
+    # Written locally (a temporary directory for S3, uploaded when the block ends).
+    with storage.writing_dir(model_dir) as local_model_dir:
+        save_model(local_model_dir, model, extra={"spec": spec.model_dump(mode="json"), "metrics": metrics})
+        published = tracked.complete(spec, model, local_model_dir, metrics.get("val_kl_per_dim"))
     return RunResult(
-        run_dir=str(run_dir),
-        model_dir=str(model_dir),
-        checkpoint=result.checkpoint.path,
+        run_dir=run_dir.uri,
+        model_dir=model_dir.uri,
+        checkpoint=run_dir.at(result.checkpoint.path).uri,
         epochs_completed=int(metrics.get("epoch", -1)) + 1,
         metrics=metrics,
         history=board_state["epochs"],
