@@ -16,6 +16,7 @@ from typing import Iterator, List, Optional
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vae_service.core.spec import TrainSpec
@@ -159,7 +160,7 @@ def _user_errors() -> Iterator[None]:
     except ModelNotFound as exc:
         _fail(str(exc), 2)
     except DataError as exc:
-        _fail(f"data: {exc}", 2)
+        _fail("data: " + " ".join(str(exc).split("\n")), 2)
     except MlflowException as exc:
         _fail(f"mlflow: {_first_line(exc.message) or type(exc).__name__}", 2)
 
@@ -199,7 +200,7 @@ def models_list() -> None:
     table.add_column("last updated (UTC)")
     for model in models:
         latest = str(model.latest_version) if model.latest_version is not None else "—"
-        table.add_row(model.name, latest, str(model.version_count), _aliases(model.aliases), _when(model.last_updated))
+        table.add_row(escape(model.name), latest, str(model.version_count), escape(_aliases(model.aliases)), _when(model.last_updated))
     Console(highlight=False).print(table)
 
 
@@ -211,7 +212,7 @@ def models_show(name: str = typer.Argument(..., help="Registered model name.")) 
     with _user_errors():
         model = show_model(name)
     # Narrow headers and an unwrapped run id: it stays whole (copyable) in an 80-column terminal.
-    table = Table(title=f"{model.name}  (aliases: {_aliases(model.aliases)})", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=escape(f"{model.name}  (aliases: {_aliases(model.aliases)})"), box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("ver", justify="right")
     table.add_column("aliases", overflow="fold")
     table.add_column("val\n−ELBO", justify="right")
@@ -224,7 +225,7 @@ def models_show(name: str = typer.Argument(..., help="Registered model name.")) 
             run = f"{run}\n({version.run_status.lower()})"
         table.add_row(
             str(version.version),
-            " ".join(f"@{alias}" for alias in version.aliases) or "—",
+            escape(" ".join(f"@{alias}" for alias in version.aliases) or "—"),
             _metric(version.metrics.get("val_neg_elbo")),
             _metric(version.metrics.get("test_neg_elbo")),
             _metric(version.metrics.get("active_units")),
@@ -310,9 +311,11 @@ def sample(
     output: Path = typer.Option(Path("samples.png"), "--output", "-o", help="The PNG to write."),
     seed: int = typer.Option(0, "--seed", help="Seed of the codes z ~ N(0, I)."),
 ) -> None:
-    """A grid of decoder outputs E[x|z] for codes drawn from the prior N(0, I)."""
+    """A grid of decoder means for codes z drawn from the prior N(0, I)."""
     if not 1 <= n <= MAX_SAMPLES:
         _fail(f"-n {n}: the number of samples must be between 1 and {MAX_SAMPLES}", 2)
+    if not 0 <= seed < 2**63:
+        _fail(f"--seed {seed}: must be between 0 and 2**63 - 1", 2)
     _check_output(output)
     from vae_service.tracking.figures import prior_samples
     from vae_service.tracking.registry_view import open_model
@@ -380,7 +383,7 @@ def encode(
         sys.stdout.write(json.dumps(payload) + "\n")
         return
     kl = 0.5 * (mu.pow(2) + sigma.pow(2) - 1.0 - logvar[0])
-    table = Table(title=f"q(z|x) of MNIST test image {index} (a {label}), {model_uri}")
+    table = Table(title=escape(f"q(z|x) of MNIST test image {index} (a {label}), {model_uri}"))
     table.add_column("dim", justify="right")
     table.add_column("μ", justify="right")
     table.add_column("σ", justify="right")

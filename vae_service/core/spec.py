@@ -112,7 +112,7 @@ class ResourcesSpec(StrictModel):
 
 
 class StorageSpec(StrictModel):
-    uri: str = Field("runs", description="Where runs and checkpoints go: a path (s3:// later).")
+    uri: str = Field("runs", description="Where runs and checkpoints go: a path or s3://bucket/prefix.")
     keep_checkpoints: PositiveInt = Field(2, description="Checkpoints kept per run (newest).")
     max_failures: int = Field(
         0, ge=-1, description="Worker failures to recover from (from the latest checkpoint)."

@@ -70,7 +70,7 @@ def require_store() -> None:
     if path.is_file():
         return
     hint = ("set MLFLOW_TRACKING_URI, or run from the directory where `vae run` ran"
-            if "MLFLOW_TRACKING_URI" not in os.environ else "check MLFLOW_TRACKING_URI")
+            if not os.environ.get("MLFLOW_TRACKING_URI") else "check MLFLOW_TRACKING_URI")
     raise ModelNotFound(f"no MLflow tracking store at {path} ({hint})")
 
 

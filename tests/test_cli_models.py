@@ -1,0 +1,253 @@
+"""`vae models list|show|promote`, `vae sample|interpolate|encode` against a real MLflow store.
+
+A SQLite store in a temporary directory holds one registered model, "tiny", with two versions
+(two tiny untrained VAEs, each logged from its own run); the CLI runs in-process through
+typer's CliRunner. No Ray: nothing here trains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vae_service.cli import app
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+METRICS_V1 = {"val_neg_elbo": 123.5, "test_neg_elbo": 124.25, "active_units": 2.0}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """{tracking_uri, runs: [run ids], dirs: [local model dirs], vaes: [models], model_ids}."""
+    import mlflow
+
+    from vae_service.core.checkpoint import save_model
+    from vae_service.core.model import VAE, ModelConfig
+    from vae_service.core.spec_loading import validate_data
+    from vae_service.tracking import model_store
+    from vae_service.tracking.mlflow_run import client, start_run
+
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        mp.chdir(root)  # whatever a local store puts beside the working directory stays in root
+        spec = validate_data({})
+        runs, dirs, vaes, model_uris = [], [], [], []
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            vae = VAE(ModelConfig(latent_dim=2, hidden=(32,))).eval()
+            model_dir = save_model(root / f"model-{seed}", vae)
+            run_id = start_run(spec, "t")
+            if seed == 0:
+                client().log_batch(run_id, metrics=[
+                    mlflow.entities.Metric(k, v, 0, 0) for k, v in METRICS_V1.items()
+                ])
+            model_uri = model_store.log_model(run_id, model_dir, vae)
+            version = model_store.register(model_uri, "tiny", "candidate")
+            assert version == seed + 1
+            runs.append(run_id)
+            dirs.append(model_dir)
+            vaes.append(vae)
+            model_uris.append(model_uri)
+        yield {"uri": uri, "root": root, "runs": runs, "dirs": dirs, "vaes": vaes, "model_uris": model_uris}
+    # log_model/register set MLflow's process-wide URIs: point them back at the session's store.
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+        mlflow.set_registry_uri(os.environ["MLFLOW_TRACKING_URI"])
+
+
+@pytest.fixture
+def cli(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
+    monkeypatch.chdir(store["root"])
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert "Traceback" not in result.output, result.output
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result
+
+    return invoke
+
+
+def _mlflow_client(store):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=store["uri"], registry_uri=store["uri"])
+
+
+def _png(path: Path) -> bytes:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    return data
+
+
+def _expect_user_error(result, *fragments: str) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry
+
+
+def test_models_list_shows_latest_version_and_aliases(cli):
+    result = cli("models", "list")
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if "tiny" in line)
+    assert "2" in row and "@candidate→2" in row
+
+
+def test_models_show_lists_versions_aliases_metrics_and_runs(cli, store):
+    result = cli("models", "show", "tiny")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()[:1].isdigit()}
+    assert set(rows) >= {"1", "2"}, out
+    assert "@candidate" in rows["2"] and store["runs"][1] in rows["2"]
+    assert store["runs"][0] in rows["1"]  # whole run ids, even at 80 columns
+    assert "123.50" in rows["1"] and "124.25" in rows["1"]  # val/test −ELBO of version 1's run
+    assert rows["1"].split()[-2] == "2"  # active units, just before the run id
+    assert "—" in rows["2"]  # version 2's run logged no metrics
+
+
+def test_promote_moves_champion(cli, store):
+    mlflow = _mlflow_client(store)
+    result = cli("models", "promote", "tiny", "1")  # the default alias is champion
+    assert result.exit_code == 0, result.output
+    assert str(mlflow.get_model_version_by_alias("tiny", "champion").version) == "1"
+    result = cli("models", "promote", "tiny", "2", "--alias", "champion")
+    assert result.exit_code == 0, result.output
+    assert "1 → 2" in result.stderr
+    assert str(mlflow.get_model_version_by_alias("tiny", "champion").version) == "2"
+    assert str(mlflow.get_model_version_by_alias("tiny", "candidate").version) == "2"  # untouched
+    result = cli("models", "show", "tiny")
+    assert "@candidate→2, @champion→2" in result.stdout  # the title lists every alias
+
+
+def test_promote_mistakes_exit_2(cli, store):
+    _expect_user_error(cli("models", "promote", "tiny", "9"), "version 9", "versions: 1, 2", "@candidate→2")
+    _expect_user_error(cli("models", "promote", "nope", "1"), "'nope'", "models: tiny")
+    _expect_user_error(cli("models", "promote", "tiny", "x"), "VERSION")
+    _expect_user_error(cli("models", "promote", "tiny", "1", "--alias", "latest"), "latest")
+    _expect_user_error(cli("models", "show", "nope"), "'nope'", "models: tiny")
+
+
+def test_missing_local_store_is_an_error_and_is_not_created(cli, tmp_path, monkeypatch):
+    missing = tmp_path / "elsewhere" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{missing}")
+    _expect_user_error(cli("models", "list"), "no MLflow tracking store", str(missing))
+    _expect_user_error(cli("sample", "models:/tiny/1", "-o", tmp_path / "g.png"), "no MLflow tracking store")
+    assert not missing.exists()
+
+
+def test_model_artifacts_hold_no_pickle(store):
+    mlflow = _mlflow_client(store)
+    for model_uri in store["model_uris"]:
+        location = mlflow.get_logged_model(model_uri.rsplit("/", 1)[-1]).artifact_location
+        directory = Path(location.removeprefix("file://"))
+        files = [p.name for p in directory.rglob("*") if p.is_file()]
+        assert "model.safetensors" in files and "config.json" in files, files
+        assert not [name for name in files if name.endswith((".pkl", ".pickle"))], files
+    assert not list(store["root"].rglob("*.pkl"))
+
+
+# ---------------------------------------------------------------------------------------------
+# drawing from a model
+
+
+def test_sample_from_alias_version_run_and_directory(cli, store, tmp_path):
+    sources = {
+        "alias": "models:/tiny@candidate",  # version 2
+        "version": "models:/tiny/1",
+        "run": f"runs:/{store['runs'][0]}/model",
+        "dir": str(store["dirs"][0]),  # version 1's weights, read in place
+    }
+    pictures = {}
+    for key, uri in sources.items():
+        out = tmp_path / key / "grid.png"  # the parent folder is created
+        result = cli("sample", uri, "-n", "16", "-o", out, "--seed", "3")
+        assert result.exit_code == 0, result.output
+        pictures[key] = _png(out)
+    # Same seed, same weights → the same picture; version 2 draws something else.
+    assert pictures["version"] == pictures["dir"] == pictures["run"]
+    assert pictures["alias"] != pictures["version"]
+
+
+def test_sample_mistakes_exit_2(cli, tmp_path):
+    out = tmp_path / "g.png"
+    _expect_user_error(cli("sample", "models:/tiny@nope", "-o", out), "alias @nope", "versions: 1, 2", "@candidate→2")
+    _expect_user_error(cli("sample", "models:/tiny/7", "-o", out), "version 7", "versions: 1, 2", "@candidate→2")
+    _expect_user_error(cli("sample", "models:/nope@champion", "-o", out), "'nope'", "models: tiny")
+    _expect_user_error(cli("sample", "models:/tiny", "-o", out), "versions: 1, 2")
+    _expect_user_error(cli("sample", tmp_path / "no-such-dir", "-o", out), "no-such-dir")
+    _expect_user_error(cli("sample", "models:/tiny/1", "-n", "0", "-o", out), "-n 0")
+    _expect_user_error(cli("sample", "models:/tiny/1", "-n", "100000", "-o", out), "-n 100000")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    _expect_user_error(cli("sample", "models:/tiny/1", "-o", a_file / "grid.png"), "not a directory")
+    _expect_user_error(cli("sample", "models:/tiny/1", "-o", tmp_path), "PNG")
+    _expect_user_error(cli("sample", "models:/tiny/1", "-o", tmp_path / "grid.jpg"), ".png")
+    assert not out.exists()
+
+
+def test_interpolate_writes_a_strip(cli, store, tmp_path):
+    for method, uri in (("linear", str(store["dirs"][0])), ("slerp", "models:/tiny@candidate")):
+        out = tmp_path / f"{method}.png"
+        result = cli("interpolate", uri, "--from-index", "0", "--to-index", "1", "--steps", "6",
+                     "--method", method, "-o", out)
+        assert result.exit_code == 0, result.output
+        _png(out)
+
+
+def test_interpolate_mistakes_exit_2(cli, tmp_path):
+    out = tmp_path / "s.png"
+    base = ("interpolate", "models:/tiny/1", "-o", out)
+    _expect_user_error(cli(*base, "--from-index", "0", "--to-index", "10000"), "--to-index 10000", "0–9999")
+    _expect_user_error(cli(*base, "--from-index", "-1", "--to-index", "3"), "--from-index -1")
+    _expect_user_error(cli(*base, "--from-index", "0", "--to-index", "1", "--method", "cubic"), "linear, slerp")
+    _expect_user_error(cli(*base, "--from-index", "0", "--to-index", "1", "--steps", "1"), "--steps 1")
+    _expect_user_error(cli("interpolate", "models:/tiny@gone", "--from-index", "0", "--to-index", "1", "-o", out),
+                       "alias @gone", "versions: 1, 2")
+    assert not out.exists()
+
+
+def test_encode_json_matches_the_models_own_encoder(cli, store):
+    from vae_service.core.data import load_mnist, to_unit_float
+
+    test = load_mnist(None, download=False, val_fraction=0.0).test
+    index = 7
+    x = to_unit_float(test.images[index : index + 1])
+    for uri, vae in (("models:/tiny@candidate", store["vaes"][1]), ("models:/tiny/1", store["vaes"][0])):
+        result = cli("encode", uri, "--index", str(index), "--json")
+        assert result.exit_code == 0, result.output
+        payload = json.loads(result.stdout)
+        assert set(payload) == {"index", "label", "mu", "sigma"}
+        assert payload["index"] == index and payload["label"] == int(test.labels[index])
+        assert len(payload["mu"]) == len(payload["sigma"]) == 2
+        assert all(s > 0 for s in payload["sigma"])
+        with torch.no_grad():
+            mu, logvar = vae.encode(x)
+        assert payload["mu"] == pytest.approx(mu[0].tolist(), rel=1e-6, abs=1e-7)
+        assert payload["sigma"] == pytest.approx(torch.exp(0.5 * logvar[0]).tolist(), rel=1e-6, abs=1e-7)
+
+
+def test_encode_table_and_mistakes(cli):
+    result = cli("encode", "models:/tiny/1", "--index", "0")
+    assert result.exit_code == 0, result.output
+    assert "z1" in result.stdout and "z2" in result.stdout and "μ" in result.stdout and "σ" in result.stdout
+    _expect_user_error(cli("encode", "models:/tiny/1", "--index", "10000"), "--index 10000")
+    _expect_user_error(cli("encode", "models:/tiny/3", "--index", "0"), "version 3", "versions: 1, 2")
