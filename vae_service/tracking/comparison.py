@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import posixpath
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from vae_service.core.data import ImageSplit, load_mnist
 from vae_service.core.loop import evaluate
@@ -163,7 +165,29 @@ def scatter_figure(codes: Mapping[str, torch.Tensor], labels: torch.Tensor) -> F
         ax.plot([0.0], [0.0], marker="+", color="0.2", markersize=8, zorder=3)
         ax.set_xlim(centre[0] - half, centre[0] + half)
         ax.set_ylim(centre[1] - half, centre[1] + half)
+        _readable_ticks(ax, half, first=ax is fig.axes[0])
     return fig
+
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _readable_ticks(ax, half_range: float, first: bool) -> None:
+    """Few ticks; on a tiny scale (the KL-only blob) the ticks count in units of 10⁻ⁿ, named in
+    the axis labels, so long labels like −0.0075 never collide."""
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+    exponent = math.floor(math.log10(half_range)) if half_range < 0.05 else 0
+    unit = ""
+    if exponent:
+        scale = 10.0**exponent
+        formatter = FuncFormatter(lambda value, _: f"{value / scale:.6g}".replace("-", "\u2212"))
+        ax.xaxis.set_major_formatter(formatter)
+        ax.yaxis.set_major_formatter(formatter)
+        unit = f"  [×10{str(exponent).translate(_SUPERSCRIPT)}]"
+    ax.set_xlabel(f"z1{unit}")
+    if first or unit:
+        ax.set_ylabel(f"z2{unit}")
 
 
 def _distinct_digits(labels: torch.Tensor, n: int) -> list[int]:

@@ -12,16 +12,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import requests
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 
 from vae_service.core.data import load_mnist
 from vae_service.core.model import VAE
 from vae_service.core.spec import TrainSpec
-from vae_service.tracking.mlflow_run import client, finish_run, start_run
+from vae_service.tracking.mlflow_run import client, finish_run, start_run, tracking_uri
 from vae_service.tracking.model_store import log_model, register
 from vae_service.tracking.run_figures import render_run_figures
 
 RUN_ID_FILE = "mlflow_run_id"
+
+
+class TrackingUnavailable(Exception):
+    """The tracking server cannot be reached or refused the run (one line, for the user)."""
 
 
 @dataclass
@@ -44,10 +50,14 @@ class TrackedRun:
     @classmethod
     def begin(cls, spec: TrainSpec, run_name: str, previous_run_id: Optional[str] = None) -> "TrackedRun":
         """A new MLflow run, or the previous one reopened when a run directory is resumed."""
-        if previous_run_id:
-            client().update_run(previous_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-            return cls(previous_run_id)
-        return cls(start_run(spec, run_name))
+        try:
+            if previous_run_id:
+                client().update_run(previous_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+                return cls(previous_run_id)
+            return cls(start_run(spec, run_name))
+        except (MlflowException, OSError, requests.RequestException) as exc:
+            reason = (str(getattr(exc, "message", exc)).splitlines() or [exc.__class__.__name__])[0]
+            raise TrackingUnavailable(f"MLflow at {tracking_uri()} is unavailable: {reason[:300]}") from None
 
     def complete(self, spec: TrainSpec, vae: VAE, model_dir: Path, kl_per_dim: Optional[list[float]]) -> Published:
         with tempfile.TemporaryDirectory() as tmp:

@@ -29,7 +29,7 @@ from vae_service.core.model import VAE, ModelConfig
 from vae_service.core.spec import TrainSpec
 from vae_service.core.spec_loading import dump_spec
 from vae_service.tracking.mlflow_run import worker_env as mlflow_worker_env
-from vae_service.tracking.tracked_run import RUN_ID_FILE, TrackedRun
+from vae_service.tracking.tracked_run import RUN_ID_FILE, TrackedRun, TrackingUnavailable
 from vae_service.training.progress import ProgressBoard, ProgressDisplay
 from vae_service.training.worker import train_loop_per_worker
 
@@ -129,11 +129,14 @@ def run_training(
     started, started_unix = time.perf_counter(), time.time()
     storage_root, run_dir, run_name = _prepare_run_dir(spec, resume_dir)
 
-    ensure_ray()
     run_id_file = run_dir.join(RUN_ID_FILE)
     previous_run_id = storage.read_text(run_id_file).strip() if storage.exists(run_id_file) else None
-    tracked = TrackedRun.begin(spec, run_name, previous_run_id)
+    try:
+        tracked = TrackedRun.begin(spec, run_name, previous_run_id)
+    except TrackingUnavailable as exc:
+        raise TrainingError(str(exc)) from None
     storage.write_text(run_id_file, tracked.run_id)
+    ensure_ray()  # after the tracking check: a wrong MLFLOW_TRACKING_URI fails in seconds
     board = ProgressBoard.remote()
     try:
         trainer = _build_trainer(spec, run_dir, run_name, storage_root, resume_dir, board, tracked.run_id, console)
