@@ -156,6 +156,9 @@ def scatter_figure(codes: Mapping[str, torch.Tensor], labels: torch.Tensor) -> F
         title=f"Posterior means μ of {n} test images, coloured by digit (each panel on its own scale)\n"
         "dashed: the prior N(0, I) at 1σ and 2σ",
     )
+    # Room between the two-line heading and the two-line panel titles (square panels under
+    # constrained layout otherwise let them touch).
+    fig.get_layout_engine().set(h_pad=0.12)
     for ax, (_, points, _) in zip(fig.axes, panels):
         # Equal scales on both axes (the panels are square), so the shapes are true.
         low, high = points.min(axis=0), points.max(axis=0)

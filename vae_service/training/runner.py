@@ -136,9 +136,10 @@ def run_training(
     except TrackingUnavailable as exc:
         raise TrainingError(str(exc)) from None
     storage.write_text(run_id_file, tracked.run_id)
-    ensure_ray()  # after the tracking check: a wrong MLFLOW_TRACKING_URI fails in seconds
-    board = ProgressBoard.remote()
+    board = None
     try:
+        ensure_ray()  # after the tracking check: a wrong MLFLOW_TRACKING_URI fails in seconds
+        board = ProgressBoard.remote()
         trainer = _build_trainer(spec, run_dir, run_name, storage_root, resume_dir, board, tracked.run_id, console)
         result, board_state = _fit(trainer, board, spec, run_dir, console, show_progress)
         run = _outcome(spec, result, board_state, run_dir, tracked)
@@ -149,7 +150,8 @@ def run_training(
         tracked.fail(str(exc) or exc.__class__.__name__)
         raise
     finally:
-        ray.kill(board)
+        if board is not None:
+            ray.kill(board)
     run.wall_s = time.perf_counter() - started
     run.startup_s = (run.first_step_at or started_unix) - started_unix
     storage.write_text(run_dir.join("metrics.json"), json.dumps(run.to_json(), indent=2, default=str))

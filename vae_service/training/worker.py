@@ -6,7 +6,6 @@ reports. Data sharding is ours: every rank takes a disjoint 1/N of a seeded perm
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from typing import Any, Optional
@@ -22,6 +21,7 @@ from vae_service.core.loop import NonFiniteLoss, evaluate, train_epoch
 from vae_service.core.model import VAE, ModelConfig
 from vae_service.core.objective import objective_from_spec
 from vae_service.core.spec import TrainSpec
+from vae_service.storage import checkpoint_from_uri
 from vae_service.tracking.epoch_logger import EpochLogger
 
 PROGRESS_INTERVAL_S = 0.5
@@ -184,4 +184,4 @@ def _latest_of(*checkpoints: Optional[ray.train.Checkpoint]) -> Optional[ray.tra
 
 def _explicit_resume(config: dict) -> Optional[ray.train.Checkpoint]:
     path = config.get("resume_from")
-    return ray.train.Checkpoint(path) if path and os.path.exists(path) else None
+    return checkpoint_from_uri(path) if path else None  # local path or s3://
