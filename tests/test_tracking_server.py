@@ -151,3 +151,26 @@ def test_postgresql_backed_server_records_runs_and_registry(s3_server, tmp_path,
     finally:
         stop(process)
         _drop_database(database)
+
+
+def test_unreachable_artifact_store_fails_the_run_and_registers_nothing(s3_server, tmp_path, monkeypatch):
+    """The server's S3 bucket is missing: uploads fail after bounded retries, the run is marked
+    FAILED with the reason, and no model version exists."""
+    from vae_service.tracking.tracked_run import TrackedRun, TrackingUnavailable
+
+    process, url = start_mlflow_server(f"sqlite:///{tmp_path / 'mlflow.db'}", s3_server, "no-such-bucket", tmp_path / "srv.log")
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        spec = validate_data({"name": "broken", "tracking": {"experiment": "broken", "register_as": "broken-model"}})
+        started = time.monotonic()
+        with pytest.raises(TrackingUnavailable, match="is unavailable"):
+            TrackedRun.begin(spec, "broken-run")  # its first artifact (spec.yaml) cannot land
+        assert time.monotonic() - started < 120  # bounded, not MLflow's minutes of back-off
+        experiment = client().get_experiment_by_name("broken")
+        runs = client().search_runs([experiment.experiment_id])
+        assert [r.info.status for r in runs] == ["FAILED"]
+        assert runs[0].data.tags["vae.error"].startswith("could not record the run")
+        assert client().search_registered_models("name='broken-model'") == []
+    finally:
+        stop(process)

@@ -109,10 +109,18 @@ def start_run(spec: TrainSpec, run_name: str, ray_job_id: Optional[str] = None) 
         tags["vae.job_id"] = os.environ["VAE_JOB_ID"]
     run = mlflow.create_run(experiment_id(mlflow, spec.tracking.experiment), run_name=run_name, tags=tags)
     run_id = run.info.run_id
-    params = [Param(k, v) for k, v in flatten(spec.model_dump(mode="json")).items()]
-    for start in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
-        mlflow.log_batch(run_id, params=params[start : start + 100])
-    mlflow.log_text(run_id, dump_spec(spec), "spec.yaml")
+    try:
+        params = [Param(k, v) for k, v in flatten(spec.model_dump(mode="json")).items()]
+        for start in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
+            mlflow.log_batch(run_id, params=params[start : start + 100])
+        mlflow.log_text(run_id, dump_spec(spec), "spec.yaml")  # the first artifact upload
+    except Exception as exc:
+        # E.g. the server's artifact store is down: never leave the run looking RUNNING.
+        try:
+            finish_run(run_id, succeeded=False, error=f"could not record the run: {exc}")
+        except Exception:  # the server itself is gone; nothing more we can record
+            pass
+        raise
     return run_id
 
 
