@@ -10,6 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("VAE_DATA_DIR", str(REPO.parent / "shared" / "data"))
+# README's command passes ../shared/data; tests change directories, so make it absolute.
+os.environ["VAE_DATA_DIR"] = str(Path(os.environ["VAE_DATA_DIR"]).resolve())
 # Runs log to a throw-away local MLflow store unless a test points them at a server.
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='vae-tests-mlflow-')}/mlflow.db")
 

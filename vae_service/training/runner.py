@@ -16,6 +16,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Optional
 
 import ray
@@ -113,8 +114,19 @@ def _worker_env() -> dict:
     S3 endpoint/keys/region, so `storage.checkpoint_from_uri` reaches the same store there)."""
     names = ("VAE_DATA_DIR", "VAE_CACHE_DIR", "VAE_MNIST_MIRROR") + storage.ENV_VARS
     env = {n: os.environ[n] for n in names if n in os.environ}
+    for name in ("VAE_DATA_DIR", "VAE_CACHE_DIR"):  # workers run in another working directory
+        if name in env:
+            env[name] = str(Path(env[name]).expanduser().resolve())
     env.update(mlflow_worker_env())
     return {"env_vars": env}
+
+
+def with_absolute_data_root(spec: TrainSpec) -> TrainSpec:
+    """A relative data.root means relative to where `vae run` was started, not to a worker."""
+    root = spec.data.root
+    if not root or "://" in root:
+        return spec
+    return spec.model_copy(update={"data": spec.data.model_copy(update={"root": str(Path(root).expanduser().resolve())})})
 
 
 def run_training(
@@ -127,6 +139,7 @@ def run_training(
     """Trains `spec` on Ray Train; raises TrainingError for a failed run."""
     console = console or Console(stderr=True)
     started, started_unix = time.perf_counter(), time.time()
+    spec = with_absolute_data_root(spec)
     storage_root, run_dir, run_name = _prepare_run_dir(spec, resume_dir)
 
     run_id_file = run_dir.join(RUN_ID_FILE)
