@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -222,7 +223,9 @@ def _build_trainer(spec: TrainSpec, run_dir: storage.Location, run_name: str, st
 
 def _fit(trainer: "InterruptibleTorchTrainer", board, spec: TrainSpec, run_dir: storage.Location, console: Console, show_progress: bool):
     """Runs the trainer with the live display; returns (Ray's result, the board's state)."""
-    previous_sigint = signal.getsignal(signal.SIGINT)
+    # Signal handlers exist only in the main thread (a sweep or a test may train in another).
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_sigint = signal.getsignal(signal.SIGINT) if in_main_thread else None
     try:
         with ProgressDisplay(board, spec.optim.epochs, console, enabled=show_progress):
             result = trainer.fit()
@@ -236,7 +239,8 @@ def _fit(trainer: "InterruptibleTorchTrainer", board, spec: TrainSpec, run_dir: 
             raise TrainingInterrupted(str(run_dir)) from None
         raise
     finally:
-        signal.signal(signal.SIGINT, previous_sigint)
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous_sigint)
     if trainer.interrupted:
         raise TrainingInterrupted(str(run_dir))
     if board_state["failure"]:

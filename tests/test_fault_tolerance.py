@@ -1,0 +1,75 @@
+"""Fault tolerance with real processes: a training worker is killed mid-run and Ray Train
+restarts it from the latest checkpoint (storage.max_failures)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from vae_service.training.runner import run_training
+
+pytestmark = pytest.mark.slow
+
+
+def _committed_checkpoints(runs: Path) -> int:
+    """Checkpoints Ray Train's controller has registered (only those are restored after a
+    failure; a checkpoint whose report was still queued on the killed worker is not)."""
+    for snapshot in runs.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            return len(json.loads(snapshot.read_text()).get("checkpoint_results", []))
+        except ValueError:
+            return 0  # being written
+    return 0
+
+
+def _train_worker_pids() -> set[int]:
+    """Processes Ray has turned into Ray Train workers (their title is `ray::RayTrainWorker…`)."""
+    import psutil
+
+    pids = set()
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info.get("cmdline") or []
+        if cmdline and cmdline[0].startswith("ray::RayTrainWorker"):
+            pids.add(process.pid)
+    return pids
+
+
+def test_killed_worker_is_restarted_from_the_latest_checkpoint(ray_cluster, tiny_spec, tmp_path):
+    spec = tiny_spec(optim__epochs=15, storage__max_failures=1)
+    runs = Path(spec.storage.uri)
+    outcome: dict = {}
+
+    def train() -> None:
+        try:
+            outcome["result"] = run_training(spec, show_progress=False)
+        except Exception as exc:  # reported by the assertion below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    deadline = time.monotonic() + 240
+    while not _committed_checkpoints(runs) and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    victims = _train_worker_pids()
+    assert len(victims) == 1, victims
+    os.kill(next(iter(victims)), signal.SIGKILL)
+    replacement: set[int] = set()
+    while thread.is_alive() and not replacement and time.monotonic() < deadline + 120:
+        replacement = _train_worker_pids() - victims
+        time.sleep(0.2)
+    thread.join(timeout=400)
+
+    assert "error" not in outcome, outcome.get("error")
+    assert replacement, "Ray Train did not start a new worker"
+    result = outcome["result"]
+    assert result.epochs_completed == 15
+    # The new worker continued from a checkpoint: epoch 0 was trained once, and every epoch ran.
+    epochs = [row["epoch"] for row in result.history]
+    assert epochs.count(0) == 1
+    assert sorted(set(epochs)) == list(range(15))
