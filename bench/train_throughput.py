@@ -70,6 +70,8 @@ def run_ray(epochs: int, workers: int, gpu: bool, process_start: float) -> dict:
 
     cpus = max(1, (os.cpu_count() or 1) // workers)
     with tempfile.TemporaryDirectory() as storage:
+        # Benchmark runs are not experiments: keep their MLflow records out of ./mlflow.db.
+        os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{storage}/mlflow.db")
         result = run_training(_spec(epochs, workers, cpus, gpu, storage), show_progress=False)
     return {"rates": [row["images_per_s"] for row in result.history], "startup_s": result.first_step_at - process_start}
 
