@@ -124,6 +124,9 @@ def _check_registry_uri(model_uri: str) -> None:
         if not version.isdigit():
             raise ModelNotFound(f"{model_uri}: the version must be a number")
         _require_version(name, int(version))
+    elif rest and not rest.startswith("m-"):  # a bare name; MLflow would look for a logged-model id
+        hint = f"version or alias in {model_uri} (use models:/{rest}/N or models:/{rest}@ALIAS)"
+        raise ModelNotFound(_missing_message(rest, hint))
 
 
 def load_vae(model_uri: str) -> VAE:

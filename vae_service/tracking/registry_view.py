@@ -187,22 +187,12 @@ def promote(name: str, version: int, alias: str) -> Optional[int]:
 
 
 def _check_uri(model_uri: str) -> None:
-    """Catches what model_store would report obscurely: no store, or `models:/name` alone."""
+    """A registry or run URI needs an existing store (MLflow would quietly create an empty one);
+    model_store reports unknown names, versions and aliases."""
     if Path(model_uri).expanduser().is_dir():
         return
-    if not model_uri.startswith(("models:", "runs:")):
-        return
-    require_store()
-    if model_uri.startswith("models:/"):
-        rest = model_uri[len("models:/") :]
-        if rest and "@" not in rest and "/" not in rest and not rest.startswith("m-"):
-            model = _registered_model(rest)
-            numbers = sorted(int(v.version) for v in _versions(rest))
-            aliases = ", ".join(f"@{a}→{v}" for a, v in sorted(model.aliases.items())) or "none"
-            raise ModelNotFound(
-                f"{model_uri}: name a version or an alias (models:/{rest}/N or models:/{rest}@alias); "
-                f"versions: {', '.join(map(str, numbers)) or 'none'}; aliases: {aliases}"
-            )
+    if model_uri.startswith(("models:", "runs:")):
+        require_store()
 
 
 @contextlib.contextmanager
