@@ -1,8 +1,4 @@
-"""The `vae` command line.
-
-Exit codes: 0 success, 1 the job failed (e.g. a non-finite loss), 2 bad input (spec, flags,
-missing data), 130 interrupted by Ctrl-C.
-"""
+"""`vae models …`, `vae sample`, `vae interpolate`, `vae encode`: the registry and what a model draws."""
 
 from __future__ import annotations
 
@@ -11,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Iterator
 
 import typer
 from rich import box
@@ -19,112 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vae_service.core.spec import TrainSpec
-from vae_service.core.spec_loading import SpecError, load_spec
+from vae_service.cli.common import app, err, fail
 
-app = typer.Typer(
-    name="vae",
-    help="Train variational autoencoders on Ray from YAML job specs.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-err = Console(stderr=True)
-
-SET_HELP = "Override a spec field, e.g. --set optim.epochs=2 (value read as YAML). Repeatable."
-
-
-def _fail(message: str, code: int) -> None:
-    err.print(message, markup=False, highlight=False, emoji=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _load_or_exit(path: Path, overrides: List[str]) -> TrainSpec:
-    try:
-        return load_spec(path, overrides)
-    except SpecError as exc:
-        _fail(str(exc), 2)
-        raise  # unreachable; keeps type checkers happy
-
-
-@app.command()
-def validate(
-    specs: List[Path] = typer.Argument(..., help="Spec files to check."),
-    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
-) -> None:
-    """Check job specs: exit 0, or 2 with one 'path.to.field: reason' line per problem."""
-    problems = 0
-    for path in specs:
-        try:
-            load_spec(path, set_)
-            err.print(f"{path}: ok", markup=False, highlight=False, emoji=False, soft_wrap=True)
-        except SpecError as exc:
-            problems += 1
-            err.print(str(exc), markup=False, highlight=False, emoji=False, soft_wrap=True)
-    raise typer.Exit(2 if problems else 0)
-
-
-@app.command()
-def schema() -> None:
-    """Print the JSON Schema of job specs (for editors: yaml-language-server)."""
-    print(json.dumps(spec_json_schema(), indent=2))
-
-
-def spec_json_schema() -> dict:
-    schema = TrainSpec.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "vae-service job spec"
-    return schema
-
-
-@app.command()
-def run(
-    spec_path: Path = typer.Argument(..., metavar="SPEC", help="Job spec (YAML)."),
-    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
-    json_output: bool = typer.Option(False, "--json", help="Print one JSON object with the outcome on stdout."),
-    # A str, not a Path: Path("s3://b/run") would collapse to "s3:/b/run".
-    resume: Optional[str] = typer.Option(None, "--resume", help="Continue a run directory (a path or s3://bucket/prefix/run) from its latest checkpoint."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
-) -> None:
-    """Train the spec on Ray Train (a local Ray unless RAY_ADDRESS is set)."""
-    spec = _load_or_exit(spec_path, set_)
-    # Imported here: Ray and torch take seconds to import, and validate/schema need neither.
-    from vae_service.core.data import DataError, locate_mnist
-    from vae_service.training.runner import TrainingError, TrainingInterrupted, run_training
-
-    try:
-        locate_mnist(spec.data.root, spec.data.download)  # fail fast, before Ray starts
-    except DataError as exc:
-        _fail(f"data: {exc}", 2)
-    err.print(f"[bold]vae run[/] {spec.name}: {spec.model.arch} latent {spec.model.latent_dim}, "
-              f"{spec.objective.kind} β={spec.objective.beta}, {spec.optim.epochs} epochs, "
-              f"{spec.resources.num_workers} worker(s)")
-    try:
-        result = run_training(spec, resume_dir=str(resume) if resume else None, console=err, show_progress=not quiet)
-    except TrainingError as exc:
-        _fail(f"error: {exc}", 1)
-    except TrainingInterrupted as exc:
-        _fail(f"interrupted: checkpoints are kept; continue with `vae run {spec_path} --resume {exc}`", 130)
-    _print_summary(result)
-    if json_output:
-        sys.stdout.write(json.dumps(result.to_json(), default=str) + "\n")
-
-
-def _print_summary(result) -> None:
-    table = Table(title="run summary", show_header=False)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in result.to_json()["metrics"].items():
-        if value is None:
-            continue
-        table.add_row(key, f"{value:,.3f}" if isinstance(value, float) else str(value))
-    table.add_row("epochs", str(result.epochs_completed))
-    table.add_row("run dir", result.run_dir)
-    table.add_row("model", result.model_dir)
-    err.print(table)
-
-# ---------------------------------------------------------------------------------------------
-# models: the registry, and what a model draws (sample, interpolate, encode)
 #
 # mlflow, torch and matplotlib are imported inside the commands: validate/schema need none.
 
@@ -158,11 +50,11 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except ModelNotFound as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     except DataError as exc:
-        _fail("data: " + " ".join(str(exc).split("\n")), 2)
+        fail("data: " + " ".join(str(exc).split("\n")), 2)
     except MlflowException as exc:
-        _fail(f"mlflow: {_first_line(exc.message) or type(exc).__name__}", 2)
+        fail(f"mlflow: {_first_line(exc.message) or type(exc).__name__}", 2)
 
 
 def _when(moment) -> str:
@@ -246,7 +138,7 @@ def models_promote(
     """Point an alias (default @champion) at a version; the alias moves from wherever it was."""
     number = version[1:] if version[:1] in ("v", "V") else version
     if not number.isdigit() or int(number) < 1:
-        _fail(f"VERSION must be a positive number, got {version!r}", 2)
+        fail(f"VERSION must be a positive number, got {version!r}", 2)
     from vae_service.tracking.registry_view import promote
 
     with _user_errors():
@@ -263,16 +155,16 @@ def models_promote(
 def _check_output(path: Path) -> Path:
     """Fails before any work when the PNG cannot be written there."""
     if path.suffix.lower() != ".png":
-        _fail(f"--output {path}: the output is a PNG; give a file name ending in .png", 2)
+        fail(f"--output {path}: the output is a PNG; give a file name ending in .png", 2)
     if path.is_dir():
-        _fail(f"--output {path}: is a directory", 2)
+        fail(f"--output {path}: is a directory", 2)
     ancestor = path.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        _fail(f"--output {path}: {ancestor} is not a directory", 2)
+        fail(f"--output {path}: {ancestor} is not a directory", 2)
     if not os.access(ancestor, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        _fail(f"--output {path}: not writable", 2)
+        fail(f"--output {path}: not writable", 2)
     return path
 
 
@@ -282,7 +174,7 @@ def _save(fig, path: Path) -> None:
     try:
         save_png(fig, path)
     except OSError as exc:
-        _fail(f"--output {path}: cannot write: {exc.strerror or exc}", 2)
+        fail(f"--output {path}: cannot write: {exc.strerror or exc}", 2)
 
 
 def _test_split():
@@ -294,13 +186,13 @@ def _test_split():
 
 def _check_index(test, index: int, flag: str) -> None:
     if not 0 <= index < len(test):
-        _fail(f"{flag} {index}: the MNIST test set has {len(test):,} images (indices 0–{len(test) - 1})", 2)
+        fail(f"{flag} {index}: the MNIST test set has {len(test):,} images (indices 0–{len(test) - 1})", 2)
 
 
 def _check_fits(vae, test, model_uri: str) -> None:
     shape = tuple(test.images.shape[1:])
     if tuple(vae.config.image_shape) != shape:
-        _fail(f"{model_uri}: the model takes images of shape {tuple(vae.config.image_shape)}, "
+        fail(f"{model_uri}: the model takes images of shape {tuple(vae.config.image_shape)}, "
               f"MNIST test images are {shape}", 2)
 
 
@@ -313,9 +205,9 @@ def sample(
 ) -> None:
     """A grid of decoder means for codes z drawn from the prior N(0, I)."""
     if not 1 <= n <= MAX_SAMPLES:
-        _fail(f"-n {n}: the number of samples must be between 1 and {MAX_SAMPLES}", 2)
+        fail(f"-n {n}: the number of samples must be between 1 and {MAX_SAMPLES}", 2)
     if not 0 <= seed < 2**63:
-        _fail(f"--seed {seed}: must be between 0 and 2**63 - 1", 2)
+        fail(f"--seed {seed}: must be between 0 and 2**63 - 1", 2)
     _check_output(output)
     from vae_service.tracking.figures import prior_samples
     from vae_service.tracking.registry_view import open_model
@@ -338,9 +230,9 @@ def interpolate(
 ) -> None:
     """A strip of decoded codes on the path between two test images' posterior means."""
     if not 2 <= steps <= MAX_STEPS:
-        _fail(f"--steps {steps}: must be between 2 and {MAX_STEPS}", 2)
+        fail(f"--steps {steps}: must be between 2 and {MAX_STEPS}", 2)
     if method not in METHODS:
-        _fail(f"--method {method}: must be one of {', '.join(METHODS)}", 2)
+        fail(f"--method {method}: must be one of {', '.join(METHODS)}", 2)
     _check_output(output)
     from vae_service.tracking.figures import interpolation
     from vae_service.tracking.registry_view import open_model
@@ -391,64 +283,3 @@ def encode(
     for j in range(len(mu)):
         table.add_row(f"z{j + 1}", f"{float(mu[j]):+.4f}", f"{float(sigma[j]):.4f}", f"{float(kl[j]):.4f}")
     Console(highlight=False).print(table)
-
-
-# ---------------------------------------------------------------------------------------------
-# compare: the article's autoencoder | KL only | VAE, trained and drawn side by side
-
-
-@app.command()
-def compare(
-    spec_paths: Optional[List[Path]] = typer.Argument(
-        None, metavar="SPEC",
-        help="Three specs, one each with objective.kind ae, kl_only, vae (any order). Default: "
-        "jobs/mnist-ae-2d.yaml jobs/mnist-klonly-2d.yaml jobs/mnist-2d.yaml.",
-    ),
-    set_: List[str] = typer.Option([], "--set", help=SET_HELP + " Applies to all three specs."),
-    json_output: bool = typer.Option(False, "--json", help="Print one JSON object with the outcome on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
-) -> None:
-    """Train the plain autoencoder, the KL-only model and the VAE, then log their latent spaces
-    side by side on a parent MLflow run (the three runs nest under it)."""
-    from vae_service.tracking import comparison
-
-    paths = list(spec_paths) if spec_paths else comparison.default_spec_paths()
-    try:
-        specs = comparison.load_comparison_specs(paths, set_)
-    except SpecError as exc:
-        _fail(str(exc), 2)
-    from vae_service.core.data import DataError, locate_mnist
-    from vae_service.training.runner import TrainingError, TrainingInterrupted
-
-    try:
-        for spec in specs.values():
-            locate_mnist(spec.data.root, spec.data.download)  # fail fast, before Ray starts
-    except DataError as exc:
-        _fail(f"data: {exc}", 2)
-    for note in comparison.comparability_warnings(specs):
-        err.print(f"[yellow]warning:[/] {note}", highlight=False)
-    try:
-        result = comparison.run_comparison(specs, console=err, show_progress=not quiet)
-    except TrainingError as exc:
-        _fail(f"error: {exc}", 1)
-    except TrainingInterrupted as exc:
-        _fail(f"interrupted: {exc} keeps its checkpoints (`vae run SPEC --resume {exc}`); run `vae compare` again to compare", 130)
-    table = Table(title=f"{result.run_name} (MLflow run {result.mlflow_run_id})")
-    table.add_column("model")
-    for column in comparison.METRIC_COLUMNS[1:]:
-        table.add_column(column, justify="right")
-    for kind, row in result.metrics.items():
-        table.add_row(comparison.LABELS[kind], *(f"{row[c]:,.3f}" if isinstance(row[c], float) else str(row[c]) for c in comparison.METRIC_COLUMNS[1:]))
-    err.print(table)
-    err.print(f"figure: {result.figure}", markup=False, highlight=False, soft_wrap=True)
-    err.print(f"files:  {result.out_dir}", markup=False, highlight=False, soft_wrap=True)
-    if json_output:
-        sys.stdout.write(json.dumps(result.to_json(), default=str) + "\n")
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

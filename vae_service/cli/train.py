@@ -1,0 +1,145 @@
+"""`vae validate`, `vae schema`, `vae run` and `vae compare`: specs and training."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from vae_service.cli.common import SET_HELP, app, err, fail, load_or_exit
+from vae_service.core.spec import TrainSpec
+from vae_service.core.spec_loading import SpecError, load_spec
+
+
+@app.command()
+def validate(
+    specs: List[Path] = typer.Argument(..., help="Spec files to check."),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+) -> None:
+    """Check job specs: exit 0, or 2 with one 'path.to.field: reason' line per problem."""
+    problems = 0
+    for path in specs:
+        try:
+            load_spec(path, set_)
+            err.print(f"{path}: ok", markup=False, highlight=False, emoji=False, soft_wrap=True)
+        except SpecError as exc:
+            problems += 1
+            err.print(str(exc), markup=False, highlight=False, emoji=False, soft_wrap=True)
+    raise typer.Exit(2 if problems else 0)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of job specs (for editors: yaml-language-server)."""
+    print(json.dumps(spec_json_schema(), indent=2))
+
+
+def spec_json_schema() -> dict:
+    schema = TrainSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "vae-service job spec"
+    return schema
+
+
+@app.command()
+def run(
+    spec_path: Path = typer.Argument(..., metavar="SPEC", help="Job spec (YAML)."),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object with the outcome on stdout."),
+    # A str, not a Path: Path("s3://b/run") would collapse to "s3:/b/run".
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue a run directory (a path or s3://bucket/prefix/run) from its latest checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Train the spec on Ray Train (a local Ray unless RAY_ADDRESS is set)."""
+    spec = load_or_exit(spec_path, set_)
+    # Imported here: Ray and torch take seconds to import, and validate/schema need neither.
+    from vae_service.core.data import DataError, locate_mnist
+    from vae_service.training.runner import TrainingError, TrainingInterrupted, run_training
+
+    try:
+        locate_mnist(spec.data.root, spec.data.download)  # fail fast, before Ray starts
+    except DataError as exc:
+        fail(f"data: {exc}", 2)
+    err.print(f"[bold]vae run[/] {spec.name}: {spec.model.arch} latent {spec.model.latent_dim}, "
+              f"{spec.objective.kind} β={spec.objective.beta}, {spec.optim.epochs} epochs, "
+              f"{spec.resources.num_workers} worker(s)")
+    try:
+        result = run_training(spec, resume_dir=str(resume) if resume else None, console=err, show_progress=not quiet)
+    except TrainingError as exc:
+        fail(f"error: {exc}", 1)
+    except TrainingInterrupted as exc:
+        fail(f"interrupted: checkpoints are kept; continue with `vae run {spec_path} --resume {exc}`", 130)
+    _print_summary(result)
+    if json_output:
+        sys.stdout.write(json.dumps(result.to_json(), default=str) + "\n")
+
+
+def _print_summary(result) -> None:
+    table = Table(title="run summary", show_header=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.to_json()["metrics"].items():
+        if value is None:
+            continue
+        table.add_row(key, f"{value:,.3f}" if isinstance(value, float) else str(value))
+    table.add_row("epochs", str(result.epochs_completed))
+    table.add_row("run dir", result.run_dir)
+    table.add_row("model", result.model_dir)
+    err.print(table)
+
+
+# ---------------------------------------------------------------------------------------------
+# compare: the article's autoencoder | KL only | VAE, trained and drawn side by side
+
+
+@app.command()
+def compare(
+    spec_paths: Optional[List[Path]] = typer.Argument(
+        None, metavar="SPEC",
+        help="Three specs, one each with objective.kind ae, kl_only, vae (any order). Default: "
+        "jobs/mnist-ae-2d.yaml jobs/mnist-klonly-2d.yaml jobs/mnist-2d.yaml.",
+    ),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP + " Applies to all three specs."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object with the outcome on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Train the plain autoencoder, the KL-only model and the VAE, then log their latent spaces
+    side by side on a parent MLflow run (the three runs nest under it)."""
+    from vae_service.tracking import comparison
+
+    paths = list(spec_paths) if spec_paths else comparison.default_spec_paths()
+    try:
+        specs = comparison.load_comparison_specs(paths, set_)
+    except SpecError as exc:
+        fail(str(exc), 2)
+    from vae_service.core.data import DataError, locate_mnist
+    from vae_service.training.runner import TrainingError, TrainingInterrupted
+
+    try:
+        for spec in specs.values():
+            locate_mnist(spec.data.root, spec.data.download)  # fail fast, before Ray starts
+    except DataError as exc:
+        fail(f"data: {exc}", 2)
+    for note in comparison.comparability_warnings(specs):
+        err.print(f"[yellow]warning:[/] {note}", highlight=False)
+    try:
+        result = comparison.run_comparison(specs, console=err, show_progress=not quiet)
+    except TrainingError as exc:
+        fail(f"error: {exc}", 1)
+    except TrainingInterrupted as exc:
+        fail(f"interrupted: {exc} keeps its checkpoints (`vae run SPEC --resume {exc}`); run `vae compare` again to compare", 130)
+    table = Table(title=f"{result.run_name} (MLflow run {result.mlflow_run_id})")
+    table.add_column("model")
+    for column in comparison.METRIC_COLUMNS[1:]:
+        table.add_column(column, justify="right")
+    for kind, row in result.metrics.items():
+        table.add_row(comparison.LABELS[kind], *(f"{row[c]:,.3f}" if isinstance(row[c], float) else str(row[c]) for c in comparison.METRIC_COLUMNS[1:]))
+    err.print(table)
+    err.print(f"figure: {result.figure}", markup=False, highlight=False, soft_wrap=True)
+    err.print(f"files:  {result.out_dir}", markup=False, highlight=False, soft_wrap=True)
+    if json_output:
+        sys.stdout.write(json.dumps(result.to_json(), default=str) + "\n")
