@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import typer
+from pydantic import TypeAdapter
 from rich.table import Table
 
-from vae_service.cli.common import SET_HELP, app, err, fail, load_or_exit
+from vae_service.cli.common import SET_HELP, app, err, fail, load_or_exit, say
 from vae_service.core.spec import TrainSpec
+from vae_service.core.sweep_spec import SweepSpec
 from vae_service.core.spec_loading import SpecError, load_spec
 
 
@@ -39,7 +41,7 @@ def schema() -> None:
 
 
 def spec_json_schema() -> dict:
-    schema = TrainSpec.model_json_schema()
+    schema = TypeAdapter(Union[TrainSpec, SweepSpec]).json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "vae-service job spec"
     return schema
@@ -54,28 +56,86 @@ def run(
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue a run directory (a path or s3://bucket/prefix/run) from its latest checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
-    """Train the spec on Ray Train (a local Ray unless RAY_ADDRESS is set)."""
+    """Train the spec on Ray Train (a local Ray unless RAY_ADDRESS is set); a `kind: sweep`
+    spec runs a Ray Tune search whose trials are Ray Train runs. On a sweep, --set reaches the
+    base training fields through train.* (e.g. --set train.optim.epochs=1) and the search
+    through sweep.* (e.g. --set sweep.num_samples=6)."""
     spec = load_or_exit(spec_path, set_)
     # Imported here: Ray and torch take seconds to import, and validate/schema need neither.
     from vae_service.core.data import DataError, locate_mnist
-    from vae_service.training.runner import TrainingError, TrainingInterrupted, run_training
+    from vae_service.training.runner import TrainingError, TrainingInterrupted
 
+    train = spec.train if isinstance(spec, SweepSpec) else spec
     try:
-        locate_mnist(spec.data.root, spec.data.download)  # fail fast, before Ray starts
+        locate_mnist(train.data.root, train.data.download)  # fail fast, before Ray starts
     except DataError as exc:
         fail(f"data: {exc}", 2)
-    err.print(f"[bold]vae run[/] {spec.name}: {spec.model.arch} latent {spec.model.latent_dim}, "
-              f"{spec.objective.kind} β={spec.objective.beta}, {spec.optim.epochs} epochs, "
-              f"{spec.resources.num_workers} worker(s)")
+    resume_dir = str(resume) if resume else None
     try:
-        result = run_training(spec, resume_dir=str(resume) if resume else None, console=err, show_progress=not quiet)
+        if isinstance(spec, SweepSpec):
+            result = _run_sweep(spec, resume_dir, quiet)
+        else:
+            result = _run_training(spec, resume_dir, quiet)
     except TrainingError as exc:
         fail(f"error: {exc}", 1)
     except TrainingInterrupted as exc:
         fail(f"interrupted: checkpoints are kept; continue with `vae run {spec_path} --resume {exc}`", 130)
-    _print_summary(result)
     if json_output:
         sys.stdout.write(json.dumps(result.to_json(), default=str) + "\n")
+        sys.stdout.flush()  # before Ray's exit handlers run
+
+
+def _run_training(spec: TrainSpec, resume_dir: Optional[str], quiet: bool):
+    from vae_service.training.runner import run_training
+
+    err.print(f"[bold]vae run[/] {spec.name}: {spec.model.arch} latent {spec.model.latent_dim}, "
+              f"{spec.objective.kind} β={spec.objective.beta}, {spec.optim.epochs} epochs, "
+              f"{spec.resources.num_workers} worker(s)")
+    result = run_training(spec, resume_dir=resume_dir, console=err, show_progress=not quiet)
+    _print_summary(result)
+    return result
+
+
+def _run_sweep(spec: SweepSpec, resume_dir: Optional[str], quiet: bool):
+    from vae_service.sweeps.runner import run_sweep
+
+    sweep = spec.sweep
+    search = "grid" if sweep.is_grid else f"Optuna {sweep.resolved_sampler}"
+    err.print(f"[bold]vae run[/] sweep {spec.name}: {sweep.trial_count()} trials ({search}"
+              f"{', ASHA' if sweep.scheduler.kind == 'asha' else ''}) over {', '.join(sweep.space)}; "
+              f"objectives {', '.join(sweep.objectives)}; {spec.train.optim.epochs} epochs each", highlight=False)
+    result = run_sweep(spec, resume_dir=resume_dir, console=err, show_progress=not quiet)
+    _print_sweep_summary(spec, result)
+    return result
+
+
+def _print_sweep_summary(spec: SweepSpec, result) -> None:
+    table = Table(title=f"sweep {spec.name}: parent MLflow run {result.mlflow_run_id}", caption="★ registered (best)   • on the Pareto front")
+    table.add_column("", width=1)
+    table.add_column("trial")
+    table.add_column("state")
+    for path in spec.sweep.space:
+        table.add_column(path.rsplit(".", 1)[-1], justify="right")
+    for column in ("ep", "−ELBO", "rate", "dist.", "AU"):
+        table.add_column(column, justify="right")
+    front = set(result.front)
+    for trial in result.trials:
+        mark = "★" if trial.trial_id == result.best else "•" if trial.trial_id in front else ""
+        values = [_cell(trial.params.get(path)) for path in spec.sweep.space]
+        metrics = [_cell(trial.metrics.get(k)) for k in ("val_neg_elbo", "val_kl", "val_recon", "active_units")]
+        table.add_row(mark, trial.trial_id, trial.state, *values, str(trial.epochs), *metrics)
+    err.print(table)
+    for trial in result.trials:
+        if trial.error:
+            say(f"trial {trial.trial_id} failed: {trial.error}")
+    say(f"sweep dir: {result.sweep_dir}")
+    say(f"best model: {result.model_uri or '— (no trial finished)'}")
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _print_summary(result) -> None:

@@ -17,10 +17,12 @@ import yaml
 from pydantic import ValidationError
 
 from vae_service.core.spec import TrainSpec
+from vae_service.core.sweep_spec import SKIP_SPACE_CHECK, SweepSpec, space_problems
 
 MAX_SPEC_BYTES = 1 << 20
 MAX_EXPANDED_NODES = 10_000
-RESERVED_KINDS = {"sweep": "kind 'sweep' is reserved for Ray Tune sweeps and not available yet"}
+JobSpec = TrainSpec | SweepSpec
+SPEC_KINDS = {"train": TrainSpec, "sweep": SweepSpec}
 
 
 class _SpecLoader(yaml.SafeLoader):
@@ -180,27 +182,50 @@ def _reason(error: dict) -> str:
     return f"{error['msg']} (got {error.get('input')!r})" if "input" in error else error["msg"]
 
 
-def validate_data(data: Any, source: str = "<spec>", lines: Optional[dict] = None) -> TrainSpec:
-    """Validates a spec dict, raising SpecError with one problem per mistake."""
+def validate_data(data: Any, source: str = "<spec>", lines: Optional[dict] = None) -> JobSpec:
+    """Validates a spec dict (`kind: train` or `kind: sweep`), raising SpecError with one
+    problem per mistake."""
     lines = lines or {}
     if not isinstance(data, dict):
         raise SpecError(source, [SpecProblem("", "spec must be a mapping of fields")])
     kind = data.get("kind", "train")
-    if isinstance(kind, str) and kind in RESERVED_KINDS:
-        raise SpecError(source, [SpecProblem("kind", RESERVED_KINDS[kind], lines.get(("kind",)))])
+    if not isinstance(kind, str) or kind not in SPEC_KINDS:
+        message = f"must be one of {', '.join(repr(k) for k in SPEC_KINDS)} (got {kind!r})"
+        raise SpecError(source, [SpecProblem("kind", message, lines.get(("kind",)))])
     try:
-        return TrainSpec.model_validate(data)
+        spec = SPEC_KINDS[kind].model_validate(data, context={SKIP_SPACE_CHECK: True})
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            loc = tuple(error["loc"])
-            line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
-            path = ".".join(str(part) for part in loc)
-            problems.append(SpecProblem(path, _reason(error), line))
-        raise SpecError(source, problems) from None
+        raise SpecError(source, [_problem(error, lines) for error in exc.errors()]) from None
+    if isinstance(spec, SweepSpec):  # paths and values of the space, checked against the train spec
+        # "sweep.space.objective.beta" is the key "objective.beta" of sweep → space in the YAML
+        problems = [SpecProblem(path, _space_reason(reason), _line(tuple(path.split(".", 2)), lines))
+                    for path, reason in space_problems(spec)]
+        if problems:
+            raise SpecError(source, problems)
+    return spec
 
 
-def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> TrainSpec:
+def _space_reason(reason: Any) -> str:
+    if isinstance(reason, str):
+        return reason
+    return f"value {reason['input']!r} is refused: {_reason(reason)}"
+
+
+def _line(loc: tuple, lines: dict) -> Optional[int]:
+    return next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+
+
+def _problem(error: dict, lines: dict) -> SpecProblem:
+    # A tagged union (a sweep domain) repeats its tag: sweep.space.x.int.int → sweep.space.x.int
+    loc = tuple(part for i, part in enumerate(error["loc"]) if i == 0 or part != error["loc"][i - 1])
+    reason = _reason(error)
+    path = ".".join(str(part) for part in loc)
+    if not path and ": " in reason and reason.split(": ", 1)[0].startswith(("sweep.", "train.")):
+        path, reason = reason.split(": ", 1)  # a cross-field check names its own field
+    return SpecProblem(path, reason, _line(loc or tuple(path.split(".")), lines))
+
+
+def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> JobSpec:
     """Reads, overrides and validates a spec file."""
     source = str(path)
     try:
@@ -216,7 +241,7 @@ def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> TrainSpec:
     return load_spec_text(text, source, overrides)
 
 
-def load_spec_text(text: str, source: str = "<spec>", overrides: Iterable[str] = ()) -> TrainSpec:
+def load_spec_text(text: str, source: str = "<spec>", overrides: Iterable[str] = ()) -> JobSpec:
     data, lines = parse_yaml(text, source)
     overrides = list(overrides)
     if overrides:
@@ -224,6 +249,6 @@ def load_spec_text(text: str, source: str = "<spec>", overrides: Iterable[str] =
     return validate_data(data, source, lines)
 
 
-def dump_spec(spec: TrainSpec) -> str:
+def dump_spec(spec: JobSpec) -> str:
     """The normalised spec as YAML (every default filled in)."""
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(spec.model_dump(mode="json", by_alias=True), sort_keys=False)

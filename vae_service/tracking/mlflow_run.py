@@ -94,8 +94,9 @@ def local_artifact_root(uri: str) -> Optional[str]:
     return None
 
 
-def start_run(spec: TrainSpec, run_name: str, ray_job_id: Optional[str] = None) -> str:
-    """Creates the run with params, tags and the spec; returns its id."""
+def start_run(spec: TrainSpec, run_name: str, ray_job_id: Optional[str] = None, extra_tags: Optional[dict] = None) -> str:
+    """Creates the run with params, tags (plus `extra_tags`, e.g. a sweep's parent run) and the
+    spec; returns its id."""
     mlflow = client()
     tags = {
         "mlflow.runName": run_name,
@@ -107,6 +108,7 @@ def start_run(spec: TrainSpec, run_name: str, ray_job_id: Optional[str] = None) 
         tags["vae.ray_job_id"] = ray_job_id
     if os.environ.get("VAE_JOB_ID"):
         tags["vae.job_id"] = os.environ["VAE_JOB_ID"]
+    tags.update(extra_tags or {})
     run = mlflow.create_run(experiment_id(mlflow, spec.tracking.experiment), run_name=run_name, tags=tags)
     run_id = run.info.run_id
     try:

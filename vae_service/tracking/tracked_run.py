@@ -48,13 +48,14 @@ class TrackedRun:
     run_id: str
 
     @classmethod
-    def begin(cls, spec: TrainSpec, run_name: str, previous_run_id: Optional[str] = None) -> "TrackedRun":
-        """A new MLflow run, or the previous one reopened when a run directory is resumed."""
+    def begin(cls, spec: TrainSpec, run_name: str, previous_run_id: Optional[str] = None, tags: Optional[dict] = None) -> "TrackedRun":
+        """A new MLflow run (with extra `tags`), or the previous one reopened when a run
+        directory is resumed."""
         try:
             if previous_run_id:
                 client().update_run(previous_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
                 return cls(previous_run_id)
-            return cls(start_run(spec, run_name))
+            return cls(start_run(spec, run_name, extra_tags=tags))
         except (MlflowException, OSError, requests.RequestException) as exc:
             reason = (str(getattr(exc, "message", exc)).splitlines() or [exc.__class__.__name__])[0]
             raise TrackingUnavailable(f"MLflow at {tracking_uri()} is unavailable: {reason[:300]}") from None

@@ -110,16 +110,17 @@ def latest_checkpoint(run_dir: storage.Location) -> Optional[storage.Location]:
     return best
 
 
-def _worker_env() -> dict:
-    """Settings the workers need from the driver's environment (data location, caches, and the
-    S3 endpoint/keys/region, so `storage.checkpoint_from_uri` reaches the same store there)."""
+def worker_env_vars() -> dict[str, str]:
+    """Settings the workers need from the driver's environment (data location, caches, the
+    MLflow store and the S3 endpoint/keys/region, so `storage.checkpoint_from_uri` reaches the
+    same store there), with paths made absolute: workers run in other directories."""
     names = ("VAE_DATA_DIR", "VAE_CACHE_DIR", "VAE_MNIST_MIRROR") + storage.ENV_VARS
     env = {n: os.environ[n] for n in names if n in os.environ}
     for name in ("VAE_DATA_DIR", "VAE_CACHE_DIR"):  # workers run in another working directory
         if name in env:
             env[name] = str(Path(env[name]).expanduser().resolve())
     env.update(mlflow_worker_env())
-    return {"env_vars": env}
+    return env
 
 
 def with_absolute_data_root(spec: TrainSpec) -> TrainSpec:
@@ -136,17 +137,30 @@ def run_training(
     resume_dir: Optional[str] = None,
     console: Optional[Console] = None,
     show_progress: bool = True,
+    run_dir: Optional[str] = None,
+    tags: Optional[dict] = None,
+    callbacks: tuple = (),
 ) -> RunResult:
-    """Trains `spec` on Ray Train; raises TrainingError for a failed run."""
+    """Trains `spec` on Ray Train; raises TrainingError for a failed run.
+
+    A sweep trial passes its own fixed `run_dir` (continued from its checkpoints when it is
+    restarted), MLflow `tags` (its parent run) and Ray Train `callbacks` (its report to Tune).
+    """
     console = console or Console(stderr=True)
     started, started_unix = time.perf_counter(), time.time()
     spec = with_absolute_data_root(spec)
+    if run_dir is not None:
+        try:
+            storage.make_dirs(storage.resolve(run_dir))
+        except (storage.StorageError, OSError) as exc:
+            raise TrainingError(" ".join(str(exc).split()) or exc.__class__.__name__) from None
+        resume_dir = run_dir
     storage_root, run_dir, run_name = _prepare_run_dir(spec, resume_dir)
 
     run_id_file = run_dir.join(RUN_ID_FILE)
     previous_run_id = storage.read_text(run_id_file).strip() if storage.exists(run_id_file) else None
     try:
-        tracked = TrackedRun.begin(spec, run_name, previous_run_id)
+        tracked = TrackedRun.begin(spec, run_name, previous_run_id, tags)
     except TrackingUnavailable as exc:
         raise TrainingError(str(exc)) from None
     storage.write_text(run_id_file, tracked.run_id)
@@ -154,7 +168,7 @@ def run_training(
     try:
         ensure_ray()  # after the tracking check: a wrong MLFLOW_TRACKING_URI fails in seconds
         board = ProgressBoard.remote()
-        trainer = _build_trainer(spec, run_dir, run_name, storage_root, resume_dir, board, tracked.run_id, console)
+        trainer = _build_trainer(spec, run_dir, run_name, storage_root, resume_dir, board, tracked.run_id, console, callbacks)
         result, board_state = _fit(trainer, board, spec, run_dir, console, show_progress)
         run = _outcome(spec, result, board_state, run_dir, tracked)
     except TrainingInterrupted:
@@ -193,7 +207,7 @@ def _prepare_run_dir(spec: TrainSpec, resume_dir: Optional[str]) -> tuple[storag
     return storage_root, run_dir, run_name
 
 
-def _build_trainer(spec: TrainSpec, run_dir: storage.Location, run_name: str, storage_root: storage.Location, resume_dir: Optional[str], board, mlflow_run_id: str, console: Console) -> "InterruptibleTorchTrainer":
+def _build_trainer(spec: TrainSpec, run_dir: storage.Location, run_name: str, storage_root: storage.Location, resume_dir: Optional[str], board, mlflow_run_id: str, console: Console, callbacks: tuple = ()) -> "InterruptibleTorchTrainer":
     resume_from = latest_checkpoint(run_dir) if resume_dir else None
     if resume_dir and resume_from is None:
         console.print(f"[yellow]No checkpoint in {run_dir} yet: starting from epoch 1.")
@@ -216,7 +230,8 @@ def _build_trainer(spec: TrainSpec, run_dir: storage.Location, run_name: str, st
             storage_filesystem=None if storage_root.is_local else storage_root.filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.storage.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=spec.storage.max_failures),
-            worker_runtime_env=_worker_env(),
+            worker_runtime_env={"env_vars": worker_env_vars()},
+            callbacks=list(callbacks),
         ),
     )
 

@@ -1,0 +1,92 @@
+"""The jobs table (SQLAlchemy 2 declarative). The schema itself is created by the Alembic
+migrations in `migrations/versions`; keep the two in step (test_queue_store checks it)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Optional
+
+from sqlalchemy import DateTime, Float, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator):
+    """Timestamps stored as naive UTC and read back as aware UTC on every backend
+    (SQLite has no time zones; PostgreSQL would convert to the session's zone)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: Optional[datetime], dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Optional[datetime], dialect):
+        return value.replace(tzinfo=timezone.utc) if value is not None else None
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(20))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(20))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    submitted_by: Mapped[str] = mapped_column(String(200))
+    spec_submitted: Mapped[str] = mapped_column(Text)  # the body as sent
+    overrides: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of --set assignments
+    spec_normalised: Mapped[str] = mapped_column(Text)  # every default filled in: what runs
+    resources: Mapped[str] = mapped_column(Text)  # JSON {"CPU": x, "GPU": y}: what it asks of Ray
+    idempotency_key: Mapped[Optional[str]] = mapped_column(String(200), unique=True)
+    ray_submission_id: Mapped[Optional[str]] = mapped_column(String(64))
+    mlflow_run_id: Mapped[Optional[str]] = mapped_column(String(64))
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    submitted_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    started_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    dispatch_latency_s: Mapped[Optional[float]] = mapped_column(Float)  # created → first submitted
+
+    __table_args__ = (Index("ix_jobs_state_priority_created", "state", "priority", "created_at"),)
+
+    @property
+    def resource_request(self) -> dict[str, float]:
+        return json.loads(self.resources)
+
+    def to_dict(self, with_spec: bool = False) -> dict:
+        out = {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "priority": self.priority,
+            "state": self.state,
+            "attempts": self.attempts,
+            "submitted_by": self.submitted_by,
+            "resources": self.resource_request,
+            "idempotency_key": self.idempotency_key,
+            "ray_submission_id": self.ray_submission_id,
+            "mlflow_run_id": self.mlflow_run_id,
+            "error": self.error,
+            "dispatch_latency_s": self.dispatch_latency_s,
+        }
+        for name in ("created_at", "updated_at", "submitted_at", "started_at", "finished_at"):
+            value = getattr(self, name)
+            out[name] = value.isoformat() if value else None
+        if with_spec:
+            out["spec"] = self.spec_normalised
+            out["spec_submitted"] = self.spec_submitted
+            out["overrides"] = json.loads(self.overrides)
+        return out

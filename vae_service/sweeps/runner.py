@@ -1,0 +1,265 @@
+"""Runs a `kind: sweep` spec: Ray Tune drives Optuna (or a grid) and ASHA over trials that are
+each a Ray Train run, then summarises the trials on a parent MLflow run.
+
+Everything a sweep leaves is under `<train.storage.uri>/<sweep name>-<time>/`:
+  tune/             Ray Tune's experiment state (what `--resume` restores)
+  trials/<id>/      each trial's run directory (checkpoints, model, metrics.json)
+  spec.yaml         the normalised sweep spec; results.json: the outcome (as `--json` prints)
+
+The best model: with one objective, the finished trial with the best value; with several, the
+knee of the Pareto front (the front point nearest the ideal point, objectives scaled to [0, 1]
+over the front). Only trials that ran every epoch count: ASHA-stopped trials have no model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import ray
+from ray import tune
+from rich.console import Console
+
+from vae_service import storage
+from vae_service.core.pareto import knee_point, non_dominated
+from vae_service.core.resources import train_resources
+from vae_service.core.spec_loading import dump_spec
+from vae_service.core.sweep_spec import OBJECTIVE_METRICS, OBJECTIVE_MODES, SweepSpec
+from vae_service.sweeps import search
+from vae_service.sweeps.progress import SweepProgress
+from vae_service.sweeps.trial import run_trial
+from vae_service.tracking import sweep_run
+from vae_service.tracking.mlflow_run import finish_run
+from vae_service.tracking.tracked_run import RUN_ID_FILE, TrackedRun, TrackingUnavailable
+from vae_service.training.runner import (
+    TrainingError,
+    TrainingInterrupted,
+    ensure_ray,
+    new_run_name,
+    with_absolute_data_root,
+    worker_env_vars,
+)
+
+TUNE_DIR = "tune"
+RESULTS_FILE = "results.json"
+TRIAL_DRIVER_MEMORY = 1 << 20
+SUMMARY_METRICS = ("val_neg_elbo", "val_recon", "val_kl", "active_units")
+
+
+@dataclass
+class TrialOutcome:
+    trial_id: str
+    state: str  # finished | stopped (by ASHA) | errored | unfinished (interrupted)
+    params: dict
+    metrics: dict
+    epochs: int
+    mlflow_run_id: Optional[str] = None
+    error: Optional[str] = None
+
+    @property
+    def rate_distortion(self) -> dict:
+        return {"rate": self.metrics.get("val_kl"), "distortion": self.metrics.get("val_recon")}
+
+
+@dataclass
+class SweepResult:
+    sweep_dir: str
+    mlflow_run_id: str
+    trials: list[TrialOutcome]
+    front: list[str] = field(default_factory=list)  # trial ids, non-dominated
+    best: Optional[str] = None
+    model_uri: Optional[str] = None
+    wall_s: float = 0.0
+
+    def to_json(self) -> dict:
+        trials = [{**asdict(t), **t.rate_distortion} for t in self.trials]
+        by_id = {t["trial_id"]: t for t in trials}
+        return {
+            "sweep_dir": self.sweep_dir,
+            "mlflow_run_id": self.mlflow_run_id,
+            "trials": trials,
+            "front": [by_id[i] for i in self.front],
+            "best": self.best,
+            "model_uri": self.model_uri,
+            "wall_s": self.wall_s,
+        }
+
+
+def run_sweep(spec: SweepSpec, *, resume_dir: Optional[str] = None, console: Optional[Console] = None, show_progress: bool = True) -> SweepResult:
+    """Runs (or, with `resume_dir`, continues) a sweep; raises TrainingError / TrainingInterrupted."""
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    spec = spec.model_copy(update={"train": with_absolute_data_root(spec.train)})
+    sweep_dir = _prepare_sweep_dir(spec, resume_dir)
+    run_id_file = sweep_dir.join(RUN_ID_FILE)
+    previous = storage.read_text(run_id_file).strip() if storage.exists(run_id_file) else None
+    try:
+        parent = TrackedRun.begin(spec, sweep_dir.name, previous, tags={"vae.sweep_dir": sweep_dir.uri})
+    except TrackingUnavailable as exc:
+        raise TrainingError(str(exc)) from None
+    storage.write_text(run_id_file, parent.run_id)
+    try:
+        ensure_ray()
+        tuner, progress = _tuner(spec, sweep_dir, parent.run_id, resume_dir is not None, console, show_progress)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # Tune's own banners: stdout is for --json
+                grid = tuner.fit()
+        finally:
+            progress.stop()
+        trials = _outcomes(spec, grid)
+        if any(t.state == "unfinished" for t in trials):  # Tune returns early on Ctrl-C
+            raise TrainingInterrupted(sweep_dir.uri)
+        result = _summarise(spec, sweep_dir, parent.run_id, trials)
+    except TrainingInterrupted:
+        parent.fail("interrupted by the user")
+        raise
+    except BaseException as exc:
+        parent.fail(str(exc) or exc.__class__.__name__)
+        raise
+    finish_run(parent.run_id, succeeded=True)
+    result.wall_s = time.perf_counter() - started
+    storage.write_text(sweep_dir.join(RESULTS_FILE), json.dumps(result.to_json(), indent=2, default=str))
+    return result
+
+
+def _prepare_sweep_dir(spec: SweepSpec, resume_dir: Optional[str]) -> storage.Location:
+    try:
+        root = storage.resolve(resume_dir or spec.train.storage.uri)
+        storage.check_reachable(root)
+        if resume_dir:
+            if not storage.exists(root.join(TUNE_DIR)):
+                raise TrainingError(f"--resume: {resume_dir} is not a sweep directory (no {TUNE_DIR}/ in it)")
+            sweep_dir = root
+        else:
+            sweep_dir = root.join(new_run_name(spec))
+        storage.make_dirs(sweep_dir)
+        storage.write_text(sweep_dir.join("spec.yaml"), dump_spec(spec))
+    except (storage.StorageError, OSError) as exc:
+        raise TrainingError(" ".join(str(exc).split()) or exc.__class__.__name__) from None
+    return sweep_dir
+
+
+def concurrent_trials(spec: SweepSpec) -> int:
+    """max_concurrent, lowered to what the cluster can hold at once: trials never oversubscribe
+    it (each trial's Train workers ask for their own CPUs/GPUs)."""
+    per_trial = train_resources(spec.train)
+    available = ray.cluster_resources()
+    fits = min(math.floor(available.get(name, 0.0) / amount + 1e-9) for name, amount in per_trial.items() if amount > 0)
+    if fits < 1:
+        wanted = ", ".join(f"{amount:g} {name}" for name, amount in per_trial.items() if amount > 0)
+        have = ", ".join(f"{available.get(name, 0):g} {name}" for name in per_trial if per_trial[name] > 0)
+        raise TrainingError(f"a trial needs {wanted}; the Ray cluster has {have}")
+    return min(spec.sweep.max_concurrent, fits)
+
+
+def _tuner(spec: SweepSpec, sweep_dir: storage.Location, parent_run_id: str, resume: bool, console: Console, show_progress: bool):
+    # The trial function itself only waits on its TorchTrainer, so it asks for no CPU (Tune
+    # refuses an empty request: 1 MiB of memory stands in); the concurrency limit keeps the
+    # trials' Train workers within the cluster.
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, sweep=spec.model_dump(mode="json", by_alias=True), parent_run_id=parent_run_id,
+                            sweep_dir=sweep_dir.uri, env=worker_env_vars()),
+        {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY},
+    )
+    metric, mode = search.tune_metric(spec)
+    progress = SweepProgress(f"sweep {sweep_dir.name}", list(spec.sweep.space), search.metrics(spec), spec.train.optim.epochs, console, enabled=show_progress)
+    filesystem = None if sweep_dir.is_local else sweep_dir.filesystem
+    tune_path = sweep_dir.join(TUNE_DIR)
+    if resume and tune.Tuner.can_restore(tune_path.uri if not sweep_dir.is_local else tune_path.path, storage_filesystem=filesystem):
+        # Finished and errored trials stay as they are; unfinished ones continue (from their
+        # trial directory's latest checkpoint); the searcher proposes only the remaining ones.
+        tuner = tune.Tuner.restore(tune_path.path if sweep_dir.is_local else tune_path.uri, trainable,
+                                   resume_unfinished=True, resume_errored=False, restart_errored=False,
+                                   storage_filesystem=filesystem)
+        return tuner, progress
+    tuner = tune.Tuner(
+        trainable,
+        param_space=search.param_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode=mode,
+            search_alg=search.searcher(spec),
+            scheduler=search.scheduler(spec),
+            num_samples=(spec.sweep.num_samples or 1) if spec.sweep.is_grid else spec.sweep.trial_count(),
+            max_concurrent_trials=concurrent_trials(spec),
+            trial_dirname_creator=lambda trial: trial.trial_id,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=sweep_dir.path,
+            storage_filesystem=filesystem,
+            callbacks=[progress],
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+        ),
+    )
+    return tuner, progress
+
+
+def _outcomes(spec: SweepSpec, grid) -> list[TrialOutcome]:
+    """One outcome per trial, from Tune's trial records (the public Result has no state)."""
+    epochs = spec.train.optim.epochs
+    trials = []
+    for trial in grid._experiment_analysis.trials:
+        metrics = dict(trial.last_result or {})
+        done = int(metrics.get("training_iteration", 0))
+        if trial.status == "ERROR":
+            state = "errored"
+        elif trial.status == "TERMINATED":
+            state = "finished" if done >= epochs else "stopped"  # Tune marks ASHA's stops terminated
+        else:
+            state = "unfinished"
+        kept = {k: metrics[k] for k in SUMMARY_METRICS if k in metrics}
+        trials.append(TrialOutcome(trial.trial_id, state, dict(trial.config or {}), kept, done))
+    return sorted(trials, key=lambda t: t.trial_id)
+
+
+def _objective_vector(spec: SweepSpec, trial: TrialOutcome, names: list[str]) -> list[float]:
+    """All minimised: a maximised objective (active units) is negated."""
+    return [(-1 if OBJECTIVE_MODES[n] == "max" else 1) * float(trial.metrics[OBJECTIVE_METRICS[n]]) for n in names]
+
+
+def _summarise(spec: SweepSpec, sweep_dir: storage.Location, parent_run_id: str, trials: list[TrialOutcome]) -> SweepResult:
+    children = sweep_run.child_runs(parent_run_id)
+    for trial in trials:
+        run = children.get(trial.trial_id)
+        trial.mlflow_run_id = run.info.run_id if run else None
+        if trial.state == "errored":  # run_training recorded why on the trial's own run
+            trial.error = (run.data.tags.get("vae.error") if run else None) or "the trial failed (see its logs)"
+        if run and trial.state == "stopped" and run.info.status == "RUNNING":
+            sweep_run.close_stopped(run.info.run_id, f"stopped early by ASHA after {trial.epochs} epoch(s)")
+    finished = [t for t in trials if t.state == "finished" and all(OBJECTIVE_METRICS[n] in t.metrics for n in spec.sweep.objectives)]
+    result = SweepResult(sweep_dir.uri, parent_run_id, trials)
+    plane = spec.sweep.objectives if len(spec.sweep.objectives) > 1 else ["rate", "distortion"]
+    points = [_objective_vector(spec, t, plane) for t in finished]
+    front = non_dominated(points) if finished else []
+    result.front = [finished[i].trial_id for i in front]
+    best = None
+    if finished:
+        if len(spec.sweep.objectives) == 1:
+            best = min(range(len(finished)), key=lambda i: _objective_vector(spec, finished[i], spec.sweep.objectives)[0])
+        else:
+            best = knee_point(points)
+        result.best = finished[best].trial_id
+    rows = [_row(spec, t) for t in finished]
+    table = [{"trial_id": t.trial_id, "state": t.state, "epochs": t.epochs, "mlflow_run_id": t.mlflow_run_id or "",
+              **t.params, **t.metrics, "error": t.error or ""} for t in trials]
+    # The front drawn is always in the rate–distortion plane.
+    rd_front = non_dominated([[r["rate"], r["distortion"]] for r in rows]) if rows else []
+    sweep_run.log_results(parent_run_id, table, rows, rd_front, best)
+    if best is not None and finished[best].mlflow_run_id:
+        name = spec.train.tracking.register_as or spec.name
+        best_run = children[finished[best].trial_id]
+        result.model_uri = sweep_run.register_best(parent_run_id, best_run, name, spec.train.tracking.alias, finished[best].metrics)
+    return result
+
+
+def _row(spec: SweepSpec, trial: TrialOutcome) -> dict:
+    trial_spec = spec.trial_spec(trial.params, "row")
+    return {"beta": trial_spec.objective.beta, "latent_dim": trial_spec.model.latent_dim,
+            "rate": trial.metrics["val_kl"], "distortion": trial.metrics["val_recon"], "active_units": trial.metrics["active_units"]}
