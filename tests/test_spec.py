@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from vae_service.cli import app, spec_json_schema
+from vae_service.core.sweep_spec import SweepSpec
 from vae_service.core.spec import TrainSpec
 from vae_service.core.spec_loading import (
     MAX_EXPANDED_NODES,
@@ -116,7 +117,7 @@ def test_job_files_exist():
 @pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)
 def test_every_job_file_validates(path):
     spec = load_spec(path)
-    assert isinstance(spec, TrainSpec)
+    assert isinstance(spec, (TrainSpec, SweepSpec))
     assert load_spec_text(dump_spec(spec)) == spec
 
 
@@ -171,11 +172,11 @@ INVALID = [
     ("name: x\noptim:\n  learning_rate: 0.1\n", "optim.learning_rate: unknown field (line 3)"),
     ("objective:\n  capacity:\n    nats: 3\n", "objective.capacity.nats: unknown field (line 3)"),
     # kinds
-    ("kind: sweep\n", "kind: kind 'sweep' is reserved for Ray Tune sweeps and not available yet (line 1)"),
-    ("name: x\nkind: sweep\n", "kind: kind 'sweep' is reserved for Ray Tune sweeps and not available yet (line 2)"),
-    ("kind: predict\n", "kind: must be one of 'train' (got 'predict') (line 1)"),
-    ("kind: [sweep]\n", "kind: must be one of 'train' (got ['sweep']) (line 1)"),  # was a TypeError
-    ("kind: {a: 1}\n", "kind: must be one of 'train'"),
+    ("kind: sweep\n", "sweep: required field is missing"),
+    ("name: x\nkind: sweep\nmodel: {}\n", "model: unknown field (line 3)"),
+    ("kind: predict\n", "kind: must be one of 'train', 'sweep' (got 'predict') (line 1)"),
+    ("kind: [sweep]\n", "kind: must be one of 'train', 'sweep' (got ['sweep']) (line 1)"),  # was a TypeError
+    ("kind: {a: 1}\n", "kind: must be one of 'train', 'sweep'"),
     # cross-field rules
     ("objective:\n  kind: ae\n  capacity: {}\n", "objective: capacity annealing applies to kind: vae only (line 1)"),
     ("optim:\n  batch_size: 2\nresources:\n  num_workers: 4\n", "optim.batch_size (2) must be at least resources.num_workers (4)"),
@@ -509,8 +510,8 @@ CLI_BAD = [
     ("unknown-key", "name: x\nmodel:\n  layers: 3\n", ["model.layers: unknown field (line 3)"]),
     ("two-problems", "model:\n  latent_dim: 0\noptim:\n  lr: -1\n",
      ["model.latent_dim: must be > 0 (got 0) (line 2)", "optim.lr: must be > 0.0 (got -1) (line 4)"]),
-    ("sweep", "kind: sweep\n", ["kind: kind 'sweep' is reserved"]),
-    ("kind-list", "kind: [sweep]\n", ["kind: must be one of 'train'"]),
+    ("sweep", "kind: sweep\n", ["sweep: required field is missing"]),
+    ("kind-list", "kind: [sweep]\n", ["kind: must be one of 'train', 'sweep'"]),
     ("empty", "", ["spec is empty"]),
     ("syntax", "name: [a\n", ["YAML syntax error"]),
     ("list", "- a\n- b\n", ["spec must be a mapping of fields, got a list (line 1)"]),
@@ -586,7 +587,7 @@ SUBPROCESS_BAD = [
     ("bomb", BOMB, "YAML aliases expand to more than"),
     ("empty", "", "spec is empty"),
     ("list", "- 1\n", "got a list"),
-    ("kind-list", "kind: [sweep]\n", "kind: must be one of 'train'"),
+    ("kind-list", "kind: [sweep]\n", "kind: must be one of 'train', 'sweep'"),
     ("absurd", "resources:\n  num_workers: -1\n", "resources.num_workers: must be > 0 (got -1) (line 2)"),
 ]
 
@@ -606,10 +607,15 @@ def test_vae_executable_validate_fails_cleanly(tmp_path, text, expected):
 
 
 def test_vae_executable_validate_ok_and_set():
-    proc = vae_subprocess("validate", *JOB_FILES, "--set", "optim.lr=3e-4")
+    train_files = [p for p in JOB_FILES if "sweep" not in p.name]
+    proc = vae_subprocess("validate", *train_files, "--set", "optim.lr=3e-4")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.count(": ok") == len(JOB_FILES)
+    assert proc.stderr.count(": ok") == len(train_files)
+    # A sweep's base training fields sit under train.
+    sweeps = [p for p in JOB_FILES if "sweep" in p.name]
+    proc = vae_subprocess("validate", *sweeps, "--set", "train.optim.lr=3e-4")
+    assert proc.returncode == 0 and proc.stderr.count(": ok") == len(sweeps), proc.stderr
 
 
 def test_vae_executable_set_on_non_section_fails_cleanly():
@@ -634,8 +640,11 @@ def test_schema_is_json_with_metadata(schema_text):
     schema = json.loads(schema_text)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["title"] == "vae-service job spec"
-    assert schema["additionalProperties"] is False
-    assert {"data", "model", "objective", "optim", "resources", "storage", "tracking"} <= set(schema["properties"])
+    assert {ref["$ref"] for ref in schema["anyOf"]} == {"#/$defs/TrainSpec", "#/$defs/SweepSpec"}
+    train, sweep = schema["$defs"]["TrainSpec"], schema["$defs"]["SweepSpec"]
+    assert train["additionalProperties"] is False and sweep["additionalProperties"] is False
+    assert {"data", "model", "objective", "optim", "resources", "storage", "tracking"} <= set(train["properties"])
+    assert {"train", "sweep"} <= set(sweep["properties"])
     assert schema == spec_json_schema()
 
 

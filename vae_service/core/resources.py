@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vae_service.core.spec import TrainSpec
+from vae_service.core.sweep_spec import SweepSpec
 
 
 def train_resources(spec: TrainSpec) -> dict[str, float]:
@@ -16,4 +17,7 @@ def requested_resources(spec) -> dict[str, float]:
     """Peak Ray resources of a job spec (any kind)."""
     if isinstance(spec, TrainSpec):
         return train_resources(spec)
+    if isinstance(spec, SweepSpec):  # up to max_concurrent trials at once (fewer if they don't fit)
+        trials = min(spec.sweep.max_concurrent, spec.sweep.trial_count())
+        return {name: trials * amount for name, amount in train_resources(spec.train).items()}
     raise TypeError(f"unknown spec type {type(spec).__name__}")
