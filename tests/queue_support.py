@@ -1,0 +1,198 @@
+"""Real parts for the job-queue tests: throw-away databases (SQLite file, PostgreSQL database),
+a Ray head process with token auth, and `vae server` processes. Imported by tests/test_queue_*.py."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import httpx
+import pytest
+import sqlalchemy
+
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+BACKENDS = ["sqlite", "postgresql"]
+VAE = str(Path(sys.executable).with_name("vae"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def temporary_database(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database URL; PostgreSQL databases are dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'queue.db'}"
+        return
+    name = f"vae_queue_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+TINY_SPEC = """\
+name: {name}
+data: {{limit: 256}}
+model: {{hidden: [32], latent_dim: 2}}
+optim: {{epochs: 1, batch_size: 64, seed: 0}}
+resources: {{num_workers: 1, cpus_per_worker: {cpus}}}
+tracking: {{experiment: queue-tests}}
+"""
+
+
+def tiny_spec_text(name: str = "tiny", cpus: float = 1) -> str:
+    return TINY_SPEC.format(name=name, cpus=cpus)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray head with token auth
+
+
+@dataclass
+class RayHead:
+    address: str
+    token: str
+    token_path: Path
+    temp_dir: Path
+    process: subprocess.Popen
+    num_cpus: int
+
+    def client_env(self) -> dict:
+        """What a process that talks to this head needs (never set on the test process itself:
+        the session's `ray.init()` clusters must not pick up token mode)."""
+        return {"RAY_AUTH_TOKEN_PATH": str(self.token_path)}
+
+
+@contextmanager
+def ray_head(num_cpus: int = 2) -> Iterator[RayHead]:
+    """`ray start --head --block` on free ports with token auth; stopped (its process group
+    only, never a global `ray stop`) at the end."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths are limited
+    token = secrets.token_hex(32)
+    token_path = temp_dir / "auth_token"
+    token_path.write_text(token)
+    token_path.chmod(0o600)
+    dashboard_port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
+    log = open(temp_dir / "head.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+         "--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+         "--num-cpus", str(num_cpus), "--num-gpus", "0", "--temp-dir", str(temp_dir), "--include-dashboard", "true",
+         "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard_port}"
+    deadline = time.monotonic() + 90
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        while True:
+            try:
+                response = httpx.get(f"{address}/api/v0/nodes", headers=headers, timeout=2)
+                if response.status_code == 200 and response.json()["data"]["result"]["result"]:
+                    break
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ray head did not start: {(temp_dir / 'head.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield RayHead(address, token, token_path, temp_dir, process, num_cpus)
+    finally:
+        process.terminate()  # `ray start --block` stops the processes it started
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# vae server processes
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+    env: dict = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+
+def start_server(workdir: Path, env: dict, *args: str, name: str = "server") -> Server:
+    port = free_port()
+    log_path = workdir / f"{name}-{port}.log"
+    process = subprocess.Popen([VAE, "server", "--port", str(port), *args], cwd=workdir, env=env,
+                               stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return Server(url, process, log_path, env)
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"vae server did not start: {log_path.read_text()[-3000:]}")
+        time.sleep(0.3)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def api(server: Server, token: str) -> httpx.Client:
+    return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def job_state(client: httpx.Client, job_id: str) -> dict:
+    response = client.get(f"/jobs/{job_id}")
+    response.raise_for_status()
+    return response.json()

@@ -1,0 +1,203 @@
+"""`vae submit`, `vae jobs`, `vae status`, `vae logs`, `vae cancel`: clients of `vae server`.
+
+They find the API at VAE_API_URL (default http://127.0.0.1:8000) and send VAE_API_TOKEN (else
+the first token in VAE_API_TOKEN_FILE, else $VAE_HOME/api_token). Exit codes: 0 ok, 1 the job
+failed or was cancelled (`submit --wait`), 2 bad input, unknown job or unreachable API, 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.live import Live
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
+from vae_service.cli.common import SET_HELP, app, err, fail, load_or_exit, say
+
+PANEL = "Queue"
+STATES = ("queued", "submitted", "running", "cancelling", "succeeded", "failed", "cancelled")
+FINAL = {"succeeded": 0, "failed": 1, "cancelled": 1}
+STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan", "cancelling": "yellow"}
+WAIT_POLL_S = 1.0
+WIDTHS = {"id": 16, "name": 4, "state": 10, "prio": 4, "tries": 5, "created": 14, "mlflow run": 12}
+out = Console()  # tables are data: stdout
+
+
+def _client():
+    from vae_service.queue.client import Client
+
+    return Client()
+
+
+def _call(fn, *args, **kwargs):
+    from vae_service.queue.client import ApiError
+
+    try:
+        return fn(*args, **kwargs)
+    except ApiError as exc:
+        fail(str(exc), exc.code)
+
+
+def _when(stamp: Optional[str], short: bool = False) -> str:
+    if not stamp:
+        return ""
+    return datetime.fromisoformat(stamp).astimezone().strftime("%m-%d %H:%M:%S" if short else "%Y-%m-%d %H:%M:%S")
+
+
+def _elapsed(job: dict) -> float:
+    start = datetime.fromisoformat(job["created_at"])
+    end = datetime.fromisoformat(job["finished_at"]) if job.get("finished_at") else datetime.now(timezone.utc)
+    return (end - start).total_seconds()
+
+
+def _describe(job: dict) -> str:
+    state = job["state"]
+    extra = f" ({job['position']} ahead)" if state == "queued" and job.get("position") is not None else ""
+    return f"job {job['id']} {job['name']}: {state}{extra}, {_elapsed(job):.0f} s"
+
+
+@app.command(rich_help_panel=PANEL)
+def submit(
+    spec_path: Path = typer.Argument(..., metavar="SPEC", help="Job spec (YAML or JSON)."),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    priority: int = typer.Option(0, "--priority", "-p", help="Higher runs first; equal priorities run oldest first."),
+    wait: bool = typer.Option(False, "--wait", "-w", help="Wait for the outcome (progress on stderr); exit 0 succeeded, 1 failed or cancelled."),
+    key: Optional[str] = typer.Option(None, "--idempotency-key", help="Submitting again with the same key returns the same job."),
+) -> None:
+    """Queue a job on `vae server`; prints the job id on stdout."""
+    load_or_exit(spec_path, set_)  # same checks as the server, with this file's line numbers
+    text = spec_path.read_text()
+    with _client() as client:
+        job = _call(client.submit, text, priority, tuple(set_), key)
+        print(job["id"], flush=True)
+        say(f"queued job {job['id']} ({job['name']}, priority {job['priority']})")
+        if wait:
+            raise typer.Exit(_wait(client, job["id"]))
+
+
+def _wait(client, job_id: str) -> int:
+    from vae_service.queue.client import ApiError
+
+    spinner = Spinner("dots", text="")
+    last_state = None
+    try:
+        with Live(spinner, console=err, transient=True, refresh_per_second=8) as live:
+            while True:
+                try:
+                    job = client.job(job_id)
+                except ApiError as exc:
+                    spinner.update(text=Text(f"job {job_id}: {exc} (retrying)"))
+                    time.sleep(WAIT_POLL_S)
+                    continue
+                if job["state"] != last_state:
+                    live.console.print(f"job {job_id}: [{STYLE.get(job['state'], 'bold')}]{job['state']}[/]", highlight=False)
+                    last_state = job["state"]
+                if job["state"] in FINAL:
+                    break
+                spinner.update(text=Text(_describe(job)))
+                time.sleep(WAIT_POLL_S)
+    except KeyboardInterrupt:
+        say(f"stopped waiting; the job goes on (vae status {job_id} / vae logs {job_id} -f / vae cancel {job_id})")
+        return 130
+    run = f", MLflow run {job['mlflow_run_id']}" if job.get("mlflow_run_id") else ""
+    say(f"job {job_id} {job['state']} after {_elapsed(job):.0f} s{run}")
+    if job.get("error"):
+        say(f"error: {job['error']}")
+    return FINAL[job["state"]]
+
+
+@app.command(rich_help_panel=PANEL)
+def jobs(
+    state: Optional[str] = typer.Option(None, "--state", "-s", help=f"Only jobs in this state: {', '.join(STATES)}."),
+    limit: int = typer.Option(50, "--limit", "-n", min=1, max=500, help="How many (newest first)."),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many (paging)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the API's JSON instead of a table."),
+) -> None:
+    """List jobs, newest first."""
+    if state is not None and state not in STATES:
+        fail(f"--state: must be one of {', '.join(STATES)} (got {state!r})", 2)
+    with _client() as client:
+        page = _call(client.jobs, state, limit, offset)
+    if json_output:
+        print(json.dumps(page))
+        return
+    table = Table(title=f"{page['total']} job(s)" + (f" {state}" if state else ""), title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for column in ("id", "name", "state", "prio", "tries", "created", "mlflow run"):
+        table.add_column(column, justify="right" if column in ("prio", "tries") else "left", no_wrap=True,
+                         overflow="ellipsis", min_width=WIDTHS.get(column))
+    for job in page["jobs"]:
+        table.add_row(job["id"], job["name"], Text(job["state"], style=STYLE.get(job["state"], "")), str(job["priority"]),
+                      str(job["attempts"]), _when(job["created_at"], short=True), (job["mlflow_run_id"] or "")[:12])
+    out.print(table)
+    shown = offset + len(page["jobs"])
+    if shown < page["total"]:
+        say(f"{shown} of {page['total']} shown; more with --offset {shown}")
+
+
+@app.command(rich_help_panel=PANEL)
+def status(
+    job_id: str = typer.Argument(..., metavar="ID", help="Job id (from vae submit / vae jobs)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the API's JSON (with the spec)."),
+) -> None:
+    """Show one job: state, timings, Ray and MLflow ids, error."""
+    with _client() as client:
+        job = _call(client.job, job_id)
+    if json_output:
+        print(json.dumps(job))
+        return
+    table = Table(show_header=False, title=f"job {job['id']}", title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    rows = [("name", job["name"]), ("kind", job["kind"]), ("state", job["state"]), ("priority", str(job["priority"])),
+            ("queue position", "" if job.get("position") is None else f"{job['position']} ahead"),
+            ("attempts", str(job["attempts"])), ("submitted by", job["submitted_by"]),
+            ("resources", ", ".join(f"{k} {v:g}" for k, v in job["resources"].items() if v)),
+            ("created", _when(job["created_at"])), ("handed to Ray", _when(job["submitted_at"])),
+            ("started", _when(job["started_at"])), ("finished", _when(job["finished_at"])),
+            ("Ray submission id", job["ray_submission_id"] or ""), ("MLflow run", job["mlflow_run_id"] or ""),
+            ("error", job["error"] or "")]
+    for name, value in rows:
+        if value:
+            table.add_row(name, Text(value, style=STYLE.get(value, "")))
+    out.print(table)
+
+
+@app.command(rich_help_panel=PANEL)
+def logs(
+    job_id: str = typer.Argument(..., metavar="ID", help="Job id."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing as the job writes, until it ends."),
+) -> None:
+    """Print a job's output (the `vae run` driver on Ray)."""
+    with _client() as client:
+        if not follow:
+            sys.stdout.write(_call(client.logs, job_id))
+            return
+        from vae_service.queue.client import ApiError
+
+        try:
+            for chunk in client.follow_logs(job_id):
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+        except ApiError as exc:
+            fail(str(exc), exc.code)
+        except KeyboardInterrupt:
+            raise typer.Exit(130)
+
+
+@app.command(rich_help_panel=PANEL)
+def cancel(job_id: str = typer.Argument(..., metavar="ID", help="Job id.")) -> None:
+    """Cancel a job: a queued one at once, a running one is stopped on Ray."""
+    with _client() as client:
+        job = _call(client.cancel, job_id)
+    say(f"job {job['id']}: {job['state']}")

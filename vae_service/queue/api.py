@@ -1,0 +1,214 @@
+"""The HTTP API (FastAPI). Every route but /healthz needs `Authorization: Bearer <token>`
+(auth.py); the OpenAPI description is served at /docs and /openapi.json (no data there; the
+"Authorize" button takes the token for trying the routes).
+
+    POST /jobs                 body: a job spec, YAML or JSON (≤ 1 MiB); ?priority=N&set=a.b=c
+                               Idempotency-Key header: the same key returns the same job (200)
+    GET  /jobs                 ?state=queued&limit=50&offset=0, newest first
+    GET  /jobs/{id}            one job, with its spec (and its place in the queue)
+    GET  /jobs/{id}/logs       ?follow=true streams until the job ends
+    POST /jobs/{id}/cancel     queued → cancelled; submitted/running → cancelling (then Ray stops it)
+    GET  /healthz              no token; 200 when the store answers
+    GET  /metrics              Prometheus text
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, List, Optional
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import text
+
+from vae_service.core.resources import requested_resources
+from vae_service.core.spec_loading import MAX_SPEC_BYTES, SpecError, dump_spec, load_spec_text
+from vae_service.queue import metrics
+from vae_service.queue.auth import Identity, TokenSet
+from vae_service.queue.ray_jobs import RayJobs, RayUnavailable
+from vae_service.queue.states import TERMINAL, IllegalTransition, State
+from vae_service.queue.store import NewJob, Store, UnknownJob
+
+log = logging.getLogger("vae_service.queue.api")
+
+MAX_BODY_BYTES = MAX_SPEC_BYTES  # 1 MiB
+LOG_POLL_S = 0.5
+_bearer = HTTPBearer(auto_error=False, description="An API token (VAE_API_TOKEN or the server's token file).")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def require_token(request: Request, credentials: Optional[HTTPAuthorizationCredentials] = Depends(_bearer)) -> Identity:
+    identity = request.app.state.tokens.identify(credentials.credentials if credentials else None)
+    if identity is None:
+        raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
+    return identity
+
+
+async def read_capped(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body, refusing more than `limit` bytes without reading them all."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def problems_response(problems) -> JSONResponse:
+    detail = [{"loc": p.path.split(".") if p.path else [], "path": p.path, "msg": p.reason, "line": p.line} for p in problems]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, dispatcher=None,
+               leadership=None) -> FastAPI:
+    """The API over `store`. With a `dispatcher` (and its `leadership`), the app runs it in a
+    thread for its lifetime; `ray` serves the logs."""
+    wake = dispatcher.wake if dispatcher is not None else threading.Event()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        stop = threading.Event()
+        thread = None
+        if dispatcher is not None:
+            thread = threading.Thread(target=dispatcher.run_forever, args=(stop, leadership), name="dispatcher", daemon=True)
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            wake.set()
+            if thread is not None:
+                await run_in_threadpool(thread.join, 15)
+
+    app = FastAPI(title="vae-service job queue", version="1", lifespan=lifespan,
+                  description="Queue VAE training jobs (YAML job specs) to run on a Ray cluster.")
+    app.state.store, app.state.tokens, app.state.ray = store, tokens, ray
+    authed = [Depends(require_token)]
+
+    @app.exception_handler(UnknownJob)
+    async def _unknown(request: Request, exc: UnknownJob):
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(IllegalTransition)
+    async def _illegal(request: Request, exc: IllegalTransition):
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(RayUnavailable)
+    async def _no_ray(request: Request, exc: RayUnavailable):
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.post("/jobs", status_code=201, summary="Queue a job",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/yaml": {"schema": {"type": "string"}}, "application/json": {"schema": {"type": "object"}}}}})
+    async def submit(
+        request: Request,
+        identity: Identity = Depends(require_token),
+        priority: int = Query(0, ge=-1_000_000, le=1_000_000, description="Higher runs first."),
+        set_: List[str] = Query([], alias="set", description="Spec overrides a.b=c (value read as YAML)."),
+        idempotency_key: Optional[str] = Header(None, max_length=200),
+    ):
+        try:
+            body = await read_capped(request)
+        except BodyTooLarge:
+            return JSONResponse({"detail": f"request body is larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
+        try:
+            spec_text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return JSONResponse({"detail": [{"loc": [], "path": "", "msg": "body is not UTF-8 text", "line": None}]}, status_code=422)
+        return await run_in_threadpool(_create, spec_text, priority, list(set_), identity, idempotency_key)
+
+    def _create(spec_text: str, priority: int, overrides: list[str], identity: Identity, key: Optional[str]):
+        try:
+            spec = load_spec_text(spec_text, "<request>", overrides)
+        except SpecError as exc:
+            return problems_response(exc.problems)
+        try:
+            resources = requested_resources(spec)
+        except TypeError:
+            return JSONResponse({"detail": [{"loc": ["kind"], "path": "kind", "msg": f"{spec.kind} jobs cannot be queued by this server", "line": None}]}, status_code=422)
+        job, created = store.add(NewJob(
+            name=spec.name, kind=spec.kind, priority=priority, submitted_by=identity.name, spec_submitted=spec_text,
+            spec_normalised=dump_spec(spec), resources=resources, overrides=tuple(overrides), idempotency_key=key))
+        if created:
+            wake.set()
+        return JSONResponse(job.to_dict(), status_code=201 if created else 200, headers={"Location": f"/jobs/{job.id}"})
+
+    @app.get("/jobs", dependencies=authed, summary="List jobs, newest first")
+    def list_jobs(state: Optional[State] = None, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):
+        rows, total = store.list(state.value if state else None, limit, offset)
+        return {"jobs": [job.to_dict() for job in rows], "total": total, "limit": limit, "offset": offset}
+
+    @app.get("/jobs/{job_id}", dependencies=authed, summary="One job, with its spec")
+    def get_job(job_id: str):
+        job = store.get(job_id)
+        out = job.to_dict(with_spec=True)
+        out["position"] = store.position(job) if job.state == State.QUEUED.value else None
+        return out
+
+    @app.post("/jobs/{job_id}/cancel", status_code=202, dependencies=authed, summary="Cancel a job")
+    def cancel(job_id: str):
+        job = store.request_cancel(job_id)
+        wake.set()
+        return job.to_dict()
+
+    @app.get("/jobs/{job_id}/logs", dependencies=authed, response_class=PlainTextResponse, summary="A job's output")
+    async def logs(job_id: str, follow: bool = False):
+        job = await run_in_threadpool(store.get, job_id)
+        if ray is None:
+            raise HTTPException(503, "this server has no Ray address: logs are unavailable")
+        if not follow:
+            if job.submitted_at is None:
+                return PlainTextResponse("")
+            text_ = await run_in_threadpool(ray.logs, job_id)
+            if text_ is None:
+                raise HTTPException(404, f"Ray has no logs for job {job_id}")
+            return PlainTextResponse(text_)
+        return StreamingResponse(_follow(job_id), media_type="text/plain; charset=utf-8")
+
+    async def _follow(job_id: str) -> AsyncIterator[str]:
+        # Wait until Ray has the job (or it ends without ever running), then stream its output.
+        while True:
+            job = await run_in_threadpool(store.get, job_id)
+            if job.submitted_at is not None:
+                try:
+                    if await run_in_threadpool(ray.info, job_id) is not None:
+                        break
+                except RayUnavailable:
+                    pass
+            if State(job.state) in TERMINAL:
+                return
+            await asyncio.sleep(LOG_POLL_S)
+        try:
+            async for chunk in ray.tail(job_id):
+                yield chunk
+        except Exception as exc:  # the head went away mid-stream: say so in the stream
+            yield f"\n[log stream ended: {' '.join(str(exc).split())[:200]}]\n"
+
+    @app.get("/healthz", summary="Liveness (no token)")
+    def healthz():
+        try:
+            with store.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception as exc:
+            return JSONResponse({"status": "unavailable", "db": exc.__class__.__name__}, status_code=503)
+        return {"status": "ok"}
+
+    registry = metrics.registry_for(store)
+
+    @app.get("/metrics", dependencies=authed, summary="Prometheus metrics")
+    def prometheus():
+        return Response(metrics.render(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app

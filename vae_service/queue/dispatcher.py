@@ -1,0 +1,236 @@
+"""The dispatcher: moves jobs from the store onto Ray and copies what happens back.
+
+One loop, one thread, one active dispatcher per store (see leader.py); every step is safe to
+repeat, so a dispatcher killed at any point and started again finishes the work instead of
+doing it twice:
+
+  admit    queued jobs in priority order that fit the free resources (scheduling.py) are
+           committed as `submitted` first, then handed to Ray with submission_id = job id.
+  follow   every admitted job is compared with what Ray reports:
+             Ray has no record, store says submitted → submit (we died before Ray got it)
+             Ray has no record, store says running   → failed ("lost": the head restarted)
+             Ray has no record, store says cancelling → cancelled (it never ran)
+             PENDING / RUNNING                       → submitted / running
+             cancelling and not finished on Ray      → stop_job (again, harmlessly)
+             SUCCEEDED / FAILED / STOPPED            → succeeded / failed / cancelled, with the
+                                                       MLflow run id and the error line
+  reconcile (at start-up, then follow) a job Ray knows but the store still calls queued
+           (someone reset the row) is adopted as submitted, never submitted again.
+
+The API wakes the loop (`wake`) when a job arrives or is cancelled; otherwise it polls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from typing import Optional
+
+from vae_service.queue import scheduling
+from vae_service.queue.job_env import job_env
+from vae_service.queue.leader import Leadership
+from vae_service.queue.models import Job
+from vae_service.queue.ray_jobs import RayJob, RayJobs, RayRejected, RayUnavailable
+from vae_service.queue.states import ACTIVE, IllegalTransition, State
+from vae_service.queue.store import Store, UnknownJob
+
+log = logging.getLogger("vae_service.queue.dispatcher")
+
+POLL_S = 0.5  # between ticks when nothing wakes the loop
+LEADER_CHECK_S = 5.0
+OUTCOME = {"SUCCEEDED": State.SUCCEEDED, "FAILED": State.FAILED, "STOPPED": State.CANCELLED}
+ERROR_LINE = re.compile(r"^(error|data|interrupted|spec|--set)\b|\.ya?ml: ", re.IGNORECASE)
+
+
+class Dispatcher:
+    def __init__(self, store: Store, ray: RayJobs, *, python: Optional[str] = None, poll_s: float = POLL_S,
+                 wake: Optional[threading.Event] = None):
+        self.store = store
+        self.ray = ray
+        self.python = python
+        self.poll_s = poll_s
+        self.wake = wake or threading.Event()
+        self._stop_sent: set[str] = set()
+        self._reserved_for: Optional[str] = None
+        self._last_error = ""
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def run_forever(self, stop: threading.Event, leadership: Leadership) -> None:
+        """Waits to become the only dispatcher, reconciles, then ticks until `stop` is set."""
+        while not stop.is_set():
+            log.info("dispatcher: waiting for the %s", leadership.describe())
+            while not stop.is_set() and not leadership.acquire(timeout=1.0):
+                pass
+            if stop.is_set():
+                break
+            log.info("dispatcher: active (%s held)", leadership.describe())
+            try:
+                self._lead(stop, leadership)
+            finally:
+                leadership.release()
+
+    def _lead(self, stop: threading.Event, leadership: Leadership) -> None:
+        reconciled = False
+        last_check = time.monotonic()
+        while not stop.is_set():
+            try:
+                if not reconciled:
+                    self.reconcile()
+                    reconciled = True
+                self.tick()
+                self._last_error = ""
+            except (RayUnavailable, OSError) as exc:
+                self._note(f"dispatcher: {exc}; retrying")
+            except Exception as exc:  # a database hiccup must not kill the loop
+                self._note(f"dispatcher: {exc.__class__.__name__}: {' '.join(str(exc).split())[:300]}; retrying")
+            if time.monotonic() - last_check > LEADER_CHECK_S:
+                last_check = time.monotonic()
+                if not leadership.alive():
+                    log.warning("dispatcher: lost the %s; standing by", leadership.describe())
+                    return
+            self.wake.wait(self.poll_s)
+            self.wake.clear()
+
+    def _note(self, message: str) -> None:
+        if message != self._last_error:  # once per distinct problem, not every tick
+            log.warning(message)
+            self._last_error = message
+
+    def tick(self) -> None:
+        self.follow()
+        self.admit()
+
+    # ---- reconcile, follow, admit ------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        known = self.ray.list()
+        for job in self.store.in_states([State.QUEUED]):
+            if job.id in known:
+                log.warning("dispatcher: job %s is queued in the store but Ray has it: adopting it", job.id)
+                self._transition(job.id, State.SUBMITTED, only_from=[State.QUEUED], ray_submission_id=job.id,
+                                 attempts=max(job.attempts, 1))
+        adopted = len([j for j in self.store.in_states(ACTIVE)])
+        log.info("dispatcher: reconciled with Ray (%d job(s) admitted, %d known to Ray)", adopted, len(known))
+        self.follow()
+
+    def follow(self) -> None:
+        for job in self.store.in_states(ACTIVE):
+            self._follow_one(job, self.ray.info(job.id))
+
+    def _follow_one(self, job: Job, info: Optional[RayJob]) -> None:
+        state = State(job.state)
+        if info is None:
+            if state is State.SUBMITTED:
+                self._submit(job)
+            elif state is State.CANCELLING:
+                self._transition(job.id, State.CANCELLED, only_from=[State.CANCELLING])
+            else:
+                self._transition(job.id, State.FAILED, only_from=[state],
+                                 error="lost: Ray has no record of this job (was the Ray head restarted?)")
+            return
+        if info.status in OUTCOME:
+            self._finish(job, info)
+        elif state is State.CANCELLING:
+            if job.id not in self._stop_sent:
+                log.info("dispatcher: stopping job %s on Ray", job.id)
+                self.ray.stop(job.id)
+                self._stop_sent.add(job.id)
+        elif info.status == "RUNNING" and state is State.SUBMITTED:
+            self._transition(job.id, State.RUNNING, only_from=[State.SUBMITTED])
+
+    def admit(self) -> None:
+        queued = self.store.queued_in_order()
+        if not queued:
+            self._reserved_for = None
+            return
+        totals = self.ray.totals()
+        chosen, reserved = scheduling.admit(queued, totals, self.store.admitted_resources())
+        reserved_id = reserved.id if reserved is not None else None
+        if reserved_id and reserved_id != self._reserved_for:
+            log.info("dispatcher: job %s (asks %s) waits for room; jobs ranked after it wait behind it",
+                     reserved_id, reserved.resource_request)
+        self._reserved_for = reserved_id
+        for job in chosen:
+            try:
+                job = self.store.transition(job.id, State.SUBMITTED, only_from=[State.QUEUED],
+                                            ray_submission_id=job.id, attempts=job.attempts)
+            except (IllegalTransition, UnknownJob):
+                continue  # cancelled meanwhile
+            self._submit(job)
+
+    # ---- steps -------------------------------------------------------------------------------
+
+    def _submit(self, job: Job) -> None:
+        """Hands a `submitted` job to Ray. Safe to repeat: Ray keeps one job per submission id."""
+        self.store.update(job.id, attempts=job.attempts + 1)
+        try:
+            created = self.ray.submit(job.id, job_env(job.id, job.spec_normalised), self.python)
+        except RayRejected as exc:
+            self._transition(job.id, State.FAILED, only_from=ACTIVE, error=f"Ray refused the job: {exc}")
+            return
+        log.info("dispatcher: job %s %s Ray (priority %d)", job.id, "submitted to" if created else "already on", job.priority)
+
+    def _finish(self, job: Job, info: RayJob) -> None:
+        logs = ""
+        try:
+            logs = self.ray.logs(job.id) or ""
+        except RayUnavailable as exc:
+            log.warning("dispatcher: logs of %s: %s", job.id, exc)
+        new = OUTCOME[info.status]
+        fields = {"mlflow_run_id": mlflow_run_id_from_logs(logs) or mlflow_run_id_for(job.id)}
+        if new is State.FAILED:
+            fields["error"] = error_text(info, logs)
+        elif new is State.CANCELLED and State(job.state) is not State.CANCELLING:
+            fields["error"] = "stopped on Ray (not through the queue)"
+        self._transition(job.id, new, only_from=ACTIVE, **fields)
+        self._stop_sent.discard(job.id)
+        log.info("dispatcher: job %s %s", job.id, new)
+
+    def _transition(self, job_id: str, new: State, **kwargs) -> None:
+        try:
+            self.store.transition(job_id, new, **kwargs)
+        except IllegalTransition as exc:  # someone (the API) moved it first: fine, next tick sees it
+            log.info("dispatcher: %s", exc)
+
+
+def mlflow_run_id_from_logs(logs: str) -> Optional[str]:
+    """`vae run --json` ends with one JSON object on stdout that names the MLflow run."""
+    for line in reversed(logs.splitlines()):
+        line = line.strip()
+        if line.startswith("{") and "mlflow_run_id" in line:
+            try:
+                return json.loads(line).get("mlflow_run_id") or None
+            except ValueError:
+                continue
+    return None
+
+
+def mlflow_run_id_for(job_id: str) -> Optional[str]:
+    """The MLflow run tagged vae.job_id = job_id (a failed or cancelled run prints no JSON)."""
+    try:
+        from mlflow.entities import ViewType
+
+        from vae_service.tracking.mlflow_run import client
+
+        mlflow = client()
+        experiments = [e.experiment_id for e in mlflow.search_experiments(view_type=ViewType.ALL)]
+        if not experiments:
+            return None
+        runs = mlflow.search_runs(experiments, filter_string=f"tags.\"vae.job_id\" = '{job_id}'", max_results=1)
+        return runs[0].info.run_id if runs else None
+    except Exception as exc:  # tracking down: the outcome still counts, without the run id
+        log.warning("dispatcher: MLflow lookup for %s failed: %s", job_id, exc.__class__.__name__)
+        return None
+
+
+def error_text(info: RayJob, logs: str) -> str:
+    """One line for a failed job: vae run's own error line when there is one."""
+    lines = [line.strip() for line in logs.splitlines() if line.strip() and not line.strip().startswith("{")]
+    chosen = next((line for line in reversed(lines) if ERROR_LINE.search(line)), None)
+    chosen = chosen or (lines[-1] if lines else (info.message or "failed").splitlines()[0])
+    code = f"exit code {info.exit_code}: " if info.exit_code not in (None, 0) else ""
+    return f"{code}{chosen}"

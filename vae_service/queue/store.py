@@ -1,0 +1,219 @@
+"""Operations on the job store: the source of truth for every job.
+
+Each method is one short transaction. A state change reads the row under a lock (SELECT … FOR
+UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE locks the whole file), checks the transition
+table (`states.check`) and writes, so the API (cancel) and the dispatcher (outcomes) never
+overwrite each other's change.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
+
+from sqlalchemy import Engine, and_, case, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from vae_service.queue.db import session_factory
+from vae_service.queue.models import Job, utcnow
+from vae_service.queue.states import ACTIVE, TERMINAL, IllegalTransition, State, check
+
+MAX_ERROR_CHARS = 4000
+# Buckets of the dispatch-latency histogram (seconds, created → handed to Ray).
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class UnknownJob(Exception):
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+        super().__init__(f"no job {job_id!r}")
+
+
+@dataclass(frozen=True)
+class NewJob:
+    name: str
+    kind: str
+    priority: int
+    submitted_by: str
+    spec_submitted: str
+    spec_normalised: str
+    resources: dict[str, float]
+    overrides: tuple[str, ...] = ()
+    idempotency_key: Optional[str] = None
+
+
+def new_job_id() -> str:
+    """16 hex digits: short enough to type, random enough to share one Ray cluster."""
+    return uuid.uuid4().hex[:16]
+
+
+class Store:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._sessions = session_factory(engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    # ---- create and read ---------------------------------------------------------------------
+
+    def add(self, new: NewJob) -> tuple[Job, bool]:
+        """Stores a queued job; returns (job, created). With an idempotency key that is already
+        stored, returns the existing job and False (the same request sent twice is one job)."""
+        if new.idempotency_key:
+            existing = self.by_idempotency_key(new.idempotency_key)
+            if existing is not None:
+                return existing, False
+        now = utcnow()
+        job = Job(
+            id=new_job_id(), name=new.name, kind=new.kind, priority=new.priority, state=State.QUEUED.value,
+            attempts=0, submitted_by=new.submitted_by, spec_submitted=new.spec_submitted,
+            overrides=json.dumps(list(new.overrides)), spec_normalised=new.spec_normalised,
+            resources=json.dumps(new.resources, sort_keys=True), idempotency_key=new.idempotency_key,
+            created_at=now, updated_at=now,
+        )
+        try:
+            with self.session() as session:
+                session.add(job)
+        except IntegrityError:
+            # Two requests with the same key raced; the other one won.
+            existing = self.by_idempotency_key(new.idempotency_key) if new.idempotency_key else None
+            if existing is None:
+                raise
+            return existing, False
+        return job, True
+
+    def get(self, job_id: str) -> Job:
+        with self.session() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise UnknownJob(job_id)
+            return job
+
+    def by_idempotency_key(self, key: str) -> Optional[Job]:
+        with self.session() as session:
+            return session.scalars(select(Job).where(Job.idempotency_key == key)).first()
+
+    def list(self, state: Optional[str] = None, limit: int = 50, offset: int = 0) -> tuple[list[Job], int]:
+        """Newest first; returns (page, total matching)."""
+        query = select(Job)
+        count = select(func.count()).select_from(Job)
+        if state:
+            query, count = query.where(Job.state == state), count.where(Job.state == state)
+        with self.session() as session:
+            total = session.scalar(count)
+            rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)).all()
+        return list(rows), total
+
+    def in_states(self, states: Iterable[State]) -> list[Job]:
+        with self.session() as session:
+            return list(session.scalars(select(Job).where(Job.state.in_([s.value for s in states]))))
+
+    def queued_in_order(self) -> list[Job]:
+        """Queued jobs by priority (highest first), then age (oldest first)."""
+        with self.session() as session:
+            query = select(Job).where(Job.state == State.QUEUED.value).order_by(
+                Job.priority.desc(), Job.created_at.asc(), Job.id.asc())
+            return list(session.scalars(query))
+
+    def position(self, job: Job) -> int:
+        """How many queued jobs are ahead of this one (0 = next)."""
+        with self.session() as session:
+            ahead = and_(Job.state == State.QUEUED.value, or_(
+                Job.priority > job.priority,
+                and_(Job.priority == job.priority, Job.created_at < job.created_at)))
+            return session.scalar(select(func.count()).select_from(Job).where(ahead))
+
+    # ---- state changes -----------------------------------------------------------------------
+
+    def transition(self, job_id: str, new: State, *, only_from: Optional[Iterable[State]] = None, **fields) -> Job:
+        """Moves a job to `new` (refusing what the table forbids) and sets `fields`.
+
+        `only_from`: the states the caller saw; if the job has moved on since, IllegalTransition
+        is raised instead of acting on stale information. Timestamps follow the state:
+        submitted_at (first time), started_at, finished_at.
+        """
+        new = State(new)
+        with self.session() as session:
+            job = session.get(Job, job_id, with_for_update=True)
+            if job is None:
+                raise UnknownJob(job_id)
+            if only_from is not None and State(job.state) not in set(only_from):
+                raise IllegalTransition(job_id, State(job.state), new)
+            check(job_id, job.state, new)
+            now = utcnow()
+            if new is State.SUBMITTED and job.submitted_at is None:
+                job.submitted_at = now
+                job.dispatch_latency_s = (now - job.created_at).total_seconds()
+            if new is State.RUNNING and job.started_at is None:
+                job.started_at = now
+            if new in TERMINAL:
+                job.finished_at = now
+            if "error" in fields and fields["error"]:
+                fields["error"] = fields["error"][-MAX_ERROR_CHARS:]
+            for name, value in fields.items():
+                setattr(job, name, value)
+            job.state, job.updated_at = new.value, now
+            return job
+
+    def update(self, job_id: str, **fields) -> Job:
+        """Sets fields that are not the state (attempts, ray_submission_id, mlflow_run_id …)."""
+        assert "state" not in fields, "states change through transition()"
+        with self.session() as session:
+            job = session.get(Job, job_id, with_for_update=True)
+            if job is None:
+                raise UnknownJob(job_id)
+            for name, value in fields.items():
+                setattr(job, name, value)
+            job.updated_at = utcnow()
+            return job
+
+    def request_cancel(self, job_id: str) -> Job:
+        """queued → cancelled at once; submitted/running → cancelling (the dispatcher stops it on
+        Ray); cancelling stays as it is. A finished job raises IllegalTransition."""
+        with self.session() as session:
+            job = session.get(Job, job_id, with_for_update=True)
+            if job is None:
+                raise UnknownJob(job_id)
+            state = State(job.state)
+            if state is State.CANCELLING:
+                return job
+            new = State.CANCELLED if state is State.QUEUED else State.CANCELLING
+            check(job_id, state, new)
+            now = utcnow()
+            job.state, job.updated_at = new.value, now
+            if new is State.CANCELLED:
+                job.finished_at = now
+            return job
+
+    # ---- numbers for /metrics ----------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        with self.session() as session:
+            rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+        counts = {s.value: 0 for s in State}
+        counts.update({state: n for state, n in rows})
+        return counts
+
+    def latency_histogram(self) -> tuple[list[tuple[float, int]], int, float]:
+        """Cumulative bucket counts, count and sum of dispatch latencies (for Prometheus)."""
+        latency = Job.dispatch_latency_s
+        columns = [func.coalesce(func.sum(case((latency <= b, 1), else_=0)), 0) for b in LATENCY_BUCKETS]
+        with self.session() as session:
+            row = session.execute(select(*columns, func.count(latency), func.coalesce(func.sum(latency), 0.0))).one()
+        buckets = list(zip(LATENCY_BUCKETS, (int(n) for n in row[: len(LATENCY_BUCKETS)])))
+        return buckets, int(row[-2]), float(row[-1])
+
+    def admitted_resources(self) -> dict[str, float]:
+        """What the jobs holding the cluster asked for, summed."""
+        total: dict[str, float] = {}
+        for job in self.in_states(ACTIVE):
+            for name, amount in job.resource_request.items():
+                total[name] = total.get(name, 0.0) + amount
+        return total
