@@ -28,9 +28,19 @@ VAE = str(Path(sys.executable).with_name("vae"))
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports (all sockets held until every port is picked)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind(("", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 @contextmanager
@@ -93,13 +103,19 @@ def ray_head(num_cpus: int = 2) -> Iterator[RayHead]:
     token_path = temp_dir / "auth_token"
     token_path.write_text(token)
     token_path.chmod(0o600)
-    dashboard_port = free_port()
+    # Every port Ray would otherwise take at a fixed default (the dashboard agent's 52365, the
+    # client server's 10001 …) is chosen free: other Ray clusters may run on this machine.
+    gcs, dashboard_port, agent_http, agent_grpc, client, runtime_env, metrics, node_manager, object_manager = free_ports(9)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
     log = open(temp_dir / "head.log", "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-         "--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+         "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+         "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
+         "--ray-client-server-port", str(client), "--runtime-env-agent-port", str(runtime_env),
+         "--metrics-export-port", str(metrics), "--node-manager-port", str(node_manager),
+         "--object-manager-port", str(object_manager),
          "--num-cpus", str(num_cpus), "--num-gpus", "0", "--temp-dir", str(temp_dir), "--include-dashboard", "true",
          "--disable-usage-stats"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -120,14 +136,34 @@ def ray_head(num_cpus: int = 2) -> Iterator[RayHead]:
             time.sleep(0.5)
         yield RayHead(address, token, token_path, temp_dir, process, num_cpus)
     finally:
-        process.terminate()  # `ray start --block` stops the processes it started
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_ray_head(process, temp_dir)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def stop_ray_head(process: subprocess.Popen, temp_dir: Path) -> None:
+    """SIGTERM to `ray start --block` (it stops what it started), then SIGKILL to whatever of
+    this head is left: its process group and every process whose command line names its own
+    temp dir (Ray's daemons all do). Nothing else on the machine is touched."""
+    import psutil
+
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait()
+    marker = str(temp_dir)
+    for leftover in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in leftover.info["cmdline"] or []):
+                leftover.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
 
 
 # ---------------------------------------------------------------------------------------------

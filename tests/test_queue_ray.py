@@ -1,0 +1,251 @@
+"""The job queue end to end: a real Ray head with token auth (`ray start --head`), real
+`vae server` processes, real trainings, SQLite and PostgreSQL stores.
+
+One Ray head (2 CPUs) serves the whole module. Jobs that must run one at a time ask for both
+CPUs (`cpus_per_worker: 2`); jobs that only need to reach Ray fail fast on a missing data root.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from queue_support import VAE, api, job_state, ray_head, start_server, temporary_database, tiny_spec_text, wait_for
+
+from vae_service.queue.db import make_engine, upgrade
+from vae_service.queue.dispatcher import Dispatcher
+from vae_service.queue.job_env import job_env
+from vae_service.queue.ray_jobs import RayJobs, RayUnavailable
+from vae_service.queue.states import State
+from vae_service.queue.store import NewJob, Store
+
+pytestmark = pytest.mark.slow
+TOKEN = "queue-e2e-token"
+UNWRITABLE = "/proc/vae-queue-tests/runs"  # `vae run` fails in seconds, before Ray Train starts
+FAST_FAIL = ["--set", f"storage.uri={UNWRITABLE}"]
+
+
+@pytest.fixture(scope="module")
+def head():
+    with ray_head(num_cpus=2) as started:
+        yield started
+
+
+def server_env(head, workdir: Path, db_url: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    env.update(head.client_env(), VAE_API_TOKEN=TOKEN, VAE_HOME=str(workdir / ".vae"), VAE_DB_URL=db_url,
+               VAE_RAY_ADDRESS=head.address)
+    return env
+
+
+def cli(env: dict, server, *args, cwd=None, token=TOKEN, timeout=60) -> subprocess.CompletedProcess:
+    env = dict(env, VAE_API_URL=server.url, VAE_API_TOKEN=token)
+    return subprocess.run([VAE, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def ray_jobs_for(head) -> dict:
+    return RayJobs(head.address, head.token).list()
+
+
+def test_ray_refuses_a_client_without_the_token(head):
+    from ray.job_submission import JobSubmissionClient
+
+    with pytest.raises(Exception, match="(?i)authentication|unauthorized|401"):
+        JobSubmissionClient(head.address).list_jobs()
+    with pytest.raises(RayUnavailable, match="refused the token"):
+        RayJobs(head.address, None).totals()
+    with pytest.raises(RayUnavailable, match="refused the token"):
+        RayJobs(head.address, "not-the-token").totals()
+    assert RayJobs(head.address, head.token).totals() == {"CPU": 2.0, "GPU": 0.0}
+
+
+def test_submit_wait_succeeds_with_mlflow_run_and_live_logs(head, tmp_path):
+    """SQLite store. One job trains (1 CPU) while another fails fast, side by side."""
+    env = server_env(head, tmp_path, f"sqlite:///{tmp_path / 'queue.db'}")
+    server = start_server(tmp_path, env)
+    (tmp_path / "tiny.yaml").write_text(tiny_spec_text("e2e-ok"))
+    try:
+        submit_env = dict(env, VAE_API_URL=server.url)
+        ok = subprocess.Popen([VAE, "submit", "tiny.yaml", "--priority", "3", "--wait"], cwd=tmp_path, env=submit_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        job_id = ok.stdout.readline().strip()
+        bad = cli(env, server, "submit", "tiny.yaml", *FAST_FAIL, "--wait", cwd=tmp_path, timeout=120)
+
+        # Follow the logs while the job runs: chunks arrive before it ends.
+        follower = subprocess.Popen([VAE, "logs", job_id, "-f"], env=submit_env, stdout=subprocess.PIPE, text=True)
+        arrivals: list[tuple[float, str]] = []
+        reader = threading.Thread(target=lambda: [arrivals.append((time.time(), line)) for line in follower.stdout])
+        reader.start()
+        out, err = ok.communicate(timeout=240)
+        follower.wait(timeout=60)
+        reader.join(timeout=10)
+
+        assert ok.returncode == 0, err
+        assert "succeeded" in err and "MLflow run" in err
+        job = job_state(api(server, TOKEN), job_id)
+        assert (job["state"], job["attempts"], job["ray_submission_id"]) == ("succeeded", 1, job_id)
+        assert job["mlflow_run_id"] and job["error"] is None
+        finished = datetime.fromisoformat(job["finished_at"]).timestamp()
+        assert follower.returncode == 0 and arrivals, "vae logs -f printed nothing"
+        assert arrivals[0][0] < finished, "log lines only arrived after the job ended"
+        assert any(job["mlflow_run_id"] in line for _, line in arrivals)
+
+        from vae_service.tracking.mlflow_run import client
+
+        run = client().get_run(job["mlflow_run_id"])
+        assert run.info.status == "FINISHED" and run.data.tags["vae.job_id"] == job_id
+        assert list((tmp_path / "runs").glob("e2e-ok-*/model/model.safetensors")), "relative storage.uri: server's cwd"
+
+        # The failing one: exit 1, state failed, vae run's own error line copied back.
+        assert bad.returncode == 1, bad.stderr
+        bad_id = bad.stdout.strip()
+        bad_job = job_state(api(server, TOKEN), bad_id)
+        assert bad_job["state"] == "failed" and bad_job["error"].startswith("exit code 1: error:")
+        assert "Cannot create directory" in bad_job["error"]
+
+        listing = cli(env, server, "jobs", "--state", "succeeded")
+        assert listing.returncode == 0 and job_id in listing.stdout and bad_id not in listing.stdout
+        assert cli(env, server, "status", job_id).returncode == 0
+        refused = cli(env, server, "jobs", token="wrong")
+        assert refused.returncode == 2 and "refused the token" in refused.stderr
+        unknown = cli(env, server, "status", "0000000000000000")
+        assert unknown.returncode == 2 and "no job" in unknown.stderr
+    finally:
+        server.stop()
+
+
+def test_priority_order_one_at_a_time_and_cancel_running(head, tmp_path):
+    """PostgreSQL store; one API-only server takes the jobs, a second server dispatches them.
+    Each job asks for both CPUs, so the cluster has room for one job at a time."""
+    with temporary_database("postgresql", tmp_path) as db_url:
+        env = server_env(head, tmp_path, db_url)
+        front = start_server(tmp_path, env, "--no-dispatcher", name="front")
+        dispatcher = None
+        try:
+            http = api(front, TOKEN)
+            ids = {}
+            for name, priority in (("low", 1), ("high", 10), ("mid", 5)):
+                response = http.post("/jobs", params={"priority": priority}, content=tiny_spec_text(name, cpus=2))
+                assert response.status_code == 201
+                ids[name] = response.json()["id"]
+            time.sleep(1.0)
+            assert all(job_state(http, i)["state"] == "queued" for i in ids.values())  # no dispatcher yet
+            dispatcher = start_server(tmp_path, env, name="dispatcher")
+
+            for current, waiting in (("high", ["mid", "low"]), ("mid", ["low"]), ("low", [])):
+                wait_for(lambda: job_state(http, ids[current])["state"] == "running", 90, f"{current} to run")
+                for other in waiting:  # no room: the others stay queued
+                    assert job_state(http, ids[other])["state"] == "queued"
+                time.sleep(2.0)  # it is really running on Ray, not just admitted
+                assert ray_jobs_for(head)[ids[current]].status == "RUNNING"
+                response = http.post(f"/jobs/{ids[current]}/cancel")
+                assert response.status_code == 202 and response.json()["state"] == "cancelling"
+                wait_for(lambda: job_state(http, ids[current])["state"] == "cancelled", 60, f"{current} to be cancelled")
+                assert ray_jobs_for(head)[ids[current]].status == "STOPPED"
+
+            jobs = {name: job_state(http, i) for name, i in ids.items()}
+            submitted = sorted(jobs, key=lambda n: jobs[n]["submitted_at"])
+            assert submitted == ["high", "mid", "low"]
+            assert jobs["mid"]["submitted_at"] >= jobs["high"]["finished_at"]  # one at a time
+            assert jobs["low"]["submitted_at"] >= jobs["mid"]["finished_at"]
+            assert all(j["attempts"] == 1 for j in jobs.values())
+            metrics = http.get("/metrics").text
+            assert 'vae_jobs{state="cancelled"} 3.0' in metrics and "vae_dispatch_latency_seconds_count 3.0" in metrics
+        finally:
+            front.stop()
+            if dispatcher is not None:
+                dispatcher.stop()
+
+
+def test_dispatcher_killed_mid_job_is_reconciled_not_resubmitted(head, tmp_path):
+    """PostgreSQL store. A standby server waits for the advisory lock while the first one
+    dispatches; the first is SIGKILLed mid-job; the standby takes over and follows the job."""
+    with temporary_database("postgresql", tmp_path) as db_url:
+        env = server_env(head, tmp_path, db_url)
+        first = start_server(tmp_path, env, name="first")
+        standby = None
+        try:
+            http = api(first, TOKEN)
+            job_id = http.post("/jobs", content=tiny_spec_text("survivor")).json()["id"]
+            wait_for(lambda: job_state(http, job_id)["state"] == "running", 90, "the job to run")
+            standby = start_server(tmp_path, env, name="standby")
+            time.sleep(2.0)
+            assert "dispatcher: waiting for the PostgreSQL advisory lock" in standby.log()
+            assert "dispatcher: active" not in standby.log()  # a second dispatcher waits
+            before = ray_jobs_for(head)
+
+            first.kill()  # SIGKILL: no shutdown code runs
+            assert before[job_id].status == "RUNNING"
+            http = api(standby, TOKEN)
+            wait_for(lambda: "dispatcher: active" in standby.log(), 30, "the standby to take over")
+            job = wait_for(lambda: (j := job_state(http, job_id))["state"] in ("succeeded", "failed") and j, 180, "the job to end")
+
+            after = ray_jobs_for(head)
+            assert job["state"] == "succeeded" and job["attempts"] == 1 and job["mlflow_run_id"]
+            assert set(after) - set(before) == set(), "something was submitted to Ray again"
+            assert "reconciled with Ray" in standby.log() and f"job {job_id} submitted to" not in standby.log()
+        finally:
+            first.stop()
+            if standby is not None:
+                standby.stop()
+
+
+def test_reconcile_repairs_each_kind_of_disagreement(head, tmp_path, monkeypatch):
+    """In-process dispatcher, SQLite store, fast-failing jobs: each disagreement between the
+    store and Ray after a crash is repaired without a second submission."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'queue.db'}")
+    upgrade(engine)
+    store = Store(engine)
+    ray = RayJobs(head.address, head.token)
+    dispatcher = Dispatcher(store, ray, python=sys.executable)
+    spec = tiny_spec_text("reconcile") + f"storage: {{uri: {UNWRITABLE}}}\n"
+
+    def add(name):
+        from vae_service.core.spec_loading import dump_spec, load_spec_text
+
+        normalised = dump_spec(load_spec_text(spec))
+        return store.add(NewJob(name=name, kind="train", priority=0, submitted_by="test", spec_submitted=spec,
+                                spec_normalised=normalised, resources={"CPU": 1.0, "GPU": 0.0}))[0]
+
+    # a) committed as submitted, then the dispatcher died before Ray got it → submitted now
+    never_sent = add("never-sent")
+    store.transition(never_sent.id, State.SUBMITTED)
+    # b) Ray has it but the store says queued → adopted, never submitted a second time
+    adopted = add("adopted")
+    assert ray.submit(adopted.id, job_env(adopted.id, adopted.spec_normalised), sys.executable)
+    # c) running in the store, unknown to Ray (the head was replaced) → failed, "lost"
+    lost = add("lost")
+    store.transition(lost.id, State.SUBMITTED)
+    store.transition(lost.id, State.RUNNING)
+    # d) cancel requested, unknown to Ray → cancelled (it never ran)
+    doomed = add("doomed")
+    store.transition(doomed.id, State.SUBMITTED)
+    store.request_cancel(doomed.id)
+    assert store.get(doomed.id).state == "cancelling"
+    # Fake ids c) and d) must really be unknown to Ray; submit (a) is the dispatcher's job.
+    known = ray.list()
+    assert never_sent.id not in known and lost.id not in known and doomed.id not in known
+
+    dispatcher.reconcile()
+    assert store.get(lost.id).state == "failed" and "lost" in store.get(lost.id).error
+    assert store.get(doomed.id).state == "cancelled"
+    assert store.get(adopted.id).state in ("submitted", "running", "failed")
+    assert never_sent.id in ray.list()
+    assert ray.submit(adopted.id, {}, sys.executable) is False  # Ray refuses a second submission
+
+    def settled():
+        dispatcher.tick()
+        return all(store.get(j.id).state == "failed" for j in (never_sent, adopted))
+
+    wait_for(settled, 120, "both jobs to end on Ray")
+    for job in (never_sent, adopted):
+        job = store.get(job.id)
+        assert job.attempts == 1, job.name
+        assert job.error.startswith("exit code 1: error:") and "Cannot create directory" in job.error
+    engine.dispose()
