@@ -145,11 +145,9 @@ def stop_ray_head(process: subprocess.Popen, temp_dir: Path) -> None:
     """SIGTERM to `ray start --block` (it stops what it started), then SIGKILL to whatever of
     this head is left: its process group and every process whose command line names its own
     temp dir (Ray's daemons all do). Nothing else on the machine is touched."""
-    import psutil
-
     process.terminate()
     try:
-        process.wait(timeout=10)
+        process.wait(timeout=5)
     except subprocess.TimeoutExpired:
         pass
     try:
@@ -157,12 +155,14 @@ def stop_ray_head(process: subprocess.Popen, temp_dir: Path) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     process.wait()
-    marker = str(temp_dir)
-    for leftover in psutil.process_iter(["cmdline"]):
+    marker = str(temp_dir).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            if any(marker in part for part in leftover.info["cmdline"] or []):
-                leftover.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            if marker in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ValueError):
             pass
 
 

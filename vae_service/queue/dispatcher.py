@@ -101,8 +101,11 @@ class Dispatcher:
             self._last_error = message
 
     def tick(self) -> None:
-        self.follow()
+        # Admit first: a new job waits for no Ray round trips; admit again when a job that
+        # held resources has just finished.
         self.admit()
+        if self.follow():
+            self.admit()
 
     # ---- reconcile, follow, admit ------------------------------------------------------------
 
@@ -113,34 +116,40 @@ class Dispatcher:
                 log.warning("dispatcher: job %s is queued in the store but Ray has it: adopting it", job.id)
                 self._transition(job.id, State.SUBMITTED, only_from=[State.QUEUED], ray_submission_id=job.id,
                                  attempts=max(job.attempts, 1))
-        adopted = len([j for j in self.store.in_states(ACTIVE)])
-        log.info("dispatcher: reconciled with Ray (%d job(s) admitted, %d known to Ray)", adopted, len(known))
+        admitted = len(self.store.in_states(ACTIVE))
+        log.info("dispatcher: reconciled with Ray (%d job(s) admitted, %d known to Ray)", admitted, len(known))
         self.follow()
 
-    def follow(self) -> None:
+    def follow(self) -> bool:
+        """Brings every admitted job up to date with Ray; True when one of them ended."""
+        ended = False
         for job in self.store.in_states(ACTIVE):
-            self._follow_one(job, self.ray.info(job.id))
+            ended |= self._follow_one(job, self.ray.info(job.id))
+        return ended
 
-    def _follow_one(self, job: Job, info: Optional[RayJob]) -> None:
+    def _follow_one(self, job: Job, info: Optional[RayJob]) -> bool:
         state = State(job.state)
         if info is None:
             if state is State.SUBMITTED:
                 self._submit(job)
-            elif state is State.CANCELLING:
+                return False
+            if state is State.CANCELLING:
                 self._transition(job.id, State.CANCELLED, only_from=[State.CANCELLING])
             else:
                 self._transition(job.id, State.FAILED, only_from=[state],
                                  error="lost: Ray has no record of this job (was the Ray head restarted?)")
-            return
+            return True
         if info.status in OUTCOME:
             self._finish(job, info)
-        elif state is State.CANCELLING:
+            return True
+        if state is State.CANCELLING:
             if job.id not in self._stop_sent:
                 log.info("dispatcher: stopping job %s on Ray", job.id)
                 self.ray.stop(job.id)
                 self._stop_sent.add(job.id)
         elif info.status == "RUNNING" and state is State.SUBMITTED:
             self._transition(job.id, State.RUNNING, only_from=[State.SUBMITTED])
+        return False
 
     def admit(self) -> None:
         queued = self.store.queued_in_order()
@@ -156,8 +165,7 @@ class Dispatcher:
         self._reserved_for = reserved_id
         for job in chosen:
             try:
-                job = self.store.transition(job.id, State.SUBMITTED, only_from=[State.QUEUED],
-                                            ray_submission_id=job.id, attempts=job.attempts)
+                job = self.store.transition(job.id, State.SUBMITTED, only_from=[State.QUEUED], ray_submission_id=job.id)
             except (IllegalTransition, UnknownJob):
                 continue  # cancelled meanwhile
             self._submit(job)
