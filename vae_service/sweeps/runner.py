@@ -31,6 +31,7 @@ from vae_service.core.resources import train_resources
 from vae_service.core.spec_loading import dump_spec
 from vae_service.core.sweep_spec import OBJECTIVE_METRICS, OBJECTIVE_MODES, SweepSpec
 from vae_service.sweeps import search
+from vae_service.sweeps.cleanup import PlacementGroupLedger, ReleaseEndedTrials
 from vae_service.sweeps.progress import SweepProgress
 from vae_service.sweeps.trial import run_trial
 from vae_service.tracking import sweep_run
@@ -158,16 +159,18 @@ def concurrent_trials(spec: SweepSpec) -> int:
 
 
 def _tuner(spec: SweepSpec, sweep_dir: storage.Location, parent_run_id: str, resume: bool, console: Console, show_progress: bool):
+    ledger = PlacementGroupLedger.remote()
     # The trial function itself only waits on its TorchTrainer, so it asks for no CPU (Tune
     # refuses an empty request: 1 MiB of memory stands in); the concurrency limit keeps the
     # trials' Train workers within the cluster.
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, sweep=spec.model_dump(mode="json", by_alias=True), parent_run_id=parent_run_id,
-                            sweep_dir=sweep_dir.uri, env=worker_env_vars()),
+                            sweep_dir=sweep_dir.uri, env=worker_env_vars(), ledger=ledger),
         {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY},
     )
     metric, mode = search.tune_metric(spec)
     progress = SweepProgress(f"sweep {sweep_dir.name}", list(spec.sweep.space), search.metrics(spec), spec.train.optim.epochs, console, enabled=show_progress)
+    callbacks = [progress, ReleaseEndedTrials(ledger)]
     filesystem = None if sweep_dir.is_local else sweep_dir.filesystem
     tune_path = sweep_dir.join(TUNE_DIR)
     if resume and tune.Tuner.can_restore(tune_path.uri if not sweep_dir.is_local else tune_path.path, storage_filesystem=filesystem):
@@ -176,6 +179,7 @@ def _tuner(spec: SweepSpec, sweep_dir: storage.Location, parent_run_id: str, res
         tuner = tune.Tuner.restore(tune_path.path if sweep_dir.is_local else tune_path.uri, trainable,
                                    resume_unfinished=True, resume_errored=False, restart_errored=False,
                                    storage_filesystem=filesystem)
+        tuner._local_tuner.get_run_config().callbacks = callbacks  # the saved ones are inert copies
         return tuner, progress
     tuner = tune.Tuner(
         trainable,
@@ -193,7 +197,7 @@ def _tuner(spec: SweepSpec, sweep_dir: storage.Location, parent_run_id: str, res
             name=TUNE_DIR,
             storage_path=sweep_dir.path,
             storage_filesystem=filesystem,
-            callbacks=[progress],
+            callbacks=callbacks,
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
         ),
@@ -210,8 +214,8 @@ def _outcomes(spec: SweepSpec, grid) -> list[TrialOutcome]:
         done = int(metrics.get("training_iteration", 0))
         if trial.status == "ERROR":
             state = "errored"
-        elif trial.status == "TERMINATED":
-            state = "finished" if done >= epochs else "stopped"  # Tune marks ASHA's stops terminated
+        elif trial.status == "TERMINATED":  # ended by itself, or stopped by ASHA (see _summarise)
+            state = "finished" if done >= epochs else "stopped"
         else:
             state = "unfinished"
         kept = {k: metrics[k] for k in SUMMARY_METRICS if k in metrics}
@@ -229,6 +233,8 @@ def _summarise(spec: SweepSpec, sweep_dir: storage.Location, parent_run_id: str,
     for trial in trials:
         run = children.get(trial.trial_id)
         trial.mlflow_run_id = run.info.run_id if run else None
+        if trial.state == "finished" and (run is None or run.info.status != "FINISHED"):
+            trial.state = "stopped"  # stopped at its last epoch, before its model was logged
         if trial.state == "errored":  # run_training recorded why on the trial's own run
             trial.error = (run.data.tags.get("vae.error") if run else None) or "the trial failed (see its logs)"
         if run and trial.state == "stopped" and run.info.status == "RUNNING":

@@ -66,13 +66,16 @@ def searcher(spec: SweepSpec) -> Optional[OptunaSearch]:
 
 
 def scheduler(spec: SweepSpec) -> Optional[ASHAScheduler]:
-    """ASHA over epochs (one report per epoch = one training iteration), or none."""
+    """ASHA over epochs (one report per epoch = one training iteration), or none.
+
+    max_t is one past the last epoch: at max_t ASHA stops every trial, and Tune would then end
+    a trial between its last report and the logging of its model."""
     settings = spec.sweep.scheduler
     if settings.kind != "asha":
         return None
     return ASHAScheduler(
         time_attr="training_iteration",
-        max_t=spec.train.optim.epochs,
+        max_t=spec.train.optim.epochs + 1,
         grace_period=settings.grace_period,
         reduction_factor=settings.reduction_factor,
     )

@@ -16,13 +16,14 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from rich.console import Console
 
 from vae_service.core.sweep_spec import SweepSpec
+from vae_service.sweeps.cleanup import ReportPlacementGroup
 from vae_service.tracking.sweep_run import PARENT_TAG, TRIAL_TAG
 from vae_service.training.runner import run_training
 
 TRIALS_DIR = "trials"
 
 
-def run_trial(config: dict[str, Any], *, sweep: dict, parent_run_id: str, sweep_dir: str, env: dict[str, str]) -> None:
+def run_trial(config: dict[str, Any], *, sweep: dict, parent_run_id: str, sweep_dir: str, env: dict[str, str], ledger) -> None:
     # The driver's settings (MLflow store, data, S3), absolute: Tune runs a trial in its own
     # directory, where a relative default such as ./mlflow.db would be another store.
     os.environ.update(env)
@@ -33,7 +34,7 @@ def run_trial(config: dict[str, Any], *, sweep: dict, parent_run_id: str, sweep_
         train_spec,
         run_dir=f"{sweep_dir.rstrip('/')}/{TRIALS_DIR}/{trial_id}",
         tags={PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id},
-        callbacks=(TuneReportCallback(),),
+        callbacks=(TuneReportCallback(), ReportPlacementGroup(ledger, trial_id)),
         console=Console(stderr=True, quiet=True),  # trials run unseen; the sweep shows a table
         show_progress=False,
     )
