@@ -209,15 +209,21 @@ def read_json(location: Location) -> dict:
     return json.loads(read_text(location))
 
 
+def list_dirs(location: Location, prefix: str = "") -> list[Location]:
+    """The directories directly under `location` whose names start with `prefix`, by name
+    (none if `location` does not exist)."""
+    selector = pafs.FileSelector(location.path, recursive=False, allow_not_found=True)
+    found = [
+        location.at(info.path)
+        for info in location.filesystem.get_file_info(selector)
+        if info.type == pafs.FileType.Directory and info.base_name.startswith(prefix)
+    ]
+    return sorted(found, key=lambda found_dir: found_dir.name)
+
+
 def list_checkpoints(run_dir: Location) -> list[Location]:
     """The `checkpoint_*` directories directly under a run directory, by name."""
-    selector = pafs.FileSelector(run_dir.path, recursive=False, allow_not_found=True)
-    found = [
-        run_dir.at(info.path)
-        for info in run_dir.filesystem.get_file_info(selector)
-        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_")
-    ]
-    return sorted(found, key=lambda location: location.name)
+    return list_dirs(run_dir, "checkpoint_")
 
 
 def upload_dir(local_dir: str | os.PathLike, destination: Location) -> None:

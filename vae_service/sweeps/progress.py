@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from vae_service.sweeps.records import trial_identity
+
 STATE_STYLE = {"RUNNING": "cyan", "TERMINATED": "green", "ERROR": "red", "PENDING": "dim"}
 
 
@@ -41,7 +43,8 @@ class SweepProgress(Callback):
 
     # the display ---------------------------------------------------------------------------
     def _update(self, trial, state: str, result: Optional[dict] = None) -> None:
-        row = self.rows.setdefault(trial.trial_id, {"config": dict(trial.config), "epoch": 0, "metrics": {}})
+        trial_id, values = trial_identity(trial.trial_id, trial.config)
+        row = self.rows.setdefault(trial_id, {"config": values, "epoch": 0, "metrics": {}})
         row["state"] = state
         if result:
             row["epoch"] = int(result.get("training_iteration", row["epoch"]))

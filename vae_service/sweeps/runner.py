@@ -2,9 +2,15 @@
 each a Ray Train run, then summarises the trials on a parent MLflow run.
 
 Everything a sweep leaves is under `<train.storage.uri>/<sweep name>-<time>/`:
-  tune/             Ray Tune's experiment state (what `--resume` restores)
-  trials/<id>/      each trial's run directory (checkpoints, model, metrics.json)
+  trials/<id>/      each trial's run directory (checkpoints, model, metrics.json) with its
+                    trial.json and outcome.json (see records.py: what `--resume` reads)
+  tune/             Ray Tune's own records, one directory per attempt (never read back: they
+                    are pickles, and a sweep directory may come from anywhere)
   spec.yaml         the normalised sweep spec; results.json: the outcome (as `--json` prints)
+
+`--resume DIR` keeps the trials that ended, continues those an interruption cut short (from
+their checkpoints), and runs only the trials not started yet; Optuna's study is seeded with
+the finished trials' results, so it samples as if the sweep had not stopped.
 
 The best model: with one objective, the finished trial with the best value; with several, the
 knee of the Pareto front (the front point nearest the ideal point, objectives scaled to [0, 1]
@@ -16,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,9 +35,9 @@ from rich.console import Console
 from vae_service import storage
 from vae_service.core.pareto import knee_point, non_dominated
 from vae_service.core.resources import train_resources
-from vae_service.core.spec_loading import dump_spec
+from vae_service.core.spec_loading import SpecError, dump_spec, load_spec_text
 from vae_service.core.sweep_spec import OBJECTIVE_METRICS, OBJECTIVE_MODES, SweepSpec
-from vae_service.sweeps import search
+from vae_service.sweeps import records, search
 from vae_service.sweeps.cleanup import PlacementGroupLedger, ReleaseEndedTrials
 from vae_service.sweeps.progress import SweepProgress
 from vae_service.sweeps.trial import run_trial
@@ -47,9 +54,9 @@ from vae_service.training.runner import (
 )
 
 TUNE_DIR = "tune"
+SPEC_FILE = "spec.yaml"
 RESULTS_FILE = "results.json"
 TRIAL_DRIVER_MEMORY = 1 << 20
-SUMMARY_METRICS = ("val_neg_elbo", "val_recon", "val_kl", "active_units")
 
 
 @dataclass
@@ -97,6 +104,8 @@ def run_sweep(spec: SweepSpec, *, resume_dir: Optional[str] = None, console: Opt
     started = time.perf_counter()
     spec = spec.model_copy(update={"train": with_absolute_data_root(spec.train)})
     sweep_dir = _prepare_sweep_dir(spec, resume_dir)
+    if resume_dir:
+        spec = _stored_spec(sweep_dir, spec, console)
     run_id_file = sweep_dir.join(RUN_ID_FILE)
     previous = storage.read_text(run_id_file).strip() if storage.exists(run_id_file) else None
     try:
@@ -106,15 +115,8 @@ def run_sweep(spec: SweepSpec, *, resume_dir: Optional[str] = None, console: Opt
     storage.write_text(run_id_file, parent.run_id)
     try:
         ensure_ray()
-        tuner, progress = _tuner(spec, sweep_dir, parent.run_id, resume_dir is not None, console, show_progress)
-        try:
-            with contextlib.redirect_stdout(sys.stderr):  # Tune's own banners: stdout is for --json
-                grid = tuner.fit()
-        finally:
-            progress.stop()
-        trials = _outcomes(spec, grid)
-        if any(t.state == "unfinished" for t in trials):  # Tune returns early on Ctrl-C
-            raise TrainingInterrupted(sweep_dir.uri)
+        _run_trials(spec, sweep_dir, parent.run_id, console, show_progress)
+        trials = _outcomes(spec, records.scan(sweep_dir))
         result = _summarise(spec, sweep_dir, parent.run_id, trials)
     except TrainingInterrupted:
         parent.fail("interrupted by the user")
@@ -133,16 +135,29 @@ def _prepare_sweep_dir(spec: SweepSpec, resume_dir: Optional[str]) -> storage.Lo
         root = storage.resolve(resume_dir or spec.train.storage.uri)
         storage.check_reachable(root)
         if resume_dir:
-            if not storage.exists(root.join(TUNE_DIR)):
-                raise TrainingError(f"--resume: {resume_dir} is not a sweep directory (no {TUNE_DIR}/ in it)")
+            if not storage.exists(root.join(SPEC_FILE)):
+                raise TrainingError(f"--resume: {resume_dir} is not a sweep directory (no {SPEC_FILE} in it)")
             sweep_dir = root
         else:
             sweep_dir = root.join(new_run_name(spec))
-        storage.make_dirs(sweep_dir)
-        storage.write_text(sweep_dir.join("spec.yaml"), dump_spec(spec))
+            storage.make_dirs(sweep_dir)
+            storage.write_text(sweep_dir.join(SPEC_FILE), dump_spec(spec))
     except (storage.StorageError, OSError) as exc:
         raise TrainingError(" ".join(str(exc).split()) or exc.__class__.__name__) from None
     return sweep_dir
+
+
+def _stored_spec(sweep_dir: storage.Location, given: SweepSpec, console: Console) -> SweepSpec:
+    """A continued sweep runs the spec it started with (its trials must stay comparable)."""
+    try:
+        stored = load_spec_text(storage.read_text(sweep_dir.join(SPEC_FILE)), str(sweep_dir.join(SPEC_FILE)))
+    except SpecError as exc:
+        raise TrainingError(f"--resume: the sweep's stored spec is unreadable: {exc}") from None
+    if not isinstance(stored, SweepSpec):
+        raise TrainingError(f"--resume: {sweep_dir} holds a training run, not a sweep")
+    if stored != given:
+        console.print("[yellow]--resume: continuing with the spec stored with the sweep; the given spec and --set differ from it.")
+    return stored
 
 
 def concurrent_trials(spec: SweepSpec) -> int:
@@ -158,74 +173,92 @@ def concurrent_trials(spec: SweepSpec) -> int:
     return min(spec.sweep.max_concurrent, fits)
 
 
-def _tuner(spec: SweepSpec, sweep_dir: storage.Location, parent_run_id: str, resume: bool, console: Console, show_progress: bool):
+def _run_trials(spec: SweepSpec, sweep_dir: storage.Location, parent_run_id: str, console: Console, show_progress: bool) -> None:
+    """Runs what is left of the sweep: first the trials an interruption cut short (each in its
+    own directory, from its latest checkpoint), then the trials not started yet."""
+    earlier = records.scan(sweep_dir)
+    attempt = len(storage.list_dirs(sweep_dir.join(TUNE_DIR)))
+    interrupt = records.Interrupt()
     ledger = PlacementGroupLedger.remote()
+    progress = SweepProgress(f"sweep {sweep_dir.name}", list(spec.sweep.space), search.metrics(spec), spec.train.optim.epochs, console, enabled=show_progress)
+    callbacks = [progress, ReleaseEndedTrials(ledger), records.RecordOutcomes(sweep_dir, interrupt)]
     # The trial function itself only waits on its TorchTrainer, so it asks for no CPU (Tune
     # refuses an empty request: 1 MiB of memory stands in); the concurrency limit keeps the
     # trials' Train workers within the cluster.
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, sweep=spec.model_dump(mode="json", by_alias=True), parent_run_id=parent_run_id,
-                            sweep_dir=sweep_dir.uri, env=worker_env_vars(), ledger=ledger),
+                             sweep_dir=sweep_dir.uri, env=worker_env_vars(), ledger=ledger),
         {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY},
     )
-    metric, mode = search.tune_metric(spec)
-    progress = SweepProgress(f"sweep {sweep_dir.name}", list(spec.sweep.space), search.metrics(spec), spec.train.optim.epochs, console, enabled=show_progress)
-    callbacks = [progress, ReleaseEndedTrials(ledger)]
-    filesystem = None if sweep_dir.is_local else sweep_dir.filesystem
-    tune_path = sweep_dir.join(TUNE_DIR)
-    if resume and tune.Tuner.can_restore(tune_path.uri if not sweep_dir.is_local else tune_path.path, storage_filesystem=filesystem):
-        # Finished and errored trials stay as they are; unfinished ones continue (from their
-        # trial directory's latest checkpoint); the searcher proposes only the remaining ones.
-        tuner = tune.Tuner.restore(tune_path.path if sweep_dir.is_local else tune_path.uri, trainable,
-                                   resume_unfinished=True, resume_errored=False, restart_errored=False,
-                                   storage_filesystem=filesystem)
-        tuner._local_tuner.get_run_config().callbacks = callbacks  # the saved ones are inert copies
-        return tuner, progress
-    tuner = tune.Tuner(
-        trainable,
-        param_space=search.param_space(spec),
-        tune_config=tune.TuneConfig(
-            metric=metric,
-            mode=mode,
-            search_alg=search.searcher(spec),
-            scheduler=search.scheduler(spec),
-            num_samples=(spec.sweep.num_samples or 1) if spec.sweep.is_grid else spec.sweep.trial_count(),
-            max_concurrent_trials=concurrent_trials(spec),
-            trial_dirname_creator=lambda trial: trial.trial_id,
-        ),
-        run_config=tune.RunConfig(
-            name=TUNE_DIR,
-            storage_path=sweep_dir.path,
-            storage_filesystem=filesystem,
-            callbacks=callbacks,
-            verbose=0,
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-        ),
-    )
-    return tuner, progress
+
+    def tuner(name: str, param_space: dict, num_samples: int, searcher=None, scheduler=None) -> tune.Tuner:
+        return tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
+                                        max_concurrent_trials=concurrent_trials(spec)),
+            run_config=tune.RunConfig(
+                name=f"{attempt:02d}-{name}",  # Tune's own records (we never read them back)
+                storage_path=sweep_dir.join(TUNE_DIR).path,
+                storage_filesystem=None if sweep_dir.is_local else sweep_dir.filesystem,
+                callbacks=callbacks, stop=interrupt, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            ),
+        )
+
+    phases = []
+    cut_short = [r for r in earlier if r.outcome is None]
+    if cut_short:
+        given = [{"trial_id": r.trial_id, "config": r.config} for r in cut_short]
+        phases.append(lambda: tuner("continued", {records.GIVEN: tune.grid_search(given)}, 1))
+    if spec.sweep.is_grid:
+        left = search.grid_remaining(spec, [r.config for r in earlier])
+        if left:
+            phases.append(lambda: tuner("grid", {records.GIVEN: tune.grid_search([{"config": c} for c in left])}, 1,
+                                        scheduler=search.scheduler(spec)))
+    else:
+        count = spec.sweep.trial_count() - len(earlier)
+        known = [(r.config, _objective_values(_as_outcome(spec, r), spec.sweep.objectives))
+                 for r in earlier if _as_outcome(spec, r).state == "finished"]
+        if count > 0:
+            phases.append(lambda: tuner("search", {}, count, searcher=search.searcher(spec, known, attempt), scheduler=search.scheduler(spec)))
+
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours (records.Interrupt) stops Tune instead
+    try:
+        with interrupt.catching_sigint(), contextlib.redirect_stdout(sys.stderr):  # Tune's banners: stdout is for --json
+            for make in phases:
+                if interrupt.requested:
+                    break
+                make().fit()
+    finally:
+        progress.stop()
+    if interrupt.requested:
+        raise TrainingInterrupted(sweep_dir.uri)
 
 
-def _outcomes(spec: SweepSpec, grid) -> list[TrialOutcome]:
-    """One outcome per trial, from Tune's trial records (the public Result has no state)."""
-    epochs = spec.train.optim.epochs
-    trials = []
-    for trial in grid._experiment_analysis.trials:
-        metrics = dict(trial.last_result or {})
-        done = int(metrics.get("training_iteration", 0))
-        if trial.status == "ERROR":
-            state = "errored"
-        elif trial.status == "TERMINATED":  # ended by itself, or stopped by ASHA (see _summarise)
-            state = "finished" if done >= epochs else "stopped"
-        else:
-            state = "unfinished"
-        kept = {k: metrics[k] for k in SUMMARY_METRICS if k in metrics}
-        trials.append(TrialOutcome(trial.trial_id, state, dict(trial.config or {}), kept, done))
-    return sorted(trials, key=lambda t: t.trial_id)
+def _as_outcome(spec: SweepSpec, record: records.TrialRecord) -> TrialOutcome:
+    outcome = record.outcome
+    if outcome is None:
+        return TrialOutcome(record.trial_id, "unfinished", record.config, {}, 0)
+    epochs = outcome["epochs"]
+    if outcome["state"] == "errored":
+        state = "errored"
+    else:  # ended by itself, or stopped by ASHA
+        state = "finished" if epochs >= spec.train.optim.epochs else "stopped"
+    return TrialOutcome(record.trial_id, state, record.config, dict(outcome["metrics"]), epochs)
+
+
+def _outcomes(spec: SweepSpec, found: list[records.TrialRecord]) -> list[TrialOutcome]:
+    return sorted((_as_outcome(spec, r) for r in found), key=lambda t: t.trial_id)
+
+
+def _objective_values(trial: TrialOutcome, names: list[str]) -> list[float]:
+    return [float(trial.metrics[OBJECTIVE_METRICS[n]]) for n in names]
 
 
 def _objective_vector(spec: SweepSpec, trial: TrialOutcome, names: list[str]) -> list[float]:
     """All minimised: a maximised objective (active units) is negated."""
-    return [(-1 if OBJECTIVE_MODES[n] == "max" else 1) * float(trial.metrics[OBJECTIVE_METRICS[n]]) for n in names]
+    return [(-1 if OBJECTIVE_MODES[n] == "max" else 1) * v for n, v in zip(names, _objective_values(trial, names))]
 
 
 def _summarise(spec: SweepSpec, sweep_dir: storage.Location, parent_run_id: str, trials: list[TrialOutcome]) -> SweepResult:

@@ -1,18 +1,15 @@
-"""The sweep spec in Ray Tune's and Optuna's terms: the parameter space, the searcher, the
-scheduler. The only module that knows Optuna."""
+"""The sweep spec in Optuna's and Ray Tune's terms: the search space, the searcher, the
+scheduler, what is left of a grid. The only module that knows Optuna."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
-from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from vae_service.core.sweep_spec import (
     OBJECTIVE_METRICS,
-    Choice,
-    Grid,
     IntRange,
     LogUniform,
     SweepSpec,
@@ -20,24 +17,7 @@ from vae_service.core.sweep_spec import (
 )
 
 
-def tune_domain(domain: Any):
-    if isinstance(domain, LogUniform):
-        return tune.loguniform(*domain.loguniform)
-    if isinstance(domain, Uniform):
-        return tune.uniform(*domain.uniform)
-    if isinstance(domain, IntRange):
-        lo, hi = domain.int_
-        return tune.randint(lo, hi + 1)  # Tune's upper bound is exclusive; ours is inclusive
-    if isinstance(domain, Choice):
-        return tune.choice(domain.choice)
-    if isinstance(domain, Grid):
-        return tune.grid_search(domain.grid)
-    raise TypeError(f"unknown domain {domain!r}")
-
-
-def param_space(spec: SweepSpec) -> dict[str, Any]:
-    """Field path → Tune domain; a trial's config is then {field path: value}."""
-    return {path: tune_domain(domain) for path, domain in spec.sweep.space.items()}
+STUDY = "sweep"
 
 
 def metrics(spec: SweepSpec) -> list[str]:
@@ -45,13 +25,32 @@ def metrics(spec: SweepSpec) -> list[str]:
     return [OBJECTIVE_METRICS[name] for name in spec.sweep.objectives]
 
 
-def searcher(spec: SweepSpec) -> Optional[OptunaSearch]:
-    """Optuna (TPE, NSGA-II or random), seeded; None for an all-grid space (Tune enumerates it)."""
-    if spec.sweep.is_grid:
-        return None
+def optuna_space(spec: SweepSpec) -> dict:
+    """Field path → Optuna distribution (a sampled space; grids never reach Optuna)."""
+    import optuna.distributions as dist
+
+    space = {}
+    for path, domain in spec.sweep.space.items():
+        if isinstance(domain, LogUniform):
+            space[path] = dist.FloatDistribution(*domain.loguniform, log=True)
+        elif isinstance(domain, Uniform):
+            space[path] = dist.FloatDistribution(*domain.uniform)
+        elif isinstance(domain, IntRange):
+            space[path] = dist.IntDistribution(*domain.int_)
+        else:
+            space[path] = dist.CategoricalDistribution(domain.choice)
+    return space
+
+
+def searcher(spec: SweepSpec, known: list[tuple[dict, list[float]]] = (), attempt: int = 0) -> OptunaSearch:
+    """Optuna (TPE, NSGA-II or random), seeded, over the spec's space.
+
+    `known` are finished trials of an earlier attempt of the same sweep, as (config, objective
+    values): the study starts with them, so a continued sweep samples as if it had not stopped.
+    Each attempt seeds its sampler differently (seed + attempt): not to repeat earlier draws."""
     import optuna
 
-    seed = spec.sweep.seed
+    seed = spec.sweep.seed + attempt
     kind = spec.sweep.resolved_sampler
     if kind == "tpe":
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(4, spec.sweep.trial_count()))
@@ -60,9 +59,25 @@ def searcher(spec: SweepSpec) -> Optional[OptunaSearch]:
         sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
     else:
         sampler = optuna.samplers.RandomSampler(seed=seed)
-    if len(spec.sweep.objectives) == 1:  # TuneConfig's metric/mode reach the searcher
-        return OptunaSearch(sampler=sampler)
-    return OptunaSearch(metric=metrics(spec), mode=spec.sweep.modes, sampler=sampler)
+    space = optuna_space(spec)
+    directions = ["maximize" if mode == "max" else "minimize" for mode in spec.sweep.modes]
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name=STUDY, directions=directions)
+    for config, values in known:
+        study.add_trial(optuna.trial.create_trial(params=config, distributions=space, values=values))
+    names, modes = metrics(spec), spec.sweep.modes
+    single = len(names) == 1
+    return OptunaSearch(space=space, metric=names[0] if single else names, mode=modes[0] if single else modes,
+                        sampler=sampler, storage=storage, study_name=STUDY)
+
+
+def grid_remaining(spec: SweepSpec, done: list[dict]) -> list[dict]:
+    """The grid's combinations (num_samples times each) not yet started by an earlier attempt."""
+    left = [config for config in spec.grid_configs() for _ in range(spec.sweep.num_samples or 1)]
+    for config in done:
+        if config in left:
+            left.remove(config)
+    return left
 
 
 def scheduler(spec: SweepSpec) -> Optional[ASHAScheduler]:
@@ -74,17 +89,10 @@ def scheduler(spec: SweepSpec) -> Optional[ASHAScheduler]:
     if settings.kind != "asha":
         return None
     return ASHAScheduler(
+        metric=metrics(spec)[0],
+        mode=spec.sweep.modes[0],
         time_attr="training_iteration",
         max_t=spec.train.optim.epochs + 1,
         grace_period=settings.grace_period,
         reduction_factor=settings.reduction_factor,
     )
-
-
-def tune_metric(spec: SweepSpec) -> tuple[Optional[str], Optional[str]]:
-    """(metric, mode) for TuneConfig: the single objective, or (None, None) with several (the
-    searcher then holds the lists)."""
-    names = metrics(spec)
-    if len(names) == 1:
-        return names[0], spec.sweep.modes[0]
-    return None, None

@@ -2,8 +2,8 @@
 
 Each trial is an ordinary `run_training` (its own TorchTrainer and workers, its own nested
 MLflow run) whose per-epoch reports reach Tune through `TuneReportCallback`, so ASHA and Optuna
-see every epoch. A trial's directory is fixed by its Tune trial id: a restored sweep continues
-an unfinished trial from its latest checkpoint.
+see every epoch. Its directory (`trials/<id>/` of the sweep) holds its checkpoints: a trial
+that is continued after an interruption picks up from its latest one.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from rich.console import Console
 
+from vae_service import storage
 from vae_service.core.sweep_spec import SweepSpec
 from vae_service.sweeps.cleanup import ReportPlacementGroup
+from vae_service.sweeps.records import trial_dir, trial_identity, write_trial
 from vae_service.tracking.sweep_run import PARENT_TAG, TRIAL_TAG
 from vae_service.training.runner import run_training
-
-TRIALS_DIR = "trials"
 
 
 def run_trial(config: dict[str, Any], *, sweep: dict, parent_run_id: str, sweep_dir: str, env: dict[str, str], ledger) -> None:
@@ -28,13 +28,15 @@ def run_trial(config: dict[str, Any], *, sweep: dict, parent_run_id: str, sweep_
     # directory, where a relative default such as ./mlflow.db would be another store.
     os.environ.update(env)
     spec = SweepSpec.model_validate(sweep)
-    trial_id = ray.tune.get_context().get_trial_id()
-    train_spec = spec.trial_spec(config, trial_name=f"{spec.name}-{trial_id}")
+    tune_trial_id = ray.tune.get_context().get_trial_id()
+    trial_id, values = trial_identity(tune_trial_id, config)
+    directory = trial_dir(storage.resolve(sweep_dir), trial_id)
+    write_trial(directory, trial_id, values)
     run_training(
-        train_spec,
-        run_dir=f"{sweep_dir.rstrip('/')}/{TRIALS_DIR}/{trial_id}",
+        spec.trial_spec(values, trial_name=f"{spec.name}-{trial_id}"),
+        run_dir=directory.uri,
         tags={PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id},
-        callbacks=(TuneReportCallback(), ReportPlacementGroup(ledger, trial_id)),
+        callbacks=(TuneReportCallback(), ReportPlacementGroup(ledger, tune_trial_id)),
         console=Console(stderr=True, quiet=True),  # trials run unseen; the sweep shows a table
         show_progress=False,
     )
