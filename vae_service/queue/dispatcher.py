@@ -77,6 +77,7 @@ class Dispatcher:
         reconciled = False
         last_check = time.monotonic()
         while not stop.is_set():
+            self.wake.clear()  # before the tick: a wake-up that arrives during it is kept
             try:
                 if not reconciled:
                     self.reconcile()
@@ -93,7 +94,6 @@ class Dispatcher:
                     log.warning("dispatcher: lost the %s; standing by", leadership.describe())
                     return
             self.wake.wait(self.poll_s)
-            self.wake.clear()
 
     def _note(self, message: str) -> None:
         if message != self._last_error:  # once per distinct problem, not every tick
