@@ -97,3 +97,50 @@ def test_a_failing_trial_is_errored_and_the_sweep_finishes_the_rest(ray_cluster,
     assert out["best"] == states[1.0e-3]["trial_id"]
     statuses = {c.data.tags["vae.trial_id"]: c.info.status for c in children_of(out["mlflow_run_id"])}
     assert statuses == {states[1.0e30]["trial_id"]: "FAILED", states[1.0e-3]["trial_id"]: "FINISHED"}
+
+
+def test_an_interrupted_sweep_resumes_with_only_the_remaining_trials(tmp_path):
+    """Ctrl-C (SIGINT) to a real `vae run` mid-sweep, then `--resume`: trials that ended are
+    kept, a trial cut short continues in its own directory and MLflow run, the rest run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    space = {"objective.beta": {"grid": [0.5, 4.0]}}
+    path = write_sweep(tmp_path, "resume-sweep", space, ["val_neg_elbo"], optim={"epochs": 8})
+    spec = yaml.safe_load(Path(path).read_text())
+    spec["sweep"]["max_concurrent"] = 1  # one trial at a time: the interruption finds one running
+    Path(path).write_text(yaml.safe_dump(spec))
+    vae = str(Path(sys.executable).with_name("vae"))
+    first = subprocess.Popen([vae, "run", path, "--quiet"], stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=os.environ.copy())
+    trials_dir = None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and first.poll() is None:  # wait for the first checkpoint
+        found = list((tmp_path / "runs").glob("resume-sweep-*/trials/*/checkpoint_*"))
+        if found:
+            trials_dir = found[0].parents[1]
+            break
+        time.sleep(0.2)
+    assert trials_dir is not None, "no trial wrote a checkpoint"
+    first.send_signal(signal.SIGINT)
+    _, stderr = first.communicate(timeout=180)
+    assert first.returncode == 130, stderr
+    sweep_dir = trials_dir.parent
+    assert f"--resume {sweep_dir}" in stderr
+    started = {d.name: (d / "mlflow_run_id").read_text() for d in trials_dir.iterdir() if (d / "mlflow_run_id").exists()}
+    assert len(started) == 1
+
+    result = CliRunner().invoke(app, ["run", path, "--json", "--quiet", "--resume", str(sweep_dir)])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(out["trials"]) == 2 and {t["state"] for t in out["trials"]} == {"finished"}
+    assert sorted(t["params"]["objective.beta"] for t in out["trials"]) == [0.5, 4.0]  # none twice
+    by_id = {t["trial_id"]: t for t in out["trials"]}
+    for trial_id, run_id in started.items():  # the first attempt's trials kept their runs
+        assert by_id[trial_id]["mlflow_run_id"] == run_id
+    assert out["mlflow_run_id"] == (sweep_dir / "mlflow_run_id").read_text().strip()
+    children = children_of(out["mlflow_run_id"])
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}

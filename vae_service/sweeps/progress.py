@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from vae_service.sweeps.records import trial_identity
+from vae_service.sweeps.records import epochs_done, trial_identity
 
 STATE_STYLE = {"RUNNING": "cyan", "TERMINATED": "green", "ERROR": "red", "PENDING": "dim"}
 
@@ -47,7 +47,7 @@ class SweepProgress(Callback):
         row = self.rows.setdefault(trial_id, {"config": values, "epoch": 0, "metrics": {}})
         row["state"] = state
         if result:
-            row["epoch"] = int(result.get("training_iteration", row["epoch"]))
+            row["epoch"] = epochs_done(result)
             row["metrics"] = {m: result.get(m) for m in self.metrics}
         if not self.enabled or self.console is None:
             return

@@ -78,6 +78,14 @@ def _outcome(directory: storage.Location) -> Optional[dict]:
     return None
 
 
+def epochs_done(result: dict) -> int:
+    """Epochs a trial has completed: from the reported epoch, which a continued trial carries
+    on counting (Tune's training_iteration restarts at 1)."""
+    if "epoch" in result:
+        return int(result["epoch"]) + 1
+    return int(result.get("training_iteration", 0))
+
+
 class Interrupt(Stopper):
     """Ctrl-C asks Tune to end the sweep (stop_all) and is remembered, so the driver reports an
     interruption instead of a result. Tune's own handler is turned off (TUNE_DISABLE_SIGINT_HANDLER):
@@ -142,7 +150,7 @@ class RecordOutcomes(Callback):
         result = trial.last_result or {}
         outcome = {
             "state": state,
-            "epochs": int(result.get("training_iteration", 0)),
+            "epochs": epochs_done(result),
             "metrics": {k: result[k] for k in REPORTED_METRICS if k in result},
         }
         record_id, _ = trial_identity(trial.trial_id, trial.config)
