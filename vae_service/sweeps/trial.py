@@ -27,6 +27,7 @@ def run_trial(config: dict[str, Any], *, sweep: dict, parent_run_id: str, sweep_
     # The driver's settings (MLflow store, data, S3), absolute: Tune runs a trial in its own
     # directory, where a relative default such as ./mlflow.db would be another store.
     os.environ.update(env)
+    os.environ.pop("VAE_JOB_ID", None)  # the queue's job is the sweep's parent run, not a trial
     spec = SweepSpec.model_validate(sweep)
     tune_trial_id = ray.tune.get_context().get_trial_id()
     trial_id, values = trial_identity(tune_trial_id, config)
