@@ -113,17 +113,11 @@ def run_sweep(spec: SweepSpec, *, resume_dir: Optional[str] = None, console: Opt
     except TrackingUnavailable as exc:
         raise TrainingError(str(exc)) from None
     storage.write_text(run_id_file, parent.run_id)
-    try:
+    with parent.failing_on_error(TrainingInterrupted):
         ensure_ray()
         _run_trials(spec, sweep_dir, parent.run_id, console, show_progress)
         trials = _outcomes(spec, records.scan(sweep_dir))
         result = _summarise(spec, sweep_dir, parent.run_id, trials)
-    except TrainingInterrupted:
-        parent.fail("interrupted by the user")
-        raise
-    except BaseException as exc:
-        parent.fail(str(exc) or exc.__class__.__name__)
-        raise
     finish_run(parent.run_id, succeeded=True)
     result.wall_s = time.perf_counter() - started
     storage.write_text(sweep_dir.join(RESULTS_FILE), json.dumps(result.to_json(), indent=2, default=str))

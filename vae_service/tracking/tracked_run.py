@@ -7,10 +7,11 @@ and the model and registers it only after training succeeded.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import requests
 from mlflow.entities import RunStatus
@@ -74,3 +75,16 @@ class TrackedRun:
 
     def fail(self, error: str) -> None:
         finish_run(self.run_id, succeeded=False, error=error)
+
+    @contextlib.contextmanager
+    def failing_on_error(self, interrupted: type[BaseException]) -> Iterator[None]:
+        """Marks the run FAILED, with the reason, when the block raises (`interrupted`: the
+        user stopped it)."""
+        try:
+            yield
+        except interrupted:
+            self.fail("interrupted by the user")
+            raise
+        except BaseException as exc:
+            self.fail(str(exc) or exc.__class__.__name__)
+            raise

@@ -166,17 +166,12 @@ def run_training(
     storage.write_text(run_id_file, tracked.run_id)
     board = None
     try:
-        ensure_ray()  # after the tracking check: a wrong MLFLOW_TRACKING_URI fails in seconds
-        board = ProgressBoard.remote()
-        trainer = _build_trainer(spec, run_dir, run_name, storage_root, resume_dir, board, tracked.run_id, console, callbacks)
-        result, board_state = _fit(trainer, board, spec, run_dir, console, show_progress)
-        run = _outcome(spec, result, board_state, run_dir, tracked)
-    except TrainingInterrupted:
-        tracked.fail("interrupted by the user")
-        raise
-    except BaseException as exc:
-        tracked.fail(str(exc) or exc.__class__.__name__)
-        raise
+        with tracked.failing_on_error(TrainingInterrupted):
+            ensure_ray()  # after the tracking check: a wrong MLFLOW_TRACKING_URI fails in seconds
+            board = ProgressBoard.remote()
+            trainer = _build_trainer(spec, run_dir, run_name, storage_root, resume_dir, board, tracked.run_id, console, callbacks)
+            result, board_state = _fit(trainer, board, spec, run_dir, console, show_progress)
+            run = _outcome(spec, result, board_state, run_dir, tracked)
     finally:
         if board is not None:
             ray.kill(board)
