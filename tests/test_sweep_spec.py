@@ -41,7 +41,9 @@ def problems(text: str) -> str:
 def test_a_sweep_spec_loads_and_round_trips():
     spec = load_spec_text(BASE)
     assert isinstance(spec, SweepSpec)
-    assert spec.sweep.trial_count() == 8 and spec.sweep.resolved_sampler == "nsga2"
+    assert spec.sweep.trial_count() == 8 and spec.sweep.resolved_sampler == "tpe"
+    assert load_spec_text(BASE, overrides=["sweep.num_samples=16"]).sweep.resolved_sampler == "nsga2"
+    assert load_spec_text(BASE, overrides=["sweep.objectives=[rate]", "sweep.num_samples=16"]).sweep.resolved_sampler == "tpe"
     assert load_spec_text(dump_spec(spec)) == spec
 
 

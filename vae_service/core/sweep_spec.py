@@ -43,6 +43,7 @@ OBJECTIVE_METRICS = {"val_neg_elbo": "val_neg_elbo", "distortion": "val_recon", 
 # Fields a sweep must not vary: they name or place the run rather than shape the model.
 UNSWEEPABLE = {"kind", "name", "storage", "tracking", "resources"}
 DEFAULT_NUM_SAMPLES = 8
+NSGA2_MIN_TRIALS = 16  # two generations of 8: fewer, and multi-objective TPE samples better
 SKIP_SPACE_CHECK = "skip_space_check"
 
 
@@ -150,7 +151,8 @@ class SweepSection(StrictModel):
     )
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     sampler: Literal["auto", "tpe", "nsga2", "random"] = Field(
-        "auto", description="Optuna sampler; auto: TPE for one objective, NSGA-II for several.",
+        "auto", description="Optuna sampler; auto: TPE, or NSGA-II for several objectives with at least "
+        f"{NSGA2_MIN_TRIALS} trials (below that NSGA-II's second generation re-proposes its parents).",
     )
     seed: int = Field(0, ge=0, description="Seed of the sampler (trial seeds come from train.optim.seed).")
 
@@ -177,7 +179,8 @@ class SweepSection(StrictModel):
     @property
     def resolved_sampler(self) -> str:
         if self.sampler == "auto":
-            return "nsga2" if len(self.objectives) > 1 else "tpe"
+            several = len(self.objectives) > 1
+            return "nsga2" if several and self.trial_count() >= NSGA2_MIN_TRIALS else "tpe"
         return self.sampler
 
     def trial_count(self) -> int:
