@@ -59,6 +59,8 @@ def test_a_sweep_spec_loads_and_round_trips():
     (("model.latent_dim", "model"), "sweep.space.model: names a section, not a field"),
     (("{choice: [2, 8]}", "{pick: [2, 8]}"), "sweep.space.model.latent_dim: a domain is one of {loguniform: [lo, hi]}"),
     (("{choice: [2, 8]}", "{grid: [2, 8]}"), "sweep.space: grid values cannot be mixed with sampled domains"),
+    (("model.latent_dim: {choice: [2, 8]}", "model.hidden: {choice: [[64], [128, 64]]}"),
+     "sweep.space.model.hidden: choice values must be numbers, strings or booleans (Optuna samples them); use grid for lists"),
     (("objectives: [distortion, rate]", "objectives: [distortion, rate]\n  scheduler: {kind: asha}"),
      "sweep.scheduler: asha stops trials on one metric; it cannot be used with several objectives"),
     (("objectives: [distortion, rate]", "objectives: rate\n  scheduler: {kind: asha, grace_period: 3}"),

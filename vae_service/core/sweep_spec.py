@@ -210,6 +210,10 @@ class SweepSpec(StrictModel):
         if any(grids) and not all(grids):
             raise ValueError("sweep.space: grid values cannot be mixed with sampled domains "
                              "(use choice for a sampled list, or make every domain a grid)")
+        for path, domain in sweep.space.items():
+            if isinstance(domain, Choice) and any(isinstance(v, (list, dict)) for v in domain.choice):
+                raise ValueError(f"sweep.space.{path}: choice values must be numbers, strings or booleans "
+                                 "(Optuna samples them); use grid for lists")
         if not (info.context or {}).get(SKIP_SPACE_CHECK):
             problems = space_problems(self)
             if problems:
