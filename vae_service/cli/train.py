@@ -53,13 +53,14 @@ def run(
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object with the outcome on stdout."),
     # A str, not a Path: Path("s3://b/run") would collapse to "s3:/b/run".
-    resume: Optional[str] = typer.Option(None, "--resume", help="Continue a run directory (a path or s3://bucket/prefix/run) from its latest checkpoint."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue a run or sweep directory (a path or s3://bucket/prefix/run) from its latest checkpoints."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
-    """Train the spec on Ray Train (a local Ray unless RAY_ADDRESS is set); a `kind: sweep`
-    spec runs a Ray Tune search whose trials are Ray Train runs. On a sweep, --set reaches the
-    base training fields through train.* (e.g. --set train.optim.epochs=1) and the search
-    through sweep.* (e.g. --set sweep.num_samples=6)."""
+    """Train a spec on Ray Train, or run a sweep (Ray Tune + Optuna) of such runs.
+
+    Uses a local Ray unless RAY_ADDRESS is set. A `kind: sweep` spec runs a search whose trials
+    are Ray Train runs; --set reaches its base training fields through train.* (e.g. --set
+    train.optim.epochs=1) and the search through sweep.* (e.g. --set sweep.num_samples=6)."""
     spec = load_or_exit(spec_path, set_)
     # Imported here: Ray and torch take seconds to import, and validate/schema need neither.
     from vae_service.core.data import DataError, locate_mnist
@@ -167,8 +168,10 @@ def compare(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object with the outcome on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
-    """Train the plain autoencoder, the KL-only model and the VAE, then log their latent spaces
-    side by side on a parent MLflow run (the three runs nest under it)."""
+    """Train the article's autoencoder, KL-only model and VAE; compare their latent spaces.
+
+    The three runs nest under a parent MLflow run that holds their latent scatters side by
+    side, reconstructions and a metrics table."""
     from vae_service.tracking import comparison
 
     paths = list(spec_paths) if spec_paths else comparison.default_spec_paths()
