@@ -75,6 +75,12 @@ def test_loss_falls_and_resume_continues_at_next_epoch(ray_cluster, tiny_spec):
     steps = [m.step for m in client().get_metric_history(first.mlflow_run_id, "val_neg_elbo")]
     assert sorted(steps) == [0, 1, 2]
 
+    # Resuming a run with no epochs left (stopped before its model was published) trains
+    # nothing and finishes from the last checkpoint.
+    again = run_training(more, resume_dir=first.run_dir, show_progress=False)
+    assert again.history == [] and again.epochs_completed == 3
+    assert again.metrics["val_neg_elbo"] == resumed.metrics["val_neg_elbo"]
+
 
 def test_seeded_single_worker_run_is_reproducible(ray_cluster, tiny_spec):
     a = run_training(tiny_spec(optim__seed=7), show_progress=False)

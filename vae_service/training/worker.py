@@ -120,6 +120,16 @@ def train_loop_per_worker(config: dict) -> None:
             state = load_checkpoint(directory, model, optimizer, device)
         start_epoch = state["epoch"] + 1
 
+    if checkpoint is not None and start_epoch >= spec.optim.epochs:
+        # Nothing left to train (stopped after its last checkpoint, before the model was
+        # published): hand that checkpoint back so the driver can finish the run.
+        if rank == 0:
+            with checkpoint.as_directory() as directory:
+                ray.train.report(state["metrics"], checkpoint=ray.train.Checkpoint.from_directory(directory))
+        else:
+            ray.train.report(state["metrics"])
+        return
+
     model = ray.train.torch.prepare_model(model)
     objective = objective_from_spec(spec.objective)
     per_worker_batch = max(1, spec.optim.batch_size // world_size)
