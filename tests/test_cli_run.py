@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from vae_service.tracking.mlflow_run import client
+
 pytestmark = pytest.mark.slow
 VAE = [sys.executable, "-m", "vae_service.cli"]
 
@@ -58,6 +60,10 @@ def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_with_json(tmp_path):
     run_dir = next((tmp_path / "runs").iterdir())
     assert str(run_dir) in err.replace("\n", "")
 
+    # The MLflow run is KILLED (stopped by the user), not FAILED; --resume reopens it.
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    assert client().get_run(run_id).info.status == "KILLED"
+
     reached = max(_checkpoint_epochs(tmp_path / "runs"))
     target = reached + 3  # two more epochs
     done = subprocess.run(
@@ -73,6 +79,7 @@ def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_with_json(tmp_path):
         assert isinstance(result["metrics"][key], (int, float)), key
     assert result["metrics"]["val_neg_elbo"] == pytest.approx(result["metrics"]["val_recon"] + result["metrics"]["val_kl"])
     assert Path(result["model_dir"], "model.safetensors").is_file()
+    assert result["mlflow_run_id"] == run_id and client().get_run(run_id).info.status == "FINISHED"
 
 
 def test_missing_data_is_a_clear_error_before_ray_starts(tmp_path):

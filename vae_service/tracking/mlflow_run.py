@@ -126,11 +126,12 @@ def start_run(spec: TrainSpec, run_name: str, ray_job_id: Optional[str] = None, 
     return run_id
 
 
-def finish_run(run_id: str, succeeded: bool, error: Optional[str] = None) -> None:
+def finish_run(run_id: str, succeeded: bool, error: Optional[str] = None, killed: bool = False) -> None:
+    """FINISHED, FAILED with the reason in the tag vae.error, or KILLED (stopped by the user)."""
     mlflow = client()
     if error:
         mlflow.log_batch(run_id, tags=[RunTag("vae.error", error[:5000])])
-    status = RunStatus.to_string(RunStatus.FINISHED if succeeded else RunStatus.FAILED)
+    status = RunStatus.to_string(RunStatus.FINISHED if succeeded else RunStatus.KILLED if killed else RunStatus.FAILED)
     mlflow.set_terminated(run_id, status=status)
 
 

@@ -73,17 +73,17 @@ class TrackedRun:
         finish_run(self.run_id, succeeded=True)
         return published
 
-    def fail(self, error: str) -> None:
-        finish_run(self.run_id, succeeded=False, error=error)
+    def fail(self, error: str, killed: bool = False) -> None:
+        finish_run(self.run_id, succeeded=False, error=error, killed=killed)
 
     @contextlib.contextmanager
     def failing_on_error(self, interrupted: type[BaseException]) -> Iterator[None]:
-        """Marks the run FAILED, with the reason, when the block raises (`interrupted`: the
-        user stopped it)."""
+        """Marks the run FAILED, with the reason, when the block raises; KILLED when it raises
+        `interrupted` (the user stopped it: `--resume` reopens the run)."""
         try:
             yield
         except interrupted:
-            self.fail("interrupted by the user")
+            self.fail("interrupted by the user", killed=True)
             raise
         except BaseException as exc:
             self.fail(str(exc) or exc.__class__.__name__)
