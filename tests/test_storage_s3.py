@@ -110,7 +110,8 @@ def test_missing_bucket_is_a_clear_error(s3_server):
 
 def test_training_run_lands_in_the_bucket_and_resumes_from_it(ray_cluster, s3_server, tiny_spec, tmp_path):
     from vae_service.core.checkpoint import load_model, read_state
-    from vae_service.training.runner import run_training, worker_env_vars
+    from vae_service.environment import forwarded_env
+    from vae_service.training.runner import run_training
 
     bucket = s3_server["make_bucket"]()
     first = run_training(tiny_spec(storage__uri=f"s3://{bucket}/runs"), show_progress=False)
@@ -142,7 +143,7 @@ def test_training_run_lands_in_the_bucket_and_resumes_from_it(ray_cluster, s3_se
         with checkpoint.as_directory() as directory:
             return read_state(directory)["epoch"]
 
-    assert ray.get(epoch_of.options(runtime_env={"env_vars": worker_env_vars()}).remote(first.checkpoint)) == 0
+    assert ray.get(epoch_of.options(runtime_env={"env_vars": forwarded_env()}).remote(first.checkpoint)) == 0
 
     resumed = run_training(tiny_spec(storage__uri=f"s3://{bucket}/runs", optim__epochs=2), resume_dir=first.run_dir, show_progress=False)
     assert resumed.run_dir == first.run_dir

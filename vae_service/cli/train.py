@@ -111,6 +111,8 @@ def _run_sweep(spec: SweepSpec, resume_dir: Optional[str], quiet: bool):
 
 
 def _print_sweep_summary(spec: SweepSpec, result) -> None:
+    from vae_service.sweeps.progress import cell
+
     table = Table(title=f"sweep {spec.name}: parent MLflow run {result.mlflow_run_id}", caption="★ registered (best)   • on the Pareto front")
     table.add_column("", width=1)
     table.add_column("trial")
@@ -122,8 +124,8 @@ def _print_sweep_summary(spec: SweepSpec, result) -> None:
     front = set(result.front)
     for trial in result.trials:
         mark = "★" if trial.trial_id == result.best else "•" if trial.trial_id in front else ""
-        values = [_cell(trial.params.get(path)) for path in spec.sweep.space]
-        metrics = [_cell(trial.metrics.get(k)) for k in ("val_neg_elbo", "val_kl", "val_recon", "active_units")]
+        values = [cell(trial.params.get(path)) for path in spec.sweep.space]
+        metrics = [cell(trial.metrics.get(k)) for k in ("val_neg_elbo", "val_kl", "val_recon", "active_units")]
         table.add_row(mark, trial.trial_id, trial.state, *values, str(trial.epochs), *metrics)
     err.print(table)
     for trial in result.trials:
@@ -131,12 +133,6 @@ def _print_sweep_summary(spec: SweepSpec, result) -> None:
             say(f"trial {trial.trial_id} failed: {trial.error}")
     say(f"sweep dir: {result.sweep_dir}")
     say(f"best model: {result.model_uri or '— (no trial finished)'}")
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "—"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _print_summary(result) -> None:

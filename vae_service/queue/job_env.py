@@ -13,24 +13,13 @@ this service never logs them and never returns them from its API.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from vae_service import storage
-
-PASS_THROUGH = ("VAE_DATA_DIR", "VAE_CACHE_DIR", "VAE_MNIST_MIRROR", "MLFLOW_TRACKING_USERNAME",
-                "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_S3_ENDPOINT_URL") + storage.ENV_VARS
-ABSOLUTE_PATHS = ("VAE_DATA_DIR", "VAE_CACHE_DIR")
+from vae_service.environment import forwarded_env
 
 
 def job_env(job_id: str, spec_yaml: str) -> dict[str, str]:
-    from vae_service.tracking.mlflow_run import tracking_uri  # absolute sqlite:/// default
-
-    env = {name: os.environ[name] for name in PASS_THROUGH if os.environ.get(name)}
-    for name in ABSOLUTE_PATHS:
-        if name in env:
-            env[name] = str(Path(env[name]).expanduser().resolve())
-    env["MLFLOW_TRACKING_URI"] = tracking_uri()
+    env = forwarded_env()
     env["VAE_JOB_ID"] = job_id
     env["VAE_JOB_SPEC"] = spec_yaml
     env["VAE_JOB_CWD"] = str(Path.cwd())

@@ -67,8 +67,8 @@ class SweepProgress(Callback):
             table.add_column(metric, justify="right")
         for trial_id, row in self.rows.items():
             state = row["state"]
-            values = [_short(row["config"].get(p)) for p in self.paths]
-            metrics = [_short(row["metrics"].get(m)) for m in self.metrics]
+            values = [cell(row["config"].get(p)) for p in self.paths]
+            metrics = [cell(row["metrics"].get(m)) for m in self.metrics]
             table.add_row(trial_id, f"[{STATE_STYLE.get(state, '')}]{state.lower()}[/]", *values,
                           f"{row['epoch']}/{self.epochs}", *metrics)
         return table
@@ -79,7 +79,8 @@ class SweepProgress(Callback):
             self.live = None
 
 
-def _short(value) -> str:
+def cell(value) -> str:
+    """A table cell: 4 significant digits for floats, — for a missing value."""
     if value is None:
         return "—"
     if isinstance(value, float):

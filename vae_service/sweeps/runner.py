@@ -37,6 +37,7 @@ from vae_service.core.pareto import knee_point, non_dominated
 from vae_service.core.resources import train_resources
 from vae_service.core.spec_loading import SpecError, dump_spec, load_spec_text
 from vae_service.core.sweep_spec import OBJECTIVE_METRICS, OBJECTIVE_MODES, SweepSpec
+from vae_service.environment import forwarded_env
 from vae_service.sweeps import records, search
 from vae_service.sweeps.cleanup import PlacementGroupLedger, ReleaseEndedTrials
 from vae_service.sweeps.progress import SweepProgress
@@ -50,7 +51,6 @@ from vae_service.training.runner import (
     ensure_ray,
     new_run_name,
     with_absolute_data_root,
-    worker_env_vars,
 )
 
 TUNE_DIR = "tune"
@@ -181,7 +181,7 @@ def _run_trials(spec: SweepSpec, sweep_dir: storage.Location, parent_run_id: str
     # trials' Train workers within the cluster.
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, sweep=spec.model_dump(mode="json", by_alias=True), parent_run_id=parent_run_id,
-                             sweep_dir=sweep_dir.uri, env=worker_env_vars(), ledger=ledger),
+                             sweep_dir=sweep_dir.uri, env=forwarded_env(), ledger=ledger),
         {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY},
     )
 
@@ -212,8 +212,8 @@ def _run_trials(spec: SweepSpec, sweep_dir: storage.Location, parent_run_id: str
                                         scheduler=search.scheduler(spec)))
     else:
         count = spec.sweep.trial_count() - len(earlier)
-        known = [(r.config, _objective_values(_as_outcome(spec, r), spec.sweep.objectives))
-                 for r in earlier if _as_outcome(spec, r).state == "finished"]
+        known = [(t.params, _objective_values(t, spec.sweep.objectives))
+                 for t in (_as_outcome(spec, r) for r in earlier) if t.state == "finished"]
         if count > 0:
             phases.append(lambda: tuner("search", {}, count, searcher=search.searcher(spec, known, attempt), scheduler=search.scheduler(spec)))
 

@@ -134,7 +134,3 @@ def finish_run(run_id: str, succeeded: bool, error: Optional[str] = None, killed
     status = RunStatus.to_string(RunStatus.FINISHED if succeeded else RunStatus.KILLED if killed else RunStatus.FAILED)
     mlflow.set_terminated(run_id, status=status)
 
-
-def worker_env() -> dict[str, str]:
-    """What rank 0 needs to log to the same place as the driver."""
-    return {"MLFLOW_TRACKING_URI": tracking_uri()}

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from mlflow.entities import RunStatus
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from vae_service.tracking.figures import save_png
 from vae_service.tracking.mlflow_run import client
 from vae_service.tracking.model_store import MODEL_ARTIFACT, register
 from vae_service.tracking.sweep_figures import active_units_map, pareto_plot
 
-PARENT_TAG = "mlflow.parentRunId"
+PARENT_TAG = MLFLOW_PARENT_RUN_ID  # "mlflow.parentRunId": what the MLflow UI nests runs by
 TRIAL_TAG = "vae.trial_id"
 
 

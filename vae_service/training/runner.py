@@ -30,7 +30,7 @@ from vae_service.core.checkpoint import STATE_FILE, load_checkpoint, read_state,
 from vae_service.core.model import VAE, ModelConfig
 from vae_service.core.spec import TrainSpec
 from vae_service.core.spec_loading import dump_spec
-from vae_service.tracking.mlflow_run import worker_env as mlflow_worker_env
+from vae_service.environment import forwarded_env
 from vae_service.tracking.tracked_run import RUN_ID_FILE, TrackedRun, TrackingUnavailable
 from vae_service.training.progress import ProgressBoard, ProgressDisplay
 from vae_service.training.worker import train_loop_per_worker
@@ -108,19 +108,6 @@ def latest_checkpoint(run_dir: storage.Location) -> Optional[storage.Location]:
         if epoch > best_epoch:
             best, best_epoch = checkpoint, epoch
     return best
-
-
-def worker_env_vars() -> dict[str, str]:
-    """Settings the workers need from the driver's environment (data location, caches, the
-    MLflow store and the S3 endpoint/keys/region, so `storage.checkpoint_from_uri` reaches the
-    same store there), with paths made absolute: workers run in other directories."""
-    names = ("VAE_DATA_DIR", "VAE_CACHE_DIR", "VAE_MNIST_MIRROR") + storage.ENV_VARS
-    env = {n: os.environ[n] for n in names if n in os.environ}
-    for name in ("VAE_DATA_DIR", "VAE_CACHE_DIR"):  # workers run in another working directory
-        if name in env:
-            env[name] = str(Path(env[name]).expanduser().resolve())
-    env.update(mlflow_worker_env())
-    return env
 
 
 def with_absolute_data_root(spec: TrainSpec) -> TrainSpec:
@@ -225,7 +212,7 @@ def _build_trainer(spec: TrainSpec, run_dir: storage.Location, run_name: str, st
             storage_filesystem=None if storage_root.is_local else storage_root.filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.storage.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=spec.storage.max_failures),
-            worker_runtime_env={"env_vars": worker_env_vars()},
+            worker_runtime_env={"env_vars": forwarded_env()},
             callbacks=list(callbacks),
         ),
     )
