@@ -8,12 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from vae_service.tracking.mlflow_run import apply_process_defaults
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("VAE_DATA_DIR", str(REPO.parent / "shared" / "data"))
 # README's command passes ../shared/data; tests change directories, so make it absolute.
 os.environ["VAE_DATA_DIR"] = str(Path(os.environ["VAE_DATA_DIR"]).resolve())
 # Runs log to a throw-away local MLflow store unless a test points them at a server.
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='vae-tests-mlflow-')}/mlflow.db")
+# The test process is an entry point, like the `vae` CLI: MLflow's process defaults, set once.
+apply_process_defaults()
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +28,20 @@ def ray_cluster():
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def run_job():
+    """`execute` with no display, for jobs expected to succeed: returns the job kind's record
+    (RunResult, SweepResult…); a job error fails the test with the job's own message."""
+    from vae_service.jobs import Reporter, execute
+
+    def run(job, resume=None):
+        outcome = execute(job, resume=resume, reporter=Reporter.quiet())
+        assert outcome.error is None, str(outcome.error)
+        return outcome.result
+
+    return run
 
 
 @pytest.fixture

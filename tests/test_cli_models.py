@@ -29,17 +29,17 @@ def store(tmp_path_factory):
     from vae_service.core.checkpoint import save_model
     from vae_service.core.model import VAE, ModelConfig
     from vae_service.core.spec_loading import validate_data
-    from vae_service.tracking import model_store
+    from vae_service.tracking import registry
     from vae_service.tracking.mlflow_run import client, start_run
 
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         mp.chdir(root)  # whatever a local store puts beside the working directory stays in root
         spec = validate_data({})
         runs, dirs, vaes, model_uris = [], [], [], []
+        process_state = _process_state()
         for seed in (0, 1):
             torch.manual_seed(seed)
             vae = VAE(ModelConfig(latent_dim=2, hidden=(32,))).eval()
@@ -49,18 +49,16 @@ def store(tmp_path_factory):
                 client().log_batch(run_id, metrics=[
                     mlflow.entities.Metric(k, v, 0, 0) for k, v in METRICS_V1.items()
                 ])
-            model_uri = model_store.log_model(run_id, model_dir, vae)
-            version = model_store.register(model_uri, "tiny", "candidate")
+            model_uri = registry.log_model(run_id, model_dir, vae)
+            version = registry.register(model_uri, "tiny", "candidate")
             assert version == seed + 1
             runs.append(run_id)
             dirs.append(model_dir)
             vaes.append(vae)
             model_uris.append(model_uri)
+        # No hidden global state: MLflow's process-wide URIs and the environment are as they were.
+        assert _process_state() == process_state
         yield {"uri": uri, "root": root, "runs": runs, "dirs": dirs, "vaes": vaes, "model_uris": model_uris}
-    # log_model/register set MLflow's process-wide URIs: point them back at the session's store.
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-        mlflow.set_registry_uri(os.environ["MLFLOW_TRACKING_URI"])
 
 
 @pytest.fixture
@@ -77,6 +75,15 @@ def cli(store, monkeypatch):
         return result
 
     return invoke
+
+
+def _process_state():
+    """MLflow's process-wide URIs and active run, and the environment (less MLflow's private
+    bookkeeping, e.g. _MLFLOW_TELEMETRY_SESSION_ID, which its telemetry sets in the background)."""
+    import mlflow
+
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("_MLFLOW_")}
+    return mlflow.get_tracking_uri(), mlflow.get_registry_uri(), mlflow.active_run(), environ
 
 
 def _mlflow_client(store):
@@ -152,6 +159,18 @@ def test_missing_local_store_is_an_error_and_is_not_created(cli, tmp_path, monke
     _expect_user_error(cli("models", "list"), "no MLflow tracking store", str(missing))
     _expect_user_error(cli("sample", "models:/tiny/1", "-o", tmp_path / "g.png"), "no MLflow tracking store")
     assert not missing.exists()
+
+
+def test_commands_ignore_mlflows_process_wide_registry_uri(cli, store, tmp_path, monkeypatch):
+    """Every lookup names the store MLFLOW_TRACKING_URI gives (MLflow's own download of a
+    models:/ URI would resolve it through its process-wide registry URI)."""
+    elsewhere = tmp_path / "elsewhere.db"
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{elsewhere}")
+    for uri in ("models:/tiny@candidate", "models:/tiny/1", f"runs:/{store['runs'][0]}/model", store["model_uris"][0]):
+        result = cli("sample", uri, "-n", "4", "-o", tmp_path / "grid.png")
+        assert result.exit_code == 0, result.output
+    assert cli("models", "show", "tiny").exit_code == 0
+    assert not elsewhere.exists()
 
 
 def test_model_artifacts_hold_no_pickle(store):

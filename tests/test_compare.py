@@ -12,7 +12,8 @@ import torch
 from vae_service.core.data import ImageSplit
 from vae_service.core.model import VAE, ModelConfig
 from vae_service.core.spec_loading import SpecError
-from vae_service.tracking import comparison as C
+from vae_service.jobs import compare as C
+from vae_service.viz import comparison as V
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -24,34 +25,34 @@ def _tiny(seed: int) -> VAE:
 
 
 def test_render_comparison_on_tiny_untrained_models(tmp_path):
-    models = {kind: _tiny(seed).eval() for seed, kind in enumerate(C.KINDS)}
+    models = {kind: _tiny(seed).eval() for seed, kind in enumerate(V.KINDS)}
     models["kl_only"].train()  # a model in train mode is put back in it
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (50, 1, 28, 28), dtype=torch.uint8, generator=generator)
     test = ImageSplit(images, torch.arange(50) % 10)
 
-    out = C.render_comparison(models, test, tmp_path / "cmp")
+    out = V.render_comparison(models, test, tmp_path / "cmp")
 
-    assert [p.name for p in out.paths] == [C.SCATTER_FILE, C.RECON_FILE, C.METRICS_FILE]
+    assert [p.name for p in out.paths] == [V.SCATTER_FILE, V.RECON_FILE, V.METRICS_FILE]
     for png in (out.figure, out.reconstructions):
         data = png.read_bytes()
         assert data[:8] == PNG_SIGNATURE and len(data) > 1024
     rows = list(csv.DictReader(io.StringIO(out.metrics_csv.read_text())))
-    assert [r["model"] for r in rows] == list(C.KINDS)
-    assert tuple(rows[0]) == C.METRIC_COLUMNS
+    assert [r["model"] for r in rows] == list(V.KINDS)
+    assert tuple(rows[0]) == V.METRIC_COLUMNS
     for row in rows:
         assert float(row["test_neg_elbo"]) == pytest.approx(float(row["test_recon"]) + float(row["test_kl"]), rel=1e-3)
         assert 0 <= int(row["active_units"]) <= 2
         assert float(row["mu_std"]) > 0
     assert models["kl_only"].training and not models["ae"].training
     # Seeded evaluation: the same models give the same table.
-    again = C.render_comparison(models, test, tmp_path / "again")
+    again = V.render_comparison(models, test, tmp_path / "again")
     assert again.metrics_csv.read_text() == out.metrics_csv.read_text()
 
 
 def test_scatter_panels_are_square_equal_scale_and_show_the_prior():
     codes = {"ae": torch.randn(200, 2) * 20 + 5, "kl_only": torch.randn(200, 2) * 0.01, "vae": torch.randn(200, 2)}
-    fig = C.scatter_figure(codes, torch.arange(200) % 10)
+    fig = V.scatter_figure(codes, torch.arange(200) % 10)
     panels = fig.axes[:3]
     assert [ax.get_title().splitlines()[0] for ax in panels] == ["autoencoder", "KL only", "VAE"]
     for ax, mu in zip(panels, codes.values()):
@@ -65,38 +66,39 @@ def test_scatter_panels_are_square_equal_scale_and_show_the_prior():
 
 
 def test_mu_spread():
-    assert C.mu_spread(torch.zeros(10, 2)) == 0.0
+    assert V.mu_spread(torch.zeros(10, 2)) == 0.0
     mu = torch.tensor([[-1.0, -3.0], [1.0, 3.0]])  # std 1 and 3 → √((1 + 9) / 2)
-    assert C.mu_spread(mu) == pytest.approx(5**0.5)
+    assert V.mu_spread(mu) == pytest.approx(5**0.5)
 
 
 def test_specs_are_matched_to_objectives_in_any_order():
     paths = [REPO / C.DEFAULT_SPECS[k] for k in ("vae", "ae", "kl_only")]
-    specs = C.load_comparison_specs(paths, ["optim.epochs=2", "data.limit=5000"])
-    assert list(specs) == list(C.KINDS)
-    assert {k: s.objective.kind for k, s in specs.items()} == {k: k for k in C.KINDS}
+    specs = C.load_comparison(paths, ["optim.epochs=2", "data.limit=5000"]).specs
+    assert list(specs) == list(V.KINDS)
+    assert {k: s.objective.kind for k, s in specs.items()} == {k: k for k in V.KINDS}
     assert all(s.optim.epochs == 2 and s.data.limit == 5000 for s in specs.values())
     assert C.comparability_warnings(specs) == []
 
     with pytest.raises(SpecError, match="already given"):
-        C.load_comparison_specs([REPO / C.DEFAULT_SPECS["vae"]] * 3)
+        C.load_comparison([REPO / C.DEFAULT_SPECS["vae"]] * 3)
     with pytest.raises(SpecError, match="exactly 3"):
-        C.load_comparison_specs(paths[:2])
-    uneven = C.load_comparison_specs(paths[:2] + [paths[2]], [])
+        C.load_comparison(paths[:2])
+    uneven = dict(C.load_comparison(paths[:2] + [paths[2]], []).specs)
     uneven["ae"] = uneven["ae"].model_copy(update={"model": uneven["ae"].model.model_copy(update={"latent_dim": 3})})
     assert any("ae" in note and "latent_dim" in note for note in C.comparability_warnings(uneven))
 
 
 @pytest.mark.slow
-def test_compare_end_to_end(ray_cluster, tmp_path):
+def test_compare_end_to_end(ray_cluster, tmp_path, run_job):
     from vae_service.tracking.mlflow_run import client
 
     overrides = [
         "data.limit=2000", "optim.epochs=1", "model.hidden=[64]", "optim.seed=0",
         "resources.cpus_per_worker=1", f"storage.uri={tmp_path / 'runs'}",
     ]
-    specs = C.load_comparison_specs(C.default_spec_paths(REPO), overrides)
-    result = C.run_comparison(specs, show_progress=False)
+    job = C.load_comparison(C.default_spec_paths(REPO), overrides)
+    specs = job.specs
+    result = run_job(job)
 
     mlflow = client()
     parent = mlflow.get_run(result.mlflow_run_id)
@@ -104,16 +106,16 @@ def test_compare_end_to_end(ray_cluster, tmp_path):
     assert parent.info.run_name.startswith("compare-")
     assert mlflow.get_experiment(parent.info.experiment_id).name == specs["vae"].tracking.experiment
     logged = {f.path for f in mlflow.list_artifacts(result.mlflow_run_id, "comparison")}
-    assert {f"comparison/{name}" for name in (C.SCATTER_FILE, C.RECON_FILE, C.METRICS_FILE)} <= logged
+    assert {f"comparison/{name}" for name in (V.SCATTER_FILE, V.RECON_FILE, V.METRICS_FILE)} <= logged
     assert Path(result.to_json()["figure"]).is_file()
     assert Path(result.out_dir).parent == (tmp_path / "runs").resolve()
-    assert Path(result.out_dir, C.METRICS_FILE).is_file() and Path(result.out_dir, C.RECON_FILE).is_file()
+    assert Path(result.out_dir, V.METRICS_FILE).is_file() and Path(result.out_dir, V.RECON_FILE).is_file()
 
     children = mlflow.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{result.mlflow_run_id}'"
     )
-    assert sorted(run.data.tags["vae.compare.role"] for run in children) == sorted(C.KINDS)
-    for kind in C.KINDS:
+    assert sorted(run.data.tags["vae.compare.role"] for run in children) == sorted(V.KINDS)
+    for kind in V.KINDS:
         child_id = result.runs[kind].mlflow_run_id
         assert parent.data.tags[f"vae.compare.{kind}_run_id"] == child_id
         assert mlflow.get_run(child_id).data.tags["vae.kind"] == "train"

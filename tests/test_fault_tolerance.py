@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vae_service.training.runner import run_training
+from vae_service.jobs import Reporter, execute
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,8 @@ def test_killed_worker_is_restarted_from_the_latest_checkpoint(ray_cluster, tiny
 
     def train() -> None:
         try:
-            outcome["result"] = run_training(spec, show_progress=False)
+            done = execute(spec, reporter=Reporter.quiet())
+            outcome["error" if done.error else "result"] = done.error or done.result
         except Exception as exc:  # reported by the assertion below
             outcome["error"] = exc
 

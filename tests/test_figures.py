@@ -12,7 +12,8 @@ from matplotlib.figure import Figure
 
 from vae_service.core.data import to_unit_float
 from vae_service.core.model import VAE, ModelConfig
-from vae_service.tracking import figures as F
+from vae_service.viz import figures as F
+from vae_service.viz.sweep_figures import active_units_map
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -375,3 +376,14 @@ def test_figures_do_not_pile_up_in_pyplot(mlp2, images):
     F.reconstructions(mlp2, images, n=2)
     F.prior_samples(mlp2, n=4)
     assert set(plt.get_fignums()) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# sweep figures
+
+
+def test_active_units_map_shows_the_mean_of_a_repeated_cell():
+    rows = [{"beta": 1.0, "latent_dim": 8, "active_units": units} for units in (1, 2, 6)]
+    rows.append({"beta": 4.0, "latent_dim": 8, "active_units": 5})
+    grid = active_units_map(rows).axes[0].images[0].get_array()
+    np.testing.assert_allclose(grid, [[3.0, 5.0]])

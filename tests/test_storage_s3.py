@@ -108,13 +108,12 @@ def test_missing_bucket_is_a_clear_error(s3_server):
 # --- training on S3 ----------------------------------------------------------------------------
 
 
-def test_training_run_lands_in_the_bucket_and_resumes_from_it(ray_cluster, s3_server, tiny_spec, tmp_path):
+def test_training_run_lands_in_the_bucket_and_resumes_from_it(ray_cluster, s3_server, tiny_spec, tmp_path, run_job):
     from vae_service.core.checkpoint import load_model, read_state
     from vae_service.environment import forwarded_env
-    from vae_service.training.runner import run_training
 
     bucket = s3_server["make_bucket"]()
-    first = run_training(tiny_spec(storage__uri=f"s3://{bucket}/runs"), show_progress=False)
+    first = run_job(tiny_spec(storage__uri=f"s3://{bucket}/runs"))
     assert first.run_dir.startswith(f"s3://{bucket}/runs/tiny-")
     assert first.model_dir == first.run_dir + "/model"
     assert first.checkpoint.startswith(first.run_dir + "/checkpoint_")
@@ -145,7 +144,7 @@ def test_training_run_lands_in_the_bucket_and_resumes_from_it(ray_cluster, s3_se
 
     assert ray.get(epoch_of.options(runtime_env={"env_vars": forwarded_env()}).remote(first.checkpoint)) == 0
 
-    resumed = run_training(tiny_spec(storage__uri=f"s3://{bucket}/runs", optim__epochs=2), resume_dir=first.run_dir, show_progress=False)
+    resumed = run_job(tiny_spec(storage__uri=f"s3://{bucket}/runs", optim__epochs=2), resume=first.run_dir)
     assert resumed.run_dir == first.run_dir
     assert [row["epoch"] for row in resumed.history] == [1]
     assert resumed.epochs_completed == 2
@@ -157,15 +156,15 @@ def test_training_run_lands_in_the_bucket_and_resumes_from_it(ray_cluster, s3_se
 
 
 def test_unreachable_endpoint_fails_fast_with_a_clear_error(s3_server, tiny_spec, tmp_path, monkeypatch):
-    from vae_service.training.runner import TrainingError, run_training
+    from vae_service.jobs import Reporter, execute
 
     monkeypatch.setenv("VAE_S3_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
     spec = tiny_spec(storage__uri="s3://vae-nowhere/runs")
     started = time.monotonic()
-    with pytest.raises(TrainingError) as caught:
-        run_training(spec, show_progress=False)
+    outcome = execute(spec, reporter=Reporter.quiet())
     took = time.monotonic() - started
-    message = str(caught.value)
+    assert (outcome.exit_code, outcome.error.kind, outcome.run_dir) == (1, "job_failed", None)
+    message = outcome.error.message
     assert message.startswith("s3://vae-nowhere: unreachable at http://127.0.0.1:"), message
     assert "after 4 attempts: " in message and "\n" not in message
     assert "testing" not in message  # no credentials in what the user sees

@@ -21,7 +21,7 @@ from vae_service.core.checkpoint import save_model
 from vae_service.core.model import VAE, ModelConfig
 from vae_service.core.spec_loading import validate_data
 from vae_service.tracking.mlflow_run import client, start_run
-from vae_service.tracking.model_store import log_model, register
+from vae_service.tracking.registry import log_model, register
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -81,13 +81,11 @@ def _keys(s3: dict, bucket: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_training_run_lands_artifacts_and_checkpoints_in_the_bucket(ray_cluster, tiny_spec, s3_server, mlflow_server, monkeypatch):
+def test_training_run_lands_artifacts_and_checkpoints_in_the_bucket(ray_cluster, tiny_spec, s3_server, mlflow_server, monkeypatch, run_job):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server["url"])
     checkpoints = s3_server["make_bucket"]()
     spec = tiny_spec(storage__uri=f"s3://{checkpoints}/runs", tracking__register_as="served", tracking__experiment="served")
-    from vae_service.training.runner import run_training
-
-    result = run_training(spec, show_progress=False)
+    result = run_job(spec)
 
     run = client().get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"

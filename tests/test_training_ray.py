@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,14 +10,14 @@ import torch
 
 from vae_service.core.checkpoint import load_model
 from vae_service.tracking.mlflow_run import client
-from vae_service.training.runner import TrainingError, run_training
+from vae_service.jobs import Reporter, execute
 
 pytestmark = pytest.mark.slow
 
 
-def test_two_worker_ddp_shards_are_disjoint_and_weights_stay_identical(ray_cluster, tiny_spec):
+def test_two_worker_ddp_shards_are_disjoint_and_weights_stay_identical(ray_cluster, tiny_spec, run_job):
     spec = tiny_spec(resources__num_workers=2, tracking__register_as="tiny-ddp", tracking__experiment="ddp")
-    result = run_training(spec, show_progress=False)
+    result = run_job(spec)
 
     assert result.epochs_completed == 1
     # Checked inside the workers after the epoch's steps, with all_gather across both ranks.
@@ -55,16 +56,16 @@ def test_two_worker_ddp_shards_are_disjoint_and_weights_stay_identical(ray_clust
     assert list(encoded.columns[:2]) == ["mu_1", "mu_2"] and len(encoded) == 2
 
 
-def test_loss_falls_and_resume_continues_at_next_epoch(ray_cluster, tiny_spec):
+def test_loss_falls_and_resume_continues_at_next_epoch(ray_cluster, tiny_spec, run_job):
     spec = tiny_spec(optim__epochs=2)
-    first = run_training(spec, show_progress=False)
+    first = run_job(spec)
     epochs = [row["epoch"] for row in first.history]
     assert epochs == [0, 1]
     assert first.history[1]["val_neg_elbo"] < first.history[0]["val_neg_elbo"]
     assert first.history[1]["train_neg_elbo"] < first.history[0]["train_neg_elbo"]
 
     more = tiny_spec(optim__epochs=3)
-    resumed = run_training(more, resume_dir=first.run_dir, show_progress=False)
+    resumed = run_job(more, resume=first.run_dir)
     assert [row["epoch"] for row in resumed.history] == [2]
     assert resumed.epochs_completed == 3
     assert resumed.run_dir == first.run_dir
@@ -77,15 +78,15 @@ def test_loss_falls_and_resume_continues_at_next_epoch(ray_cluster, tiny_spec):
 
     # Resuming a run with no epochs left (stopped before its model was published) trains
     # nothing and finishes from the last checkpoint.
-    again = run_training(more, resume_dir=first.run_dir, show_progress=False)
+    again = run_job(more, resume=first.run_dir)
     assert again.history == [] and again.epochs_completed == 3
     assert again.metrics["val_neg_elbo"] == resumed.metrics["val_neg_elbo"]
 
 
-def test_seeded_single_worker_run_is_reproducible(ray_cluster, tiny_spec):
-    a = run_training(tiny_spec(optim__seed=7), show_progress=False)
-    b = run_training(tiny_spec(optim__seed=7), show_progress=False)
-    c = run_training(tiny_spec(optim__seed=8), show_progress=False)
+def test_seeded_single_worker_run_is_reproducible(ray_cluster, tiny_spec, run_job):
+    a = run_job(tiny_spec(optim__seed=7))
+    b = run_job(tiny_spec(optim__seed=7))
+    c = run_job(tiny_spec(optim__seed=8))
     assert a.metrics["val_neg_elbo"] == b.metrics["val_neg_elbo"]
     assert a.metrics["train_loss"] == b.metrics["train_loss"]
     assert a.metrics["val_neg_elbo"] != c.metrics["val_neg_elbo"]
@@ -94,8 +95,9 @@ def test_seeded_single_worker_run_is_reproducible(ray_cluster, tiny_spec):
 def test_non_finite_loss_stops_the_run_with_epoch_and_step(ray_cluster, tiny_spec):
     spec = tiny_spec(**{"optim__lr": 1e30, "model__likelihood": "gaussian", "tracking__register_as": "never",
                         "tracking__experiment": "nan"})
-    with pytest.raises(TrainingError, match=r"^non-finite loss at epoch 0 step \d+$"):
-        run_training(spec, show_progress=False)
+    outcome = execute(spec, reporter=Reporter.quiet())
+    assert (outcome.state, outcome.exit_code, outcome.error.kind) == ("failed", 1, "job_failed")
+    assert re.match(r"^non-finite loss at epoch 0 step \d+$", outcome.error.message), outcome.error
     # The MLflow run is marked FAILED with the reason, and nothing was registered.
     mlflow = client()
     runs = mlflow.search_runs([mlflow.get_experiment_by_name("nan").experiment_id])

@@ -45,7 +45,7 @@ def _user_errors() -> Iterator[None]:
     from mlflow.exceptions import MlflowException
 
     from vae_service.core.data import DataError
-    from vae_service.tracking.model_store import ModelNotFound
+    from vae_service.tracking.registry import ModelNotFound
 
     try:
         yield
@@ -77,7 +77,7 @@ def _metric(value) -> str:
 def models_list() -> None:
     """Registered models: latest version, aliases, last update."""
     from vae_service.tracking.mlflow_run import tracking_uri
-    from vae_service.tracking.registry_view import list_models
+    from vae_service.tracking.registry import list_models
 
     with _user_errors():
         models = list_models()
@@ -99,7 +99,7 @@ def models_list() -> None:
 @models_app.command("show")
 def models_show(name: str = typer.Argument(..., help="Registered model name.")) -> None:
     """A model's versions with their aliases, the key metrics of each source run, the run id."""
-    from vae_service.tracking.registry_view import show_model
+    from vae_service.tracking.registry import show_model
 
     with _user_errors():
         model = show_model(name)
@@ -139,7 +139,7 @@ def models_promote(
     number = version[1:] if version[:1] in ("v", "V") else version
     if not number.isdigit() or int(number) < 1:
         fail(f"VERSION must be a positive number, got {version!r}", 2)
-    from vae_service.tracking.registry_view import promote
+    from vae_service.tracking.registry import promote
 
     with _user_errors():
         previous = promote(name, int(number), alias)
@@ -169,7 +169,7 @@ def _check_output(path: Path) -> Path:
 
 
 def _save(fig, path: Path) -> None:
-    from vae_service.tracking.figures import save_png
+    from vae_service.viz.figures import save_png
 
     try:
         save_png(fig, path)
@@ -209,8 +209,8 @@ def sample(
     if not 0 <= seed < 2**63:
         fail(f"--seed {seed}: must be between 0 and 2**63 - 1", 2)
     _check_output(output)
-    from vae_service.tracking.figures import prior_samples
-    from vae_service.tracking.registry_view import open_model
+    from vae_service.tracking.registry import open_model
+    from vae_service.viz.figures import prior_samples
 
     with _user_errors(), open_model(model_uri) as vae:
         fig = prior_samples(vae, n=n, seed=seed)
@@ -234,8 +234,8 @@ def interpolate(
     if method not in METHODS:
         fail(f"--method {method}: must be one of {', '.join(METHODS)}", 2)
     _check_output(output)
-    from vae_service.tracking.figures import interpolation
-    from vae_service.tracking.registry_view import open_model
+    from vae_service.tracking.registry import open_model
+    from vae_service.viz.figures import interpolation
 
     with _user_errors():
         test = _test_split()
@@ -259,8 +259,9 @@ def encode(
     """The posterior q(z|x) of one test image: μ and σ per latent dimension."""
     import torch
 
-    from vae_service.tracking.figures import encode_means
-    from vae_service.tracking.registry_view import open_model
+    from vae_service.core.objective import kl_per_dim
+    from vae_service.tracking.registry import open_model
+    from vae_service.viz.figures import encode_means
 
     with _user_errors():
         test = _test_split()
@@ -274,7 +275,7 @@ def encode(
         payload = {"index": index, "label": label, "mu": mu.tolist(), "sigma": sigma.tolist()}
         sys.stdout.write(json.dumps(payload) + "\n")
         return
-    kl = 0.5 * (mu.pow(2) + sigma.pow(2) - 1.0 - logvar[0])
+    kl = kl_per_dim(mu, logvar[0])
     table = Table(title=escape(f"q(z|x) of MNIST test image {index} (a {label}), {model_uri}"))
     table.add_column("dim", justify="right")
     table.add_column("μ", justify="right")

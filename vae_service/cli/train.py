@@ -62,52 +62,34 @@ def run(
     are Ray Train runs; --set reaches its base training fields through train.* (e.g. --set
     train.optim.epochs=1) and the search through sweep.* (e.g. --set sweep.num_samples=6)."""
     spec = load_or_exit(spec_path, set_)
+    say(_headline(spec))
     # Imported here: Ray and torch take seconds to import, and validate/schema need neither.
-    from vae_service.core.data import DataError, locate_mnist
-    from vae_service.training.runner import TrainingError, TrainingInterrupted
+    from vae_service.jobs import Reporter, execute
 
-    train = spec.train if isinstance(spec, SweepSpec) else spec
-    try:
-        locate_mnist(train.data.root, train.data.download)  # fail fast, before Ray starts
-    except DataError as exc:
-        fail(f"data: {exc}", 2)
-    resume_dir = str(resume) if resume else None
-    try:
-        if isinstance(spec, SweepSpec):
-            result = _run_sweep(spec, resume_dir, quiet)
-        else:
-            result = _run_training(spec, resume_dir, quiet)
-    except TrainingError as exc:
-        fail(f"error: {exc}", 1)
-    except TrainingInterrupted as exc:
-        fail(f"interrupted: checkpoints are kept; continue with `vae run {spec_path} --resume {exc}`", 130)
+    outcome = execute(spec, resume=str(resume) if resume else None, reporter=Reporter(err, progress=not quiet))
+    if outcome.error is not None and outcome.error.resume_dir:
+        fail(f"interrupted: checkpoints are kept; continue with `vae run {spec_path} --resume {outcome.error.resume_dir}`", 130)
+    if outcome.error is not None:
+        fail(str(outcome.error), outcome.exit_code)
+    if isinstance(spec, SweepSpec):
+        _print_sweep_summary(spec, outcome.result)
+    else:
+        _print_summary(outcome.result)
     if json_output:
-        sys.stdout.write(json.dumps(result.to_json(), default=str) + "\n")
+        sys.stdout.write(json.dumps(outcome.result.to_json(), default=str) + "\n")
         sys.stdout.flush()  # before Ray's exit handlers run
 
 
-def _run_training(spec: TrainSpec, resume_dir: Optional[str], quiet: bool):
-    from vae_service.training.runner import run_training
-
-    err.print(f"[bold]vae run[/] {spec.name}: {spec.model.arch} latent {spec.model.latent_dim}, "
-              f"{spec.objective.kind} β={spec.objective.beta}, {spec.optim.epochs} epochs, "
-              f"{spec.resources.num_workers} worker(s)")
-    result = run_training(spec, resume_dir=resume_dir, console=err, show_progress=not quiet)
-    _print_summary(result)
-    return result
-
-
-def _run_sweep(spec: SweepSpec, resume_dir: Optional[str], quiet: bool):
-    from vae_service.sweeps.runner import run_sweep
-
-    sweep = spec.sweep
-    search = "grid" if sweep.is_grid else f"Optuna {sweep.resolved_sampler}"
-    err.print(f"[bold]vae run[/] sweep {spec.name}: {sweep.trial_count()} trials ({search}"
-              f"{', ASHA' if sweep.scheduler.kind == 'asha' else ''}) over {', '.join(sweep.space)}; "
-              f"objectives {', '.join(sweep.objectives)}; {spec.train.optim.epochs} epochs each", highlight=False)
-    result = run_sweep(spec, resume_dir=resume_dir, console=err, show_progress=not quiet)
-    _print_sweep_summary(spec, result)
-    return result
+def _headline(spec) -> str:
+    if isinstance(spec, SweepSpec):
+        sweep = spec.sweep
+        search = "grid" if sweep.is_grid else f"Optuna {sweep.resolved_sampler}"
+        return (f"vae run sweep {spec.name}: {sweep.trial_count()} trials ({search}"
+                f"{', ASHA' if sweep.scheduler.kind == 'asha' else ''}) over {', '.join(sweep.space)}; "
+                f"objectives {', '.join(sweep.objectives)}; {spec.train.optim.epochs} epochs each")
+    return (f"vae run {spec.name}: {spec.model.arch} latent {spec.model.latent_dim}, "
+            f"{spec.objective.kind} β={spec.objective.beta}, {spec.optim.epochs} epochs, "
+            f"{spec.resources.num_workers} worker(s)")
 
 
 def _print_sweep_summary(spec: SweepSpec, result) -> None:
@@ -139,7 +121,7 @@ def _print_summary(result) -> None:
     table = Table(title="run summary", show_header=False)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, value in result.to_json()["metrics"].items():
+    for key, value in result.summary.items():
         if value is None:
             continue
         table.add_row(key, f"{value:,.3f}" if isinstance(value, float) else str(value))
@@ -168,35 +150,30 @@ def compare(
 
     The three runs nest under a parent MLflow run that holds their latent scatters side by
     side, reconstructions and a metrics table."""
-    from vae_service.tracking import comparison
+    from vae_service.jobs import Reporter, execute
+    from vae_service.jobs.compare import comparability_warnings, default_spec_paths, load_comparison
+    from vae_service.viz.comparison import LABELS, METRIC_COLUMNS
 
-    paths = list(spec_paths) if spec_paths else comparison.default_spec_paths()
+    paths = list(spec_paths) if spec_paths else default_spec_paths()
     try:
-        specs = comparison.load_comparison_specs(paths, set_)
+        job = load_comparison(paths, set_)
     except SpecError as exc:
         fail(str(exc), 2)
-    from vae_service.core.data import DataError, locate_mnist
-    from vae_service.training.runner import TrainingError, TrainingInterrupted
-
-    try:
-        for spec in specs.values():
-            locate_mnist(spec.data.root, spec.data.download)  # fail fast, before Ray starts
-    except DataError as exc:
-        fail(f"data: {exc}", 2)
-    for note in comparison.comparability_warnings(specs):
+    for note in comparability_warnings(job.specs):
         err.print(f"[yellow]warning:[/] {note}", highlight=False)
-    try:
-        result = comparison.run_comparison(specs, console=err, show_progress=not quiet)
-    except TrainingError as exc:
-        fail(f"error: {exc}", 1)
-    except TrainingInterrupted as exc:
-        fail(f"interrupted: {exc} keeps its checkpoints (`vae run SPEC --resume {exc}`); run `vae compare` again to compare", 130)
+    outcome = execute(job, reporter=Reporter(err, progress=not quiet))
+    if outcome.error is not None and outcome.error.resume_dir:
+        resume_dir = outcome.error.resume_dir
+        fail(f"interrupted: {resume_dir} keeps its checkpoints (`vae run SPEC --resume {resume_dir}`); run `vae compare` again to compare", 130)
+    if outcome.error is not None:
+        fail(str(outcome.error), outcome.exit_code)
+    result = outcome.result
     table = Table(title=f"{result.run_name} (MLflow run {result.mlflow_run_id})")
     table.add_column("model")
-    for column in comparison.METRIC_COLUMNS[1:]:
+    for column in METRIC_COLUMNS[1:]:
         table.add_column(column, justify="right")
     for kind, row in result.metrics.items():
-        table.add_row(comparison.LABELS[kind], *(f"{row[c]:,.3f}" if isinstance(row[c], float) else str(row[c]) for c in comparison.METRIC_COLUMNS[1:]))
+        table.add_row(LABELS[kind], *(f"{row[c]:,.3f}" if isinstance(row[c], float) else str(row[c]) for c in METRIC_COLUMNS[1:]))
     err.print(table)
     err.print(f"figure: {result.figure}", markup=False, highlight=False, soft_wrap=True)
     err.print(f"files:  {result.out_dir}", markup=False, highlight=False, soft_wrap=True)

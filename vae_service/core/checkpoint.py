@@ -16,16 +16,12 @@ from typing import Any, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from vae_service.core.model import VAE, ModelConfig
+from vae_service.core.model import VAE, ModelConfig, unwrap
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
-
-
-def unwrap(model: torch.nn.Module) -> VAE:
-    return getattr(model, "module", model)
 
 
 def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import torch
 
 from vae_service.core.data import batch_inputs
+from vae_service.core.model import unwrap
 from vae_service.core.objective import Objective, compute_loss
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016): Cov_x(E_q[z_j]) > 0.01
@@ -102,7 +103,7 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 100
 
     Uses one posterior sample per image for the reconstruction term (an unbiased −ELBO).
     """
-    vae = getattr(model, "module", model)
+    vae = unwrap(model)
     vae.eval()
     recon_sum = kl_sum = 0.0
     kl_dims_sum = None

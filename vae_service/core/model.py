@@ -154,6 +154,11 @@ class VAE(nn.Module):
         return self.decode(z), mu, logvar
 
 
+def unwrap(model: nn.Module) -> VAE:
+    """The VAE itself, also when DistributedDataParallel wraps it in .module."""
+    return getattr(model, "module", model)
+
+
 def build_model(config: ModelConfig) -> VAE:
     return VAE(config)
 
@@ -162,4 +167,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ModelConfig", "VAE", "build_model", "count_parameters"]
+__all__ = ["ModelConfig", "VAE", "build_model", "count_parameters", "unwrap"]

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from vae_service.core.model import VAE
+from vae_service.core.model import unwrap
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -86,7 +86,7 @@ def compute_loss(model: torch.nn.Module, x: torch.Tensor, objective: Objective, 
     kl_only: the encoder is trained by the KL term alone; the decoder still learns from the
     (uninformative) codes, so it converges to the mean image, as in the article.
     """
-    vae: VAE = getattr(model, "module", model)
+    vae = unwrap(model)
     output, mu, logvar = model(x, code=CODE_FOR_OBJECTIVE[objective.kind])
     recon = reconstruction_nll(output, x, vae.config.likelihood, vae.log_scale)
     kl_dims = kl_per_dim(mu, logvar)

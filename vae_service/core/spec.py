@@ -6,6 +6,7 @@ receives a validated `TrainSpec`, never a raw dict.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -148,3 +149,10 @@ class TrainSpec(StrictModel):
         if self.resources.use_gpu is False and self.resources.gpus > 0:
             raise ValueError("resources.gpus_per_worker > 0 needs resources.use_gpu: true")
         return self
+
+    def with_absolute_data_root(self) -> "TrainSpec":
+        """A relative data.root means relative to where the job was started, not to a worker."""
+        root = self.data.root
+        if not root or "://" in root:
+            return self
+        return self.model_copy(update={"data": self.data.model_copy(update={"root": str(Path(root).expanduser().resolve())})})

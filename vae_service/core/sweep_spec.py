@@ -220,11 +220,6 @@ class SweepSpec(StrictModel):
                 raise ValueError("; ".join(f"{path}: {_text(reason)}" for path, reason in problems))
         return self
 
-    @property
-    def tracking(self):
-        """The sweep's tracking settings are its base spec's (experiment, register_as, alias)."""
-        return self.train.tracking
-
     def trial_spec(self, config: dict[str, Any], trial_name: str) -> TrainSpec:
         """The base spec with one trial's values (keyed by field path) filled in."""
         data = self.train.model_dump(mode="json")

@@ -12,8 +12,10 @@ doing it twice:
              Ray has no record, store says cancelling → cancelled (it never ran)
              PENDING / RUNNING                       → submitted / running
              cancelling and not finished on Ray      → stop_job (again, harmlessly)
-             SUCCEEDED / FAILED / STOPPED            → succeeded / failed / cancelled, with the
-                                                       MLflow run id and the error line
+             SUCCEEDED / FAILED / STOPPED            → succeeded / failed / cancelled, as the
+                                                       job's outcome.json says (its MLflow run,
+                                                       its error's kind and message); Ray's own
+                                                       status when the job wrote none (killed)
   reconcile (at start-up, then follow) a job Ray knows but the store still calls queued
            (someone reset the row) is adopted as submitted, never submitted again.
 
@@ -22,13 +24,16 @@ The API wakes the loop (`wake`) when a job arrives or is cancelled; otherwise it
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import threading
 import time
 from typing import Optional
 
+from vae_service import storage
+from vae_service.core.errors import one_line
+from vae_service.core.spec_loading import SpecError, load_spec_text
+from vae_service.jobs.execute import queued_run_dir
+from vae_service.jobs.outcome import OUTCOME_FILE, SUCCEEDED, Outcome, read_outcome
 from vae_service.queue import scheduling
 from vae_service.queue.job_env import job_env
 from vae_service.queue.leader import Leadership
@@ -42,7 +47,6 @@ log = logging.getLogger("vae_service.queue.dispatcher")
 POLL_S = 0.5  # between ticks when nothing wakes the loop
 LEADER_CHECK_S = 5.0
 OUTCOME = {"SUCCEEDED": State.SUCCEEDED, "FAILED": State.FAILED, "STOPPED": State.CANCELLED}
-ERROR_LINE = re.compile(r"^(error|data|interrupted|spec|--set)\b|\.ya?ml: ", re.IGNORECASE)
 
 
 class Dispatcher:
@@ -183,15 +187,15 @@ class Dispatcher:
         log.info("dispatcher: job %s %s Ray (priority %d)", job.id, "submitted to" if created else "already on", job.priority)
 
     def _finish(self, job: Job, info: RayJob) -> None:
-        logs = ""
-        try:
-            logs = self.ray.logs(job.id) or ""
-        except RayUnavailable as exc:
-            log.warning("dispatcher: logs of %s: %s", job.id, exc)
+        """Records how the job ended: from the outcome.json it wrote beside its run, or, when it
+        wrote none (its driver was killed, or its storage was unwritable), from Ray's status."""
+        outcome = read_job_outcome(job)
         new = OUTCOME[info.status]
-        fields = {"mlflow_run_id": mlflow_run_id_from_logs(logs) or mlflow_run_id_for(job.id)}
+        if outcome is not None and new is not State.CANCELLED:
+            new = State.SUCCEEDED if outcome.state == SUCCEEDED else State.FAILED
+        fields = {"mlflow_run_id": (outcome.mlflow_run_id if outcome else None) or mlflow_run_id_for(job.id)}
         if new is State.FAILED:
-            fields["error"] = error_text(info, logs)
+            fields["error"] = str(outcome.error) if outcome and outcome.error else missing_outcome_error(job, info)
         elif new is State.CANCELLED and State(job.state) is not State.CANCELLING:
             fields["error"] = "stopped on Ray (not through the queue)"
         self._transition(job.id, new, only_from=ACTIVE, **fields)
@@ -205,20 +209,28 @@ class Dispatcher:
             log.info("dispatcher: %s", exc)
 
 
-def mlflow_run_id_from_logs(logs: str) -> Optional[str]:
-    """`vae run --json` ends with one JSON object on stdout that names the MLflow run."""
-    for line in reversed(logs.splitlines()):
-        line = line.strip()
-        if line.startswith("{") and "mlflow_run_id" in line:
-            try:
-                return json.loads(line).get("mlflow_run_id") or None
-            except ValueError:
-                continue
-    return None
+def outcome_location(job: Job) -> Optional[storage.Location]:
+    """Where the job's outcome.json is (see jobs.execute.queued_run_dir)."""
+    try:
+        return queued_run_dir(load_spec_text(job.spec_normalised, f"job {job.id}"), job.id).join(OUTCOME_FILE)
+    except (SpecError, storage.StorageError, ValueError):
+        return None
+
+
+def read_job_outcome(job: Job) -> Optional[Outcome]:
+    """The Outcome the job wrote, or None when there is none (or it cannot be read)."""
+    location = outcome_location(job)
+    if location is None:
+        return None
+    try:
+        return read_outcome(location.parent)
+    except (storage.StorageError, OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("dispatcher: outcome of %s at %s: %s", job.id, location.uri, one_line(exc, 300))
+        return None
 
 
 def mlflow_run_id_for(job_id: str) -> Optional[str]:
-    """The MLflow run tagged vae.job_id = job_id (a failed or cancelled run prints no JSON)."""
+    """The MLflow run tagged vae.job_id = job_id (for a job that wrote no outcome)."""
     try:
         from mlflow.entities import ViewType
 
@@ -235,10 +247,10 @@ def mlflow_run_id_for(job_id: str) -> Optional[str]:
         return None
 
 
-def error_text(info: RayJob, logs: str) -> str:
-    """One line for a failed job: vae run's own error line when there is one."""
-    lines = [line.strip() for line in logs.splitlines() if line.strip() and not line.strip().startswith("{")]
-    chosen = next((line for line in reversed(lines) if ERROR_LINE.search(line)), None)
-    chosen = chosen or (lines[-1] if lines else (info.message or "failed").splitlines()[0])
+def missing_outcome_error(job: Job, info: RayJob) -> str:
+    """The error of a failed job that left no outcome: its exit code, and where it was due."""
     code = f"exit code {info.exit_code}: " if info.exit_code not in (None, 0) else ""
-    return f"{code}{chosen}"
+    location = outcome_location(job)
+    where = f" at {location.uri}" if location is not None else ""
+    return (f"{code}the job ended without writing its outcome{where} (killed, or its storage is not writable "
+            f"from the cluster); see `vae logs {job.id}`")

@@ -12,10 +12,9 @@ from __future__ import annotations
 import logging
 
 import ray
-from ray._raylet import PlacementGroupID
-from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 from ray.tune import Callback
-from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+from vae_service.training.ray_internals import WorkerGroupCallback, placement_group_hex, release_placement_group
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,7 @@ class ReportPlacementGroup(WorkerGroupCallback):
         self.ledger, self.trial_id = ledger, trial_id
 
     def after_worker_group_start(self, worker_group) -> None:
-        group = worker_group.get_worker_group_state().placement_group_handle.placement_group
-        self.ledger.add.remote(self.trial_id, group.id.hex())
+        self.ledger.add.remote(self.trial_id, placement_group_hex(worker_group))
 
 
 class ReleaseEndedTrials(Callback):
@@ -67,6 +65,6 @@ class ReleaseEndedTrials(Callback):
             return
         for group_id in ray.get(self.ledger.pop.remote(trial_id)):
             try:
-                remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(group_id)))
+                release_placement_group(group_id)
             except Exception as exc:  # already removed by Ray Train
                 log.debug("placement group %s of trial %s: %s", group_id, trial_id, exc)

@@ -12,8 +12,6 @@ killed): `--resume` runs it again in the same directory, from its latest checkpo
 from __future__ import annotations
 
 import json
-import signal
-import threading
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -21,12 +19,13 @@ from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
 from vae_service import storage
+from vae_service.core.interrupt import Interrupt
 
 GIVEN = "__given__"  # a trial config that names its values (and, to continue one, its trial)
 TRIALS_DIR = "trials"
 TRIAL_FILE = "trial.json"
 OUTCOME_FILE = "outcome.json"
-RUN_METRICS_FILE = "metrics.json"  # written by run_training when a run is complete
+RUN_METRICS_FILE = "metrics.json"  # written by the train job when a run is complete
 REPORTED_METRICS = ("val_neg_elbo", "val_recon", "val_kl", "active_units")
 
 
@@ -86,46 +85,21 @@ def epochs_done(result: dict) -> int:
     return int(result.get("training_iteration", 0))
 
 
-class Interrupt(Stopper):
-    """Ctrl-C asks Tune to end the sweep (stop_all) and is remembered, so the driver reports an
-    interruption instead of a result. Tune's own handler is turned off (TUNE_DISABLE_SIGINT_HANDLER):
-    it ends the run the same way but leaves no trace the driver could read."""
+class StopOnInterrupt(Stopper):
+    """Ends the whole Tune experiment (stop_all) once the job's Ctrl-C handling (core.interrupt)
+    requests a stop; the driver then reports an interruption instead of a result."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, interrupt: Interrupt):
+        self.interrupt = interrupt
 
     def __getstate__(self) -> dict:  # Tune saves its stopper; a saved one must not stop anything
-        return {"requested": False}
+        return {"interrupt": Interrupt()}
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False
 
     def stop_all(self) -> bool:
-        return self.requested
-
-    def catching_sigint(self):
-        return _SigintCatcher(self)
-
-
-class _SigintCatcher:
-    def __init__(self, interrupt: Interrupt):
-        self.interrupt = interrupt
-        self.previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._on_sigint)
-        return self.interrupt
-
-    def _on_sigint(self, signum, frame):
-        if self.interrupt.requested:  # a second Ctrl-C: stop waiting for the graceful end
-            raise KeyboardInterrupt
-        self.interrupt.requested = True
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        return self.interrupt.requested
 
 
 class RecordOutcomes(Callback):

@@ -1,43 +1,40 @@
 """One sweep trial: a Tune function trainable that runs a whole Ray Train run.
 
-Each trial is an ordinary `run_training` (its own TorchTrainer and workers, its own nested
-MLflow run) whose per-epoch reports reach Tune through `TuneReportCallback`, so ASHA and Optuna
-see every epoch. Its directory (`trials/<id>/` of the sweep) holds its checkpoints: a trial
-that is continued after an interruption picks up from its latest one.
+Each trial is an ordinary train job (its own TorchTrainer and workers, its own nested MLflow
+run), run by the `train_trial` function the job layer hands in; its per-epoch reports reach
+Tune through `TuneReportCallback`, so ASHA and Optuna see every epoch. Its directory
+(`trials/<id>/` of the sweep) holds its checkpoints: a trial that is continued after an
+interruption picks up from its latest one.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from typing import Any, Callable
 
 import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
-from rich.console import Console
 
 from vae_service import storage
 from vae_service.core.sweep_spec import SweepSpec
+from vae_service.environment import applied
 from vae_service.sweeps.cleanup import ReportPlacementGroup
 from vae_service.sweeps.records import trial_dir, trial_identity, write_trial
 from vae_service.tracking.sweep_run import PARENT_TAG, TRIAL_TAG
-from vae_service.training.runner import run_training
 
 
-def run_trial(config: dict[str, Any], *, sweep: dict, parent_run_id: str, sweep_dir: str, env: dict[str, str], ledger) -> None:
+def run_trial(config: dict[str, Any], *, sweep: dict, parent_run_id: str, sweep_dir: str, env: dict[str, str], ledger,
+              train_trial: Callable[..., None]) -> None:
     # The driver's settings (MLflow store, data, S3), absolute: Tune runs a trial in its own
     # directory, where a relative default such as ./mlflow.db would be another store.
-    os.environ.update(env)
-    os.environ.pop("VAE_JOB_ID", None)  # the queue's job is the sweep's parent run, not a trial
-    spec = SweepSpec.model_validate(sweep)
-    tune_trial_id = ray.tune.get_context().get_trial_id()
-    trial_id, values = trial_identity(tune_trial_id, config)
-    directory = trial_dir(storage.resolve(sweep_dir), trial_id)
-    write_trial(directory, trial_id, values)
-    run_training(
-        spec.trial_spec(values, trial_name=f"{spec.name}-{trial_id}"),
-        run_dir=directory.uri,
-        tags={PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id},
-        callbacks=(TuneReportCallback(), ReportPlacementGroup(ledger, tune_trial_id)),
-        console=Console(stderr=True, quiet=True),  # trials run unseen; the sweep shows a table
-        show_progress=False,
-    )
+    with applied(env):
+        spec = SweepSpec.model_validate(sweep)
+        tune_trial_id = ray.tune.get_context().get_trial_id()
+        trial_id, values = trial_identity(tune_trial_id, config)
+        directory = trial_dir(storage.resolve(sweep_dir), trial_id)
+        write_trial(directory, trial_id, values)
+        train_trial(
+            spec.trial_spec(values, trial_name=f"{spec.name}-{trial_id}"),
+            directory.uri,
+            {PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id},
+            (TuneReportCallback(), ReportPlacementGroup(ledger, tune_trial_id)),
+        )

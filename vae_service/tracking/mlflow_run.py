@@ -3,6 +3,11 @@
 Embedded default: `sqlite:///<cwd>/mlflow.db` with artifacts under `<cwd>/mlartifacts`
 (absolute, because Ray workers run in another working directory). With MLFLOW_TRACKING_URI
 pointing at a server, the server decides where artifacts go (e.g. S3 with --serve-artifacts).
+
+Every call names its store: client() is an MlflowClient for tracking_uri(), and MLflow's global
+(fluent) state is touched only inside fluent_tracking. mlflow itself is imported inside the
+functions: the `vae` CLI imports this module at start-up (apply_process_defaults), and most of its
+commands never need MLflow.
 """
 
 from __future__ import annotations
@@ -11,17 +16,26 @@ import hashlib
 import json
 import os
 import subprocess
+from collections.abc import MutableMapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
-from mlflow.entities import Param, RunStatus, RunTag
-from mlflow.tracking import MlflowClient
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
-from vae_service.core.spec import TrainSpec
 from vae_service.core.spec_loading import dump_spec
 
 LOCAL_DB = "mlflow.db"
 LOCAL_ARTIFACTS = "mlartifacts"
+MLFLOW_PROCESS_DEFAULTS = {
+    # Bounded retries against a tracking server (MLflow's default backs off for minutes).
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    # No progress bars on stderr while a model is downloaded (`vae sample` & co. print one line).
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
 
 
 def tracking_uri() -> str:
@@ -36,17 +50,44 @@ def is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
 
 
-def bound_retries() -> None:
-    """Bounded retries against a tracking server (MLflow's default backs off for minutes)."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+def apply_process_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
+    """MLFLOW_PROCESS_DEFAULTS, where the environment sets nothing else. MLflow reads these from
+    the environment only, so they are process settings: called once by a process entry point (the
+    `vae` CLI's main, the queue job entrypoint) before any MLflow call; never by library code."""
+    for name, value in MLFLOW_PROCESS_DEFAULTS.items():
+        environ.setdefault(name, value)
 
 
 def client() -> MlflowClient:
-    bound_retries()
+    from mlflow.tracking import MlflowClient
+
     uri = tracking_uri()
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextmanager
+def fluent_tracking(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (mlflow.start_run, mlflow.pyfunc.log_model, …) pointed at `uri` for
+    the block; the previous process-wide tracking URI, and $MLFLOW_TRACKING_URI, come back after.
+
+    Only for the calls that take no tracking URI (everything else goes through client()), and not
+    thread-safe: the URI is process-wide while the block runs. The only place in vae_service that
+    touches MLflow internals: `_use_tracking_uri` is private (tests/test_registry.py fails if
+    MLflow moves it).
+    """
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        # set_tracking_uri mirrors the URI into $MLFLOW_TRACKING_URI, and restoring "never set"
+        # deletes the variable: put it back as it was.
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, str]:
@@ -61,7 +102,7 @@ def flatten(data: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def spec_hash(spec: TrainSpec) -> str:
+def spec_hash(spec) -> str:
     canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -94,9 +135,10 @@ def local_artifact_root(uri: str) -> Optional[str]:
     return None
 
 
-def start_run(spec: TrainSpec, run_name: str, ray_job_id: Optional[str] = None, extra_tags: Optional[dict] = None) -> str:
-    """Creates the run with params, tags (plus `extra_tags`, e.g. a sweep's parent run) and the
-    spec; returns its id."""
+def start_run(spec, run_name: str, experiment: Optional[str] = None, extra_tags: Optional[dict] = None) -> str:
+    """Creates the run in `experiment` (default: the spec's own) with the spec as params and
+    spec.yaml, and tags (plus `extra_tags`, e.g. a sweep's parent run or the queue's job id);
+    returns its id."""
     mlflow = client()
     tags = {
         "mlflow.runName": run_name,
@@ -104,14 +146,12 @@ def start_run(spec: TrainSpec, run_name: str, ray_job_id: Optional[str] = None, 
         "mlflow.source.git.commit": git_revision(),
         "vae.kind": spec.kind,
     }
-    if ray_job_id:
-        tags["vae.ray_job_id"] = ray_job_id
-    if os.environ.get("VAE_JOB_ID"):
-        tags["vae.job_id"] = os.environ["VAE_JOB_ID"]
     tags.update(extra_tags or {})
-    run = mlflow.create_run(experiment_id(mlflow, spec.tracking.experiment), run_name=run_name, tags=tags)
+    run = mlflow.create_run(experiment_id(mlflow, experiment or spec.tracking.experiment), run_name=run_name, tags=tags)
     run_id = run.info.run_id
     try:
+        from mlflow.entities import Param
+
         params = [Param(k, v) for k, v in flatten(spec.model_dump(mode="json")).items()]
         for start in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
             mlflow.log_batch(run_id, params=params[start : start + 100])
@@ -128,6 +168,8 @@ def start_run(spec: TrainSpec, run_name: str, ray_job_id: Optional[str] = None, 
 
 def finish_run(run_id: str, succeeded: bool, error: Optional[str] = None, killed: bool = False) -> None:
     """FINISHED, FAILED with the reason in the tag vae.error, or KILLED (stopped by the user)."""
+    from mlflow.entities import RunStatus, RunTag
+
     mlflow = client()
     if error:
         mlflow.log_batch(run_id, tags=[RunTag("vae.error", error[:5000])])

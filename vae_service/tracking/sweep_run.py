@@ -11,10 +11,10 @@ from typing import Optional, Sequence
 from mlflow.entities import RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from vae_service.tracking.figures import save_png
 from vae_service.tracking.mlflow_run import client
-from vae_service.tracking.model_store import MODEL_ARTIFACT, register
-from vae_service.tracking.sweep_figures import active_units_map, pareto_plot
+from vae_service.tracking.registry import MODEL_ARTIFACT, all_pages, register
+from vae_service.viz.figures import save_png
+from vae_service.viz.sweep_figures import active_units_map, pareto_plot
 
 PARENT_TAG = MLFLOW_PARENT_RUN_ID  # "mlflow.parentRunId": what the MLflow UI nests runs by
 TRIAL_TAG = "vae.trial_id"
@@ -24,19 +24,11 @@ def child_runs(parent_run_id: str) -> dict[str, object]:
     """Trial id → the trial's MLflow run (all of them, paged)."""
     mlflow = client()
     parent = mlflow.get_run(parent_run_id)
-    runs, token = {}, None
-    while True:
-        page = mlflow.search_runs(
-            [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-            max_results=500, page_token=token,
-        )
-        for run in page:
-            trial_id = run.data.tags.get(TRIAL_TAG)
-            if trial_id:
-                runs[trial_id] = run
-        token = page.token
-        if not token:
-            return runs
+    runs = all_pages(
+        mlflow.search_runs, [parent.info.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=500,
+    )
+    return {run.data.tags[TRIAL_TAG]: run for run in runs if run.data.tags.get(TRIAL_TAG)}
 
 
 def close_stopped(run_id: str, reason: str) -> None:

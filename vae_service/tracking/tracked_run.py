@@ -1,17 +1,17 @@
-"""One training run's MLflow life, from the driver: begin → (rank 0 logs epochs) → complete | fail.
+"""A job's MLflow run, from the driver: begin → (rank 0 logs epochs) → publish → finish.
 
-The driver creates the run before any worker starts, so a job that dies early is still visible
-(and marked FAILED); rank 0 logs per-epoch metrics while training; the driver logs the figures
-and the model and registers it only after training succeeded.
+The job layer (vae_service.jobs.lifecycle) decides when: it begins the run before any worker
+starts, so a job that dies early is still visible, and finishes it FINISHED, FAILED or KILLED.
+Rank 0 logs per-epoch metrics while training; the driver publishes the figures and the model,
+and registers it, only after training succeeded.
 """
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import requests
 from mlflow.entities import RunStatus
@@ -21,10 +21,8 @@ from vae_service.core.data import load_mnist
 from vae_service.core.model import VAE
 from vae_service.core.spec import TrainSpec
 from vae_service.tracking.mlflow_run import client, finish_run, start_run, tracking_uri
-from vae_service.tracking.model_store import log_model, register
-from vae_service.tracking.run_figures import render_run_figures
-
-RUN_ID_FILE = "mlflow_run_id"
+from vae_service.tracking.registry import log_model, register
+from vae_service.viz.run_figures import render_run_figures
 
 
 class TrackingUnavailable(Exception):
@@ -49,19 +47,22 @@ class TrackedRun:
     run_id: str
 
     @classmethod
-    def begin(cls, spec: TrainSpec, run_name: str, previous_run_id: Optional[str] = None, tags: Optional[dict] = None) -> "TrackedRun":
-        """A new MLflow run (with extra `tags`), or the previous one reopened when a run
-        directory is resumed."""
+    def begin(cls, spec, run_name: str, previous_run_id: Optional[str] = None, tags: Optional[dict] = None,
+              experiment: Optional[str] = None) -> "TrackedRun":
+        """A new MLflow run in `experiment` (default: the spec's) with the spec as params, plus
+        `tags`; or the previous one reopened when a run directory is resumed."""
         try:
             if previous_run_id:
                 client().update_run(previous_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
                 return cls(previous_run_id)
-            return cls(start_run(spec, run_name, extra_tags=tags))
+            return cls(start_run(spec, run_name, experiment, extra_tags=tags))
         except (MlflowException, OSError, requests.RequestException) as exc:
             reason = (str(getattr(exc, "message", exc)).splitlines() or [exc.__class__.__name__])[0]
             raise TrackingUnavailable(f"MLflow at {tracking_uri()} is unavailable: {reason[:300]}") from None
 
-    def complete(self, spec: TrainSpec, vae: VAE, model_dir: Path, kl_per_dim: Optional[list[float]]) -> Published:
+    def publish(self, spec: TrainSpec, vae: VAE, model_dir: Path, kl_per_dim: Optional[list[float]]) -> Published:
+        """The article's figures and the pickle-free model on the run; registered when the spec
+        asks for it."""
         with tempfile.TemporaryDirectory() as tmp:
             test = load_mnist(spec.data.root, download=spec.data.download, val_fraction=spec.data.val_fraction, limit=spec.data.limit).test
             for path in render_run_figures(vae, test, Path(tmp), kl_per_dim=kl_per_dim):
@@ -70,21 +71,8 @@ class TrackedRun:
         if spec.tracking.register_as:
             published.registered_name = spec.tracking.register_as
             published.registered_version = register(published.model_uri, spec.tracking.register_as, spec.tracking.alias)
-        finish_run(self.run_id, succeeded=True)
         return published
 
-    def fail(self, error: str, killed: bool = False) -> None:
-        finish_run(self.run_id, succeeded=False, error=error, killed=killed)
-
-    @contextlib.contextmanager
-    def failing_on_error(self, interrupted: type[BaseException]) -> Iterator[None]:
-        """Marks the run FAILED, with the reason, when the block raises; KILLED when it raises
-        `interrupted` (the user stopped it: `--resume` reopens the run)."""
-        try:
-            yield
-        except interrupted:
-            self.fail("interrupted by the user", killed=True)
-            raise
-        except BaseException as exc:
-            self.fail(str(exc) or exc.__class__.__name__)
-            raise
+    def finish(self, status: str, error: Optional[str] = None) -> None:
+        """status: finished | failed (with the reason) | killed (the user stopped it)."""
+        finish_run(self.run_id, succeeded=status == "finished", error=error, killed=status == "killed")

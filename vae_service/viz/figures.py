@@ -12,10 +12,11 @@ Latent dimensions are named 1-based everywhere: index j of z is labelled "z{j+1}
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from pathlib import Path
-from typing import Callable, Optional, Sequence, TypeVar, Union
+from typing import Callable, Iterator, Optional, Sequence, TypeVar, Union
 
 import matplotlib
 
@@ -32,7 +33,7 @@ from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from vae_service.core.data import to_unit_float  # noqa: E402
-from vae_service.core.model import VAE  # noqa: E402
+from vae_service.core.model import VAE, unwrap  # noqa: E402
 
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float]]
 F = TypeVar("F", bound=Callable[..., Figure])
@@ -50,24 +51,27 @@ PCA_NOTE = "first two principal components of μ"
 # plumbing
 
 
-def _unwrap(model: torch.nn.Module) -> VAE:
-    """The VAE itself, also when it is wrapped (DistributedDataParallel keeps it in .module)."""
-    return getattr(model, "module", model)
+@contextlib.contextmanager
+def inference(model: torch.nn.Module) -> Iterator[VAE]:
+    """The VAE of `model` in eval mode under no_grad, its previous train/eval mode restored
+    after: drawing a figure or measuring a model must not leave it changed for its trainer."""
+    vae = unwrap(model)
+    was_training = vae.training
+    vae.eval()
+    try:
+        with torch.no_grad():
+            yield vae
+    finally:
+        vae.train(was_training)
 
 
 def _inference(fn: F) -> F:
-    """Runs `fn(model, ...)` in eval mode under no_grad, restoring the model's mode after."""
+    """Runs `fn(model, ...)` under `inference(model)`."""
 
     @functools.wraps(fn)
     def wrapper(model, *args, **kwargs):
-        vae = _unwrap(model)
-        was_training = vae.training
-        vae.eval()
-        try:
-            with torch.no_grad():
-                return fn(vae, *args, **kwargs)
-        finally:
-            vae.train(was_training)
+        with inference(model) as vae:
+            return fn(vae, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
@@ -111,7 +115,7 @@ def _picture(img: torch.Tensor | np.ndarray) -> np.ndarray:
     return arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0))
 
 
-def _tile(images: torch.Tensor, ncols: int, pad: int = 0, pad_value: float = 1.0) -> np.ndarray:
+def tile(images: torch.Tensor, ncols: int, pad: int = 0, pad_value: float = 1.0) -> np.ndarray:
     """(N, C, H, W) → one picture of a grid of ncols columns, row-major, `pad` pixels apart."""
     arr = _numpy(images).astype(np.float32)
     n, c, h, w = arr.shape
@@ -298,7 +302,7 @@ def prior_samples(model: VAE, n: int = 64, seed: int = 0) -> Figure:
     side = 0.72
     fig = Figure(figsize=(max(ncols * side, 4.0), nrows * side + 0.7), layout="constrained")
     ax = fig.add_subplot()
-    _imshow(ax, _tile(images, ncols, pad=2))
+    _imshow(ax, tile(images, ncols, pad=2))
     ax.set_axis_off()
     fig.suptitle(f"{n} samples from the prior: decoder mean E[x|z] for z ~ N(0, I)")
     return fig
@@ -327,7 +331,7 @@ def latent_manifold(model: VAE, n: int = 20) -> Figure:
 
     fig = Figure(figsize=(7.6, 7.6), layout="constrained")
     ax = fig.add_subplot()
-    _imshow(ax, _tile(images, n, pad=0))
+    _imshow(ax, tile(images, n, pad=0))
     picked = _some(n, 7)
     labels = [f"{_signed(values[i].item())}\n(q={quantiles[i].item():.2f})" for i in picked]
     ax.set_xticks(_cell_centres(n, w)[picked], labels)
@@ -577,7 +581,7 @@ def latent_traversals(
     _bare(ax_in)
     ax_in.set_title("input", fontsize=10)
     ax = fig.add_subplot(grid[1])
-    _imshow(ax, _tile(images, n_steps, pad=pad))
+    _imshow(ax, tile(images, n_steps, pad=pad))
     names = [_dim_name(j) if kl is None else f"{_dim_name(j)}\n{kl[j]:.2f} nats" for j in dims]
     ax.set_yticks(_cell_centres(len(dims), h, pad), names)
     ax.set_xticks(_cell_centres(n_steps, w, pad), [_signed(o) for o in offsets.tolist()])
@@ -627,6 +631,7 @@ def interpolation(model: VAE, image_a: ArrayLike, image_b: ArrayLike, steps: int
 
 __all__ = [
     "encode_means",
+    "inference",
     "interpolate_latents",
     "interpolation",
     "kl_per_dimension",
@@ -640,4 +645,5 @@ __all__ = [
     "prior_samples",
     "reconstructions",
     "save_png",
+    "tile",
 ]

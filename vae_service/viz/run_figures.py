@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 from vae_service.core.data import ImageSplit
 from vae_service.core.model import VAE
-from vae_service.tracking import figures
+from vae_service.viz import figures
 
 SCATTER_POINTS = 5000  # enough to see the structure, few enough to draw quickly
 

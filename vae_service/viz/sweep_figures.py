@@ -55,10 +55,13 @@ def active_units_map(rows: Sequence[dict]) -> Figure:
     dims = sorted({r["latent_dim"] for r in rows})
     dense = len(betas) * len(dims) * MIN_FILL <= len(rows)
     if dense and len(betas) <= MAX_CELLS and len(dims) <= MAX_CELLS:
-        grid = np.full((len(dims), len(betas)), np.nan)
+        sums, counts = np.zeros((len(dims), len(betas))), np.zeros((len(dims), len(betas)))
         for r in rows:  # a repeated cell keeps the mean of its trials
             i, j = dims.index(r["latent_dim"]), betas.index(r["beta"])
-            grid[i, j] = r["active_units"] if np.isnan(grid[i, j]) else (grid[i, j] + r["active_units"]) / 2
+            sums[i, j] += r["active_units"]
+            counts[i, j] += 1
+        grid = np.full(sums.shape, np.nan)
+        np.divide(sums, counts, out=grid, where=counts > 0)
         image = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(betas)), [f"{b:.3g}" for b in betas], rotation=45)
         ax.set_yticks(range(len(dims)), [str(d) for d in dims])

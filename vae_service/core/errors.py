@@ -1,0 +1,45 @@
+"""How a job ends badly, said once for every layer, and one way to put an error in one line.
+
+Each layer raises one of these three; `vae_service.jobs` turns them into the job's Outcome (and
+the CLI into its exit code), so no caller has to know which layer failed:
+
+  BadInput     the spec, a flag or the data is wrong: fix the input (exit code 2)
+  JobFailed    the job ran and failed, e.g. a non-finite loss or a store that is down (exit 1)
+  Interrupted  the user stopped it (Ctrl-C); checkpoints are kept for --resume (exit 130)
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class JobError(Exception):
+    kind = "job_failed"
+    exit_code = 1
+
+
+class BadInput(JobError):
+    kind = "bad_input"
+    exit_code = 2
+
+
+class JobFailed(JobError):
+    kind = "job_failed"
+    exit_code = 1
+
+
+class Interrupted(JobError):
+    """`resume_dir`: the directory to hand to --resume."""
+
+    kind = "interrupted"
+    exit_code = 130
+
+    def __init__(self, resume_dir: str):
+        super().__init__(f"stopped by the user; checkpoints are kept in {resume_dir}")
+        self.resume_dir = resume_dir
+
+
+def one_line(error: BaseException | str, limit: Optional[int] = None) -> str:
+    """An error's text on one line (whitespace collapsed), or its class name when it has none."""
+    text = " ".join(str(error).split()) or (error.__class__.__name__ if isinstance(error, BaseException) else "")
+    return text[:limit] if limit else text

@@ -1,0 +1,99 @@
+"""`execute(spec) -> Outcome`: the one way any job runs — `vae run`, `vae compare`, a queued job.
+
+  1. the run directory: new under the spec's storage, or the one given to continue (--resume)
+  2. the inputs checked before Ray starts (the data can be found)
+  3. the job kind runs under one Ctrl-C handler (core.interrupt): train, sweep or compare
+  4. however it ends, the Outcome is returned and written beside the run as outcome.json
+
+Job errors never escape as exceptions: they become the Outcome's error (bad input, job failed,
+interrupted) with the exit code the CLI uses.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from vae_service import storage
+from vae_service.core.data import DataError, locate_mnist
+from vae_service.core.errors import BadInput, JobError, one_line
+from vae_service.core.interrupt import Interrupt
+from vae_service.core.spec import TrainSpec
+from vae_service.core.sweep_spec import SweepSpec
+from vae_service.jobs.compare import CompareJob, compare_job
+from vae_service.jobs.lifecycle import RUN_ID_FILE, existing_run_dir, new_run_dir, run_name
+from vae_service.jobs.outcome import Outcome, write_outcome
+from vae_service.jobs.reporter import Reporter
+from vae_service.jobs.sweep import sweep_job
+from vae_service.jobs.train import train_job
+
+Job = Union[TrainSpec, SweepSpec, CompareJob]
+KINDS = {"train": train_job, "sweep": sweep_job, "compare": compare_job}
+
+
+def execute(job: Job, *, resume: Optional[str] = None, reporter: Optional[Reporter] = None,
+            job_id: Optional[str] = None) -> Outcome:
+    """Runs `job`, or continues the run directory `resume`. `job_id` (a queued job's) names the
+    run directory `<name>-<job id>` and tags the MLflow run with it."""
+    reporter = reporter or Reporter()
+    run_dir = None
+    try:
+        if resume:
+            run_dir = existing_run_dir(resume, "sweep" if job.kind == "sweep" else "run")
+        else:
+            run_dir = new_run_dir(storage_uri(job), run_name(job.name, job_id))
+        check_data(job)
+        tags = {"vae.job_id": job_id} if job_id else None
+        with Interrupt().catching_sigint() as interrupt:
+            outcome = KINDS[job.kind](_absolute_paths(job), run_dir, resume=bool(resume), reporter=reporter,
+                                      interrupt=interrupt, tags=tags)
+    except JobError as exc:
+        outcome = Outcome.failed(job.kind, exc, run_dir=run_dir.uri if run_dir else None, mlflow_run_id=_recorded_run_id(run_dir))
+    if run_dir is not None:
+        try:
+            write_outcome(run_dir, outcome)
+        except (storage.StorageError, OSError) as exc:
+            reporter.console.print(f"[yellow]could not write the outcome beside the run: {one_line(exc)}")
+    return outcome
+
+
+def queued_run_dir(job: Job, job_id: str) -> storage.Location:
+    """Where `execute(job, job_id=…)` puts its run (and outcome.json): the queue reads it there."""
+    return storage.resolve(storage_uri(job)).join(run_name(job.name, job_id))
+
+
+def storage_uri(job: Job) -> str:
+    """Where the job's run directory goes (a sweep's and a comparison's: their base spec's)."""
+    return train_specs(job)[-1].storage.uri
+
+
+def train_specs(job: Job) -> list[TrainSpec]:
+    if isinstance(job, SweepSpec):
+        return [job.train]
+    if isinstance(job, CompareJob):
+        return list(job.specs.values())
+    return [job]
+
+
+def check_data(job: Job) -> None:
+    """Fails fast, before Ray starts, when the data cannot be found (or fetched)."""
+    try:
+        for spec in train_specs(job):
+            locate_mnist(spec.data.root, spec.data.download)
+    except DataError as exc:
+        raise BadInput(f"data: {exc}") from None
+
+
+def _absolute_paths(job: Job) -> Job:
+    if isinstance(job, SweepSpec):
+        return job.model_copy(update={"train": job.train.with_absolute_data_root()})
+    if isinstance(job, CompareJob):
+        return CompareJob({kind: spec.with_absolute_data_root() for kind, spec in job.specs.items()})
+    return job.with_absolute_data_root()
+
+
+def _recorded_run_id(run_dir: Optional[storage.Location]) -> Optional[str]:
+    try:
+        id_file = run_dir.join(RUN_ID_FILE) if run_dir else None
+        return storage.read_text(id_file).strip() if id_file and storage.exists(id_file) else None
+    except (storage.StorageError, OSError):
+        return None

@@ -1,0 +1,347 @@
+"""The model registry: where a trained VAE is published, and found again by URI.
+
+Training logs each model pickle-free (the source of pyfunc_model.py, model.safetensors and a JSON
+config) and may register it as a new version of a named model, with an alias; `vae models …`
+lists, shows and promotes; `vae sample|interpolate|encode` open a model by URI. Accepted URIs:
+
+    models:/NAME@ALIAS    models:/NAME/VERSION    runs:/RUN_ID/model    models:/m-<logged model id>
+    or a local directory holding model.safetensors + config.json
+
+Registry stages are deprecated in MLflow 3: only aliases are used. Every user mistake — no
+tracking store, an unknown model, alias or version — raises `ModelNotFound` with a message that
+says what exists.
+
+Every MLflow call names the store explicitly (mlflow_run.client(), or the URI as an argument);
+the one fluent call, logging the pyfunc model, runs inside mlflow_run.fluent_tracking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Optional
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+from vae_service.core.checkpoint import CONFIG_FILE, MODEL_FILE, load_model
+from vae_service.core.model import VAE
+from vae_service.tracking.mlflow_run import client, fluent_tracking, tracking_uri
+
+PYFUNC_SOURCE = Path(__file__).with_name("pyfunc_model.py")
+MODEL_ARTIFACT = "model"
+KEY_METRICS = ("val_neg_elbo", "test_neg_elbo", "active_units")
+PAGE = 100
+
+
+class ModelNotFound(Exception):
+    """The URI names no model; the message lists what exists."""
+
+
+def all_pages(search, *args, **kwargs) -> list:
+    """Every result of an MLflow `search_…(…, page_token=…)` call, following its page tokens."""
+    results, token = [], None
+    while True:
+        page = search(*args, page_token=token, **kwargs)
+        results.extend(page)
+        token = page.token
+        if not token:
+            return results
+
+
+# ---------------------------------------------------------------------------------------------
+# publishing: log, register, promote
+
+
+def log_model(run_id: str, model_dir: Path, vae: VAE) -> str:
+    """Logs the pyfunc model (source file + safetensors + JSON) to the run; returns its URI
+    (models:/m-<id>), also kept in the run's tag vae.model_uri."""
+    import pandas as pd
+
+    pixels = int(np.prod(vae.config.image_shape))
+    example = np.zeros((2, pixels), dtype=np.float32)
+    output = {f"mu_{j}": [0.0, 0.0] for j in range(1, vae.config.latent_dim + 1)}
+    output.update({f"logvar_{j}": [0.0, 0.0] for j in range(1, vae.config.latent_dim + 1)})
+    signature = infer_signature(example, pd.DataFrame(output))
+    # pyfunc.log_model takes no tracking URI: it logs to the fluent API's active run.
+    with fluent_tracking(tracking_uri()), mlflow.start_run(run_id=run_id, log_system_metrics=False):
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=str(PYFUNC_SOURCE),
+            artifacts={"vae": str(model_dir)},
+            signature=signature,
+            # Explicit requirements: inferring them would load the model in a subprocess.
+            pip_requirements=["torch", "safetensors", "numpy", "pandas", "mlflow"],
+        )
+    client().set_tag(run_id, "vae.model_uri", info.model_uri)
+    return info.model_uri
+
+
+def register(model_uri: str, name: str, alias: str) -> int:
+    """Registers a logged model (models:/m-<id> or runs:/RUN_ID/model) as a new version of `name`
+    (created if missing) and points `alias` at it; returns the version number.
+
+    What mlflow.register_model does, through our client: the version's source is the logged
+    model's artifact location (with a local store, MLflow would resolve a models:/ source through
+    the process-wide tracking URI), linked to the logged model and to the run that logged it.
+    """
+    mlflow_client = client()
+    try:
+        mlflow_client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    logged = _logged_model(model_uri)
+    version = mlflow_client.create_model_version(
+        name, source=logged.artifact_location, run_id=logged.source_run_id, model_id=logged.model_id
+    )
+    # The logged model lists its registered versions (the MLflow UI shows them on its page).
+    listed = json.loads(logged.tags.get(MLFLOW_MODEL_VERSIONS, "[]")) + [{"name": name, "version": version.version}]
+    mlflow_client.set_logged_model_tags(logged.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(listed)})
+    mlflow_client.set_registered_model_alias(name, alias, version.version)
+    return int(version.version)
+
+
+def _logged_model(model_uri: str):
+    """The logged model behind models:/m-<id>, or behind runs:/RUN_ID/NAME (the newest model of
+    that name the run logged)."""
+    mlflow_client = client()
+    if not model_uri.startswith("runs:/"):
+        return mlflow_client.get_logged_model(model_uri.removeprefix("models:/"))
+    run_id, _, name = model_uri.removeprefix("runs:/").partition("/")
+    experiment = mlflow_client.get_run(run_id).info.experiment_id
+    logged = [model for model in all_pages(mlflow_client.search_logged_models, [experiment], filter_string=f"name = '{name}'")
+              if model.source_run_id == run_id]
+    if not logged:
+        raise ModelNotFound(f"{model_uri}: run {run_id} logged no model '{name}'")
+    return max(logged, key=lambda model: model.creation_timestamp)
+
+
+def promote(name: str, version: int, alias: str) -> Optional[int]:
+    """Points `alias` of `name` at `version` (e.g. candidate → champion); returns the version it
+    pointed at before (if any)."""
+    require_store()
+    previous = _registered_model(name).aliases.get(alias)
+    _require_version(name, version)
+    try:
+        client().set_registered_model_alias(name, alias, str(version))
+    except MlflowException as exc:  # e.g. a reserved or malformed alias name
+        raise ModelNotFound(f"cannot set alias @{alias}: {exc.message.splitlines()[0]}") from None
+    return int(previous) if previous is not None else None
+
+
+# ---------------------------------------------------------------------------------------------
+# what exists: the store, models, versions, aliases
+
+
+def require_store() -> None:
+    """A local SQLite store that does not exist is a mistake (wrong directory), not an empty
+    registry; MLflow would silently create an empty one, so check first."""
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///") :])
+    if path.is_file():
+        return
+    hint = ("set MLFLOW_TRACKING_URI, or run from the directory where `vae run` ran"
+            if not os.environ.get("MLFLOW_TRACKING_URI") else "check MLFLOW_TRACKING_URI")
+    raise ModelNotFound(f"no MLflow tracking store at {path} ({hint})")
+
+
+def _registered_model(name: str):
+    """The registered model `name`; if there is none, ModelNotFound listing the models there are."""
+    mlflow_client = client()
+    try:
+        return mlflow_client.get_registered_model(name)
+    except MlflowException:
+        names = sorted(model.name for model in all_pages(mlflow_client.search_registered_models, max_results=PAGE))
+        raise ModelNotFound(f"no registered model '{name}'; models: {', '.join(names) or 'none yet'}") from None
+
+
+def _missing(name: str, what: str) -> ModelNotFound:
+    """`name` has no `what` (a version, an alias): the error lists the versions and aliases it has."""
+    aliases = ", ".join(f"@{a}→{v}" for a, v in sorted(_registered_model(name).aliases.items())) or "none"
+    versions = ", ".join(map(str, sorted(int(v.version) for v in _versions(name)))) or "none"
+    return ModelNotFound(f"'{name}' has no {what}; versions: {versions}; aliases: {aliases}")
+
+
+def _require_version(name: str, version: int) -> None:
+    try:
+        client().get_model_version(name, str(version))
+    except MlflowException:
+        raise _missing(name, f"version {version}") from None
+
+
+def _versions(name: str) -> list:
+    quote = '"' if "'" in name else "'"
+    return all_pages(client().search_model_versions, f"name = {quote}{name}{quote}", max_results=PAGE)
+
+
+def timestamp(ms: Optional[int]) -> Optional[datetime]:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc) if ms else None
+
+
+@dataclass
+class ModelSummary:
+    name: str
+    latest_version: Optional[int]
+    aliases: dict[str, int]
+    last_updated: Optional[datetime]
+    version_count: int
+
+
+@dataclass
+class VersionView:
+    version: int
+    aliases: list[str]
+    created: Optional[datetime]
+    status: str
+    run_id: Optional[str]
+    run_status: Optional[str] = None  # FINISHED, FAILED, … or "missing"
+    metrics: dict[str, Optional[float]] = field(default_factory=dict)
+
+
+@dataclass
+class ModelView:
+    name: str
+    description: str
+    aliases: dict[str, int]
+    last_updated: Optional[datetime]
+    versions: list[VersionView]  # newest first
+
+
+def list_models() -> list[ModelSummary]:
+    """Every registered model, by name."""
+    require_store()
+    summaries = []
+    for model in sorted(all_pages(client().search_registered_models, max_results=PAGE), key=lambda m: m.name):
+        numbers = [int(v.version) for v in _versions(model.name)]
+        summaries.append(ModelSummary(
+            name=model.name,
+            latest_version=max(numbers) if numbers else None,
+            aliases={alias: int(version) for alias, version in model.aliases.items()},
+            last_updated=timestamp(model.last_updated_timestamp),
+            version_count=len(numbers),
+        ))
+    return summaries
+
+
+def show_model(name: str) -> ModelView:
+    """One model's versions (newest first), their aliases, and their source runs' key metrics."""
+    require_store()
+    model = _registered_model(name)
+    aliases = {alias: int(version) for alias, version in model.aliases.items()}
+    mlflow_client = client()
+    runs: dict[str, object] = {}
+    views = []
+    for version in sorted(_versions(name), key=lambda v: int(v.version), reverse=True):
+        number = int(version.version)
+        view = VersionView(
+            version=number,
+            aliases=sorted(a for a, v in aliases.items() if v == number),
+            created=timestamp(version.creation_timestamp),
+            status=str(version.status),
+            run_id=version.run_id or None,
+        )
+        if view.run_id:
+            if view.run_id not in runs:
+                try:
+                    runs[view.run_id] = mlflow_client.get_run(view.run_id)
+                except MlflowException:
+                    runs[view.run_id] = None
+            run = runs[view.run_id]
+            if run is None:
+                view.run_status = "missing"
+            else:
+                view.run_status = run.info.status if run.info.lifecycle_stage != "deleted" else "deleted"
+                view.metrics = {key: run.data.metrics.get(key) for key in KEY_METRICS}
+        views.append(view)
+    return ModelView(
+        name=model.name,
+        description=model.description or "",
+        aliases=aliases,
+        last_updated=timestamp(model.last_updated_timestamp),
+        versions=views,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# opening a model by URI
+
+
+def model_directory(model_uri: str, into: Optional[Path] = None) -> Path:
+    """A local directory with model.safetensors + config.json for any supported URI; registry
+    and run URIs are downloaded `into` a directory (default: a new temporary one)."""
+    local = Path(model_uri).expanduser()
+    if local.is_dir():
+        if not (local / MODEL_FILE).is_file() or not (local / CONFIG_FILE).is_file():
+            raise ModelNotFound(f"{model_uri}: expected {MODEL_FILE} and {CONFIG_FILE} in the directory")
+        return local
+    if not model_uri.startswith(("models:/", "runs:/")):
+        raise ModelNotFound(f"{model_uri}: not a model URI (models:/name@alias, models:/name/N, runs:/ID/model) or a directory")
+    require_store()
+    target = into or Path(tempfile.mkdtemp(prefix="vae-model-"))
+    uri = tracking_uri()
+    try:
+        root = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=_artifact_location(model_uri), dst_path=str(target), tracking_uri=uri, registry_uri=uri
+        ))
+    except MlflowException as exc:
+        raise ModelNotFound(f"{model_uri}: {exc.message.splitlines()[0]}") from None
+    found = next(root.rglob(MODEL_FILE), None)
+    if found is None:
+        raise ModelNotFound(f"{model_uri}: no {MODEL_FILE} in the model's artifacts")
+    return found.parent
+
+
+def _artifact_location(model_uri: str) -> str:
+    """Where a model URI's files are, looked up through our client (MLflow's own lookup of
+    models:/ and runs:/ URIs goes through its process-wide URIs); an unknown name, alias or
+    version raises ModelNotFound listing what exists."""
+    if model_uri.startswith(("runs:/", "models:/m-")):
+        return _logged_model(model_uri).artifact_location
+    mlflow_client = client()
+    rest = model_uri[len("models:/") :]
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        try:
+            version = mlflow_client.get_model_version_by_alias(name, alias).version
+        except MlflowException:
+            raise _missing(name, f"alias @{alias}") from None
+    elif "/" in rest:
+        name, version = rest.split("/", 1)
+        if not version.isdigit():
+            raise ModelNotFound(f"{model_uri}: the version must be a number")
+        _require_version(name, int(version))
+    else:  # a bare name
+        raise _missing(rest, f"version or alias in {model_uri} (use models:/{rest}/N or models:/{rest}@ALIAS)")
+    return mlflow_client.get_model_version_download_uri(name, version)
+
+
+def load_vae(model_uri: str) -> VAE:
+    return load_model(model_directory(model_uri))
+
+
+@contextlib.contextmanager
+def open_model(model_uri: str) -> Iterator[VAE]:
+    """The VAE behind any model URI, loaded on the CPU in eval mode.
+
+    Registry and run URIs are downloaded into a temporary directory removed on exit; a local
+    directory is read in place.
+    """
+    with tempfile.TemporaryDirectory(prefix="vae-model-") as tmp:
+        directory = model_directory(model_uri, into=Path(tmp))
+        try:
+            vae = load_model(directory)
+        except Exception as exc:  # a damaged or foreign directory: safetensors, JSON, shapes
+            lines = str(exc).strip().splitlines()
+            raise ModelNotFound(f"{model_uri}: cannot load the model: {lines[0] if lines else type(exc).__name__}") from None
+        yield vae
