@@ -3,7 +3,7 @@ values, same base spec, same seed, in one run.
 
     python bench/sweep_efficiency.py [--epochs 4] [--samples 8] [--limit 12000]
 
-Both sweeps run through `run_sweep` (Ray Tune over Ray Train trials) on one local Ray. The
+Both sweeps run through `vae_service.jobs.execute` (Ray Tune over Ray Train trials) on one local Ray. The
 budget is counted in trial-epochs (epochs actually trained, summed over trials: what ASHA
 saves), alongside wall time. Prints a table and writes bench/results/sweep_efficiency.json.
 Target: Optuna + ASHA uses <= 40 % of the grid's trial-epochs and finds a best validation
@@ -51,10 +51,13 @@ def sweep_spec(kind: str, epochs: int, samples: int, limit: int, storage: str):
 
 
 def measure(kind: str, epochs: int, samples: int, limit: int, storage: str) -> dict:
-    from vae_service.sweeps.runner import run_sweep
+    from vae_service.jobs import Reporter, execute
 
     started = time.perf_counter()
-    result = run_sweep(sweep_spec(kind, epochs, samples, limit, storage), show_progress=False)
+    outcome = execute(sweep_spec(kind, epochs, samples, limit, storage), reporter=Reporter.quiet())
+    if outcome.error:
+        sys.exit(str(outcome.error))
+    result = outcome.result
     wall = time.perf_counter() - started
     finished = [t for t in result.trials if t.state == "finished"]
     best = min(finished, key=lambda t: t.metrics["val_neg_elbo"])

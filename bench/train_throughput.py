@@ -40,39 +40,42 @@ def _spec(epochs: int, workers: int, cpus: float, gpu: bool, storage: str):
 def run_plain(epochs: int, gpu: bool, process_start: float) -> dict:
     import torch
 
-    from vae_service.core.loop import train_epoch
+    from vae_service.core import from_spec
+    from vae_service.core import metrics as M
     from vae_service.core.data import epoch_shard
+    from vae_service.core.loop import train_epoch
     from vae_service.core.model import VAE
-    from vae_service.core.objective import objective_from_spec
-    from vae_service.training.worker import load_data, model_config_for
 
     spec = _spec(epochs, 1, os.cpu_count() or 1, gpu, "/tmp/unused")
     torch.set_num_threads(spec.resources.torch_threads)
     device = torch.device("cuda" if gpu else "cpu")
-    data = load_data(spec, device)
+    data = from_spec.training_data(spec, device)
     torch.manual_seed(0)
-    model = VAE(model_config_for(spec, data.image_shape)).to(device)
+    model = VAE(from_spec.model_config(spec, data.image_shape)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.optim.lr)
     first_step: list[float] = []
     rates = []
     for epoch in range(epochs):
         shard = epoch_shard(len(data.train), epoch, 0, 1, 0).to(device)
         on_step = (lambda *_: first_step.append(time.time()) if not first_step else None)
-        stats = train_epoch(model, optimizer, data.train.images, shard, 128, objective_from_spec(spec.objective), epoch, on_step=on_step)
-        rates.append(stats.as_metrics()["images_per_s"])
+        stats = train_epoch(model, optimizer, data.train.images, shard, 128, from_spec.objective(spec), epoch, on_step=on_step)
+        rates.append(stats.as_metrics()[M.IMAGES_PER_S])
     return {"rates": rates, "startup_s": first_step[0] - process_start}
 
 
 def run_ray(epochs: int, workers: int, gpu: bool, process_start: float) -> dict:
     import tempfile
 
-    from vae_service.training.runner import run_training
+    from vae_service.jobs import Reporter, execute
 
     cpus = max(1, (os.cpu_count() or 1) // workers)
     with tempfile.TemporaryDirectory() as storage:
         # Benchmark runs are not experiments: keep their MLflow records out of ./mlflow.db.
         os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{storage}/mlflow.db")
-        result = run_training(_spec(epochs, workers, cpus, gpu, storage), show_progress=False)
+        outcome = execute(_spec(epochs, workers, cpus, gpu, storage), reporter=Reporter.quiet())
+        if outcome.error:
+            sys.exit(str(outcome.error))
+        result = outcome.result
     return {"rates": [row["images_per_s"] for row in result.history], "startup_s": result.first_step_at - process_start}
 
 

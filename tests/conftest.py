@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vae_service.tracking.mlflow_run import apply_process_defaults
+from vae_service.environment import apply_process_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("VAE_DATA_DIR", str(REPO.parent / "shared" / "data"))

@@ -2,12 +2,14 @@
 `vae server` processes, real trainings, SQLite and PostgreSQL stores.
 
 One Ray head (2 CPUs) serves the whole module. Jobs that must run one at a time ask for both
-CPUs (`cpus_per_worker: 2`); jobs that only need to reach Ray fail fast on a missing data root.
+CPUs (`cpus_per_worker: 2`); jobs that only need to reach Ray fail fast on an unwritable storage.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -27,8 +29,8 @@ from vae_service.queue.store import NewJob, Store
 
 pytestmark = pytest.mark.slow
 TOKEN = "queue-e2e-token"
-UNWRITABLE = "/proc/vae-queue-tests/runs"  # `vae run` fails in seconds, before Ray Train starts
-FAST_FAIL = ["--set", f"storage.uri={UNWRITABLE}"]
+UNWRITABLE = "/proc/vae-queue-tests/runs"  # the job fails in seconds, before Ray Train starts
+DIVERGES = ["--set", "optim.lr=1e30", "--set", "model.likelihood=gaussian"]  # fails at its first step
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,7 @@ def test_submit_wait_succeeds_with_mlflow_run_and_live_logs(head, tmp_path):
         ok = subprocess.Popen([VAE, "submit", "tiny.yaml", "--priority", "3", "--wait"], cwd=tmp_path, env=submit_env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         job_id = ok.stdout.readline().strip()
-        bad = cli(env, server, "submit", "tiny.yaml", *FAST_FAIL, "--wait", cwd=tmp_path, timeout=120)
+        bad = cli(env, server, "submit", "tiny.yaml", *DIVERGES, "--wait", cwd=tmp_path, timeout=180)
 
         # Follow the logs while the job runs: chunks arrive before it ends.
         follower = subprocess.Popen([VAE, "logs", job_id, "-f"], env=submit_env, stdout=subprocess.PIPE, text=True)
@@ -102,12 +104,16 @@ def test_submit_wait_succeeds_with_mlflow_run_and_live_logs(head, tmp_path):
         assert run.info.status == "FINISHED" and run.data.tags["vae.job_id"] == job_id
         assert list((tmp_path / "runs").glob("e2e-ok-*/model/model.safetensors")), "relative storage.uri: server's cwd"
 
-        # The failing one: exit 1, state failed, vae run's own error line copied back.
+        # The failing one: state failed, its error's kind and message read from its outcome.json.
         assert bad.returncode == 1, bad.stderr
         bad_id = bad.stdout.strip()
         bad_job = job_state(api(server, TOKEN), bad_id)
-        assert bad_job["state"] == "failed" and bad_job["error"].startswith("exit code 1: error:")
-        assert "Cannot create directory" in bad_job["error"]
+        assert bad_job["state"] == "failed", bad_job
+        assert re.match(r"^error: non-finite loss at epoch 0 step \d+$", bad_job["error"]), bad_job["error"]
+        outcome = json.loads((tmp_path / "runs" / f"e2e-ok-{bad_id}" / "outcome.json").read_text())
+        assert (outcome["state"], outcome["exit_code"], outcome["error"]["kind"]) == ("failed", 1, "job_failed")
+        assert bad_job["mlflow_run_id"] == outcome["mlflow_run_id"]
+        assert client().get_run(outcome["mlflow_run_id"]).info.status == "FAILED"
 
         listing = cli(env, server, "jobs", "--state", "succeeded")
         assert listing.returncode == 0 and job_id in listing.stdout and bad_id not in listing.stdout
@@ -247,5 +253,7 @@ def test_reconcile_repairs_each_kind_of_disagreement(head, tmp_path, monkeypatch
     for job in (never_sent, adopted):
         job = store.get(job.id)
         assert job.attempts == 1, job.name
-        assert job.error.startswith("exit code 1: error:") and "Cannot create directory" in job.error
+        # Its storage is unwritable, so it could write no outcome: Ray's exit code, and where.
+        assert job.error.startswith("exit code 1: the job ended without writing its outcome at "), job.error
+        assert f"{UNWRITABLE}/reconcile-{job.id}/outcome.json" in job.error
     engine.dispose()

@@ -14,7 +14,8 @@ import mlflow
 import pytest
 from mlflow.store.entities.paged_list import PagedList
 
-from vae_service.tracking.mlflow_run import MLFLOW_PROCESS_DEFAULTS, apply_process_defaults, client, fluent_tracking
+from vae_service.environment import MLFLOW_PROCESS_DEFAULTS, apply_process_defaults
+from vae_service.tracking.mlflow_run import client, fluent_tracking
 from vae_service.tracking.registry import all_pages
 
 

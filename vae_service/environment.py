@@ -1,4 +1,5 @@
-"""The settings a process hands on to the processes it starts elsewhere — Ray Train workers,
+"""Where this process's settings point (the MLflow store, MLflow's process defaults), and the
+settings it hands on to the processes it starts elsewhere — Ray Train workers,
 sweep trials, queued jobs — which run in other directories, maybe on other machines: data and
 cache locations (made absolute), the MLflow store and its credentials, the S3 endpoint, keys
 and region. Values come from this process's environment and are never logged."""
@@ -8,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, MutableMapping
 
 from vae_service import storage
 
@@ -19,13 +20,37 @@ FORWARDED = (
 ABSOLUTE_PATHS = ("VAE_DATA_DIR", "VAE_CACHE_DIR")
 
 
-def forwarded_env() -> dict[str, str]:
-    """FORWARDED variables and MLflow's process defaults (mlflow_run.MLFLOW_PROCESS_DEFAULTS, as
-    this process's entry point applied them) that are set, paths made absolute, plus
-    MLFLOW_TRACKING_URI (the default ./mlflow.db made absolute, so every process logs to the same
-    store)."""
-    from vae_service.tracking.mlflow_run import MLFLOW_PROCESS_DEFAULTS, tracking_uri
+LOCAL_DB = "mlflow.db"  # the embedded MLflow store, in the directory the job starts from
+MLFLOW_PROCESS_DEFAULTS = {
+    # Bounded retries against a tracking server (MLflow's default backs off for minutes).
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    # No progress bars on stderr while a model is downloaded (`vae sample` & co. print one line).
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
 
+
+def tracking_uri() -> str:
+    """The MLflow tracking URI for this process and its workers (absolute for the local default)."""
+    configured = os.environ.get("MLFLOW_TRACKING_URI")
+    if configured:
+        return configured
+    return f"sqlite:///{Path.cwd() / LOCAL_DB}"
+
+
+def apply_process_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
+    """MLFLOW_PROCESS_DEFAULTS, where the environment sets nothing else. MLflow reads these from
+    the environment only, so they are process settings: applied once by a process entry point (the
+    `vae` CLI's main, the queue job entrypoint) before any MLflow call; never by library code."""
+    for name, value in MLFLOW_PROCESS_DEFAULTS.items():
+        environ.setdefault(name, value)
+
+
+def forwarded_env() -> dict[str, str]:
+    """FORWARDED variables and MLflow's process defaults (as this process's entry point applied
+    them) that are set, paths made absolute, plus MLFLOW_TRACKING_URI (the default ./mlflow.db
+    made absolute, so every process logs to the same store)."""
     env = {name: os.environ[name] for name in (*FORWARDED, *MLFLOW_PROCESS_DEFAULTS) if os.environ.get(name)}
     for name in ABSOLUTE_PATHS:
         if name in env:

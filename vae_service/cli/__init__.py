@@ -10,7 +10,7 @@ __all__ = ["app", "main", "spec_json_schema"]
 
 
 def main() -> None:
-    from vae_service.tracking.mlflow_run import apply_process_defaults  # cheap: imports no mlflow
+    from vae_service.environment import apply_process_defaults
 
     apply_process_defaults()  # the `vae` process is an entry point: set MLflow's defaults once
     app()

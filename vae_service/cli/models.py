@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vae_service.cli.common import app, err, fail
+from vae_service.core import metrics as M
 
 #
 # mlflow, torch and matplotlib are imported inside the commands: validate/schema need none.
@@ -118,9 +119,9 @@ def models_show(name: str = typer.Argument(..., help="Registered model name.")) 
         table.add_row(
             str(version.version),
             escape(" ".join(f"@{alias}" for alias in version.aliases) or "—"),
-            _metric(version.metrics.get("val_neg_elbo")),
-            _metric(version.metrics.get("test_neg_elbo")),
-            _metric(version.metrics.get("active_units")),
+            _metric(version.metrics.get(M.VAL_NEG_ELBO)),
+            _metric(version.metrics.get(M.TEST_NEG_ELBO)),
+            _metric(version.metrics.get(M.ACTIVE_UNITS)),
             run,
         )
     out = Console(highlight=False)

@@ -44,6 +44,7 @@ def server(
     from vae_service.queue.leader import leadership_for
     from vae_service.queue.ray_jobs import RayJobs, ray_token
     from vae_service.queue.store import Store
+    from vae_service.tracking.mlflow_run import prepare_local_store
 
     try:
         tokens = TokenSet.from_settings(settings, create=True)
@@ -58,6 +59,8 @@ def server(
     except Exception as exc:  # unreachable database, bad credentials: one line, no password
         fail(f"error: job store {redact_url(url)}: {' '.join(str(exc).split())[:300]}", 2)
     store = Store(engine)
+    if not no_dispatcher:
+        prepare_local_store()
     ray = RayJobs(settings.ray_address, ray_token())
     dispatcher = None if no_dispatcher else Dispatcher(store, ray, python=settings.job_python)
     leadership = None if no_dispatcher else leadership_for(engine)

@@ -12,6 +12,7 @@ from pydantic import TypeAdapter
 from rich.table import Table
 
 from vae_service.cli.common import SET_HELP, app, err, fail, load_or_exit, say
+from vae_service.core import metrics as M
 from vae_service.core.spec import TrainSpec
 from vae_service.core.sweep_spec import SweepSpec
 from vae_service.core.spec_loading import SpecError, load_spec
@@ -107,7 +108,7 @@ def _print_sweep_summary(spec: SweepSpec, result) -> None:
     for trial in result.trials:
         mark = "★" if trial.trial_id == result.best else "•" if trial.trial_id in front else ""
         values = [cell(trial.params.get(path)) for path in spec.sweep.space]
-        metrics = [cell(trial.metrics.get(k)) for k in ("val_neg_elbo", "val_kl", "val_recon", "active_units")]
+        metrics = [cell(trial.metrics.get(k)) for k in (M.VAL_NEG_ELBO, M.VAL_KL, M.VAL_RECON, M.ACTIVE_UNITS)]
         table.add_row(mark, trial.trial_id, trial.state, *values, str(trial.epochs), *metrics)
     err.print(table)
     for trial in result.trials:

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
+from vae_service.core import metrics as M
 from vae_service.core.data import batch_inputs
 from vae_service.core.model import unwrap
 from vae_service.core.objective import Objective, compute_loss
@@ -34,14 +35,14 @@ class EpochStats:
     kl_sum: float = 0.0
     seconds: float = 0.0
 
-    def as_metrics(self, prefix: str = "train_") -> dict[str, float]:
+    def as_metrics(self) -> dict[str, float]:
         n = max(self.images, 1)
         return {
-            f"{prefix}loss": self.loss_sum / n,
-            f"{prefix}recon": self.recon_sum / n,
-            f"{prefix}kl": self.kl_sum / n,
-            f"{prefix}neg_elbo": (self.recon_sum + self.kl_sum) / n,
-            "images_per_s": self.images / self.seconds if self.seconds > 0 else 0.0,
+            M.TRAIN_LOSS: self.loss_sum / n,
+            M.TRAIN_RECON: self.recon_sum / n,
+            M.TRAIN_KL: self.kl_sum / n,
+            M.TRAIN_NEG_ELBO: (self.recon_sum + self.kl_sum) / n,
+            M.IMAGES_PER_S: self.images / self.seconds if self.seconds > 0 else 0.0,
         }
 
 
@@ -120,9 +121,9 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 100
     mu = torch.cat(mus)
     activity = mu.var(dim=0, unbiased=False) if len(mu) > 1 else torch.zeros(mu.shape[1])
     return {
-        "neg_elbo": (recon_sum + kl_sum) / n,
-        "recon": recon_sum / n,
-        "kl": kl_sum / n,
-        "kl_per_dim": [float(v) / n for v in kl_dims_sum.cpu()] if kl_dims_sum is not None else [],
-        "active_units": int((activity > ACTIVE_UNIT_THRESHOLD).sum()),
+        M.NEG_ELBO: (recon_sum + kl_sum) / n,
+        M.RECON: recon_sum / n,
+        M.KL: kl_sum / n,
+        M.KL_PER_DIM: [float(v) / n for v in kl_dims_sum.cpu()] if kl_dims_sum is not None else [],
+        M.ACTIVE_UNITS: int((activity > ACTIVE_UNIT_THRESHOLD).sum()),
     }

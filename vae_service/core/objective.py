@@ -44,8 +44,9 @@ class Objective:
     kind: str = "vae"
     beta: float = 1.0
     warmup_epochs: float = 0.0
+    # The defaults are CapacitySpec's (core.spec), so an Objective built by hand anneals as a spec does.
     capacity_max_nats: Optional[float] = None
-    capacity_anneal_epochs: float = 1.0
+    capacity_anneal_epochs: float = 10.0
     capacity_gamma: float = 1000.0
 
     def beta_at(self, progress: float) -> float:
@@ -102,16 +103,3 @@ def compute_loss(model: torch.nn.Module, x: torch.Tensor, objective: Objective, 
     else:
         loss = recon.mean() + objective.beta_at(progress) * kl.mean()
     return LossTerms(loss=loss, recon=recon, kl_dims=kl_dims, mu=mu.detach())
-
-
-def objective_from_spec(spec) -> Objective:
-    """Builds an Objective from `spec.objective` (an ObjectiveSpec)."""
-    capacity = spec.capacity
-    return Objective(
-        kind=spec.kind,
-        beta=spec.beta,
-        warmup_epochs=spec.warmup_epochs,
-        capacity_max_nats=capacity.max_nats if capacity else None,
-        capacity_anneal_epochs=capacity.anneal_epochs if capacity else 1.0,
-        capacity_gamma=capacity.gamma if capacity else 1000.0,
-    )

@@ -35,11 +35,10 @@ from pydantic import (
     model_validator,
 )
 
+from vae_service.core.metrics import OBJECTIVE_MODES
 from vae_service.core.spec import PositiveInt, StrictModel, TrainSpec
 
 # Every objective is a validation metric; rate and distortion are its two halves of −ELBO.
-OBJECTIVE_MODES = {"val_neg_elbo": "min", "distortion": "min", "rate": "min", "active_units": "max"}
-OBJECTIVE_METRICS = {"val_neg_elbo": "val_neg_elbo", "distortion": "val_recon", "rate": "val_kl", "active_units": "active_units"}
 # Fields a sweep must not vary: they name or place the run rather than shape the model.
 UNSWEEPABLE = {"kind", "name", "storage", "tracking", "resources"}
 DEFAULT_NUM_SAMPLES = 8

@@ -147,6 +147,7 @@ def compare_job(job: CompareJob, out_dir: storage.Location, *, resume: bool, rep
             for kind in KINDS:
                 with storage.local_copy(storage.resolve(results[kind].model_dir)) as model_dir:
                     models[kind] = load_model(model_dir)
+        # The whole test split (data.limit shortens training, not the comparison).
         test = load_mnist(vae_spec.data.root, download=vae_spec.data.download, val_fraction=0.0).test
         with storage_errors(), storage.writing_dir(out_dir) as local_dir:  # local: the folder itself; S3: uploaded after
             artifacts = render_comparison(models, test, local_dir, binarize=vae_spec.data.binarize)

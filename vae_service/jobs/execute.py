@@ -15,7 +15,7 @@ from typing import Optional, Union
 
 from vae_service import storage
 from vae_service.core.data import DataError, locate_mnist
-from vae_service.core.errors import BadInput, JobError, one_line
+from vae_service.core.errors import BadInput, JobError, JobFailed, one_line
 from vae_service.core.interrupt import Interrupt
 from vae_service.core.spec import TrainSpec
 from vae_service.core.sweep_spec import SweepSpec
@@ -48,6 +48,10 @@ def execute(job: Job, *, resume: Optional[str] = None, reporter: Optional[Report
                                       interrupt=interrupt, tags=tags)
     except JobError as exc:
         outcome = Outcome.failed(job.kind, exc, run_dir=run_dir.uri if run_dir else None, mlflow_run_id=_recorded_run_id(run_dir))
+    except Exception as exc:  # a bug, not the user's mistake: its traceback, and still an outcome
+        reporter.console.print_exception()
+        failure = JobFailed(f"internal error: {exc.__class__.__name__}: {one_line(exc, 500)}")
+        outcome = Outcome.failed(job.kind, failure, run_dir=run_dir.uri if run_dir else None, mlflow_run_id=_recorded_run_id(run_dir))
     if run_dir is not None:
         try:
             write_outcome(run_dir, outcome)

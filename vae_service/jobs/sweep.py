@@ -22,7 +22,8 @@ from vae_service.core.errors import BadInput
 from vae_service.core.interrupt import Interrupt
 from vae_service.core.pareto import knee_point, non_dominated
 from vae_service.core.spec_loading import SpecError, load_spec_text
-from vae_service.core.sweep_spec import OBJECTIVE_METRICS, SweepSpec
+from vae_service.core import metrics as M
+from vae_service.core.sweep_spec import SweepSpec
 from vae_service.jobs.lifecycle import SPEC_FILE, storage_errors, tracked_run, write_spec
 from vae_service.jobs.outcome import Outcome
 from vae_service.jobs.reporter import Reporter
@@ -109,9 +110,9 @@ def summarise(spec: SweepSpec, sweep_dir: storage.Location, parent_run_id: str, 
         if run and trial.state == "stopped" and run.info.status == "RUNNING":
             sweep_run.close_stopped(run.info.run_id, f"stopped early by ASHA after {trial.epochs} epoch(s)")
     objectives = spec.sweep.objectives
-    finished = [t for t in trials if t.state == "finished" and all(OBJECTIVE_METRICS[n] in t.metrics for n in objectives)]
+    finished = [t for t in trials if t.state == "finished" and all(M.OBJECTIVE_METRICS[n] in t.metrics for n in objectives)]
     result = SweepResult(sweep_dir.uri, parent_run_id, trials)
-    plane = objectives if len(objectives) > 1 else ["rate", "distortion"]
+    plane = objectives if len(objectives) > 1 else [M.RATE, M.DISTORTION]
     points = [t.objective_vector(plane) for t in finished]
     result.front = [finished[i].trial_id for i in non_dominated(points)] if finished else []
     best = None
@@ -137,4 +138,4 @@ def summarise(spec: SweepSpec, sweep_dir: storage.Location, parent_run_id: str, 
 def _row(spec: SweepSpec, trial: TrialOutcome) -> dict:
     trial_spec = spec.trial_spec(trial.params, "row")
     return {"beta": trial_spec.objective.beta, "latent_dim": trial_spec.model.latent_dim,
-            "rate": trial.metrics["val_kl"], "distortion": trial.metrics["val_recon"], "active_units": trial.metrics["active_units"]}
+            "rate": trial.metrics[M.VAL_KL], "distortion": trial.metrics[M.VAL_RECON], "active_units": trial.metrics[M.ACTIVE_UNITS]}

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from vae_service import storage
+from vae_service.core import metrics as M
 from vae_service.core.checkpoint import save_model
 from vae_service.core.interrupt import Interrupt
 from vae_service.core.spec import TrainSpec
@@ -24,7 +25,6 @@ from vae_service.jobs.reporter import Reporter
 from vae_service.training.runner import fit
 
 METRICS_FILE = "metrics.json"
-SUMMARY_KEYS = ("val_neg_elbo", "val_recon", "val_kl", "active_units", "images_per_s")
 
 
 @dataclass
@@ -43,9 +43,7 @@ class RunResult:
 
     @property
     def summary(self) -> dict:
-        summary = {k: self.metrics.get(k) for k in SUMMARY_KEYS}
-        summary.update({k: v for k, v in self.metrics.items() if k.startswith("test_")})
-        return summary
+        return M.summary(self.metrics)
 
     def to_json(self) -> dict:
         return {**asdict(self), "metrics": self.summary, "all_metrics": self.metrics}
@@ -63,12 +61,12 @@ def train(spec: TrainSpec, run_dir: storage.Location, *, resume: bool, reporter:
         # Written locally (a temporary directory for S3, uploaded when the block ends).
         with storage_errors(), storage.writing_dir(model_dir) as local_model_dir:
             save_model(local_model_dir, fitted.model, extra={"spec": spec.model_dump(mode="json"), "metrics": fitted.metrics})
-            published = run.publish(spec, fitted.model, local_model_dir, fitted.metrics.get("val_kl_per_dim"))
+            published = run.publish(spec, fitted.model, local_model_dir, fitted.metrics.get(M.VAL_KL_PER_DIM))
     result = RunResult(
         run_dir=run_dir.uri,
         model_dir=model_dir.uri,
         checkpoint=fitted.checkpoint,
-        epochs_completed=int(fitted.metrics.get("epoch", -1)) + 1,
+        epochs_completed=int(fitted.metrics.get(M.EPOCH, -1)) + 1,
         metrics=fitted.metrics,
         history=fitted.history,
         mlflow_run_id=run.run_id,

@@ -27,7 +27,7 @@ def main() -> int:
 
     from vae_service.core.spec_loading import SpecError, load_spec_text
     from vae_service.jobs import Reporter, execute
-    from vae_service.tracking.mlflow_run import apply_process_defaults
+    from vae_service.environment import apply_process_defaults
 
     apply_process_defaults()
     try:
@@ -36,7 +36,8 @@ def main() -> int:
         print(f"bad input: {exc}", file=sys.stderr)
         return 2
     outcome = execute(spec, reporter=Reporter(progress=False), job_id=job_id)
-    print(f"outcome: {outcome.state}" + (f" ({outcome.error})" if outcome.error else ""), file=sys.stderr)
+    facts = [f"MLflow run {outcome.mlflow_run_id}" if outcome.mlflow_run_id else "", outcome.model_uri or "", outcome.run_dir or ""]
+    print(f"outcome: {outcome.state}; {'; '.join(f for f in facts if f)}" + (f"\n{outcome.error}" if outcome.error else ""), file=sys.stderr)
     return outcome.exit_code
 
 

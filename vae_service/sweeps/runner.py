@@ -30,7 +30,9 @@ from vae_service import storage
 from vae_service.core.errors import Interrupted, JobFailed
 from vae_service.core.interrupt import Interrupt
 from vae_service.core.resources import train_resources
-from vae_service.core.sweep_spec import OBJECTIVE_METRICS, OBJECTIVE_MODES, SweepSpec
+from vae_service.core import metrics as M
+from vae_service.core.metrics import OBJECTIVE_METRICS, OBJECTIVE_MODES
+from vae_service.core.sweep_spec import SweepSpec
 from vae_service.environment import forwarded_env
 from vae_service.sweeps import records, search
 from vae_service.sweeps.cleanup import PlacementGroupLedger, ReleaseEndedTrials
@@ -57,7 +59,7 @@ class TrialOutcome:
 
     @property
     def rate_distortion(self) -> dict:
-        return {"rate": self.metrics.get("val_kl"), "distortion": self.metrics.get("val_recon")}
+        return {M.RATE: self.metrics.get(M.VAL_KL), M.DISTORTION: self.metrics.get(M.VAL_RECON)}
 
     def objective_values(self, names: list[str]) -> list[float]:
         return [float(self.metrics[OBJECTIVE_METRICS[n]]) for n in names]

@@ -8,8 +8,8 @@ from typing import Optional
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from vae_service.core.metrics import OBJECTIVE_METRICS
 from vae_service.core.sweep_spec import (
-    OBJECTIVE_METRICS,
     IntRange,
     LogUniform,
     SweepSpec,

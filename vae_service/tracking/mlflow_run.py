@@ -6,8 +6,7 @@ pointing at a server, the server decides where artifacts go (e.g. S3 with --serv
 
 Every call names its store: client() is an MlflowClient for tracking_uri(), and MLflow's global
 (fluent) state is touched only inside fluent_tracking. mlflow itself is imported inside the
-functions: the `vae` CLI imports this module at start-up (apply_process_defaults), and most of its
-commands never need MLflow.
+functions: most `vae` commands never need MLflow, and it takes seconds to import.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import hashlib
 import json
 import os
 import subprocess
-from collections.abc import MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
@@ -25,37 +23,21 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 from vae_service.core.spec_loading import dump_spec
+from vae_service.environment import tracking_uri
 
-LOCAL_DB = "mlflow.db"
 LOCAL_ARTIFACTS = "mlartifacts"
-MLFLOW_PROCESS_DEFAULTS = {
-    # Bounded retries against a tracking server (MLflow's default backs off for minutes).
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
-    # No progress bars on stderr while a model is downloaded (`vae sample` & co. print one line).
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}
-
-
-def tracking_uri() -> str:
-    """The tracking URI for this process and its workers (absolute for the local default)."""
-    configured = os.environ.get("MLFLOW_TRACKING_URI")
-    if configured:
-        return configured
-    return f"sqlite:///{Path.cwd() / LOCAL_DB}"
 
 
 def is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
 
 
-def apply_process_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
-    """MLFLOW_PROCESS_DEFAULTS, where the environment sets nothing else. MLflow reads these from
-    the environment only, so they are process settings: called once by a process entry point (the
-    `vae` CLI's main, the queue job entrypoint) before any MLflow call; never by library code."""
-    for name, value in MLFLOW_PROCESS_DEFAULTS.items():
-        environ.setdefault(name, value)
+def prepare_local_store() -> None:
+    """Creates the embedded SQLite store (its tables) now, when it is the tracking store: jobs
+    that start together (a queue admits several at once) would otherwise race to create it."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:"):
+        client().search_experiments(max_results=1)
 
 
 def client() -> MlflowClient:

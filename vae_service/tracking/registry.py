@@ -32,13 +32,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
+from vae_service.core import metrics as M
 from vae_service.core.checkpoint import CONFIG_FILE, MODEL_FILE, load_model
 from vae_service.core.model import VAE
 from vae_service.tracking.mlflow_run import client, fluent_tracking, tracking_uri
 
 PYFUNC_SOURCE = Path(__file__).with_name("pyfunc_model.py")
 MODEL_ARTIFACT = "model"
-KEY_METRICS = ("val_neg_elbo", "test_neg_elbo", "active_units")
 PAGE = 100
 
 
@@ -262,7 +262,7 @@ def show_model(name: str) -> ModelView:
                 view.run_status = "missing"
             else:
                 view.run_status = run.info.status if run.info.lifecycle_stage != "deleted" else "deleted"
-                view.metrics = {key: run.data.metrics.get(key) for key in KEY_METRICS}
+                view.metrics = {key: run.data.metrics.get(key) for key in M.KEY}
         views.append(view)
     return ModelView(
         name=model.name,

@@ -17,7 +17,7 @@ import requests
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
-from vae_service.core.data import load_mnist
+from vae_service.core import from_spec
 from vae_service.core.model import VAE
 from vae_service.core.spec import TrainSpec
 from vae_service.tracking.mlflow_run import client, finish_run, start_run, tracking_uri
@@ -64,7 +64,7 @@ class TrackedRun:
         """The article's figures and the pickle-free model on the run; registered when the spec
         asks for it."""
         with tempfile.TemporaryDirectory() as tmp:
-            test = load_mnist(spec.data.root, download=spec.data.download, val_fraction=spec.data.val_fraction, limit=spec.data.limit).test
+            test = from_spec.images(spec).test
             for path in render_run_figures(vae, test, Path(tmp), kl_per_dim=kl_per_dim):
                 client().log_artifact(self.run_id, str(path), "figures")
         published = Published(model_uri=log_model(self.run_id, model_dir, vae))

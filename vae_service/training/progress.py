@@ -14,6 +14,8 @@ import ray
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from vae_service.core import metrics as M
+
 
 @ray.remote(num_cpus=0)
 class ProgressBoard:
@@ -95,27 +97,27 @@ class ProgressDisplay:
             self._progress.console.print(format_epoch(metrics))
         self._epochs_shown = len(epochs)
         if snap:
-            done = snap["epoch"] + snap["step"] / max(snap["steps"], 1)
+            done = snap[M.EPOCH] + snap["step"] / max(snap["steps"], 1)
             self._progress.update(
                 self._task,
                 completed=done,
-                epoch=snap["epoch"] + 1,
+                epoch=snap[M.EPOCH] + 1,
                 step=snap["step"],
                 steps=snap["steps"],
                 loss=snap["loss"],
-                rate=snap["images_per_s"],
+                rate=snap[M.IMAGES_PER_S],
             )
         return True
 
 
-def format_epoch(metrics: dict) -> str:
-    parts = [f"epoch {metrics['epoch'] + 1}", f"train −ELBO {metrics['train_neg_elbo']:.2f}"]
-    if "val_neg_elbo" in metrics:
+def format_epoch(record: dict) -> str:
+    parts = [f"epoch {record[M.EPOCH] + 1}", f"train −ELBO {record[M.TRAIN_NEG_ELBO]:.2f}"]
+    if M.VAL_NEG_ELBO in record:
         parts += [
-            f"val −ELBO {metrics['val_neg_elbo']:.2f}",
-            f"recon {metrics['val_recon']:.2f}",
-            f"KL {metrics['val_kl']:.2f}",
-            f"active {metrics['active_units']}",
+            f"val −ELBO {record[M.VAL_NEG_ELBO]:.2f}",
+            f"recon {record[M.VAL_RECON]:.2f}",
+            f"KL {record[M.VAL_KL]:.2f}",
+            f"active {record[M.ACTIVE_UNITS]}",
         ]
-    parts.append(f"{metrics['images_per_s']:,.0f} img/s")
+    parts.append(f"{record[M.IMAGES_PER_S]:,.0f} img/s")
     return "  ".join(parts)

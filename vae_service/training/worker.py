@@ -15,36 +15,17 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from vae_service.core import from_spec
+from vae_service.core import metrics as M
 from vae_service.core.checkpoint import load_checkpoint, read_state, save_checkpoint
-from vae_service.core.data import Dataset, binarize_static, epoch_shard, load_mnist
+from vae_service.core.data import epoch_shard
 from vae_service.core.loop import NonFiniteLoss, evaluate, train_epoch
-from vae_service.core.model import VAE, ModelConfig
-from vae_service.core.objective import objective_from_spec
+from vae_service.core.model import VAE
 from vae_service.core.spec import TrainSpec
 from vae_service.storage import checkpoint_from_uri
 from vae_service.tracking.epoch_logger import EpochLogger
 
 PROGRESS_INTERVAL_S = 0.5
-
-
-def model_config_for(spec: TrainSpec, image_shape: tuple[int, int, int]) -> ModelConfig:
-    m = spec.model
-    return ModelConfig(
-        image_shape=tuple(image_shape),
-        latent_dim=m.latent_dim,
-        arch=m.arch,
-        hidden=tuple(m.hidden),
-        channels=tuple(m.channels),
-        likelihood=m.likelihood,
-    )
-
-
-def load_data(spec: TrainSpec, device: torch.device) -> Dataset:
-    d = spec.data
-    data = load_mnist(d.root, download=d.download, val_fraction=d.val_fraction, limit=d.limit)
-    if d.binarize == "static":
-        data = Dataset(*(type(s)(binarize_static(s.images, seed=i), s.labels) for i, s in enumerate((data.train, data.val, data.test))))
-    return data.to(device)
 
 
 def seed_everything(seed: Optional[int], epoch: int, rank: int) -> None:
@@ -69,7 +50,7 @@ class ProgressReporter:
             return
         self.last_push = now
         rate = step * self.images_per_step / max(now - self.started, 1e-9)
-        self.board.update.remote({"epoch": self.epoch, "step": step, "steps": steps, "loss": loss, "images_per_s": rate})
+        self.board.update.remote({M.EPOCH: self.epoch, "step": step, "steps": steps, "loss": loss, M.IMAGES_PER_S: rate})
 
 
 def _rank_mean(world_size: int):
@@ -86,7 +67,7 @@ def _rank_mean(world_size: int):
 def _gather_check(world_size: int, shard: torch.Tensor, model: torch.nn.Module) -> dict:
     """DDP integrity, checked every epoch: shards disjoint and weights identical on all ranks."""
     if world_size == 1:
-        return {"shard_overlap": 0, "ranks_in_sync": True}
+        return {M.SHARD_OVERLAP: 0, M.RANKS_IN_SYNC: True}
     shards = [torch.empty_like(shard) for _ in range(world_size)]
     dist.all_gather(shards, shard.cpu() if shard.device.type == "cpu" else shard)
     everything = torch.cat(shards)
@@ -96,7 +77,7 @@ def _gather_check(world_size: int, shard: torch.Tensor, model: torch.nn.Module) 
     digests = [torch.empty_like(digest) for _ in range(world_size)]
     dist.all_gather(digests, digest)
     in_sync = all(torch.equal(digests[0], other) for other in digests[1:])
-    return {"shard_overlap": int(overlap), "ranks_in_sync": bool(in_sync)}
+    return {M.SHARD_OVERLAP: int(overlap), M.RANKS_IN_SYNC: bool(in_sync)}
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -107,10 +88,10 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     seed = spec.optim.seed
 
-    data = load_data(spec, device)
+    data = from_spec.training_data(spec, device)
     if seed is not None:
         torch.manual_seed(seed)  # identical initial weights on every rank (DDP also broadcasts)
-    model = VAE(model_config_for(spec, data.image_shape)).to(device)
+    model = VAE(from_spec.model_config(spec, data.image_shape)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.optim.lr)
 
     start_epoch = 0
@@ -131,7 +112,7 @@ def train_loop_per_worker(config: dict) -> None:
         return
 
     model = ray.train.torch.prepare_model(model)
-    objective = objective_from_spec(spec.objective)
+    objective = from_spec.objective(spec)
     per_worker_batch = max(1, spec.optim.batch_size // world_size)
     rank_mean = _rank_mean(world_size)
     board = config.get("progress_board")
@@ -152,12 +133,14 @@ def train_loop_per_worker(config: dict) -> None:
             if rank == 0 and board is not None:
                 ray.get(board.fail.remote(str(exc)))
             return
+        train = stats.as_metrics()
+        train[M.IMAGES_PER_S] *= world_size  # every rank processed the same number of images
         checks = _gather_check(world_size, shard, model)
-        metrics: dict[str, Any] = {"epoch": epoch, **stats.as_metrics(), **checks}
-        metrics["images_per_s"] *= world_size  # every rank processed the same number of images
-        last = epoch == spec.optim.epochs - 1
         if rank == 0:
-            metrics.update(_evaluation_metrics(model, data, spec, include_test=last))
+            last = epoch == spec.optim.epochs - 1
+            val = evaluate(model, data.val.images, binarize=spec.data.binarize)
+            test = evaluate(model, data.test.images, binarize=spec.data.binarize) if last else None
+            metrics = M.epoch_record(epoch, train, checks, val, test)
             if board is not None:
                 board.finish_epoch.remote(metrics)
             if epoch_logger is not None:
@@ -166,18 +149,7 @@ def train_loop_per_worker(config: dict) -> None:
                 save_checkpoint(tmp, model, optimizer, {"epoch": epoch, "metrics": metrics, "spec": spec.model_dump(mode="json")})
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
-            ray.train.report(metrics)
-
-
-def _evaluation_metrics(model: torch.nn.Module, data: Dataset, spec: TrainSpec, include_test: bool) -> dict:
-    binarize = spec.data.binarize
-    val = evaluate(model, data.val.images, binarize=binarize)
-    metrics = {f"val_{k}": v for k, v in val.items() if k != "active_units"}
-    metrics["active_units"] = val["active_units"]
-    if include_test:
-        test = evaluate(model, data.test.images, binarize=binarize)
-        metrics.update({f"test_{k}": v for k, v in test.items() if k in ("neg_elbo", "recon", "kl")})
-    return metrics
+            ray.train.report(M.epoch_record(epoch, train, checks))
 
 
 def _checkpoint_epoch(checkpoint: ray.train.Checkpoint) -> int:

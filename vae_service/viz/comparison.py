@@ -27,6 +27,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 from vae_service.core.data import ImageSplit
 from vae_service.core.loop import evaluate
 from vae_service.core.model import VAE
+from vae_service.core import metrics as M
 from vae_service.viz import figures
 
 KINDS = ("ae", "kl_only", "vae")  # panel order, as in the article
@@ -35,7 +36,8 @@ LABELS = {"ae": "autoencoder", "kl_only": "KL only", "vae": "VAE"}
 SCATTER_FILE = "latent_comparison.png"
 RECON_FILE = "reconstructions_comparison.png"
 METRICS_FILE = "comparison_metrics.csv"
-METRIC_COLUMNS = ("model", "test_neg_elbo", "test_recon", "test_kl", "active_units", "mu_std")
+MU_STD = "mu_std"  # this comparison's own measure of how far the codes spread
+METRIC_COLUMNS = ("model", M.TEST_NEG_ELBO, M.TEST_RECON, M.TEST_KL, M.ACTIVE_UNITS, MU_STD)
 N_RECON = 8
 EVAL_SEED = 0
 
@@ -58,11 +60,11 @@ def comparison_metrics(model: VAE, test: ImageSplit, binarize: str = "none", mu:
         generator = torch.Generator(device=test.images.device).manual_seed(EVAL_SEED)
         stats = evaluate(vae, test.images, binarize=binarize, generator=generator)
     return {
-        "test_neg_elbo": stats["neg_elbo"],
-        "test_recon": stats["recon"],
-        "test_kl": stats["kl"],
-        "active_units": stats["active_units"],
-        "mu_std": mu_spread(mu),
+        M.TEST_NEG_ELBO: stats[M.NEG_ELBO],
+        M.TEST_RECON: stats[M.RECON],
+        M.TEST_KL: stats[M.KL],
+        M.ACTIVE_UNITS: stats[M.ACTIVE_UNITS],
+        MU_STD: mu_spread(mu),
     }
 
 
