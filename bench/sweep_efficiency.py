@@ -51,7 +51,8 @@ def sweep_spec(kind: str, epochs: int, samples: int, limit: int, storage: str):
 
 
 def measure(kind: str, epochs: int, samples: int, limit: int, storage: str) -> dict:
-    from vae_service.jobs import Reporter, execute
+    from vae_service.jobs.execute import execute
+    from vae_service.jobs.reporter import Reporter
 
     started = time.perf_counter()
     outcome = execute(sweep_spec(kind, epochs, samples, limit, storage), reporter=Reporter.quiet())

@@ -66,7 +66,9 @@ def run_plain(epochs: int, gpu: bool, process_start: float) -> dict:
 def run_ray(epochs: int, workers: int, gpu: bool, process_start: float) -> dict:
     import tempfile
 
-    from vae_service.jobs import Reporter, execute
+    from vae_service.jobs.execute import execute
+
+    from vae_service.jobs.reporter import Reporter
 
     cpus = max(1, (os.cpu_count() or 1) // workers)
     with tempfile.TemporaryDirectory() as storage:

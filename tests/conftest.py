@@ -34,7 +34,8 @@ def ray_cluster():
 def run_job():
     """`execute` with no display, for jobs expected to succeed: returns the job kind's record
     (RunResult, SweepResult…); a job error fails the test with the job's own message."""
-    from vae_service.jobs import Reporter, execute
+    from vae_service.jobs.execute import execute
+    from vae_service.jobs.reporter import Reporter
 
     def run(job, resume=None):
         outcome = execute(job, resume=resume, reporter=Reporter.quiet())

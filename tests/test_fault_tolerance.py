@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from vae_service.jobs import Reporter, execute
+from vae_service.jobs.execute import execute
+
+from vae_service.jobs.reporter import Reporter
 
 pytestmark = pytest.mark.slow
 

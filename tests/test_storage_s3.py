@@ -156,7 +156,8 @@ def test_training_run_lands_in_the_bucket_and_resumes_from_it(ray_cluster, s3_se
 
 
 def test_unreachable_endpoint_fails_fast_with_a_clear_error(s3_server, tiny_spec, tmp_path, monkeypatch):
-    from vae_service.jobs import Reporter, execute
+    from vae_service.jobs.execute import execute
+    from vae_service.jobs.reporter import Reporter
 
     monkeypatch.setenv("VAE_S3_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
     spec = tiny_spec(storage__uri="s3://vae-nowhere/runs")

@@ -10,7 +10,8 @@ import torch
 
 from vae_service.core.checkpoint import load_model
 from vae_service.tracking.mlflow_run import client
-from vae_service.jobs import Reporter, execute
+from vae_service.jobs.execute import execute
+from vae_service.jobs.reporter import Reporter
 
 pytestmark = pytest.mark.slow
 

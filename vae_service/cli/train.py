@@ -65,7 +65,8 @@ def run(
     spec = load_or_exit(spec_path, set_)
     say(_headline(spec))
     # Imported here: Ray and torch take seconds to import, and validate/schema need neither.
-    from vae_service.jobs import Reporter, execute
+    from vae_service.jobs.execute import execute
+    from vae_service.jobs.reporter import Reporter
 
     outcome = execute(spec, resume=str(resume) if resume else None, reporter=Reporter(err, progress=not quiet))
     if outcome.error is not None and outcome.error.resume_dir:
@@ -151,7 +152,8 @@ def compare(
 
     The three runs nest under a parent MLflow run that holds their latent scatters side by
     side, reconstructions and a metrics table."""
-    from vae_service.jobs import Reporter, execute
+    from vae_service.jobs.execute import execute
+    from vae_service.jobs.reporter import Reporter
     from vae_service.jobs.compare import comparability_warnings, default_spec_paths, load_comparison
     from vae_service.viz.comparison import LABELS, METRIC_COLUMNS
 

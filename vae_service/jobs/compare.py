@@ -27,7 +27,8 @@ from vae_service.core.data import load_mnist
 from vae_service.core.interrupt import Interrupt
 from vae_service.core.spec import TrainSpec
 from vae_service.core.spec_loading import SpecError, SpecProblem, dump_spec, load_spec
-from vae_service.jobs.lifecycle import new_run_dir, run_name, storage_errors, tracked_run, write_spec
+from vae_service.jobs.lifecycle import new_run_dir, storage_errors, tracked_run, write_spec
+from vae_service.jobs.locations import run_name
 from vae_service.jobs.outcome import Outcome
 from vae_service.jobs.reporter import Reporter
 from vae_service.jobs.train import RunResult, train

@@ -20,7 +20,8 @@ from vae_service.core.interrupt import Interrupt
 from vae_service.core.spec import TrainSpec
 from vae_service.core.sweep_spec import SweepSpec
 from vae_service.jobs.compare import CompareJob, compare_job
-from vae_service.jobs.lifecycle import RUN_ID_FILE, existing_run_dir, new_run_dir, run_name
+from vae_service.jobs.lifecycle import RUN_ID_FILE, existing_run_dir, new_run_dir
+from vae_service.jobs.locations import run_name, storage_uri
 from vae_service.jobs.outcome import Outcome, write_outcome
 from vae_service.jobs.reporter import Reporter
 from vae_service.jobs.sweep import sweep_job
@@ -58,16 +59,6 @@ def execute(job: Job, *, resume: Optional[str] = None, reporter: Optional[Report
         except (storage.StorageError, OSError) as exc:
             reporter.console.print(f"[yellow]could not write the outcome beside the run: {one_line(exc)}")
     return outcome
-
-
-def queued_run_dir(job: Job, job_id: str) -> storage.Location:
-    """Where `execute(job, job_id=…)` puts its run (and outcome.json): the queue reads it there."""
-    return storage.resolve(storage_uri(job)).join(run_name(job.name, job_id))
-
-
-def storage_uri(job: Job) -> str:
-    """Where the job's run directory goes (a sweep's and a comparison's: their base spec's)."""
-    return train_specs(job)[-1].storage.uri
 
 
 def train_specs(job: Job) -> list[TrainSpec]:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import contextlib
-from datetime import datetime, timezone
 from typing import Iterator, Optional
 
 from vae_service import storage
@@ -20,11 +19,6 @@ from vae_service.tracking.tracked_run import TrackedRun, TrackingUnavailable
 
 RUN_ID_FILE = "mlflow_run_id"
 SPEC_FILE = "spec.yaml"
-
-
-def run_name(name: str, job_id: Optional[str] = None) -> str:
-    """`<name>-<UTC time>`, or `<name>-<job id>` for a queued job (the queue finds it by that)."""
-    return f"{name}-{job_id or datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from typing import Optional
 from vae_service import storage
 from vae_service.core.errors import one_line
 from vae_service.core.spec_loading import SpecError, load_spec_text
-from vae_service.jobs.execute import queued_run_dir
+from vae_service.jobs.locations import queued_run_dir
 from vae_service.jobs.outcome import OUTCOME_FILE, SUCCEEDED, Outcome, read_outcome
 from vae_service.queue import scheduling
 from vae_service.queue.job_env import job_env
@@ -210,7 +210,7 @@ class Dispatcher:
 
 
 def outcome_location(job: Job) -> Optional[storage.Location]:
-    """Where the job's outcome.json is (see jobs.execute.queued_run_dir)."""
+    """Where the job's outcome.json is (see jobs.locations.queued_run_dir)."""
     try:
         return queued_run_dir(load_spec_text(job.spec_normalised, f"job {job.id}"), job.id).join(OUTCOME_FILE)
     except (SpecError, storage.StorageError, ValueError):

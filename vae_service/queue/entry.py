@@ -26,8 +26,9 @@ def main() -> int:
         print(f"note: {workdir} does not exist on this node; relative paths resolve under {os.getcwd()}", file=sys.stderr)
 
     from vae_service.core.spec_loading import SpecError, load_spec_text
-    from vae_service.jobs import Reporter, execute
     from vae_service.environment import apply_process_defaults
+    from vae_service.jobs.execute import execute
+    from vae_service.jobs.reporter import Reporter
 
     apply_process_defaults()
     try:

@@ -1,0 +1,115 @@
+"""The layers' import rules (docs/ARCHITECTURE.md), checked on the source: every `import` and
+`from … import`, at any depth (imports inside functions count), of every module in vae_service.
+
+Dependencies point down. `core` and `viz` are plain PyTorch / numpy / matplotlib: a notebook can
+use them without Ray, MLflow, a web framework, a database driver or an S3 client.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "vae_service"
+
+# What each part of vae_service may import from vae_service (itself always).
+ALLOWED = {
+    "core": set(),
+    "viz": {"core"},
+    "storage": set(),
+    "environment": {"storage"},
+    "tracking": {"core", "viz", "storage", "environment"},
+    "training": {"core", "tracking", "storage", "environment"},
+    "sweeps": {"core", "training", "tracking", "storage", "environment"},
+    "jobs": {"core", "viz", "tracking", "training", "sweeps", "storage", "environment"},
+    "queue": {"core", "jobs", "tracking", "storage", "environment"},
+    "cli": {"core", "viz", "tracking", "training", "sweeps", "jobs", "queue", "storage", "environment"},
+}
+HEAVY = ("ray", "mlflow", "fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "boto3", "botocore", "pyarrow")
+PURE = ("core", "viz")  # import none of HEAVY
+
+
+def part(module: str) -> str:
+    """vae_service.jobs.train → jobs; vae_service.storage → storage."""
+    return module.split(".")[1] if module.count(".") >= 1 else ""
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE.parent).with_suffix("")
+        parts = list(relative.parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        if "migrations" in parts:  # Alembic's own scripts
+            continue
+        found[".".join(parts)] = path
+    return found
+
+
+def imports(module: str, path: Path) -> set[str]:
+    """Absolute names of everything the module imports (relative imports resolved)."""
+    names = set()
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    return names
+
+
+MODULES = modules()
+
+
+def test_every_module_belongs_to_a_known_part():
+    unknown = sorted(m for m in MODULES if m != "vae_service" and part(m) not in ALLOWED)
+    assert not unknown, f"add these to ALLOWED (and docs/ARCHITECTURE.md): {unknown}"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m != "vae_service"))
+def test_dependencies_point_down(module):
+    own = part(module)
+    wrong = sorted(
+        name for name in imports(module, MODULES[module])
+        if name.startswith("vae_service.") and name in MODULES and part(name) not in ALLOWED[own] | {own}
+    )
+    assert not wrong, f"{module} ({own}) imports {wrong}; {own} may import {sorted(ALLOWED[own])}"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if part(m) in PURE))
+def test_core_and_viz_import_no_service_library(module):
+    heavy = sorted(name for name in imports(module, MODULES[module]) if name.split(".")[0] in HEAVY)
+    assert not heavy, f"{module} imports {heavy}"
+
+
+def test_nothing_outside_the_cli_imports_it():
+    importers = sorted(m for m in MODULES if part(m) != "cli"
+                       and any(name.startswith("vae_service.cli") for name in imports(m, MODULES[m])))
+    assert not importers
+
+
+def test_the_rules_catch_an_upward_import(tmp_path):
+    """The checker itself: a tracking module that imports training is reported."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from vae_service.training.runner import fit\n")
+    assert "vae_service.training.runner" in imports("vae_service.tracking.bad", bad)
+    assert part("vae_service.training.runner") not in ALLOWED["tracking"]
+
+
+def test_importing_core_and_viz_loads_no_service_library():
+    """At run time too (an import hidden behind a helper module would show here)."""
+    pure = [m for m in MODULES if part(m) in PURE]
+    code = "import sys\n" + "".join(f"import {m}\n" for m in pure) + (
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

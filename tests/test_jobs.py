@@ -1,0 +1,91 @@
+"""The job lifecycle without a cluster: outcomes, their errors and exit codes, outcome.json
+beside the run, Ctrl-C as one handler, and where the queue looks for a job's outcome."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from vae_service import storage
+from vae_service.core.errors import BadInput, Interrupted, JobFailed, one_line
+from vae_service.core.interrupt import Interrupt
+from vae_service.core.spec_loading import dump_spec
+from vae_service.jobs.execute import execute
+from vae_service.jobs.locations import queued_run_dir
+from vae_service.jobs.outcome import OUTCOME_FILE, ErrorInfo, Outcome, read_outcome, write_outcome
+from vae_service.jobs.reporter import Reporter
+from vae_service.queue.dispatcher import read_job_outcome
+from vae_service.queue.models import Job
+
+
+def test_outcome_round_trips_through_json_without_its_in_process_record(tmp_path):
+    failed = Outcome.failed("train", Interrupted("runs/x"), run_dir="runs/x", mlflow_run_id="abc")
+    assert (failed.state, failed.exit_code, failed.error.kind, failed.error.resume_dir) == ("interrupted", 130, "interrupted", "runs/x")
+    done = Outcome.succeeded("train", object(), run_dir=str(tmp_path), mlflow_run_id="r1", model_uri="models:/m/1", metrics={"val_kl": 1.5})
+    assert "result" not in done.to_json()
+    for outcome in (failed, done):
+        write_outcome(storage.resolve(str(tmp_path)), outcome)
+        again = read_outcome(storage.resolve(str(tmp_path)))
+        assert again == outcome and again.result is None
+
+
+def test_each_error_kind_has_its_exit_code_and_one_line():
+    assert [(e.kind, e.exit_code) for e in (BadInput("x"), JobFailed("x"), Interrupted("d"))] == [
+        ("bad_input", 2), ("job_failed", 1), ("interrupted", 130)]
+    assert str(ErrorInfo("job_failed", "non-finite loss at epoch 0 step 3")) == "error: non-finite loss at epoch 0 step 3"
+    assert str(ErrorInfo("bad_input", "data: no MNIST")) == "bad input: data: no MNIST"
+    assert one_line(ValueError("a\n  b")) == "a b" and one_line(ValueError()) == "ValueError"
+    assert one_line("x" * 50, 10) == "x" * 10
+
+
+def test_a_wrong_resume_directory_is_bad_input_and_creates_nothing(tiny_spec, tmp_path):
+    outcome = execute(tiny_spec(), resume=str(tmp_path / "nothing-here"), reporter=Reporter.quiet())
+    assert (outcome.state, outcome.exit_code, outcome.error.kind) == ("failed", 2, "bad_input")
+    assert "is not a run directory" in outcome.error.message
+    assert not (tmp_path / "nothing-here").exists()
+
+
+def test_missing_data_fails_before_ray_with_an_outcome_beside_the_run(tiny_spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("VAE_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("VAE_CACHE_DIR", str(tmp_path / "cache"))
+    outcome = execute(tiny_spec(data__download=False), reporter=Reporter.quiet(), job_id="0123abcd")
+    assert (outcome.exit_code, outcome.error.kind) == (2, "bad_input")
+    assert outcome.error.message.startswith("data: ") and "VAE_DATA_DIR" in outcome.error.message
+    assert outcome.run_dir == str(tmp_path / "runs" / "tiny-0123abcd")
+    written = json.loads((tmp_path / "runs" / "tiny-0123abcd" / OUTCOME_FILE).read_text())
+    assert written["error"]["kind"] == "bad_input" and written["exit_code"] == 2
+
+
+def test_the_queue_reads_the_outcome_where_execute_wrote_it(tiny_spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("VAE_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("VAE_CACHE_DIR", str(tmp_path / "cache"))
+    spec = tiny_spec(data__download=False)
+    execute(spec, reporter=Reporter.quiet(), job_id="feedbeef")
+    job = Job(id="feedbeef", spec_normalised=dump_spec(spec))
+    assert queued_run_dir(spec, "feedbeef").uri == str(tmp_path / "runs" / "tiny-feedbeef")
+    outcome = read_job_outcome(job)
+    assert outcome is not None and outcome.error.kind == "bad_input"
+    assert read_job_outcome(Job(id="00000000", spec_normalised=dump_spec(spec))) is None
+
+
+def test_interrupt_runs_callbacks_once_asked_and_for_late_registrations():
+    interrupt, calls = Interrupt(), []
+    interrupt.on_request(lambda: calls.append("early"))
+    assert calls == [] and not interrupt.requested
+    interrupt.request()
+    interrupt.on_request(lambda: calls.append("late"))
+    assert interrupt.requested and calls == ["early", "late"]
+
+
+def test_first_ctrl_c_requests_a_stop_second_one_raises():
+    interrupt = Interrupt()
+    before = signal.getsignal(signal.SIGINT)
+    with interrupt.catching_sigint():
+        os.kill(os.getpid(), signal.SIGINT)
+        assert interrupt.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before

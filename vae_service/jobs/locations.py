@@ -1,0 +1,29 @@
+"""Where a job's run directory goes. Light on purpose: the queue's dispatcher finds a job's
+outcome.json through it without importing Ray, torch or MLflow."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Optional
+
+from vae_service import storage
+
+
+def run_name(name: str, job_id: Optional[str] = None) -> str:
+    """`<name>-<UTC time>`, or `<name>-<job id>` for a queued job (the queue finds it by that)."""
+    return f"{name}-{job_id or datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+
+
+def storage_uri(job) -> str:
+    """The storage a job's run directory goes under: a train spec's own, a sweep's base spec's,
+    a comparison's VAE spec's."""
+    if job.kind == "sweep":
+        return job.train.storage.uri
+    if job.kind == "compare":
+        return job.specs["vae"].storage.uri
+    return job.storage.uri
+
+
+def queued_run_dir(job, job_id: str) -> storage.Location:
+    """Where `execute(job, job_id=…)` puts its run (and outcome.json): the queue reads it there."""
+    return storage.resolve(storage_uri(job)).join(run_name(job.name, job_id))
