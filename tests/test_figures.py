@@ -12,7 +12,9 @@ from matplotlib.figure import Figure
 
 from vae_service.core.data import to_unit_float
 from vae_service.core.model import VAE, ModelConfig
+from vae_service.viz import canvas as C
 from vae_service.viz import figures as F
+from vae_service.viz import latents as L
 from vae_service.viz.sweep_figures import active_units_map
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -168,7 +170,7 @@ def test_latent_scatter_2d_plots_mu_directly(mlp2, images, labels):
     assert "principal" not in fig.get_suptitle()
     assert [t.get_text() for t in bar.get_yticklabels()] == [str(d) for d in range(10)]
     points = ax.collections[0].get_offsets()
-    mu, _ = F.encode_means(mlp2, images)
+    mu, _ = L.encode_means(mlp2, images)
     np.testing.assert_allclose(np.sort(points[:, 0]), np.sort(mu[:, 0].numpy()), rtol=1e-6)
 
 
@@ -189,7 +191,7 @@ def test_latent_scatter_label_count_must_match(mlp2, images):
 def test_pca_2d_finds_the_main_direction():
     direction = torch.tensor([1.0, 2.0, 0.0, -1.0, 0.5])
     mu = torch.linspace(-3, 3, 50).unsqueeze(1) * direction + 1e-3 * torch.randn(50, 5)
-    points, explained = F.pca_2d(mu)
+    points, explained = L.pca_2d(mu)
     assert points.shape == (50, 2)
     assert explained[0] > 0.999
     np.testing.assert_allclose(np.abs(points[:, 0]).max(), 3 * direction.norm().item(), rtol=1e-2)
@@ -295,21 +297,21 @@ def test_interpolation_strip_ends_at_the_decoded_means(any_model, images, method
 def test_interpolate_latents_end_points_are_exact(method):
     generator = torch.Generator().manual_seed(0)
     z_a, z_b = torch.randn(2, 7, generator=generator)
-    path = F.interpolate_latents(z_a, z_b, 9, method)
+    path = L.interpolate_latents(z_a, z_b, 9, method)
     assert path.shape == (9, 7) and path.dtype == z_a.dtype
     assert torch.equal(path[0], z_a) and torch.equal(path[-1], z_b)
-    assert torch.equal(F.interpolate_latents(z_a.unsqueeze(0), z_b.unsqueeze(0), 9, method), path)
+    assert torch.equal(L.interpolate_latents(z_a.unsqueeze(0), z_b.unsqueeze(0), 9, method), path)
 
 
 def test_interpolate_latents_linear_is_evenly_spaced():
     z_a, z_b = torch.tensor([0.0, 2.0]), torch.tensor([4.0, -2.0])
-    path = F.interpolate_latents(z_a, z_b, 5, "linear")
+    path = L.interpolate_latents(z_a, z_b, 5, "linear")
     torch.testing.assert_close(path, torch.tensor([[0.0, 2.0], [1.0, 1.0], [2.0, 0.0], [3.0, -1.0], [4.0, -2.0]]))
 
 
 def test_slerp_follows_the_great_circle():
     z_a, z_b = torch.tensor([2.0, 0.0, 0.0]), torch.tensor([0.0, 2.0, 0.0])
-    path = F.interpolate_latents(z_a, z_b, 7, "slerp")
+    path = L.interpolate_latents(z_a, z_b, 7, "slerp")
     torch.testing.assert_close(path.norm(dim=1), torch.full((7,), 2.0))
     angles = torch.atan2(path[:, 1], path[:, 0])
     torch.testing.assert_close(angles, torch.linspace(0, math.pi / 2, 7))
@@ -321,19 +323,19 @@ def test_slerp_follows_the_great_circle():
                                  torch.zeros(3)])  # no direction at all
 def test_slerp_falls_back_to_linear_when_the_angle_is_ill_defined(z_b):
     z_a = torch.tensor([1.0, 2.0, 3.0])
-    slerp = F.interpolate_latents(z_a, z_b, 6, "slerp")
+    slerp = L.interpolate_latents(z_a, z_b, 6, "slerp")
     assert torch.isfinite(slerp).all()
-    torch.testing.assert_close(slerp, F.interpolate_latents(z_a, z_b, 6, "linear"))
+    torch.testing.assert_close(slerp, L.interpolate_latents(z_a, z_b, 6, "linear"))
 
 
 def test_interpolate_latents_rejects_bad_arguments():
     z = torch.zeros(3)
     with pytest.raises(ValueError, match="steps"):
-        F.interpolate_latents(z, z, 1)
+        L.interpolate_latents(z, z, 1)
     with pytest.raises(ValueError, match="method"):
-        F.interpolate_latents(z, z, 5, "cubic")
+        L.interpolate_latents(z, z, 5, "cubic")
     with pytest.raises(ValueError, match="shape"):
-        F.interpolate_latents(z, torch.zeros(4), 5)
+        L.interpolate_latents(z, torch.zeros(4), 5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,7 +348,7 @@ FIGURES = {
     "latent_manifold": lambda m, x, y: F.latent_manifold(m),
     "latent_scatter": lambda m, x, y: F.latent_scatter(m, x, y),
     "latent_scatter_panels": lambda m, x, y: F.latent_scatter_panels(
-        [(name, F.encode_means(m, x)[0] * scale, y) for name, scale in [("AE", 5.0), ("KL", 0.01), ("VAE", 1.0)]]),
+        [(name, L.encode_means(m, x)[0] * scale, y) for name, scale in [("AE", 5.0), ("KL", 0.01), ("VAE", 1.0)]]),
     "latent_dimensions": lambda m, x, y: F.latent_dimensions(m, x),
     "kl_per_dimension": lambda m, x, y: F.kl_per_dimension([1.0, 0.001]),
     "latent_traversals": lambda m, x, y: F.latent_traversals(m, x[0], kl_per_dim=[0.5, 1.0]),
@@ -356,7 +358,7 @@ FIGURES = {
 
 @pytest.mark.parametrize("name", sorted(FIGURES))
 def test_every_figure_saves_as_a_png(name, mlp2, images, labels, tmp_path):
-    path = F.save_png(FIGURES[name](mlp2, images, labels), tmp_path / f"{name}.png")
+    path = C.save_png(FIGURES[name](mlp2, images, labels), tmp_path / f"{name}.png")
     assert path == tmp_path / f"{name}.png"
     assert_valid_png(path)
 
@@ -365,7 +367,7 @@ def test_save_png_writes_a_png_and_closes_the_figure(tmp_path):
     fig = plt.figure()  # a pyplot-managed figure, to see that save_png closes it
     fig.add_subplot().plot([0, 1], [1, 0])
     number = fig.number
-    path = F.save_png(fig, tmp_path / "a" / "b" / "line.png")
+    path = C.save_png(fig, tmp_path / "a" / "b" / "line.png")
     assert path.is_file()
     assert_valid_png(path)
     assert number not in plt.get_fignums()

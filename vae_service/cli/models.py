@@ -170,7 +170,7 @@ def _check_output(path: Path) -> Path:
 
 
 def _save(fig, path: Path) -> None:
-    from vae_service.viz.figures import save_png
+    from vae_service.viz.canvas import save_png
 
     try:
         save_png(fig, path)
@@ -262,7 +262,7 @@ def encode(
 
     from vae_service.core.objective import kl_per_dim
     from vae_service.tracking.registry import open_model
-    from vae_service.viz.figures import encode_means
+    from vae_service.viz.latents import encode_means
 
     with _user_errors():
         test = _test_split()

@@ -11,24 +11,23 @@ interrupted) with the exit code the CLI uses.
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 from vae_service import storage
 from vae_service.core.data import DataError, locate_mnist
 from vae_service.core.errors import BadInput, JobError, JobFailed, one_line
 from vae_service.core.interrupt import Interrupt
-from vae_service.core.spec import TrainSpec
-from vae_service.core.sweep_spec import SweepSpec
-from vae_service.jobs.compare import CompareJob, compare_job
 from vae_service.jobs.lifecycle import RUN_ID_FILE, existing_run_dir, new_run_dir
-from vae_service.jobs.locations import run_name, storage_uri
+from vae_service.jobs.locations import run_name, storage_uri, train_specs
 from vae_service.jobs.outcome import Outcome, write_outcome
 from vae_service.jobs.reporter import Reporter
-from vae_service.jobs.sweep import sweep_job
-from vae_service.jobs.train import train_job
 
-Job = Union[TrainSpec, SweepSpec, CompareJob]
-KINDS = {"train": train_job, "sweep": sweep_job, "compare": compare_job}
+if TYPE_CHECKING:
+    from vae_service.core.spec import TrainSpec
+    from vae_service.core.sweep_spec import SweepSpec
+    from vae_service.jobs.compare import CompareJob
+
+Job = Union["TrainSpec", "SweepSpec", "CompareJob"]
 
 
 def execute(job: Job, *, resume: Optional[str] = None, reporter: Optional[Reporter] = None,
@@ -45,8 +44,8 @@ def execute(job: Job, *, resume: Optional[str] = None, reporter: Optional[Report
         check_data(job)
         tags = {"vae.job_id": job_id} if job_id else None
         with Interrupt().catching_sigint() as interrupt:
-            outcome = KINDS[job.kind](_absolute_paths(job), run_dir, resume=bool(resume), reporter=reporter,
-                                      interrupt=interrupt, tags=tags)
+            outcome = job_function(job.kind)(_absolute_paths(job), run_dir, resume=bool(resume), reporter=reporter,
+                                             interrupt=interrupt, tags=tags)
     except JobError as exc:
         outcome = Outcome.failed(job.kind, exc, run_dir=run_dir.uri if run_dir else None, mlflow_run_id=_recorded_run_id(run_dir))
     except Exception as exc:  # a bug, not the user's mistake: its traceback, and still an outcome
@@ -61,12 +60,19 @@ def execute(job: Job, *, resume: Optional[str] = None, reporter: Optional[Report
     return outcome
 
 
-def train_specs(job: Job) -> list[TrainSpec]:
-    if isinstance(job, SweepSpec):
-        return [job.train]
-    if isinstance(job, CompareJob):
-        return list(job.specs.values())
-    return [job]
+def job_function(kind: str) -> Callable[..., Outcome]:
+    """The kind's job, imported when it runs: a train job never loads Tune or the comparison."""
+    if kind == "sweep":
+        from vae_service.jobs.sweep import sweep_job
+
+        return sweep_job
+    if kind == "compare":
+        from vae_service.jobs.compare import compare_job
+
+        return compare_job
+    from vae_service.jobs.train import train_job
+
+    return train_job
 
 
 def check_data(job: Job) -> None:
@@ -79,10 +85,11 @@ def check_data(job: Job) -> None:
 
 
 def _absolute_paths(job: Job) -> Job:
-    if isinstance(job, SweepSpec):
+    """A relative data.root means relative to where the job was started, not to a worker."""
+    if job.kind == "sweep":
         return job.model_copy(update={"train": job.train.with_absolute_data_root()})
-    if isinstance(job, CompareJob):
-        return CompareJob({kind: spec.with_absolute_data_root() for kind, spec in job.specs.items()})
+    if job.kind == "compare":
+        return job.model_copy(update={"specs": {kind: spec.with_absolute_data_root() for kind, spec in job.specs.items()}})
     return job.with_absolute_data_root()
 
 

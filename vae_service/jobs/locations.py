@@ -1,4 +1,4 @@
-"""Where a job's run directory goes. Light on purpose: the queue's dispatcher finds a job's
+"""Where a job's run directory goes, and what a job is made of. Light on purpose: the queue's dispatcher finds a job's
 outcome.json through it without importing Ray, torch or MLflow."""
 
 from __future__ import annotations
@@ -22,6 +22,15 @@ def storage_uri(job) -> str:
     if job.kind == "compare":
         return job.specs["vae"].storage.uri
     return job.storage.uri
+
+
+def train_specs(job) -> list:
+    """The train specs a job is made of: its own, a sweep's base, a comparison's three."""
+    if job.kind == "sweep":
+        return [job.train]
+    if job.kind == "compare":
+        return list(job.specs.values())
+    return [job]
 
 
 def queued_run_dir(job, job_id: str) -> storage.Location:

@@ -13,7 +13,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from vae_service.tracking.mlflow_run import client
 from vae_service.tracking.registry import MODEL_ARTIFACT, all_pages, register
-from vae_service.viz.figures import save_png
+from vae_service.viz.canvas import save_png
 from vae_service.viz.sweep_figures import active_units_map, pareto_plot
 
 PARENT_TAG = MLFLOW_PARENT_RUN_ID  # "mlflow.parentRunId": what the MLflow UI nests runs by

@@ -28,7 +28,7 @@ from vae_service.core.data import ImageSplit
 from vae_service.core.loop import evaluate
 from vae_service.core.model import VAE
 from vae_service.core import metrics as M
-from vae_service.viz import figures
+from vae_service.viz import canvas, figures, latents
 
 KINDS = ("ae", "kl_only", "vae")  # panel order, as in the article
 LABELS = {"ae": "autoencoder", "kl_only": "KL only", "vae": "VAE"}
@@ -54,8 +54,8 @@ def comparison_metrics(model: VAE, test: ImageSplit, binarize: str = "none", mu:
     evaluation), active units and the μ spread. The same estimator for all three models: for
     the autoencoder it is not what it was trained on (its σ head is untrained)."""
     if mu is None:
-        mu, _ = figures.encode_means(model, test.images)
-    with figures.inference(model) as vae, torch.random.fork_rng(devices=[]):
+        mu, _ = latents.encode_means(model, test.images)
+    with canvas.inference(model) as vae, torch.random.fork_rng(devices=[]):
         torch.manual_seed(EVAL_SEED)
         generator = torch.Generator(device=test.images.device).manual_seed(EVAL_SEED)
         stats = evaluate(vae, test.images, binarize=binarize, generator=generator)
@@ -88,7 +88,7 @@ def scatter_figure(codes: Mapping[str, torch.Tensor], labels: torch.Tensor) -> F
     tick labels tell the scale), the prior's 1σ and 2σ circles dashed where they are in view."""
     panels = []
     for kind, mu in codes.items():
-        points, _, _, _ = figures.latent_points_2d(mu)
+        points, _, _, _ = latents.latent_points_2d(mu)
         panels.append((f"{LABELS.get(kind, kind)}\n{_scale_note(mu_spread(mu))}", points, labels))
     n = len(labels)
     fig = figures.latent_scatter_panels(
@@ -157,11 +157,11 @@ def reconstructions_figure(models: Mapping[str, VAE], images: torch.Tensor) -> F
     axes = fig.subplots(1, k, squeeze=False)[0]
     h = x.shape[2]
     for ax, (kind, model) in zip(axes, models.items()):
-        with figures.inference(model) as vae:
+        with canvas.inference(model) as vae:
             device = next(vae.parameters()).device
             mu, _ = vae.encode(x.to(device))
             recon = vae.mean_image(mu).cpu()
-        pairs = figures.tile(torch.cat([x.cpu(), recon]), ncols=n, pad=2)  # inputs above, white gaps
+        pairs = canvas.tile(torch.cat([x.cpu(), recon]), ncols=n, pad=2)  # inputs above, white gaps
         ax.imshow(pairs, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([(h - 1) / 2, h + 2 + (h - 1) / 2], ["input", "recon."], fontsize=9)
@@ -192,11 +192,11 @@ def render_comparison(models: Mapping[str, VAE], test: ImageSplit, out_dir: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     codes, metrics = {}, {}
     for kind, model in models.items():
-        codes[kind], _ = figures.encode_means(model, test.images)
+        codes[kind], _ = latents.encode_means(model, test.images)
         metrics[kind] = comparison_metrics(model, test, binarize, mu=codes[kind])
     picked = _distinct_digits(test.labels, min(N_RECON, len(test)))
-    scatter = figures.save_png(scatter_figure(codes, test.labels), out_dir / SCATTER_FILE)
-    recon = figures.save_png(reconstructions_figure(models, test.images[picked]), out_dir / RECON_FILE)
+    scatter = canvas.save_png(scatter_figure(codes, test.labels), out_dir / SCATTER_FILE)
+    recon = canvas.save_png(reconstructions_figure(models, test.images[picked]), out_dir / RECON_FILE)
     table = out_dir / METRICS_FILE
     table.write_text(metrics_csv(metrics))
     return ComparisonArtifacts(scatter, recon, table, metrics)

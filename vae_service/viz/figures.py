@@ -3,7 +3,9 @@
 Every function is pure: it takes a model (and images), returns a `matplotlib.figure.Figure`
 and touches nothing else. Model calls run under `torch.no_grad()` in eval mode (the model's
 previous train/eval mode is restored afterwards), inputs are moved to the model's device, and
-images may be uint8 (0–255, as stored by `vae_service.core.data`) or float in [0, 1].
+images may be uint8 (0–255, as stored by `vae_service.core.data`) or float in [0, 1]; that
+plumbing, and `save_png` to write a figure, are in `vae_service.viz.canvas`, the math on the
+latent codes (encoding, PCA, interpolation paths) in `vae_service.viz.latents`.
 Figures are built with `Figure(...)` rather than `pyplot.figure()`, so nothing accumulates in
 pyplot's global figure list when a caller forgets to close one; `save_png` closes it anyway.
 
@@ -12,34 +14,37 @@ Latent dimensions are named 1-based everywhere: index j of z is labelled "z{j+1}
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
-from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, TypeVar, Union
+from typing import Optional, Sequence
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.legend_handler import HandlerTuple
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
+from vae_service.core.model import VAE
+from vae_service.viz.canvas import (
+    ArrayLike,
+    bare,
+    cell_centres,
+    dim_name,
+    image_batch,
+    imshow,
+    inferring,
+    model_device,
+    signed,
+    spread_indices,
+    tile,
+    to_numpy,
+    to_picture,
+)
+from vae_service.viz.latents import encode_means, interpolate_latents, latent_points_2d
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib import pyplot as plt  # noqa: E402
-from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.legend_handler import HandlerTuple  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch, Rectangle  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from vae_service.core.data import to_unit_float  # noqa: E402
-from vae_service.core.model import VAE, unwrap  # noqa: E402
-
-ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float]]
-F = TypeVar("F", bound=Callable[..., Figure])
-
-DEFAULT_DPI = 150
-ENCODE_BATCH = 1024
 N_CLASSES = 10  # MNIST digits 0–9
 CLASS_CMAP = ListedColormap(matplotlib.colormaps["tab10"].colors[:N_CLASSES], name="digits")
 CLASS_NORM = BoundaryNorm(np.arange(-0.5, N_CLASSES + 0.5), N_CLASSES)
@@ -47,233 +52,10 @@ ACTIVE_COLOR, COLLAPSED_COLOR = "tab:blue", "tab:orange"
 PCA_NOTE = "first two principal components of μ"
 
 
-# ---------------------------------------------------------------------------------------------
-# plumbing
-
-
-@contextlib.contextmanager
-def inference(model: torch.nn.Module) -> Iterator[VAE]:
-    """The VAE of `model` in eval mode under no_grad, its previous train/eval mode restored
-    after: drawing a figure or measuring a model must not leave it changed for its trainer."""
-    vae = unwrap(model)
-    was_training = vae.training
-    vae.eval()
-    try:
-        with torch.no_grad():
-            yield vae
-    finally:
-        vae.train(was_training)
-
-
-def _inference(fn: F) -> F:
-    """Runs `fn(model, ...)` under `inference(model)`."""
-
-    @functools.wraps(fn)
-    def wrapper(model, *args, **kwargs):
-        with inference(model) as vae:
-            return fn(vae, *args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _device(vae: VAE) -> torch.device:
-    return next(vae.parameters()).device
-
-
-def _batch(vae: VAE, images: ArrayLike) -> torch.Tensor:
-    """Images → float (N, C, H, W) in [0, 1] on the model's device.
-
-    Accepts a batch (N, C, H, W), a single image (C, H, W), and for one-channel models also
-    (N, H, W) or (H, W); uint8 is scaled by 1/255, anything else is taken as [0, 1] floats.
-    """
-    x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
-    x = x.to(_device(vae))
-    x = to_unit_float(x) if x.dtype == torch.uint8 else x.to(torch.float32)
-    shape = tuple(vae.config.image_shape)
-    if tuple(x.shape) == shape:
-        x = x.unsqueeze(0)
-    elif shape[0] == 1 and x.dim() == 3 and tuple(x.shape[1:]) == shape[1:]:
-        x = x.unsqueeze(1)
-    elif shape[0] == 1 and tuple(x.shape) == shape[1:]:
-        x = x[None, None]
-    if x.dim() != 4 or tuple(x.shape[1:]) != shape:
-        raise ValueError(f"images of shape {tuple(x.shape)} do not fit a model for images {shape}")
-    if len(x) == 0:
-        raise ValueError("no images given")
-    return x
-
-
-def _numpy(values: ArrayLike) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        return values.detach().cpu().numpy()
-    return np.asarray(values)
-
-
-def _picture(img: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(C, H, W) in [0, 1] → what imshow wants: (H, W) for grey, (H, W, C) for colour."""
-    arr = _numpy(img).astype(np.float32)
-    return arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0))
-
-
-def tile(images: torch.Tensor, ncols: int, pad: int = 0, pad_value: float = 1.0) -> np.ndarray:
-    """(N, C, H, W) → one picture of a grid of ncols columns, row-major, `pad` pixels apart."""
-    arr = _numpy(images).astype(np.float32)
-    n, c, h, w = arr.shape
-    nrows = math.ceil(n / ncols)
-    grid = np.full((c, nrows * (h + pad) - pad, ncols * (w + pad) - pad), pad_value, dtype=np.float32)
-    for i in range(n):
-        r, col = divmod(i, ncols)
-        grid[:, r * (h + pad) : r * (h + pad) + h, col * (w + pad) : col * (w + pad) + w] = arr[i]
-    return _picture(grid)
-
-
-def _imshow(ax, picture: np.ndarray) -> None:
-    ax.imshow(picture, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-
-
-def _bare(ax) -> None:
-    """No ticks, but keep the axes (and so the y label) visible, with a light frame."""
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_color("0.7")
-
-
-def _cell_centres(count: int, size: int, pad: int = 0) -> np.ndarray:
-    """Pixel coordinate of the middle of each of `count` cells of `size` pixels in a tile."""
-    return np.arange(count) * (size + pad) + (size - 1) / 2
-
-
-def _some(count: int, most: int) -> np.ndarray:
-    """Up to `most` evenly spread indices of range(count), both ends included, placed
-    symmetrically (the number picked has the parity of count, so none is off-centre)."""
-    if count <= most + 4:
-        return np.arange(count)
-    k = most
-    if (count - k) % 2:
-        k -= 1
-    return np.unique(np.round(np.linspace(0, count - 1, max(k, 2))).astype(int))
-
-
-def _signed(value: float, decimals: int = 2) -> str:
-    """+1.5 / −0.75 / 0: a sign on non-zero values, a typographic minus, no trailing zeros."""
-    if round(value, decimals) == 0:
-        return "0"
-    text = f"{value:+.{decimals}f}"
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text.replace("-", "\u2212")
-
-
-def _dim_name(j: int) -> str:
-    return f"z{j + 1}"
-
-
-def save_png(fig: Figure, path: Union[str, Path], dpi: int = DEFAULT_DPI) -> Path:
-    """Writes `fig` as a PNG (parent folders created) and closes it; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        # bbox "tight": the saved canvas is grown or trimmed to what is drawn, so no label is cut.
-        fig.savefig(path, dpi=dpi, format="png", facecolor="white", bbox_inches="tight", pad_inches=0.1)
-    finally:
-        plt.close(fig)
-    return path
-
-
-# ---------------------------------------------------------------------------------------------
-# latent codes
-
-
-@_inference
-def encode_means(model: VAE, images: ArrayLike, batch_size: int = ENCODE_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
-    """(μ, log σ²) of q(z|x) for every image, on the CPU; encoded in batches."""
-    x = _batch(model, images)
-    mus, logvars = [], []
-    for start in range(0, len(x), batch_size):
-        mu, logvar = model.encode(x[start : start + batch_size])
-        mus.append(mu.cpu())
-        logvars.append(logvar.cpu())
-    return torch.cat(mus), torch.cat(logvars)
-
-
-def pca_2d(mu: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Projection of the rows of μ onto their first two principal components.
-
-    Returns (points (N, 2), fraction of the variance of μ along each of the two components).
-    """
-    m = torch.as_tensor(_numpy(mu), dtype=torch.float64)
-    if m.dim() != 2 or m.shape[1] < 2:
-        raise ValueError(f"need μ of shape (N, d) with d >= 2, got {tuple(m.shape)}")
-    centred = m - m.mean(dim=0, keepdim=True)
-    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
-    points = centred @ vh[:2].T
-    total = s.pow(2).sum()
-    explained = s[:2].pow(2) / total if total > 0 else torch.zeros(2, dtype=torch.float64)
-    return points.numpy(), explained.numpy()
-
-
-def latent_points_2d(mu: ArrayLike) -> tuple[np.ndarray, str, str, bool]:
-    """Points to scatter for codes μ: μ itself when 2-D, else its first two principal components.
-
-    Returns (points (N, 2), x label, y label, whether PCA was used).
-    """
-    m = _numpy(mu).astype(np.float64)
-    if m.ndim != 2:
-        raise ValueError(f"need μ of shape (N, d), got {m.shape}")
-    if m.shape[1] == 1:
-        raise ValueError("a 1-dimensional latent space has no 2-D scatter")
-    if m.shape[1] == 2:
-        return m, "z1", "z2", False
-    points, explained = pca_2d(m)
-    return points, f"PC1 of μ ({explained[0]:.0%} of variance)", f"PC2 of μ ({explained[1]:.0%} of variance)", True
-
-
-def interpolate_latents(z_a: ArrayLike, z_b: ArrayLike, steps: int, method: str = "linear") -> torch.Tensor:
-    """`steps` codes from z_a to z_b inclusive, shape (steps, d); row 0 is z_a, the last z_b, exactly.
-
-    linear: (1 − t)·z_a + t·z_b. slerp: the spherical interpolation of White (2016),
-    sin((1 − t)Ω)/sin Ω · z_a + sin(tΩ)/sin Ω · z_b with cos Ω = ẑ_a·ẑ_b, which keeps the codes
-    at a typical distance from the origin instead of cutting through the low-density centre.
-    When the directions are (nearly) parallel or opposite, or either code is zero, Ω is
-    ill-defined and slerp falls back to linear.
-    """
-    if steps < 2:
-        raise ValueError(f"steps must be at least 2 (the two end points), got {steps}")
-    if method not in ("linear", "slerp"):
-        raise ValueError(f"method must be 'linear' or 'slerp', got {method!r}")
-    a = torch.as_tensor(_numpy(z_a) if not isinstance(z_a, torch.Tensor) else z_a)
-    b = torch.as_tensor(_numpy(z_b) if not isinstance(z_b, torch.Tensor) else z_b).to(a.device)
-    a, b = a.reshape(-1), b.reshape(-1)
-    if a.shape != b.shape:
-        raise ValueError(f"z_a and z_b differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
-    dtype = a.dtype if a.is_floating_point() else torch.float32
-    a64, b64 = a.to(torch.float64), b.to(torch.float64)
-    t = torch.linspace(0.0, 1.0, steps, dtype=torch.float64, device=a.device).unsqueeze(1)
-
-    path = None
-    if method == "slerp":
-        norm_a, norm_b = a64.norm(), b64.norm()
-        if norm_a > 1e-12 and norm_b > 1e-12:
-            cos = torch.dot(a64 / norm_a, b64 / norm_b).clamp(-1.0, 1.0)
-            if cos.abs() < 0.9995:  # else (anti)parallel: sin Ω ≈ 0
-                omega = torch.arccos(cos)
-                path = (torch.sin((1 - t) * omega) * a64 + torch.sin(t * omega) * b64) / torch.sin(omega)
-    if path is None:
-        path = (1 - t) * a64 + t * b64
-    path = path.to(dtype)
-    path[0], path[-1] = a.to(dtype), b.to(dtype)
-    return path
-
-
-# ---------------------------------------------------------------------------------------------
-# the figures
-
-
-@_inference
+@inferring
 def reconstructions(model: VAE, images: ArrayLike, n: int = 8) -> Figure:
     """The first n images (top row) above their reconstructions E[x|z = μ] (bottom row)."""
-    x = _batch(model, images)[:n]
+    x = image_batch(model, images)[:n]
     mu, _ = model.encode(x)
     recon = model.mean_image(mu)
     n = len(x)
@@ -281,34 +63,34 @@ def reconstructions(model: VAE, images: ArrayLike, n: int = 8) -> Figure:
     axes = fig.subplots(2, n, squeeze=False)
     for col in range(n):
         for row, batch in enumerate((x, recon)):
-            _imshow(axes[row, col], _picture(batch[col]))
-            _bare(axes[row, col])
+            imshow(axes[row, col], to_picture(batch[col]))
+            bare(axes[row, col])
     axes[0, 0].set_ylabel("input")
     axes[1, 0].set_ylabel("reconstruction\n(z = μ)")
     fig.suptitle("Inputs (top) and their reconstructions from z = μ (bottom)")
     return fig
 
 
-@_inference
+@inferring
 def prior_samples(model: VAE, n: int = 64, seed: int = 0) -> Figure:
     """A grid of decoder means E[x|z] for n codes z ~ N(0, I) (seeded, drawn on the CPU)."""
     if n < 1:
         raise ValueError("n must be positive")
     generator = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, model.config.latent_dim, generator=generator).to(_device(model))
+    z = torch.randn(n, model.config.latent_dim, generator=generator).to(model_device(model))
     images = model.mean_image(z)
     ncols = math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
     side = 0.72
     fig = Figure(figsize=(max(ncols * side, 4.0), nrows * side + 0.7), layout="constrained")
     ax = fig.add_subplot()
-    _imshow(ax, tile(images, ncols, pad=2))
+    imshow(ax, tile(images, ncols, pad=2))
     ax.set_axis_off()
     fig.suptitle(f"{n} samples from the prior: decoder mean E[x|z] for z ~ N(0, I)")
     return fig
 
 
-@_inference
+@inferring
 def latent_manifold(model: VAE, n: int = 20) -> Figure:
     """The 2-D manifold: decoder means over an n × n grid of Gaussian quantiles 0.05…0.95 of z.
 
@@ -326,17 +108,17 @@ def latent_manifold(model: VAE, n: int = 20) -> Figure:
     values = torch.distributions.Normal(0.0, 1.0).icdf(quantiles)
     z1 = values.repeat(n)
     z2 = values.flip(0).repeat_interleave(n)
-    images = model.mean_image(torch.stack([z1, z2], dim=1).to(_device(model)))
+    images = model.mean_image(torch.stack([z1, z2], dim=1).to(model_device(model)))
     _, _, h, w = images.shape
 
     fig = Figure(figsize=(7.6, 7.6), layout="constrained")
     ax = fig.add_subplot()
-    _imshow(ax, tile(images, n, pad=0))
-    picked = _some(n, 7)
-    labels = [f"{_signed(values[i].item())}\n(q={quantiles[i].item():.2f})" for i in picked]
-    ax.set_xticks(_cell_centres(n, w)[picked], labels)
+    imshow(ax, tile(images, n, pad=0))
+    picked = spread_indices(n, 7)
+    labels = [f"{signed(values[i].item())}\n(q={quantiles[i].item():.2f})" for i in picked]
+    ax.set_xticks(cell_centres(n, w)[picked], labels)
     rows_for = n - 1 - picked  # row index (top = 0) holding quantile index i
-    ax.set_yticks(_cell_centres(n, h)[rows_for], [text.replace("\n", " ") for text in labels])
+    ax.set_yticks(cell_centres(n, h)[rows_for], [text.replace("\n", " ") for text in labels])
     ax.tick_params(labelsize=8)
     ax.set_xlabel("z1")
     ax.set_ylabel("z2")
@@ -369,7 +151,7 @@ def _class_colorbar(fig: Figure, mappable, ax, shrink: float = 1.0) -> None:
 def latent_scatter(model: VAE, images: ArrayLike, labels: ArrayLike, title: Optional[str] = None) -> Figure:
     """Posterior means μ of (test) images coloured by digit; PCA of μ when latent_dim > 2."""
     mu, _ = encode_means(model, images)
-    labels = _numpy(labels).reshape(-1)
+    labels = to_numpy(labels).reshape(-1)
     if len(labels) != len(mu):
         raise ValueError(f"{len(mu)} images but {len(labels)} labels")
     points, xlabel, ylabel, used_pca = latent_points_2d(mu)
@@ -405,8 +187,8 @@ def latent_scatter_panels(
         raise ValueError("no panels given")
     prepared = []
     for name, mu_2d, labels in panels:
-        pts = _numpy(mu_2d).astype(np.float64)
-        lab = _numpy(labels).reshape(-1)
+        pts = to_numpy(mu_2d).astype(np.float64)
+        lab = to_numpy(labels).reshape(-1)
         if pts.ndim != 2 or pts.shape[1] != 2:
             raise ValueError(f"panel {name!r}: need points of shape (N, 2), got {pts.shape}")
         if len(lab) != len(pts):
@@ -431,16 +213,16 @@ def latent_scatter_panels(
     return fig
 
 
-@_inference
+@inferring
 def latent_dimensions(model: VAE, images: ArrayLike, n: int = 8) -> Figure:
     """For each of n images: the image, and μ ± σ of q(z|x) for every latent dimension.
 
     The grey band is the prior's μ ± σ (0 ± 1): dimensions that sit on it for every image carry
     no information about the image (posterior collapse).
     """
-    x = _batch(model, images)[:n]
+    x = image_batch(model, images)[:n]
     mu, logvar = model.encode(x)
-    mu, sigma = _numpy(mu), _numpy(torch.exp(0.5 * logvar))
+    mu, sigma = to_numpy(mu), to_numpy(torch.exp(0.5 * logvar))
     n, d = mu.shape
     dims = np.arange(1, d + 1)
     low = min(float((mu - sigma).min()), -1.0)
@@ -454,8 +236,8 @@ def latent_dimensions(model: VAE, images: ArrayLike, n: int = 8) -> Figure:
     for i in range(n):
         cell = grid[divmod(i, ncols)].subgridspec(1, 2, width_ratios=[1, 3.2], wspace=0.05)
         ax_img = fig.add_subplot(cell[0])
-        _imshow(ax_img, _picture(x[i]))
-        _bare(ax_img)
+        imshow(ax_img, to_picture(x[i]))
+        bare(ax_img)
         ax_img.set_title(f"image {i + 1}", fontsize=9)
         ax = fig.add_subplot(cell[1])
         ax.axhspan(-1.0, 1.0, color="0.9", zorder=0)
@@ -489,7 +271,7 @@ def kl_per_dimension(
     Dimensions under `threshold` nats are collapsed: drawn in another colour, with a marker on
     the axis (their bars are too short to see on a linear scale) and in the legend.
     """
-    kl = _numpy(kl_per_dim).astype(np.float64)
+    kl = to_numpy(kl_per_dim).astype(np.float64)
     if kl.ndim != 1 or len(kl) == 0:
         raise ValueError(f"need a non-empty list of KL values, one per dimension; got shape {kl.shape}")
     d = len(kl)
@@ -540,7 +322,7 @@ def kl_per_dimension(
     return fig
 
 
-@_inference
+@inferring
 def latent_traversals(
     model: VAE,
     image: ArrayLike,
@@ -552,12 +334,12 @@ def latent_traversals(
     """Rows: latent dimensions; columns: that dimension set to μ_j + offset, offsets −span…+span,
     every other dimension held at the image's μ. With `kl_per_dim`, the rows are the max_dims
     dimensions of largest KL (most informative first); otherwise the first max_dims."""
-    x = _batch(model, image)[:1]
+    x = image_batch(model, image)[:1]
     mu, _ = model.encode(x)
     mu = mu[0]
     d = mu.shape[0]
     if kl_per_dim is not None:
-        kl = _numpy(kl_per_dim).astype(np.float64).reshape(-1)
+        kl = to_numpy(kl_per_dim).astype(np.float64).reshape(-1)
         if len(kl) != d:
             raise ValueError(f"kl_per_dim has {len(kl)} values but the model has {d} latent dimensions")
         dims = [int(j) for j in np.argsort(-kl, kind="stable")[:max_dims]]
@@ -577,14 +359,14 @@ def latent_traversals(
     fig = Figure(figsize=(cell * (n_steps + 1.4) + label_width, cell * len(dims) + 1.5), layout="constrained")
     grid = fig.add_gridspec(1, 2, width_ratios=[1.3, n_steps])
     ax_in = fig.add_subplot(grid[0])
-    _imshow(ax_in, _picture(x[0]))
-    _bare(ax_in)
+    imshow(ax_in, to_picture(x[0]))
+    bare(ax_in)
     ax_in.set_title("input", fontsize=10)
     ax = fig.add_subplot(grid[1])
-    _imshow(ax, tile(images, n_steps, pad=pad))
-    names = [_dim_name(j) if kl is None else f"{_dim_name(j)}\n{kl[j]:.2f} nats" for j in dims]
-    ax.set_yticks(_cell_centres(len(dims), h, pad), names)
-    ax.set_xticks(_cell_centres(n_steps, w, pad), [_signed(o) for o in offsets.tolist()])
+    imshow(ax, tile(images, n_steps, pad=pad))
+    names = [dim_name(j) if kl is None else f"{dim_name(j)}\n{kl[j]:.2f} nats" for j in dims]
+    ax.set_yticks(cell_centres(len(dims), h, pad), names)
+    ax.set_xticks(cell_centres(n_steps, w, pad), [signed(o) for o in offsets.tolist()])
     ax.tick_params(length=0, labelsize=9 if kl is None else 8)
     for spine in ax.spines.values():
         spine.set_visible(False)
@@ -595,16 +377,16 @@ def latent_traversals(
                                fill=False, edgecolor="tab:red", linewidth=1.5, clip_on=False))
     ax.set_xlabel(r"$z_j - \mu_j$  (offset from the image's μ; red box: z = μ)")
     ax.set_ylabel("varied dimension" + (" (by KL)" if kl is not None else ""))
-    which = f"the {len(dims)} dimensions of largest KL" if kl is not None else f"{_dim_name(dims[0])}…{_dim_name(dims[-1])}"
+    which = f"the {len(dims)} dimensions of largest KL" if kl is not None else f"{dim_name(dims[0])}…{dim_name(dims[-1])}"
     fig.suptitle(f"Latent traversals: each row varies one dimension of z,\nthe others stay at the image's μ (rows: {which})")
     return fig
 
 
-@_inference
+@inferring
 def interpolation(model: VAE, image_a: ArrayLike, image_b: ArrayLike, steps: int = 10, method: str = "linear") -> Figure:
     """Decoded codes on the path from μ_A to μ_B (see `interpolate_latents`), inputs at the ends."""
-    x_a = _batch(model, image_a)[:1]
-    x_b = _batch(model, image_b)[:1]
+    x_a = image_batch(model, image_a)[:1]
+    x_b = image_batch(model, image_b)[:1]
     mu, _ = model.encode(torch.cat([x_a, x_b]))
     path = interpolate_latents(mu[0], mu[1], steps, method)
     images = model.mean_image(path)
@@ -613,16 +395,16 @@ def interpolation(model: VAE, image_a: ArrayLike, image_b: ArrayLike, steps: int
     fig = Figure(figsize=(0.95 * (steps + 2) + 0.3, 1.8), layout="constrained")
     axes = fig.subplots(1, steps + 2, squeeze=False, gridspec_kw={"wspace": 0.02})[0]
     for ax, picture, heading in [(axes[0], x_a[0], "input A"), (axes[-1], x_b[0], "input B")]:
-        _imshow(ax, _picture(picture))
-        _bare(ax)
+        imshow(ax, to_picture(picture))
+        bare(ax)
         ax.set_title(heading, fontsize=9, fontweight="bold")
         for spine in ax.spines.values():
             spine.set_color("tab:red")
             spine.set_linewidth(2)
     for i in range(steps):
         ax = axes[i + 1]
-        _imshow(ax, _picture(images[i]))
-        _bare(ax)
+        imshow(ax, to_picture(images[i]))
+        bare(ax)
         ax.set_title(f"t={t[i]:.2f}", fontsize=8)
     name = "Spherical (slerp)" if method == "slerp" else "Linear"
     fig.suptitle(f"{name} interpolation in latent space from μ_A (t=0) to μ_B (t=1), decoded")
@@ -630,20 +412,13 @@ def interpolation(model: VAE, image_a: ArrayLike, image_b: ArrayLike, steps: int
 
 
 __all__ = [
-    "encode_means",
-    "inference",
-    "interpolate_latents",
     "interpolation",
     "kl_per_dimension",
     "latent_dimensions",
     "latent_manifold",
-    "latent_points_2d",
     "latent_scatter",
     "latent_scatter_panels",
     "latent_traversals",
-    "pca_2d",
     "prior_samples",
     "reconstructions",
-    "save_png",
-    "tile",
 ]

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 from vae_service.core.data import ImageSplit
 from vae_service.core.model import VAE
 from vae_service.viz import figures
+from vae_service.viz.canvas import save_png
 
 SCATTER_POINTS = 5000  # enough to see the structure, few enough to draw quickly
 
@@ -30,7 +31,7 @@ def render_run_figures(vae: VAE, test: ImageSplit, out_dir: Path, kl_per_dim: Op
         made["kl_per_dimension.png"] = figures.kl_per_dimension(list(kl_per_dim))
     if vae.config.latent_dim == 2:
         made["latent_manifold.png"] = figures.latent_manifold(vae)
-    return [figures.save_png(fig, out_dir / name) for name, fig in made.items()]
+    return [save_png(fig, out_dir / name) for name, fig in made.items()]
 
 
 def _two_different_digits(test: ImageSplit) -> tuple[int, int]:
