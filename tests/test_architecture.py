@@ -20,8 +20,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vae_service"
 ALLOWED = {
     "core": set(),
     "viz": {"core"},
-    "storage": set(),
-    "environment": {"storage"},
+    "storage": {"core"},
+    "environment": {"core", "storage"},
     "tracking": {"core", "viz", "storage", "environment"},
     "training": {"core", "tracking", "storage", "environment"},
     "sweeps": {"core", "training", "tracking", "storage", "environment"},

@@ -161,3 +161,27 @@ def test_saved_model_rebuilds_from_json_config(tmp_path):
     x = torch.rand(2, 1, 28, 28)
     torch.testing.assert_close(loaded.encode(x)[0], model.encode(x)[0])
     assert loaded.config == model.config
+
+
+def test_objective_defaults_are_the_specs_defaults():
+    from vae_service.core import from_spec
+    from vae_service.core.spec import CapacitySpec, ObjectiveSpec, TrainSpec
+
+    capacity, objective = CapacitySpec(), ObjectiveSpec()
+    assert (Objective().capacity_anneal_epochs, Objective().capacity_gamma) == (capacity.anneal_epochs, capacity.gamma)
+    assert (Objective().kind, Objective().beta, Objective().warmup_epochs) == (objective.kind, objective.beta, objective.warmup_epochs)
+    built = from_spec.objective(TrainSpec.model_validate({"objective": {"capacity": {"max_nats": 5}}}))
+    assert (built.capacity_max_nats, built.capacity_anneal_epochs, built.capacity_gamma) == (5.0, capacity.anneal_epochs, capacity.gamma)
+
+
+def test_epoch_record_names_every_metric_once():
+    from vae_service.core import metrics as M
+
+    val = {"neg_elbo": 3.0, "recon": 2.0, "kl": 1.0, "kl_per_dim": [0.5, 0.5], "active_units": 2}
+    record = M.epoch_record(4, {M.TRAIN_LOSS: 3.5}, {M.SHARD_OVERLAP: 0}, val, {"neg_elbo": 3.1, "recon": 2.1, "kl": 1.0})
+    assert record[M.EPOCH] == 4 and record[M.VAL_NEG_ELBO] == 3.0 and record[M.ACTIVE_UNITS] == 2
+    assert record[M.TEST_NEG_ELBO] == 3.1 and record[M.VAL_KL_PER_DIM] == [0.5, 0.5]
+    assert M.epoch_record(4, {}, {}) == {M.EPOCH: 4}
+    assert set(M.summary(record)) == set(M.SUMMARY) | {M.TEST_NEG_ELBO, M.TEST_RECON, M.TEST_KL}
+    assert M.kl_dim_names(3) == ["val_kl_dim_01", "val_kl_dim_02", "val_kl_dim_03"]
+    assert M.kl_dim_names(120)[-1] == "val_kl_dim_120"

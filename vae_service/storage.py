@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 import pyarrow.fs as pafs
 import tenacity
 
+from vae_service.core.errors import one_line
+
 if TYPE_CHECKING:
     import ray.train
 
@@ -302,8 +304,7 @@ def _display_endpoint(endpoint: Optional[str]) -> str:
 
 def _reason(exc: BaseException) -> str:
     """pyarrow's error as one line, e.g. `curlCode: 7, Could not connect to server`."""
-    text = " ".join(str(exc).split()) or exc.__class__.__name__
-    text = text.split("AWS Error ", 1)[-1]  # drop "When getting information for bucket 'b': "
+    text = one_line(exc).split("AWS Error ", 1)[-1]  # drop "When getting information for bucket 'b': "
     return text.split("; Details:", 1)[0]  # curl's restatement of the same thing
 
 

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from vae_service.cli.common import app, err, fail
 from vae_service.core import metrics as M
+from vae_service.core.errors import one_line
 
 #
 # mlflow, torch and matplotlib are imported inside the commands: validate/schema need none.
@@ -35,11 +36,6 @@ models_app = typer.Typer(
 app.add_typer(models_app, name="models")
 
 
-def _first_line(text: object) -> str:
-    lines = str(text).strip().splitlines()
-    return lines[0] if lines else ""
-
-
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
     """Unknown models, aliases, versions, missing data or an unreachable store: one line, exit 2."""
@@ -55,7 +51,7 @@ def _user_errors() -> Iterator[None]:
     except DataError as exc:
         fail("data: " + " ".join(str(exc).split("\n")), 2)
     except MlflowException as exc:
-        fail(f"mlflow: {_first_line(exc.message) or type(exc).__name__}", 2)
+        fail(f"mlflow: {one_line(exc, first_line=True)}", 2)
 
 
 def _when(moment) -> str:

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from vae_service.cli.common import app, fail, say
+from vae_service.core.errors import one_line
 
 
 @app.command(rich_help_panel="Queue")
@@ -57,7 +58,7 @@ def server(
     except DatabaseError as exc:
         fail(f"error: {exc}", 2)
     except Exception as exc:  # unreachable database, bad credentials: one line, no password
-        fail(f"error: job store {redact_url(url)}: {' '.join(str(exc).split())[:300]}", 2)
+        fail(f"error: job store {redact_url(url)}: {one_line(exc, 300)}", 2)
     store = Store(engine)
     if not no_dispatcher:
         prepare_local_store()

@@ -39,7 +39,11 @@ class Interrupted(JobError):
         self.resume_dir = resume_dir
 
 
-def one_line(error: BaseException | str, limit: Optional[int] = None) -> str:
-    """An error's text on one line (whitespace collapsed), or its class name when it has none."""
-    text = " ".join(str(error).split()) or (error.__class__.__name__ if isinstance(error, BaseException) else "")
+def one_line(error: BaseException | str, limit: Optional[int] = None, *, first_line: bool = False) -> str:
+    """An error's text on one line (whitespace collapsed; with `first_line`, only its first line,
+    for libraries such as MLflow that put details after it), or its class name when it has none."""
+    text = str(getattr(error, "message", error)).strip()
+    if first_line:
+        text = (text.splitlines() or [""])[0]
+    text = " ".join(text.split()) or (error.__class__.__name__ if isinstance(error, BaseException) else "")
     return text[:limit] if limit else text

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import text
 
+from vae_service.core.errors import one_line
 from vae_service.core.resources import requested_resources
 from vae_service.core.spec_loading import MAX_SPEC_BYTES, SpecError, dump_spec, load_spec_text
 from vae_service.queue import metrics
@@ -195,7 +196,7 @@ def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, di
             async for chunk in ray.tail(job_id):
                 yield chunk
         except Exception as exc:  # the head went away mid-stream: say so in the stream
-            yield f"\n[log stream ended: {' '.join(str(exc).split())[:200]}]\n"
+            yield f"\n[log stream ended: {one_line(exc, 200)}]\n"
 
     @app.get("/healthz", summary="Liveness (no token)")
     def healthz():

@@ -91,7 +91,7 @@ class Dispatcher:
             except (RayUnavailable, OSError) as exc:
                 self._note(f"dispatcher: {exc}; retrying")
             except Exception as exc:  # a database hiccup must not kill the loop
-                self._note(f"dispatcher: {exc.__class__.__name__}: {' '.join(str(exc).split())[:300]}; retrying")
+                self._note(f"dispatcher: {exc.__class__.__name__}: {one_line(exc, 300)}; retrying")
             if time.monotonic() - last_check > LEADER_CHECK_S:
                 last_check = time.monotonic()
                 if not leadership.alive():

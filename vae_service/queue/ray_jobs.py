@@ -23,6 +23,8 @@ from typing import AsyncIterator, Optional
 
 import httpx
 
+from vae_service.core.errors import one_line
+
 STATUS_CODE = re.compile(r"status code (\d{3})")
 REQUEST_TIMEOUT_S = 10.0
 
@@ -65,11 +67,6 @@ def _code(exc: BaseException) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or exc.__class__.__name__
-    return text[:limit]
-
-
 class RayJobs:
     def __init__(self, address: str, token: Optional[str] = None):
         self.address = address.rstrip("/")
@@ -87,7 +84,7 @@ class RayJobs:
                 try:
                     self._client = JobSubmissionClient(self.address, headers=dict(self._headers))
                 except Exception as exc:
-                    raise RayUnavailable(f"Ray Jobs API at {self.address}: {_one_line(exc)}") from None
+                    raise RayUnavailable(f"Ray Jobs API at {self.address}: {one_line(exc, 300)}") from None
             return self._client
 
     def _failed(self, exc: BaseException, what: str) -> Exception:
@@ -96,10 +93,10 @@ class RayJobs:
             return RayUnavailable(f"Ray at {self.address} refused the token while trying to {what} "
                                   "(set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)")
         if code is not None and 400 <= code < 500:
-            return RayRejected(_one_line(exc))
+            return RayRejected(one_line(exc, 300))
         with self._lock:
             self._client = None
-        return RayUnavailable(f"Ray Jobs API at {self.address}: cannot {what}: {_one_line(exc)}")
+        return RayUnavailable(f"Ray Jobs API at {self.address}: cannot {what}: {one_line(exc, 300)}")
 
     def submit(self, job_id: str, env_vars: dict[str, str], python: Optional[str] = None) -> bool:
         """Submits with submission_id = job_id. Returns False when Ray already has that job."""
@@ -169,7 +166,7 @@ class RayJobs:
             response = httpx.get(f"{self.address}/api/v0/nodes", params={"limit": 10000},
                                  headers=self._headers, timeout=REQUEST_TIMEOUT_S)
         except httpx.HTTPError as exc:
-            raise RayUnavailable(f"Ray at {self.address}: cannot read the cluster's resources: {_one_line(exc)}") from None
+            raise RayUnavailable(f"Ray at {self.address}: cannot read the cluster's resources: {one_line(exc, 300)}") from None
         if response.status_code in (401, 403):
             raise RayUnavailable(f"Ray at {self.address} refused the token (HTTP {response.status_code})")
         if response.status_code != 200:

@@ -33,6 +33,7 @@ from mlflow.models import infer_signature
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from vae_service.core import metrics as M
+from vae_service.core.errors import one_line
 from vae_service.core.checkpoint import CONFIG_FILE, MODEL_FILE, load_model
 from vae_service.core.model import VAE
 from vae_service.tracking.mlflow_run import client, fluent_tracking, tracking_uri
@@ -134,7 +135,7 @@ def promote(name: str, version: int, alias: str) -> Optional[int]:
     try:
         client().set_registered_model_alias(name, alias, str(version))
     except MlflowException as exc:  # e.g. a reserved or malformed alias name
-        raise ModelNotFound(f"cannot set alias @{alias}: {exc.message.splitlines()[0]}") from None
+        raise ModelNotFound(f"cannot set alias @{alias}: {one_line(exc, first_line=True)}") from None
     return int(previous) if previous is not None else None
 
 
@@ -295,7 +296,7 @@ def model_directory(model_uri: str, into: Optional[Path] = None) -> Path:
             artifact_uri=_artifact_location(model_uri), dst_path=str(target), tracking_uri=uri, registry_uri=uri
         ))
     except MlflowException as exc:
-        raise ModelNotFound(f"{model_uri}: {exc.message.splitlines()[0]}") from None
+        raise ModelNotFound(f"{model_uri}: {one_line(exc, first_line=True)}") from None
     found = next(root.rglob(MODEL_FILE), None)
     if found is None:
         raise ModelNotFound(f"{model_uri}: no {MODEL_FILE} in the model's artifacts")
@@ -342,6 +343,5 @@ def open_model(model_uri: str) -> Iterator[VAE]:
         try:
             vae = load_model(directory)
         except Exception as exc:  # a damaged or foreign directory: safetensors, JSON, shapes
-            lines = str(exc).strip().splitlines()
-            raise ModelNotFound(f"{model_uri}: cannot load the model: {lines[0] if lines else type(exc).__name__}") from None
+            raise ModelNotFound(f"{model_uri}: cannot load the model: {one_line(exc, first_line=True)}") from None
         yield vae
