@@ -372,6 +372,7 @@ SET_EVERY_FIELD = {
     "resources.use_gpu": ("true", True),
     "resources.cpus_per_worker": ("0.5", 0.5),
     "resources.gpus_per_worker": ("0", 0.0),
+    "resources.placement": ("spread", "spread"),
     "storage.uri": ("/tmp/runs", "/tmp/runs"),
     "storage.keep_checkpoints": ("5", 5),
     "storage.max_failures": ("-1", -1),

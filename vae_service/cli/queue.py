@@ -112,7 +112,7 @@ def _wait(client, job_id: str) -> int:
     run = f", MLflow run {job['mlflow_run_id']}" if job.get("mlflow_run_id") else ""
     say(f"job {job_id} {job['state']} after {_elapsed(job):.0f} s{run}")
     if job.get("error"):
-        say(f"error: {job['error']}")
+        say(job["error"])
     return FINAL[job["state"]]
 
 
@@ -166,7 +166,7 @@ def status(
             ("created", _when(job["created_at"])), ("handed to Ray", _when(job["submitted_at"])),
             ("started", _when(job["started_at"])), ("finished", _when(job["finished_at"])),
             ("Ray submission id", job["ray_submission_id"] or ""), ("MLflow run", job["mlflow_run_id"] or ""),
-            ("error", job["error"] or "")]
+            ("nodes", ", ".join(job.get("nodes") or [])), ("error", job["error"] or "")]
     for name, value in rows:
         if value:
             table.add_row(name, Text(value, style=STYLE.get(value, "")))

@@ -67,5 +67,6 @@ def server(
     leadership = None if no_dispatcher else leadership_for(engine)
     say(f"vae server: API on http://{host}:{port} (docs at /docs), store {redact_url(url)}, "
         f"Ray {settings.ray_address}, dispatcher {'off' if no_dispatcher else 'on'}, tokens from {tokens.source}")
-    application = create_app(store, tokens, ray=ray, dispatcher=dispatcher, leadership=leadership)
+    application = create_app(store, tokens, ray=ray, dispatcher=dispatcher, leadership=leadership,
+                             storage_uri=settings.storage_uri)
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)

@@ -100,6 +100,11 @@ class ResourcesSpec(StrictModel):
     gpus_per_worker: Optional[float] = Field(
         None, ge=0.0, description="Default: 1 when use_gpu, else 0."
     )
+    placement: Literal["pack", "spread"] = Field(
+        "pack",
+        description="pack: workers fill one node first (fast collectives); spread: one worker per "
+        "node where possible (a multi-node run; it falls back to fewer nodes when some are gone).",
+    )
 
     @property
     def gpus(self) -> float:

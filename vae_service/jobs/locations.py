@@ -33,6 +33,18 @@ def train_specs(job) -> list:
     return [job]
 
 
+def with_default_storage(job, uri: Optional[str]):
+    """The job with `storage.uri` set to `uri` where its spec leaves it at the default (a queue
+    on a cluster keeps runs where every node reaches them, e.g. a bucket)."""
+    if not uri:
+        return job
+    if job.kind == "sweep":
+        return job.model_copy(update={"train": with_default_storage(job.train, uri)})
+    if "uri" in job.storage.model_fields_set:
+        return job
+    return job.model_copy(update={"storage": job.storage.model_copy(update={"uri": uri})})
+
+
 def queued_run_dir(job, job_id: str) -> storage.Location:
     """Where `execute(job, job_id=…)` puts its run (and outcome.json): the queue reads it there."""
     return storage.resolve(storage_uri(job)).join(run_name(job.name, job_id))

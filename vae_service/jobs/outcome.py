@@ -38,13 +38,15 @@ class Outcome:
     mlflow_run_id: Optional[str] = None
     model_uri: Optional[str] = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    nodes: list[str] = field(default_factory=list)  # the hosts the training ranks ran on, by rank
     error: Optional[ErrorInfo] = None
     # The job kind's own record (RunResult, SweepResult, ComparisonResult): in-process only.
     result: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def succeeded(cls, job: str, result: Any, *, run_dir: str, mlflow_run_id: str, model_uri: Optional[str], metrics: dict) -> "Outcome":
-        return cls(job, SUCCEEDED, 0, run_dir, mlflow_run_id, model_uri, metrics, result=result)
+    def succeeded(cls, job: str, result: Any, *, run_dir: str, mlflow_run_id: str, model_uri: Optional[str], metrics: dict,
+                  nodes: tuple = ()) -> "Outcome":
+        return cls(job, SUCCEEDED, 0, run_dir, mlflow_run_id, model_uri, metrics, list(nodes), result=result)
 
     @classmethod
     def failed(cls, job: str, error: JobError, *, run_dir: Optional[str] = None, mlflow_run_id: Optional[str] = None) -> "Outcome":
@@ -62,7 +64,7 @@ class Outcome:
         error = data.get("error")
         fields = {k: data.get(k) for k in ("run_dir", "mlflow_run_id", "model_uri")}
         return cls(data["job"], data["state"], int(data["exit_code"]), **fields, metrics=dict(data.get("metrics") or {}),
-                   error=ErrorInfo(**error) if error else None)
+                   nodes=list(data.get("nodes") or []), error=ErrorInfo(**error) if error else None)
 
 
 def write_outcome(run_dir: storage.Location, outcome: Outcome) -> None:

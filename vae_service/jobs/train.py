@@ -25,6 +25,7 @@ from vae_service.jobs.reporter import Reporter
 from vae_service.training.runner import fit
 
 METRICS_FILE = "metrics.json"
+NODES_TAG = "vae.nodes"  # MLflow tag: JSON list, the host of each rank
 
 
 @dataclass
@@ -35,6 +36,7 @@ class RunResult:
     epochs_completed: int
     metrics: dict
     history: list[dict] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)  # the host of each rank (several: a multi-node run)
     mlflow_run_id: str = ""
     model_uri: str = ""  # models:/name/N when registered, else the logged model's URI
     startup_s: float = 0.0  # the job started → first training step
@@ -57,6 +59,7 @@ def train(spec: TrainSpec, run_dir: storage.Location, *, resume: bool, reporter:
     with tracked_run(run_dir, spec, spec.tracking.experiment, tags) as run:
         fitted = fit(spec, run_dir, run.run_id, interrupt=interrupt, resume=resume, console=reporter.console,
                      show_progress=reporter.progress, callbacks=callbacks)
+        run.tag(NODES_TAG, json.dumps(fitted.nodes))
         model_dir = run_dir.join("model")
         # Written locally (a temporary directory for S3, uploaded when the block ends).
         with storage_errors(), storage.writing_dir(model_dir) as local_model_dir:
@@ -69,6 +72,7 @@ def train(spec: TrainSpec, run_dir: storage.Location, *, resume: bool, reporter:
         epochs_completed=int(fitted.metrics.get(M.EPOCH, -1)) + 1,
         metrics=fitted.metrics,
         history=fitted.history,
+        nodes=fitted.nodes,
         mlflow_run_id=run.run_id,
         model_uri=published.registry_uri or published.model_uri,
         first_step_at=fitted.first_step_at,
@@ -84,7 +88,7 @@ def train_job(spec: TrainSpec, run_dir: storage.Location, *, resume: bool, repor
               tags: Optional[dict] = None) -> Outcome:
     result = train(spec, run_dir, resume=resume, reporter=reporter, interrupt=interrupt, tags=tags)
     return Outcome.succeeded("train", result, run_dir=result.run_dir, mlflow_run_id=result.mlflow_run_id,
-                             model_uri=result.model_uri, metrics=result.summary)
+                             model_uri=result.model_uri, metrics=result.summary, nodes=result.nodes)
 
 
 def train_trial(spec: TrainSpec, run_dir: str, tags: dict, callbacks: tuple) -> None:

@@ -29,6 +29,7 @@ from sqlalchemy import text
 from vae_service.core.errors import one_line
 from vae_service.core.resources import requested_resources
 from vae_service.core.spec_loading import MAX_SPEC_BYTES, SpecError, dump_spec, load_spec_text
+from vae_service.jobs.locations import with_default_storage
 from vae_service.queue import metrics
 from vae_service.queue.auth import Identity, TokenSet
 from vae_service.queue.ray_jobs import RayJobs, RayUnavailable
@@ -74,9 +75,10 @@ def problems_response(problems) -> JSONResponse:
 
 
 def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, dispatcher=None,
-               leadership=None) -> FastAPI:
+               leadership=None, storage_uri: Optional[str] = None) -> FastAPI:
     """The API over `store`. With a `dispatcher` (and its `leadership`), the app runs it in a
-    thread for its lifetime; `ray` serves the logs."""
+    thread for its lifetime; `ray` serves the logs; `storage_uri` is where jobs whose spec names
+    no storage keep their runs."""
     wake = dispatcher.wake if dispatcher is not None else threading.Event()
 
     @asynccontextmanager
@@ -133,7 +135,7 @@ def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, di
 
     def _create(spec_text: str, priority: int, overrides: list[str], identity: Identity, key: Optional[str]):
         try:
-            spec = load_spec_text(spec_text, "<request>", overrides)
+            spec = with_default_storage(load_spec_text(spec_text, "<request>", overrides), storage_uri)
         except SpecError as exc:
             return problems_response(exc.problems)
         try:

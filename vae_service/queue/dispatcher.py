@@ -24,6 +24,7 @@ The API wakes the loop (`wake`) when a job arrives or is cancelled; otherwise it
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -194,6 +195,8 @@ class Dispatcher:
         if outcome is not None and new is not State.CANCELLED:
             new = State.SUCCEEDED if outcome.state == SUCCEEDED else State.FAILED
         fields = {"mlflow_run_id": (outcome.mlflow_run_id if outcome else None) or mlflow_run_id_for(job.id)}
+        if outcome is not None and outcome.nodes:
+            fields["nodes"] = json.dumps(outcome.nodes)
         if new is State.FAILED:
             fields["error"] = str(outcome.error) if outcome and outcome.error else missing_outcome_error(job, info)
         elif new is State.CANCELLED and State(job.state) is not State.CANCELLING:

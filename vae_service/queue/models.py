@@ -59,6 +59,7 @@ class Job(Base):
     started_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
     finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
     dispatch_latency_s: Mapped[Optional[float]] = mapped_column(Float)  # created → first submitted
+    nodes: Mapped[Optional[str]] = mapped_column(Text)  # JSON list: the hosts its ranks ran on, by rank
 
     __table_args__ = (Index("ix_jobs_state_priority_created", "state", "priority", "created_at"),)
 
@@ -81,6 +82,7 @@ class Job(Base):
             "mlflow_run_id": self.mlflow_run_id,
             "error": self.error,
             "dispatch_latency_s": self.dispatch_latency_s,
+            "nodes": json.loads(self.nodes) if self.nodes else [],
         }
         for name in ("created_at", "updated_at", "submitted_at", "started_at", "finished_at"):
             value = getattr(self, name)

@@ -7,6 +7,8 @@
     VAE_API_TOKEN_FILE  a file with one token (or name:token) per line
     VAE_RAY_ADDRESS     the Ray dashboard / Jobs API URL (default http://127.0.0.1:8265)
     VAE_JOB_PYTHON      the Python that runs jobs on the cluster (default: this interpreter)
+    VAE_STORAGE_URI     where queued jobs keep their runs when their spec names no storage.uri
+                        (default: the spec's own default, runs/ in the server's directory)
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Settings(BaseSettings):
     api_token_file: Optional[Path] = None
     ray_address: str = DEFAULT_RAY_ADDRESS
     job_python: Optional[str] = None
+    storage_uri: Optional[str] = None
 
     @property
     def home_dir(self) -> Path:

@@ -73,6 +73,9 @@ class TrackedRun:
             published.registered_version = register(published.model_uri, spec.tracking.register_as, spec.tracking.alias)
         return published
 
+    def tag(self, key: str, value: str) -> None:
+        client().set_tag(self.run_id, key, value)
+
     def finish(self, status: str, error: Optional[str] = None) -> None:
         """status: finished | failed (with the reason) | killed (the user stopped it)."""
         finish_run(self.run_id, succeeded=status == "finished", error=error, killed=status == "killed")

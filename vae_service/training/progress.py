@@ -26,6 +26,7 @@ class ProgressBoard:
         self.epochs: list[dict] = []
         self.failure: Optional[str] = None
         self.first_step_at: Optional[float] = None  # unix time of the first training step
+        self.nodes: dict[int, str] = {}  # rank → the host it runs on
 
     def update(self, snapshot: dict) -> None:
         if self.first_step_at is None:
@@ -35,12 +36,16 @@ class ProgressBoard:
     def finish_epoch(self, metrics: dict) -> None:
         self.epochs.append(metrics)
 
+    def node(self, rank: int, host: str) -> None:
+        self.nodes[rank] = host
+
     def fail(self, reason: str) -> None:
         """A failure that retrying cannot fix (e.g. a non-finite loss): the run must fail."""
         self.failure = reason
 
     def read(self) -> dict:
-        return {"latest": self.latest, "epochs": self.epochs, "failure": self.failure, "first_step_at": self.first_step_at}
+        return {"latest": self.latest, "epochs": self.epochs, "failure": self.failure, "first_step_at": self.first_step_at,
+                "nodes": [self.nodes[rank] for rank in sorted(self.nodes)]}
 
 
 class ProgressDisplay:

@@ -36,6 +36,7 @@ class Fitted:
     metrics: dict
     checkpoint: str  # URI of the checkpoint the model came from
     history: list[dict] = field(default_factory=list)  # every epoch's metrics, as rank 0 reported them
+    nodes: list[str] = field(default_factory=list)  # the host of each rank, by rank
     first_step_at: float = 0.0  # unix time of the first training step (0: none was seen)
 
 
@@ -98,6 +99,7 @@ def fit(
                 num_workers=spec.resources.num_workers,
                 use_gpu=spec.resources.use_gpu,
                 resources_per_worker={"CPU": spec.resources.cpus_per_worker, "GPU": spec.resources.gpus},
+                placement_strategy=spec.resources.placement.upper(),
             ),
             run_config=ray.train.RunConfig(
                 name=run_dir.name,
@@ -122,6 +124,7 @@ def fit(
         checkpoint=run_dir.at(result.checkpoint.path).uri,
         history=board_state["epochs"],
         first_step_at=board_state["first_step_at"] or 0.0,
+        nodes=board_state["nodes"],
     )
 
 

@@ -6,6 +6,7 @@ reports. Data sharding is ours: every rank takes a disjoint 1/N of a seeded perm
 
 from __future__ import annotations
 
+import socket
 import tempfile
 import time
 from typing import Any, Optional
@@ -87,6 +88,9 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(spec.resources.torch_threads)
     device = ray.train.torch.get_device()
     seed = spec.optim.seed
+    board = config.get("progress_board")
+    if board is not None:  # which machine each rank runs on (a multi-node run should say so)
+        board.node.remote(rank, f"{socket.gethostname()} ({ray.util.get_node_ip_address()})")
 
     data = from_spec.training_data(spec, device)
     if seed is not None:
@@ -115,7 +119,6 @@ def train_loop_per_worker(config: dict) -> None:
     objective = from_spec.objective(spec)
     per_worker_batch = max(1, spec.optim.batch_size // world_size)
     rank_mean = _rank_mean(world_size)
-    board = config.get("progress_board")
     epoch_logger = EpochLogger(config["mlflow_run_id"]) if rank == 0 and config.get("mlflow_run_id") else None
 
     for epoch in range(start_epoch, spec.optim.epochs):

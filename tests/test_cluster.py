@@ -1,0 +1,131 @@
+"""The local cluster of docker-compose.yml, brought up for real (with infra/compose.offline.yml,
+since nothing can be pulled here): a 2-worker job trains across two worker containers to a
+registered model, a killed worker container does not lose the job, `down -v` cleans up.
+
+Run alone with `pytest -m cluster`; `.ci/run` runs it. Its wall times (image build, stack
+start, each job) are written to bench/results/cluster_timings.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cluster_support import REPO, Stack, build_images, docker_engine, ensure_base_image, leftovers, sh
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(2400)]
+VAE = str(Path(sys.executable).with_name("vae"))
+TIMINGS = REPO / "bench" / "results" / "cluster_timings.json"
+JOB = ["jobs/mnist-vae.yaml", "--set", "resources.num_workers=2", "--set", "resources.cpus_per_worker=1",
+       "--set", "resources.placement=spread", "--set", "storage.max_failures=1",
+       "--set", "tracking.register_as=cluster-vae", "--set", "tracking.experiment=cluster"]
+timings: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("cluster")
+    with docker_engine(logs):
+        started = time.monotonic()
+        ensure_base_image()
+        timings["base_image_s"] = time.monotonic() - started
+        started = time.monotonic()
+        build_images()
+        timings["image_build_s"] = time.monotonic() - started
+        stack = Stack(data_dir=Path(os.environ["VAE_DATA_DIR"]))
+        try:
+            started = time.monotonic()
+            stack.up(workers=2)
+            timings["stack_start_s"] = time.monotonic() - started
+            yield stack
+        except Exception:
+            (logs / "compose.log").write_text(stack.logs())
+            raise
+        finally:
+            (logs / "compose.log").write_text(stack.logs())
+            stack.down()
+            TIMINGS.write_text(json.dumps(timings, indent=2))
+
+
+def vae(stack: Stack, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([VAE, *args], capture_output=True, text=True, cwd=REPO, env=stack.client_env(), timeout=timeout)
+
+
+def test_a_two_worker_job_trains_across_two_worker_containers(stack, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    started = time.monotonic()
+    submitted = vae(stack, "submit", *JOB, "--set", "optim.epochs=2", "--set", "data.limit=4000", "--wait")
+    timings["two_worker_job_s"] = time.monotonic() - started
+    assert submitted.returncode == 0, submitted.stderr + stack.logs()[-5000:]
+    job = stack.job(submitted.stdout.strip().splitlines()[0])
+
+    # The two Ray Train ranks ran in the two worker containers, as the queue and MLflow record.
+    assert job["state"] == "succeeded" and len(job["nodes"]) == 2, job
+    assert len(set(job["nodes"])) == 2, job["nodes"]
+    status = vae(stack, "status", job["id"])
+    assert status.returncode == 0 and all(node.split()[0] in status.stdout for node in job["nodes"])
+    workers = {sh("docker", "inspect", "-f", "{{.Config.Hostname}}", c).stdout.strip() for c in stack.containers("ray-worker")}
+    assert {node.split()[0] for node in job["nodes"]} == workers
+
+    # MLflow (through the server, from this machine): metrics, figures, the model, registered.
+    mlflow = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+    run = mlflow.get_run(job["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["vae.job_id"] == job["id"]
+    assert sorted(json.loads(run.data.tags["vae.nodes"])) == sorted(job["nodes"])
+    assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "val_neg_elbo")] == [0, 1]
+    assert {f.path for f in mlflow.list_artifacts(run.info.run_id, "figures")} >= {"figures/reconstructions.png"}
+    version = mlflow.get_model_version_by_alias("cluster-vae", "candidate")
+    assert version.run_id == run.info.run_id
+
+    # Checkpoints and the model in the runs bucket; MLflow's artifacts in its own.
+    run_prefix = f"runs/mnist-vae-{job['id']}/"
+    keys = stack.keys("runs", run_prefix)
+    assert any("/checkpoint_" in k and k.endswith("model.safetensors") for k in keys), keys
+    assert {run_prefix + name for name in ("model/model.safetensors", "outcome.json", "spec.yaml")} <= set(keys)
+    assert stack.keys("mlflow", "artifacts/")
+
+    # The registered model, sampled from this machine against the cluster's MLflow.
+    out = tmp_path / "samples.png"
+    sampled = vae(stack, "sample", "models:/cluster-vae@candidate", "-n", "4", "-o", str(out), timeout=300)
+    assert sampled.returncode == 0, sampled.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_killed_worker_container_does_not_lose_the_job(stack):
+    from mlflow.tracking import MlflowClient
+
+    epochs = 8  # long enough (20,000 images) that the kill lands mid-training
+    started = time.monotonic()
+    submitted = vae(stack, "submit", *JOB, "--set", f"optim.epochs={epochs}", "--set", "data.limit=20000", timeout=120)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().splitlines()[0]
+    prefix = f"runs/mnist-vae-{job_id}/"
+
+    deadline = time.monotonic() + 600
+    while not any(k.endswith("/state.json") and "/checkpoint_" in k for k in stack.keys("runs", prefix)):
+        assert time.monotonic() < deadline and stack.job(job_id)["state"] in ("queued", "submitted", "running"), stack.job(job_id)
+        time.sleep(2)
+    victim = stack.containers("ray-worker")[0]
+    sh("docker", "kill", victim)
+
+    while stack.job(job_id)["state"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline + 600, "the job did not end"
+        time.sleep(3)
+    timings["job_with_a_killed_worker_s"] = time.monotonic() - started
+    job = stack.job(job_id)
+    assert job["state"] == "succeeded", job
+    mlflow = MlflowClient(tracking_uri=stack.mlflow_url)
+    steps = sorted({m.step for m in mlflow.get_metric_history(job["mlflow_run_id"], "val_neg_elbo")})
+    assert steps == list(range(epochs)), steps  # every epoch, the ones after the kill included
+    assert len(job["nodes"]) == 2 and victim[:12] not in " ".join(job["nodes"])  # finished without the victim
+
+
+def test_down_removes_every_container_network_and_volume(stack):
+    stack.down()
+    assert leftovers() == {"container": [], "network": [], "volume": []}
