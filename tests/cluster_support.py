@@ -109,7 +109,7 @@ def prepare_build_extra() -> None:
 def build_images() -> None:
     prepare_build_extra()
     sh("docker", "build", "-f", "infra/Dockerfile", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
-       "--build-arg", "EXTRAS=s3-standin", "-t", f"vae-service:{IMAGE_TAG}", ".", timeout=1800)
+       "-t", f"vae-service:{IMAGE_TAG}", ".", timeout=1800)
     sh("docker", "build", "-f", "infra/offline/postgres.Dockerfile", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
        "-t", "vae-postgres:offline", ".", timeout=900)
 

@@ -28,6 +28,11 @@ MLFLOW_PROCESS_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
     # No progress bars on stderr while a model is downloaded (`vae sample` & co. print one line).
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # Artifacts always through the tracking server: a server may offer presigned S3 URLs for
+    # multipart transfers, which name its S3 endpoint (e.g. http://s3:8333 inside the compose
+    # network) and fail from anywhere else. Clients never need to reach S3 for MLflow.
+    "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
+    "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false",
 }
 
 

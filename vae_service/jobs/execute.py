@@ -35,7 +35,7 @@ def execute(job: Job, *, resume: Optional[str] = None, reporter: Optional[Report
     """Runs `job`, or continues the run directory `resume`. `job_id` (a queued job's) names the
     run directory `<name>-<job id>` and tags the MLflow run with it."""
     reporter = reporter or Reporter()
-    run_dir = None
+    run_dir, error = None, None
     try:
         if resume:
             run_dir = existing_run_dir(resume, "sweep" if job.kind == "sweep" else "run")
@@ -47,11 +47,12 @@ def execute(job: Job, *, resume: Optional[str] = None, reporter: Optional[Report
             outcome = job_function(job.kind)(_absolute_paths(job), run_dir, resume=bool(resume), reporter=reporter,
                                              interrupt=interrupt, tags=tags)
     except JobError as exc:
-        outcome = Outcome.failed(job.kind, exc, run_dir=run_dir.uri if run_dir else None, mlflow_run_id=_recorded_run_id(run_dir))
+        error = exc
     except Exception as exc:  # a bug, not the user's mistake: its traceback, and still an outcome
         reporter.console.print_exception()
-        failure = JobFailed(f"internal error: {exc.__class__.__name__}: {one_line(exc, 500)}")
-        outcome = Outcome.failed(job.kind, failure, run_dir=run_dir.uri if run_dir else None, mlflow_run_id=_recorded_run_id(run_dir))
+        error = JobFailed(f"internal error: {exc.__class__.__name__}: {one_line(exc, 500)}")
+    if error is not None:
+        outcome = Outcome.failed(job.kind, error, run_dir=run_dir.uri if run_dir else None, mlflow_run_id=_recorded_run_id(run_dir))
     if run_dir is not None:
         try:
             write_outcome(run_dir, outcome)
