@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vae_service.environment import apply_process_defaults
+from vae_service.environment import applied, apply_process_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("VAE_DATA_DIR", str(REPO.parent / "shared" / "data"))
@@ -111,10 +111,8 @@ def s3_server(tmp_path_factory):
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_REGION": "us-east-1",
+        "AWS_SESSION_TOKEN": None,
     }
-    saved = {name: os.environ.get(name) for name in [*settings, "AWS_SESSION_TOKEN"]}
-    os.environ.update(settings)
-    os.environ.pop("AWS_SESSION_TOKEN", None)
     client = boto3.client(
         "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
     )
@@ -125,13 +123,9 @@ def s3_server(tmp_path_factory):
         return name
 
     try:
-        yield {"endpoint_url": endpoint, "client": client, "make_bucket": make_bucket}
+        with applied(settings):
+            yield {"endpoint_url": endpoint, "client": client, "make_bucket": make_bucket}
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         process.terminate()
         try:
             process.wait(timeout=10)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +91,24 @@ def test_first_ctrl_c_requests_a_stop_second_one_raises():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_credentials_never_reach_an_error_message(tiny_spec, monkeypatch):
+    """Issue 12, defect 5: a password in MLFLOW_TRACKING_URI used to be printed (and stored by
+    the queue) in the "MLflow is unavailable" error."""
+    from vae_service.core.errors import redact
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2-secret")
+    assert redact("s3://key:hunter2-secret@bucket and https://u:p@host:5000/x") == "s3://***@bucket and https://***@host:5000/x"
+    assert one_line(RuntimeError("refused: hunter2-secret")) == "refused: ***"
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:pa55word@127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    outcome = execute(tiny_spec(), reporter=Reporter.quiet())
+    assert outcome.error.kind == "job_failed" and "is unavailable" in outcome.error.message
+    written = (Path(outcome.run_dir) / OUTCOME_FILE).read_text()
+    assert "pa55word" not in str(outcome.error) and "pa55word" not in written
+    assert "http://***@127.0.0.1" in outcome.error.message

@@ -13,6 +13,7 @@ from vae_service.queue.api import create_app
 from vae_service.queue.auth import TokenSet, client_token
 from vae_service.queue.db import make_engine, upgrade
 from vae_service.queue.settings import Settings
+from vae_service.queue.states import State
 from vae_service.queue.store import Store
 
 TOKEN = "s3cret-token-for-tests"
@@ -171,3 +172,21 @@ def test_token_sources(tmp_path, monkeypatch):
     from_file = TokenSet.from_settings(Settings(home=tmp_path, api_token_file=listed))
     assert from_file.identify("bob-token").name == "bob" and from_file.identify("plain-token").name.startswith("token-")
     assert from_file.identify("nobody") is None and from_file.identify(None) is None
+
+
+@pytest.mark.parametrize("body, content_type, field", [
+    ("resources: {cpus_per_worker: .inf}\n", "application/yaml", "resources.cpus_per_worker"),
+    ("optim: {lr: .nan}\n", "application/yaml", "optim.lr"),
+    ('{"optim": {"lr": 1e400}}', "application/json", "optim.lr"),
+    ('{"objective": {"beta": "Infinity"}}', "application/json", "objective.beta"),
+    ("resources: {num_workers: 1024, cpus_per_worker: 1.0e+306}\n", "application/yaml", "resources.cpus_per_worker"),
+])
+def test_non_finite_numbers_are_refused_and_nothing_is_stored(app_store, body, content_type, field):
+    """Issue 12, defect 1: such a spec used to be stored after a 500 and break GET /jobs for everyone."""
+    client, store = app_store
+    client.headers["Authorization"] = f"Bearer {TOKEN}"
+    response = client.post("/jobs", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 422, response.text
+    assert field in [problem["path"] for problem in response.json()["detail"]]
+    listing = client.get("/jobs")
+    assert listing.status_code == 200 and listing.json()["jobs"] == [] and store.in_states(list(State)) == []

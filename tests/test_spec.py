@@ -683,3 +683,18 @@ def test_json_schema_rejects_what_validate_rejects(bad):
     assert not jsonschema.Draft202012Validator(schema).is_valid(bad)
     with pytest.raises(SpecError):
         validate_data(bad)
+
+
+@pytest.mark.parametrize("assignment, field", [
+    ("resources.cpus_per_worker=.inf", "resources.cpus_per_worker"),
+    ("optim.lr=.inf", "optim.lr"),
+    ("objective.beta=.nan", "objective.beta"),
+    ("objective.capacity={max_nats: .inf}", "objective.capacity.max_nats"),
+    ("data.val_fraction=-.inf", "data.val_fraction"),
+])
+def test_no_spec_float_may_be_infinite_or_nan(tmp_path, assignment, field):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("kind: train\n")
+    result = CliRunner().invoke(app, ["validate", str(spec), "--set", assignment])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert field in result.output, result.output

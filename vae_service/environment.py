@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator, MutableMapping
+from typing import Iterator, MutableMapping, Optional
 
 from vae_service import storage
 
@@ -65,16 +65,20 @@ def forwarded_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def applied(env: dict[str, str]) -> Iterator[None]:
-    """This process's environment with `env` laid over it for the block, restored afterwards
-    (a sweep trial takes on its driver's settings only while it runs)."""
+def applied(env: dict[str, Optional[str]]) -> Iterator[None]:
+    """This process's environment with `env` laid over it for the block (None: unset), restored
+    afterwards (a sweep trial takes on its driver's settings only while it runs)."""
     saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
     try:
+        _set(env)
         yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _set(saved)
+
+
+def _set(env: dict[str, Optional[str]]) -> None:
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from vae_service.cli.common import app, fail, say
-from vae_service.core.errors import one_line
+from vae_service.core.errors import one_line, redact
 
 
 @app.command(rich_help_panel="Queue")
@@ -30,7 +30,7 @@ def server(
     ./.vae/api_token), where `vae submit` in the same directory finds it. Ray's own token is
     read from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
     """
-    from vae_service.queue.settings import Settings, redact_url
+    from vae_service.queue.settings import Settings
 
     overrides = {k: v for k, v in {"db_url": db, "ray_address": ray_address, "api_token_file": token_file}.items() if v}
     settings = Settings(**overrides)
@@ -58,14 +58,14 @@ def server(
     except DatabaseError as exc:
         fail(f"error: {exc}", 2)
     except Exception as exc:  # unreachable database, bad credentials: one line, no password
-        fail(f"error: job store {redact_url(url)}: {one_line(exc, 300)}", 2)
+        fail(f"error: job store {redact(url)}: {one_line(exc, 300)}", 2)
     store = Store(engine)
     if not no_dispatcher:
         prepare_local_store()
     ray = RayJobs(settings.ray_address, ray_token())
     dispatcher = None if no_dispatcher else Dispatcher(store, ray, python=settings.job_python)
     leadership = None if no_dispatcher else leadership_for(engine)
-    say(f"vae server: API on http://{host}:{port} (docs at /docs), store {redact_url(url)}, "
+    say(f"vae server: API on http://{host}:{port} (docs at /docs), store {redact(url)}, "
         f"Ray {settings.ray_address}, dispatcher {'off' if no_dispatcher else 'on'}, tokens from {tokens.source}")
     application = create_app(store, tokens, ray=ray, dispatcher=dispatcher, leadership=leadership,
                              storage_uri=settings.storage_uri)

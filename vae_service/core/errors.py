@@ -10,6 +10,8 @@ the CLI into its exit code), so no caller has to know which layer failed:
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Optional
 
 
@@ -39,10 +41,27 @@ class Interrupted(JobError):
         self.resume_dir = resume_dir
 
 
+SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                    "RAY_AUTH_TOKEN", "VAE_API_TOKEN", "POSTGRES_PASSWORD", "S3_SECRET_KEY")
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """`text` without the credentials of any URL in it (scheme://user:password@host → scheme://***@host)
+    or the value of a secret this process holds (SECRET_VARIABLES): what may be shown or stored."""
+    text = _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+    for name in SECRET_VARIABLES:
+        value = os.environ.get(name, "")
+        if len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
 def one_line(error: BaseException | str, limit: Optional[int] = None, *, first_line: bool = False) -> str:
     """An error's text on one line (whitespace collapsed; with `first_line`, only its first line,
-    for libraries such as MLflow that put details after it), or its class name when it has none."""
-    text = str(getattr(error, "message", error)).strip()
+    for libraries such as MLflow that put details after it), or its class name when it has none.
+    Credentials are redacted: this is the text users and the queue see."""
+    text = redact(str(getattr(error, "message", error)).strip())
     if first_line:
         text = (text.splitlines() or [""])[0]
     text = " ".join(text.split()) or (error.__class__.__name__ if isinstance(error, BaseException) else "")

@@ -16,9 +16,10 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 class StrictModel(BaseModel):
-    """Base for every spec section: unknown keys are errors, values are checked on assignment."""
+    """Base for every spec section: unknown keys are errors, values are checked on assignment,
+    and no float may be infinite or NaN (`.inf`, `1e400`, "Infinity" are refused)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataSpec(StrictModel):
@@ -96,9 +97,10 @@ class OptimSpec(StrictModel):
 class ResourcesSpec(StrictModel):
     num_workers: PositiveInt = Field(1, le=1024)
     use_gpu: bool = False
-    cpus_per_worker: PositiveFloat = 1.0
+    # Bounded so that what a job asks for (workers × per worker) is always a finite number.
+    cpus_per_worker: PositiveFloat = Field(1.0, le=1024)
     gpus_per_worker: Optional[float] = Field(
-        None, ge=0.0, description="Default: 1 when use_gpu, else 0."
+        None, ge=0.0, le=64, description="Default: 1 when use_gpu, else 0."
     )
     placement: Literal["pack", "spread"] = Field(
         "pack",

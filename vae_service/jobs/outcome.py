@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from vae_service import storage
-from vae_service.core.errors import JobError
+from vae_service.core.errors import JobError, one_line
 
 OUTCOME_FILE = "outcome.json"
 
@@ -52,7 +52,7 @@ class Outcome:
     def failed(cls, job: str, error: JobError, *, run_dir: Optional[str] = None, mlflow_run_id: Optional[str] = None) -> "Outcome":
         state = INTERRUPTED if error.kind == "interrupted" else FAILED
         resume_dir = getattr(error, "resume_dir", None)
-        return cls(job, state, error.exit_code, run_dir, mlflow_run_id, error=ErrorInfo(error.kind, str(error), resume_dir))
+        return cls(job, state, error.exit_code, run_dir, mlflow_run_id, error=ErrorInfo(error.kind, one_line(error), resume_dir))
 
     def to_json(self) -> dict:
         data = asdict(self)

@@ -48,13 +48,3 @@ class Settings(BaseSettings):
     def token_file(self) -> Path:
         """The explicit token file, else the one `vae server` generates under VAE_HOME."""
         return (self.api_token_file or self.home_dir / TOKEN_FILE_NAME).expanduser()
-
-
-def redact_url(url: str) -> str:
-    """A database URL without its password, for messages."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse: show only the scheme
-        return url.split(":", 1)[0] + ":…"

@@ -18,7 +18,7 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
 from vae_service.core import from_spec
-from vae_service.core.errors import one_line
+from vae_service.core.errors import one_line, redact
 from vae_service.core.model import VAE
 from vae_service.core.spec import TrainSpec
 from vae_service.tracking.mlflow_run import client, finish_run, start_run, tracking_uri
@@ -58,7 +58,7 @@ class TrackedRun:
                 return cls(previous_run_id)
             return cls(start_run(spec, run_name, experiment, extra_tags=tags))
         except (MlflowException, OSError, requests.RequestException) as exc:
-            raise TrackingUnavailable(f"MLflow at {tracking_uri()} is unavailable: {one_line(exc, 300, first_line=True)}") from None
+            raise TrackingUnavailable(f"MLflow at {redact(tracking_uri())} is unavailable: {one_line(exc, 300, first_line=True)}") from None
 
     def publish(self, spec: TrainSpec, vae: VAE, model_dir: Path, kl_per_dim: Optional[list[float]]) -> Published:
         """The article's figures and the pickle-free model on the run; registered when the spec
