@@ -327,10 +327,6 @@ def _artifact_location(model_uri: str) -> str:
     return mlflow_client.get_model_version_download_uri(name, version)
 
 
-def load_vae(model_uri: str) -> VAE:
-    return load_model(model_directory(model_uri))
-
-
 @contextlib.contextmanager
 def open_model(model_uri: str) -> Iterator[VAE]:
     """The VAE behind any model URI, loaded on the CPU in eval mode.
