@@ -190,3 +190,16 @@ def test_non_finite_numbers_are_refused_and_nothing_is_stored(app_store, body, c
     assert field in [problem["path"] for problem in response.json()["detail"]]
     listing = client.get("/jobs")
     assert listing.status_code == 200 and listing.json()["jobs"] == [] and store.in_states(list(State)) == []
+
+
+def test_deeply_nested_bodies_are_refused_not_a_500(app_store):
+    """Issue 12, defect 4 (and in `set=` values)."""
+    client, store = app_store
+    client.headers["Authorization"] = f"Bearer {TOKEN}"
+    deep_json = '{"kind": "train", "model": ' + '{"a": ' * 600 + "1" + "}" * 600 + "}"
+    response = client.post("/jobs", content=deep_json, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and "nested more than" in response.text
+    response = client.post("/jobs", params={"set": "model.hidden=" + "[" * 700 + "]" * 700}, content="kind: train\n",
+                           headers={"Content-Type": "application/yaml"})
+    assert response.status_code == 422 and "nested more than" in response.text
+    assert store.in_states(list(State)) == []

@@ -698,3 +698,28 @@ def test_no_spec_float_may_be_infinite_or_nan(tmp_path, assignment, field):
     result = CliRunner().invoke(app, ["validate", str(spec), "--set", assignment])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert field in result.output, result.output
+
+
+@pytest.mark.parametrize("text", [
+    "kind: train\nmodel:\n" + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(600)) + "  " * 601 + "x: 1\n",  # block
+    "kind: train\nmodel: " + "[" * 600 + "]" * 600 + "\n",  # flow
+    '{"kind": "train", "model": ' + '{"a": ' * 600 + "1" + "}" * 600 + "}",  # JSON
+    "kind: train\nmodel: " + "[" * 40 + "]" * 40 + "\n",  # deeper than the limit, not than Python
+])
+def test_deep_nesting_is_a_spec_error_not_a_traceback(tmp_path, text):
+    """Issue 12, defect 4: 500+ levels used to end in a RecursionError (exit 1, HTTP 500)."""
+    spec = tmp_path / "deep.yaml"
+    spec.write_text(text)
+    result = CliRunner().invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "nested more than 32 levels deep" in result.output, result.output
+    with pytest.raises(SpecError, match="nested more than 32 levels"):
+        load_spec_text(text)
+
+
+def test_deep_nesting_in_a_set_value_is_refused(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("kind: train\n")
+    result = CliRunner().invoke(app, ["validate", str(spec), "--set", "model.hidden=" + "[" * 700 + "]" * 700])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "model.hidden" in result.output and "nested more than 32 levels deep" in result.output

@@ -21,6 +21,7 @@ from vae_service.core.sweep_spec import SKIP_SPACE_CHECK, SweepSpec, space_probl
 
 MAX_SPEC_BYTES = 1 << 20
 MAX_EXPANDED_NODES = 10_000
+MAX_NESTING = 32  # a spec nests 4 levels; a sweep's grid of lists a few more
 JobSpec = TrainSpec | SweepSpec
 SPEC_KINDS = {"train": TrainSpec, "sweep": SweepSpec}
 
@@ -77,6 +78,40 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
     return size
 
 
+def _depth(node: yaml.Node) -> int:
+    """How deeply collections nest (1 for a scalar), without recursion (aliases counted once)."""
+    deepest, seen, stack = 0, set(), [(node, 1)]
+    while stack:
+        current, depth = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        deepest = max(deepest, depth)
+        if isinstance(current, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in current.value)
+        elif isinstance(current, yaml.MappingNode):
+            stack.extend((child, depth + 1) for pair in current.value for child in pair)
+    return deepest
+
+
+def _compose(text: str, source: str, path: str = "") -> Optional[yaml.Node]:
+    """The YAML node tree, refused when it nests deeper than MAX_NESTING (the parser recurses:
+    a few hundred levels would end in a RecursionError) or its aliases expand too far."""
+    try:
+        node = yaml.compose(text, Loader=_SpecLoader)
+    except RecursionError:
+        node = None
+        too_deep = True
+    else:
+        too_deep = node is not None and _depth(node) > MAX_NESTING
+    if too_deep:
+        raise SpecError(source, [SpecProblem(path, f"nested more than {MAX_NESTING} levels deep; refused")])
+    if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_NODES:
+        what = "value: " if path else ""
+        raise SpecError(source, [SpecProblem(path, f"{what}YAML aliases expand to more than {MAX_EXPANDED_NODES} nodes; refused")])
+    return node
+
+
 def _line_index(node: yaml.Node, prefix: tuple = ()) -> dict[tuple, int]:
     """Maps each key path to the 1-based line where its value starts."""
     lines = {prefix: node.start_mark.line + 1}
@@ -97,18 +132,13 @@ def parse_yaml(text: str, source: str = "<spec>") -> tuple[dict, dict[tuple, int
     if len(text.encode("utf-8", "replace")) > MAX_SPEC_BYTES:
         raise SpecError(source, [SpecProblem("", f"spec is larger than {MAX_SPEC_BYTES} bytes")])
     try:
-        node = yaml.compose(text, Loader=_SpecLoader)
+        node = _compose(text, source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         reason = f"YAML syntax error: {getattr(exc, 'problem', None) or exc}"
         raise SpecError(source, [SpecProblem("", reason, mark.line + 1 if mark else None)]) from None
     if node is None:
         raise SpecError(source, [SpecProblem("", "spec is empty: expected a mapping such as 'kind: train'")])
-    if _expanded_size(node, {}) > MAX_EXPANDED_NODES:
-        raise SpecError(
-            source,
-            [SpecProblem("", f"YAML aliases expand to more than {MAX_EXPANDED_NODES} nodes; refused")],
-        )
     if not isinstance(node, yaml.MappingNode):
         kind = "a list" if isinstance(node, yaml.SequenceNode) else "a single value"
         raise SpecError(source, [SpecProblem("", f"spec must be a mapping of fields, got {kind}", 1)])
@@ -131,12 +161,7 @@ def parse_override(assignment: str) -> tuple[list[str], Any]:
     if not sep or not all(keys):
         raise SpecError("--set", [SpecProblem(assignment, "expected the form a.b.c=value")])
     try:
-        node = yaml.compose(raw, Loader=_SpecLoader) if raw.strip() else None
-        if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_NODES:
-            raise SpecError(
-                "--set",
-                [SpecProblem(".".join(keys), f"value: YAML aliases expand to more than {MAX_EXPANDED_NODES} nodes; refused")],
-            )
+        node = _compose(raw, "--set", ".".join(keys)) if raw.strip() else None
         value = yaml.load(raw, Loader=_SpecLoader) if node is not None else None
     except yaml.YAMLError:
         value = raw  # not valid YAML: keep it as the literal string
