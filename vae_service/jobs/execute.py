@@ -1,7 +1,8 @@
 """`execute(spec) -> Outcome`: the one way any job runs — `vae run`, `vae compare`, a queued job.
 
   1. the run directory: new under the spec's storage, or the one given to continue (--resume)
-  2. the inputs checked before Ray starts (the data can be found)
+  2. the inputs checked before any run starts: the data can be found, the cluster can hold
+     the workers (else Ray Train would wait for them forever)
   3. the job kind runs under one Ctrl-C handler (core.interrupt): train, sweep or compare
   4. however it ends, the Outcome is returned and written beside the run as outcome.json
 
@@ -42,6 +43,7 @@ def execute(job: Job, *, resume: Optional[str] = None, reporter: Optional[Report
         else:
             run_dir = new_run_dir(storage_uri(job), run_name(job.name, job_id))
         check_data(job)
+        check_fits(job)
         tags = {"vae.job_id": job_id} if job_id else None
         with Interrupt().catching_sigint() as interrupt:
             outcome = job_function(job.kind)(_absolute_paths(job), run_dir, resume=bool(resume), reporter=reporter,
@@ -83,6 +85,14 @@ def check_data(job: Job) -> None:
             locate_mnist(spec.data.root, spec.data.download)
     except DataError as exc:
         raise BadInput(f"data: {exc}") from None
+
+
+def check_fits(job: Job) -> None:
+    """Fails fast when the cluster (or this machine) can never hold a run's workers at once."""
+    from vae_service.training.runner import check_fits as check_resources  # loads Ray: only when running
+
+    for spec in train_specs(job):
+        check_resources(spec.resources)
 
 
 def _absolute_paths(job: Job) -> Job:

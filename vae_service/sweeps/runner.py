@@ -17,7 +17,6 @@ with the finished trials' results, so it samples as if the sweep had not stopped
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -29,7 +28,7 @@ from rich.console import Console
 from vae_service import storage
 from vae_service.core.errors import Interrupted, JobFailed
 from vae_service.core.interrupt import Interrupt
-from vae_service.core.resources import train_resources
+from vae_service.core.resources import per_worker, shortfall, workers_that_fit
 from vae_service.core import metrics as M
 from vae_service.core.metrics import OBJECTIVE_METRICS, OBJECTIVE_MODES
 from vae_service.core.sweep_spec import SweepSpec
@@ -39,7 +38,7 @@ from vae_service.sweeps.cleanup import PlacementGroupLedger, ReleaseEndedTrials
 from vae_service.sweeps.progress import SweepProgress
 from vae_service.sweeps.trial import run_trial
 from vae_service.training.ray_internals import tune_sigint_handler_disabled
-from vae_service.training.runner import ensure_ray
+from vae_service.training.runner import ensure_ray, live_nodes
 
 TUNE_DIR = "tune"
 TRIAL_DRIVER_MEMORY = 1 << 20
@@ -71,14 +70,11 @@ class TrialOutcome:
 
 def concurrent_trials(spec: SweepSpec) -> int:
     """max_concurrent, lowered to what the cluster can hold at once: trials never oversubscribe
-    it (each trial's Train workers ask for their own CPUs/GPUs)."""
-    per_trial = train_resources(spec.train)
-    available = ray.cluster_resources()
-    fits = min(math.floor(available.get(name, 0.0) / amount + 1e-9) for name, amount in per_trial.items() if amount > 0)
-    if fits < 1:
-        wanted = ", ".join(f"{amount:g} {name}" for name, amount in per_trial.items() if amount > 0)
-        have = ", ".join(f"{available.get(name, 0):g} {name}" for name in per_trial if per_trial[name] > 0)
-        raise JobFailed(f"a trial needs {wanted}; the Ray cluster has {have}")
+    it (each trial's Train workers ask for their own CPUs/GPUs, each worker on one node)."""
+    resources = spec.train.resources
+    fits = workers_that_fit(per_worker(resources), live_nodes()) // resources.num_workers
+    if fits < 1:  # jobs.execute checks this before the sweep starts; the cluster may have shrunk since
+        raise JobFailed(shortfall(resources, live_nodes()) or "no trial fits on the Ray cluster")
     return min(spec.sweep.max_concurrent, fits)
 
 

@@ -18,10 +18,11 @@ from rich.console import Console
 
 from vae_service import storage
 from vae_service.core.checkpoint import STATE_FILE, load_checkpoint, read_state
-from vae_service.core.errors import Interrupted, JobFailed
+from vae_service.core.errors import BadInput, Interrupted, JobFailed
 from vae_service.core.interrupt import Interrupt
 from vae_service.core.model import VAE, ModelConfig
-from vae_service.core.spec import TrainSpec
+from vae_service.core.resources import shortfall
+from vae_service.core.spec import ResourcesSpec, TrainSpec
 from vae_service.environment import forwarded_env
 from vae_service.training.progress import ProgressBoard, ProgressDisplay
 from vae_service.training.ray_internals import AbortableTorchTrainer
@@ -49,6 +50,20 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) ->
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def live_nodes() -> list[dict[str, float]]:
+    """The total resources of each live node of the cluster this process is connected to."""
+    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+
+
+def check_fits(resources: ResourcesSpec) -> None:
+    """Refuses (bad input) a run the cluster can never hold at once: Ray Train's controller
+    would otherwise time out starting its workers and retry forever, silently."""
+    ensure_ray()
+    problem = shortfall(resources, live_nodes())
+    if problem:
+        raise BadInput(problem)
 
 
 def latest_checkpoint(run_dir: storage.Location) -> Optional[storage.Location]:
