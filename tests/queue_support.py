@@ -194,8 +194,8 @@ class Server:
         self.process.wait()
 
 
-def start_server(workdir: Path, env: dict, *args: str, name: str = "server") -> Server:
-    port = free_port()
+def start_server(workdir: Path, env: dict, *args: str, name: str = "server", port: Optional[int] = None) -> Server:
+    port = port or free_port()
     log_path = workdir / f"{name}-{port}.log"
     process = subprocess.Popen([VAE, "server", "--port", str(port), *args], cwd=workdir, env=env,
                                stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)

@@ -1,4 +1,9 @@
-"""Per-epoch metrics from rank 0 to the MLflow run the driver created."""
+"""Per-epoch metrics from rank 0 to the MLflow run the driver created.
+
+One continuous history per run: when workers restart from a checkpoint (a worker died, the job
+was resumed), the epochs after that checkpoint are trained again, and some of them may already
+be in the run. Those are not logged a second time: the history keeps one value per epoch.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from mlflow.entities import Metric
 
 from vae_service.core import metrics as M
 from vae_service.tracking.mlflow_run import client
+
+PROGRESS_METRIC = M.TRAIN_LOSS  # logged every epoch: its last step is the last epoch logged
 
 
 def epoch_metrics(record: dict) -> list[Metric]:
@@ -23,6 +30,11 @@ class EpochLogger:
     def __init__(self, run_id: str):
         self.run_id = run_id
         self.client = client()
+        history = self.client.get_metric_history(run_id, PROGRESS_METRIC)
+        self.logged_through = max((m.step for m in history), default=-1)
 
     def log(self, record: dict) -> None:
+        if int(record[M.EPOCH]) <= self.logged_through:
+            return  # trained again after a restart: the run already has this epoch
         self.client.log_batch(self.run_id, metrics=epoch_metrics(record))
+        self.logged_through = int(record[M.EPOCH])
