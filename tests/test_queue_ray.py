@@ -118,6 +118,11 @@ def test_submit_wait_succeeds_with_mlflow_run_and_live_logs(head, tmp_path):
         listing = cli(env, server, "jobs", "--state", "succeeded")
         assert listing.returncode == 0 and job_id in listing.stdout and bad_id not in listing.stdout
         assert cli(env, server, "status", job_id).returncode == 0
+        tail = cli(env, server, "logs", job_id, "--tail", "2")
+        everything = cli(env, server, "logs", job_id, "--all")
+        assert tail.returncode == 0 and everything.returncode == 0, tail.stderr + everything.stderr
+        assert tail.stdout.count("\n") == 2 and everything.stdout.endswith(tail.stdout)
+        assert len(everything.stdout) > len(tail.stdout) and job["mlflow_run_id"] in everything.stdout
         refused = cli(env, server, "jobs", token="wrong")
         assert refused.returncode == 2 and "refused the token" in refused.stderr
         unknown = cli(env, server, "status", "0000000000000000")
@@ -148,6 +153,10 @@ def test_priority_order_one_at_a_time_and_cancel_running(head, tmp_path):
                 wait_for(lambda: job_state(http, ids[current])["state"] == "running", 90, f"{current} to run")
                 for other in waiting:  # no room: the others stay queued
                     assert job_state(http, ids[other])["state"] == "queued"
+                for rank, other in enumerate(waiting):  # and say why, with the numbers
+                    held = f", the rest held for job {ids[waiting[0]]}, ranked ahead" if rank else ""
+                    reason = f"waiting for 2 CPUs to be free (2 of 2 CPUs in use{held})"
+                    wait_for(lambda: job_state(http, ids[other])["waiting_reason"] == reason, 10, f"{other}: {reason}")
                 time.sleep(2.0)  # it is really running on Ray, not just admitted
                 assert ray_jobs_for(head)[ids[current]].status == "RUNNING"
                 response = http.post(f"/jobs/{ids[current]}/cancel")
@@ -256,4 +265,93 @@ def test_reconcile_repairs_each_kind_of_disagreement(head, tmp_path, monkeypatch
         # Its storage is unwritable, so it could write no outcome: Ray's exit code, and where.
         assert job.error.startswith("exit code 1: the job ended without writing its outcome at "), job.error
         assert f"{UNWRITABLE}/reconcile-{job.id}/outcome.json" in job.error
+    engine.dispose()
+
+
+def _store_and_job(tmp_path, name: str):
+    from vae_service.core.spec_loading import dump_spec, load_spec_text
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'queue.db'}")
+    upgrade(engine)
+    store = Store(engine)
+    spec = tiny_spec_text(name) + f"storage: {{uri: {UNWRITABLE}}}\n"
+    job = store.add(NewJob(name=name, kind="train", priority=0, submitted_by="test", spec_submitted=spec,
+                           spec_normalised=dump_spec(load_spec_text(spec)), resources={"CPU": 1.0, "GPU": 0.0}))[0]
+    return engine, store, job
+
+
+def test_a_cancel_between_admission_and_the_hand_off_never_reaches_ray(head, tmp_path):
+    """The interleaving forced in order, no timing: admit commits `submitted`, the API's cancel
+    lands, then the hand-off runs. Ray never gets the job; it ends cancelled at once."""
+    engine, store, job = _store_and_job(tmp_path, "cancelled-on-the-way")
+    ray = RayJobs(head.address, head.token)
+
+    class CancelLandsFirst(Dispatcher):
+        def _submit(self, job_id):
+            assert store.get(job_id).state == "submitted"
+            store.request_cancel(job_id)  # what POST /jobs/{id}/cancel does
+            super()._submit(job_id)
+
+    CancelLandsFirst(store, ray, python=sys.executable).admit()
+    after = store.get(job.id)
+    assert (after.state, after.attempts) == ("cancelled", 0)
+    assert ray.info(job.id) is None and job.id not in ray.list()
+    engine.dispose()
+
+
+def test_a_cancel_during_the_hand_off_is_stopped_at_once(head, tmp_path):
+    """The cancel lands while Ray is taking the job: it is stopped in the same step, not a tick later."""
+    engine, store, job = _store_and_job(tmp_path, "cancelled-during")
+
+    class CancelDuringSubmit(RayJobs):
+        def submit(self, *args, **kwargs):
+            created = super().submit(*args, **kwargs)
+            store.request_cancel(job.id)
+            return created
+
+    ray = CancelDuringSubmit(head.address, head.token)
+    dispatcher = Dispatcher(store, ray, python=sys.executable)
+    dispatcher.admit()  # no follow(): the stop must come from the hand-off itself
+    assert store.get(job.id).state == "cancelling" and job.id in dispatcher._stop_sent
+    wait_for(lambda: ray.info(job.id).status == "STOPPED", 30, "Ray to stop the job")
+    wait_for(lambda: (dispatcher.tick(), store.get(job.id).state == "cancelled")[1], 30, "the job to be cancelled")
+    engine.dispose()
+
+
+def test_log_pages_and_tail_from_ray(head, tmp_path, monkeypatch):
+    """A finished job's log read through GET /jobs/{id}/logs: byte pages with offsets, the last
+    N lines (Ray's State API reads only the file's end), and the default (the last MiB)."""
+    from fastapi.testclient import TestClient
+
+    from vae_service.queue.api import create_app
+    from vae_service.queue.auth import TokenSet
+    from vae_service.queue.ray_jobs import last_lines
+    from vae_service.queue.settings import Settings
+
+    engine, store, job = _store_and_job(tmp_path, "paged-logs")
+    ray = RayJobs(head.address, head.token)
+    dispatcher = Dispatcher(store, ray, python=sys.executable)
+    dispatcher.admit()
+    wait_for(lambda: ray.info(job.id).status in ("FAILED", "SUCCEEDED"), 120, "the job to end on Ray")
+    whole = ray.logs(job.id)
+    assert whole.count("\n") >= 3, whole
+    info = ray.info(job.id)
+    status, body = ray._call("GET", "/api/v0/logs/file", "tail", params={"submission_id": job.id, "node_id": info.driver_node_id, "lines": 2})
+    assert status == 200 and body.decode() == last_lines(whole, 2)  # Ray 2.60 really tails the file
+    assert ray.tail_lines(job.id, 3) == last_lines(whole, 3)
+
+    monkeypatch.setenv("VAE_API_TOKEN", TOKEN)
+    with TestClient(create_app(store, TokenSet.from_settings(Settings(home=tmp_path / "home")), ray=ray)) as client:
+        client.headers["Authorization"] = f"Bearer {TOKEN}"
+        data = whole.encode()
+        first = client.get(f"/jobs/{job.id}/logs", params={"offset": 0, "limit": 10})
+        assert first.status_code == 200 and first.content == data[:10]
+        assert (first.headers["x-log-offset"], first.headers["x-log-size"]) == ("0", str(len(data)))
+        rest = client.get(f"/jobs/{job.id}/logs", params={"offset": 10, "limit": 8 * 1024 * 1024})
+        assert first.content + rest.content == data and rest.headers["x-log-offset"] == "10"
+        end = client.get(f"/jobs/{job.id}/logs", params={"limit": 5})
+        assert end.content == data[-5:] and end.headers["x-log-offset"] == str(len(data) - 5)
+        assert client.get(f"/jobs/{job.id}/logs").content == data  # under 1 MiB: all of it
+        assert client.get(f"/jobs/{job.id}/logs", params={"tail": 2}).text == last_lines(whole, 2)
+        assert client.get(f"/jobs/{job.id}/logs", params={"limit": 9 * 1024 * 1024}).status_code == 422
     engine.dispose()

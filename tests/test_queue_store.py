@@ -8,7 +8,8 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 import pytest
 import sqlalchemy
@@ -45,13 +46,15 @@ def test_migrations_build_the_models_schema_and_can_run_again(db_url):
     engine = make_engine(db_url)
     upgrade(engine)
     upgrade(engine)  # a restarted server migrates again: nothing to do, no error
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
     inspector = sqlalchemy.inspect(engine)
     columns = {c["name"]: c["nullable"] for c in inspector.get_columns("jobs")}
     model = {c.name: c.nullable for c in Base.metadata.tables["jobs"].columns}
     assert columns == model
-    assert any(set(u["column_names"]) == {"idempotency_key"} for u in inspector.get_unique_constraints("jobs")) or \
-        any(i["unique"] and i["column_names"] == ["idempotency_key"] for i in inspector.get_indexes("jobs"))
+    # Idempotency keys are unique per submitter (0003), no longer across the server.
+    unique = [set(u["column_names"]) for u in inspector.get_unique_constraints("jobs")] + \
+        [set(i["column_names"]) for i in inspector.get_indexes("jobs") if i["unique"]]
+    assert {"submitted_by", "idempotency_key"} in unique and {"idempotency_key"} not in unique
     engine.dispose()
 
 
@@ -164,6 +167,32 @@ def test_queue_order_is_priority_then_age(store):
     assert [store.position(j) for j in (b, d, a, c)] == [0, 1, 2, 3]
 
 
+def test_the_per_tick_queries_leave_the_spec_texts_in_the_database(store):
+    """The dispatcher's every-tick reads (queued in order, admitted jobs) select no spec text;
+    reading one from such a row raises instead of quietly querying; `get` has it."""
+    job = store.add(NewJob(name="big", kind="train", priority=0, submitted_by="tester", spec_submitted="x" * 200_000,
+                           spec_normalised="y" * 200_000, resources={"CPU": 1.0}))[0]
+    statements = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    sqlalchemy.event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        queued = store.queued_in_order()
+        store.transition(job.id, State.SUBMITTED)
+        statements.clear()
+        active = store.in_states([State.SUBMITTED])
+    finally:
+        sqlalchemy.event.remove(store.engine, "before_cursor_execute", seen)
+    assert [j.id for j in queued] == [j.id for j in active] == [job.id]
+    assert statements and not any("spec_submitted" in s or "spec_normalised" in s for s in statements), statements
+    with pytest.raises(sqlalchemy.exc.SQLAlchemyError):  # not loaded, and no second query
+        active[0].spec_normalised
+    assert active[0].resource_request == {"CPU": 1.0}  # the rest is there
+    assert store.get(job.id).spec_normalised == "y" * 200_000
+
+
 def test_counts_latency_and_admitted_resources(store):
     jobs = [store.add(new(f"j{i}", cpus=i + 1))[0] for i in range(3)]
     store.transition(jobs[0].id, State.SUBMITTED)
@@ -175,6 +204,55 @@ def test_counts_latency_and_admitted_resources(store):
     assert count == 2 and total >= 0 and buckets[-1][1] == 2
     assert [n for _, n in buckets] == sorted(n for _, n in buckets)  # cumulative
     assert store.admitted_resources() == {"CPU": 3.0, "GPU": 0.0}
+
+
+def test_idempotency_keys_are_unique_per_submitter(store):
+    alice, created = store.add(replace(new("a", key="k-1"), submitted_by="alice"))
+    bob, bob_created = store.add(replace(new("b", key="k-1"), submitted_by="bob"))
+    again, again_created = store.add(replace(new("c", key="k-1"), submitted_by="bob"))
+    assert created and bob_created and not again_created
+    assert alice.id != bob.id == again.id and again.name == "b"
+    assert store.by_idempotency_key("alice", "k-1").id == alice.id and store.by_idempotency_key("carol", "k-1") is None
+    assert [j.id for j in store.list(submitted_by="bob")[0]] == [bob.id] and store.list()[1] == 2
+
+
+def test_migration_0003_keeps_the_jobs_of_an_0002_store(db_url):
+    """A server upgraded in place: its jobs survive, their keys become per submitter."""
+    from alembic import command
+    from alembic.config import Config
+
+    from vae_service.queue.db import MIGRATIONS
+
+    engine = make_engine(db_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0002")
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text(
+            "INSERT INTO jobs (id, name, kind, priority, state, attempts, submitted_by, spec_submitted, overrides, "
+            "spec_normalised, resources, idempotency_key, created_at, updated_at) VALUES ('old1', 'old', 'train', 3, "
+            "'queued', 0, 'alice', 'name: old', '[]', 'name: old', '{\"CPU\": 1.0}', 'k-1', :now, :now)"),
+            {"now": datetime(2026, 1, 1)})
+    upgrade(engine)
+    store = Store(engine)
+    old = store.get("old1")
+    assert (old.name, old.priority, old.submitted_by, old.idempotency_key, old.waiting_reason) == ("old", 3, "alice", "k-1", None)
+    again, created = store.add(replace(new("x", key="k-1"), submitted_by="alice"))
+    assert not created and again.id == "old1"
+    assert store.add(replace(new("x", key="k-1"), submitted_by="bob"))[1]  # another submitter: a new job
+    engine.dispose()
+
+
+def test_waiting_reasons_are_written_only_to_queued_jobs(store):
+    waiting, admitted = store.add(new("waiting"))[0], store.add(new("admitted"))[0]
+    store.transition(admitted.id, State.SUBMITTED)
+    store.set_waiting_reasons({waiting.id: "waiting for 2 CPUs to be free (2 of 2 CPUs in use)", admitted.id: "stale"})
+    assert store.get(waiting.id).to_dict()["waiting_reason"] == "waiting for 2 CPUs to be free (2 of 2 CPUs in use)"
+    assert store.get(admitted.id).waiting_reason is None
+    store.set_waiting_reasons({waiting.id: None})
+    assert store.get(waiting.id).waiting_reason is None
 
 
 LOCK_HOLDER = """
@@ -257,3 +335,31 @@ def test_a_job_larger_than_the_cluster_blocks_nobody():
     queue = [Fake("huge", 64), Fake("small", 1)]
     chosen, reserved = scheduling.admit(queue, {"CPU": 2, "GPU": 0}, {})
     assert ids(chosen) == ["small"] and reserved is None
+
+
+def test_why_a_job_waits_with_the_numbers():
+    queue = [Fake("big", 4), Fake("mid", 2), Fake("huge", 64), Fake("gpu", 1, gpus=1), Fake("tiny", 0.5)]
+    plan = scheduling.plan(queue, {"CPU": 4, "GPU": 0}, {"CPU": 2})  # 2 of 4 in use
+    assert ids(plan.chosen) == [] and plan.reserved_for.id == "big"
+    assert plan.reasons == {
+        "big": "waiting for 4 CPUs to be free (2 of 4 CPUs in use)",
+        "mid": "waiting for 2 CPUs to be free (2 of 4 CPUs in use, the rest held for job big, ranked ahead)",
+        "huge": "asks for 64 CPUs, the cluster has 4 CPUs: lower resources.cpus_per_worker or resources.num_workers",
+        "gpu": "asks for 1 GPU, the cluster has 0 GPUs: lower resources.gpus_per_worker or resources.num_workers "
+               "(or set resources.use_gpu: false)",
+        "tiny": "waiting for 0.5 CPUs to be free (2 of 4 CPUs in use, the rest held for job big, ranked ahead)",
+    }
+    plan = scheduling.plan([Fake("a", 2), Fake("b", 1)], {"CPU": 2, "GPU": 0}, {"CPU": 1})
+    assert plan.reasons == {"a": "waiting for 2 CPUs to be free (1 of 2 CPUs in use)",
+                            "b": "waiting for 1 CPU to be free (1 of 2 CPUs in use, the rest held for job a, ranked ahead)"}
+    plan = scheduling.plan([Fake("a", 1), Fake("b", 1)], {"CPU": 2, "GPU": 0}, {})
+    assert ids(plan.chosen) == ["a", "b"] and plan.reasons == {}  # admitted jobs have no reason
+
+
+def test_a_job_short_of_two_resources_names_both():
+    reason = scheduling.too_large({"CPU": 8.0, "GPU": 2.0}, {"CPU": 4.0, "GPU": 1.0})
+    assert reason == ("asks for 8 CPUs, the cluster has 4 CPUs: lower resources.cpus_per_worker or resources.num_workers; "
+                      "asks for 2 GPUs, the cluster has 1 GPU: lower resources.gpus_per_worker or resources.num_workers "
+                      "(or set resources.use_gpu: false)")
+    assert scheduling.waiting_for_room({"CPU": 2.0, "GPU": 1.0}, {"CPU": 4.0, "GPU": 1.0}, {"CPU": 1.0, "GPU": 0.0}) == \
+        "waiting for 2 CPUs and 1 GPU to be free (3 of 4 CPUs, 1 of 1 GPU in use)"

@@ -155,6 +155,7 @@ INVALID = [
     ("optim:\n  lr: 0\n", "optim.lr: must be > 0.0 (got 0) (line 2)"),
     ("optim:\n  lr: -1.0e-3\n", "optim.lr: must be > 0.0 (got -0.001) (line 2)"),
     ("resources:\n  num_workers: 0\n", "resources.num_workers: must be > 0 (got 0) (line 2)"),
+    ("tracking:\n  alias: Champion\n", "tracking.alias: 'Champion' is protected: only `vae models promote` moves it"),
     ("data:\n  val_fraction: 1.0\n", "data.val_fraction: must be < 1.0 (got 1.0) (line 2)"),
     ("model:\n  hidden: [64, 0]\n", "model.hidden.1: must be > 0 (got 0) (line 2)"),
     ("model:\n  hidden:\n    - 64\n    - -8\n", "model.hidden.1: must be > 0 (got -8) (line 4)"),
@@ -516,8 +517,8 @@ CLI_BAD = [
     ("empty", "", ["spec is empty"]),
     ("syntax", "name: [a\n", ["YAML syntax error"]),
     ("list", "- a\n- b\n", ["spec must be a mapping of fields, got a list (line 1)"]),
-    ("python-tag", "name: !!python/object/apply:os.system ['true']\n", ["could not determine a constructor"]),
-    ("bomb", BOMB, ["YAML aliases expand to more than"]),
+    ("python-tag", "name: !!python/object/apply:os.system ['true']\n", ["name: could not determine a constructor"]),
+    ("bomb", BOMB, ["i: YAML aliases expand to more than"]),
     ("date-key", "2020-01-01: x\n", ["datetime.date(2020, 1, 1): Keys should be strings"]),
 ]
 

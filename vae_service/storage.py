@@ -166,7 +166,7 @@ def check_reachable(location: Location) -> None:
 
     def note_retry(state: tenacity.RetryCallState) -> None:
         log.info("s3://%s at %s: attempt %d failed (%s); retrying", bucket, endpoint,
-                    state.attempt_number, _reason(state.outcome.exception()))
+                    state.attempt_number, reason(state.outcome.exception()))
 
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(CHECK_ATTEMPTS),
@@ -179,8 +179,8 @@ def check_reachable(location: Location) -> None:
         info = retrying(probe.get_file_info, bucket)
     except OSError as exc:
         if _is_transient(exc):
-            raise StorageError(f"s3://{bucket}: unreachable at {endpoint} after {CHECK_ATTEMPTS} attempts: {_reason(exc)}") from None
-        raise StorageError(f"s3://{bucket}: refused at {endpoint}: {_reason(exc)}") from None
+            raise StorageError(f"s3://{bucket}: unreachable at {endpoint} after {CHECK_ATTEMPTS} attempts: {reason(exc)}") from None
+        raise StorageError(f"s3://{bucket}: refused at {endpoint}: {reason(exc)}") from None
     if info.type == pafs.FileType.NotFound:
         raise StorageError(f"s3://{bucket}: no such bucket at {endpoint} (create it first)")
 
@@ -302,7 +302,12 @@ def _display_endpoint(endpoint: Optional[str]) -> str:
     return endpoint
 
 
-def _reason(exc: BaseException) -> str:
+def is_storage_failure(text: str) -> bool:
+    """Whether an error's text is pyarrow's S3 client giving up (Ray Train wraps the OSError)."""
+    return "AWS Error " in text
+
+
+def reason(exc: BaseException | str) -> str:
     """pyarrow's error as one line, e.g. `curlCode: 7, Could not connect to server`."""
     text = one_line(exc).split("AWS Error ", 1)[-1]  # drop "When getting information for bucket 'b': "
     return text.split("; Details:", 1)[0]  # curl's restatement of the same thing

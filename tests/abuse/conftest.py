@@ -5,13 +5,12 @@ the shared test helpers (tests/queue_support.py) importable from this folder."""
 from __future__ import annotations
 
 import sys
-from collections import Counter
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest
 from fastapi.testclient import TestClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vae_service.queue.api import create_app
 from vae_service.queue.auth import TokenSet
@@ -19,18 +18,15 @@ from vae_service.queue.db import make_engine, upgrade
 from vae_service.queue.settings import Settings
 from vae_service.queue.store import Store
 
+from abuse_support import TALLY  # noqa: E402 (beside this file)
+
 TOKEN = "abuse-suite-token-0123456789"
-TALLY: dict[str, Counter] = {}  # surface ("vae validate", "POST /jobs", …) → outcome → count
-
-
-def record(surface: str, outcomes: Counter) -> None:
-    TALLY.setdefault(surface, Counter()).update(outcomes)
 
 
 def pytest_terminal_summary(terminalreporter):
     if not TALLY:
         return
-    total = sum(sum(c.values()) for c in TALLY.values())
+    total = sum(sum(c.values()) for surface, c in TALLY.items() if not surface.startswith("("))
     terminalreporter.section(f"abuse suite: {total} hostile inputs tried")
     for surface, outcomes in TALLY.items():
         detail = ", ".join(f"{outcome}: {count}" for outcome, count in sorted(outcomes.items()))

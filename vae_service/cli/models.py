@@ -18,6 +18,7 @@ from rich.table import Table
 from vae_service.cli.common import app, err, fail
 from vae_service.core import metrics as M
 from vae_service.core.errors import one_line
+from vae_service.core.spec import CHAMPION
 
 #
 # mlflow, torch and matplotlib are imported inside the commands: validate/schema need none.
@@ -130,7 +131,7 @@ def models_show(name: str = typer.Argument(..., help="Registered model name.")) 
 def models_promote(
     name: str = typer.Argument(..., help="Registered model name."),
     version: str = typer.Argument(..., help="The version the alias should point at (e.g. 3)."),
-    alias: str = typer.Option("champion", "--alias", "-a", help="The alias to move."),
+    alias: str = typer.Option(CHAMPION, "--alias", "-a", help="The alias to move."),
 ) -> None:
     """Point an alias (default @champion) at a version; the alias moves from wherever it was."""
     number = version[1:] if version[:1] in ("v", "V") else version

@@ -29,7 +29,8 @@ STATES = ("queued", "submitted", "running", "cancelling", "succeeded", "failed",
 FINAL = {"succeeded": 0, "failed": 1, "cancelled": 1}
 STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan", "cancelling": "yellow"}
 WAIT_POLL_S = 1.0
-WIDTHS = {"id": 16, "name": 4, "state": 10, "prio": 4, "tries": 5, "created": 14, "mlflow run": 12}
+LOG_PAGE_BYTES = 8 * 1024 * 1024  # vae logs --all: the server's largest page
+WIDTHS = {"id": 16, "name": 4, "state": 10, "prio": 4, "tries": 5, "by": 5, "created": 14, "mlflow run": 12, "waiting": 20}
 out = Console()  # tables are data: stdout
 
 
@@ -63,7 +64,8 @@ def _elapsed(job: dict) -> float:
 def _describe(job: dict) -> str:
     state = job["state"]
     extra = f" ({job['position']} ahead)" if state == "queued" and job.get("position") is not None else ""
-    return f"job {job['id']} {job['name']}: {state}{extra}, {_elapsed(job):.0f} s"
+    why = f": {job['waiting_reason']}" if job.get("waiting_reason") else ""
+    return f"job {job['id']} {job['name']}: {state}{extra}, {_elapsed(job):.0f} s{why}"
 
 
 @app.command(rich_help_panel=PANEL)
@@ -122,23 +124,29 @@ def jobs(
     limit: int = typer.Option(50, "--limit", "-n", min=1, max=500, help="How many (newest first)."),
     offset: int = typer.Option(0, "--offset", min=0, help="Skip this many (paging)."),
     json_output: bool = typer.Option(False, "--json", help="Print the API's JSON instead of a table."),
+    user: Optional[str] = typer.Option(None, "--user", "-u", help="Only this user's jobs (admins; others see only their own)."),
 ) -> None:
-    """List jobs, newest first."""
+    """List your jobs (an admin: everyone's), newest first."""
     if state is not None and state not in STATES:
         fail(f"--state: must be one of {', '.join(STATES)} (got {state!r})", 2)
     with _client() as client:
-        page = _call(client.jobs, state, limit, offset)
+        page = _call(client.jobs, state, limit, offset, user)
     if json_output:
         print(json.dumps(page))
         return
     table = Table(title=f"{page['total']} job(s)" + (f" {state}" if state else ""), title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for column in ("id", "name", "state", "prio", "tries", "created", "mlflow run"):
+    columns = ["id", "name", "state", "prio", "tries", "by", "created", "mlflow run"]
+    waiting = any(job.get("waiting_reason") for job in page["jobs"])
+    if waiting:
+        columns.append("waiting")  # the whole reason: vae status ID
+    for column in columns:
         table.add_column(column, justify="right" if column in ("prio", "tries") else "left", no_wrap=True,
                          overflow="ellipsis", min_width=WIDTHS.get(column))
     for job in page["jobs"]:
-        table.add_row(job["id"], job["name"], Text(job["state"], style=STYLE.get(job["state"], "")), str(job["priority"]),
-                      str(job["attempts"]), _when(job["created_at"], short=True), (job["mlflow_run_id"] or "")[:12])
+        row = [job["id"], job["name"], Text(job["state"], style=STYLE.get(job["state"], "")), str(job["priority"]),
+               str(job["attempts"]), job["submitted_by"], _when(job["created_at"], short=True), (job["mlflow_run_id"] or "")[:12]]
+        table.add_row(*row, *([job.get("waiting_reason") or ""] if waiting else []))
     out.print(table)
     shown = offset + len(page["jobs"])
     if shown < page["total"]:
@@ -161,6 +169,7 @@ def status(
     table.add_column("value")
     rows = [("name", job["name"]), ("kind", job["kind"]), ("state", job["state"]), ("priority", str(job["priority"])),
             ("queue position", "" if job.get("position") is None else f"{job['position']} ahead"),
+            ("waiting", job.get("waiting_reason") or ""),
             ("attempts", str(job["attempts"])), ("submitted by", job["submitted_by"]),
             ("resources", ", ".join(f"{k} {v:g}" for k, v in job["resources"].items() if v)),
             ("created", _when(job["created_at"])), ("handed to Ray", _when(job["submitted_at"])),
@@ -177,11 +186,31 @@ def status(
 def logs(
     job_id: str = typer.Argument(..., metavar="ID", help="Job id."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing as the job writes, until it ends."),
+    tail: Optional[int] = typer.Option(None, "--tail", "-n", min=1, max=100_000, help="Only the last N lines."),
+    everything: bool = typer.Option(False, "--all", help="The whole log, however long (fetched a page at a time)."),
 ) -> None:
-    """Print a job's output (the `vae run` driver on Ray)."""
+    """Print a job's output (the `vae run` driver on Ray): its last MiB unless --tail or --all."""
+    if sum((follow, tail is not None, everything)) > 1:
+        fail("--follow, --tail and --all: choose one", 2)
     with _client() as client:
+        if tail is not None:
+            sys.stdout.buffer.write(_call(client.log_page, job_id, tail=tail)[0])
+            return
+        if everything:
+            offset, size = 0, None
+            while size is None or offset < size:
+                page, start, size = _call(client.log_page, job_id, offset=offset, limit=LOG_PAGE_BYTES)
+                sys.stdout.buffer.write(page)
+                if not page:
+                    break
+                offset = start + len(page)
+            return
         if not follow:
-            sys.stdout.write(_call(client.logs, job_id))
+            page, start, size = _call(client.log_page, job_id)
+            sys.stdout.buffer.write(page)
+            sys.stdout.flush()
+            if start:
+                say(f"(the first {start} of {size} bytes are left out: vae logs {job_id} --all prints them)")
             return
         from vae_service.queue.client import ApiError
 

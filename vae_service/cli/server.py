@@ -33,7 +33,10 @@ def server(
     from vae_service.queue.settings import Settings
 
     overrides = {k: v for k, v in {"db_url": db, "ray_address": ray_address, "api_token_file": token_file}.items() if v}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValueError as exc:  # pydantic's ValidationError: a VAE_* setting that does not parse
+        fail(f"error: settings: {one_line(exc, 300)}", 2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     import uvicorn
@@ -43,6 +46,7 @@ def server(
     from vae_service.queue.db import DatabaseError, make_engine, upgrade
     from vae_service.queue.dispatcher import Dispatcher
     from vae_service.queue.leader import leadership_for
+    from vae_service.queue.policy import Policy
     from vae_service.queue.ray_jobs import RayJobs, ray_token
     from vae_service.queue.store import Store
     from vae_service.tracking.mlflow_run import prepare_local_store
@@ -62,11 +66,12 @@ def server(
     store = Store(engine)
     if not no_dispatcher:
         prepare_local_store()
-    ray = RayJobs(settings.ray_address, ray_token())
+    ray = RayJobs(settings.ray_address, ray_token(), timeout_s=settings.ray_timeout_s)
     dispatcher = None if no_dispatcher else Dispatcher(store, ray, python=settings.job_python)
     leadership = None if no_dispatcher else leadership_for(engine)
     say(f"vae server: API on http://{host}:{port} (docs at /docs), store {redact(url)}, "
         f"Ray {settings.ray_address}, dispatcher {'off' if no_dispatcher else 'on'}, tokens from {tokens.source}")
     application = create_app(store, tokens, ray=ray, dispatcher=dispatcher, leadership=leadership,
-                             storage_uri=settings.storage_uri)
+                             storage_uri=settings.storage_uri, policy=Policy.from_settings(settings),
+                             max_grid_points=settings.max_grid_points)
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)

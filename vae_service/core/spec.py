@@ -6,13 +6,56 @@ receives a validated `TrainSpec`, never a raw dict.
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+
+# Limits that make a valid spec a job that can run, not one that fails late (issue #12).
+MAX_EPOCHS = 100_000
+MAX_WORKERS = 1024
+# The worker seeds torch with (seed * 1_000_003 + epoch) * 1024 + rank (training/worker.py):
+# with seed < 2**32, epoch < MAX_EPOCHS and rank < MAX_WORKERS that stays below 2**63.
+MAX_SEED = 2**32 - 1
+MAX_WIDTH = 16_384  # an MLP hidden layer
+MAX_CHANNELS = 4_096  # a conv layer
+MAX_LAYERS = 16
+MAX_PARAMETERS = 100_000_000  # 400 MB of float32 weights (1.6 GB with Adam's state)
+IMAGE_SHAPES = {"mnist": (1, 28, 28)}
+Width = Annotated[int, Field(gt=0, le=MAX_WIDTH)]
+Channels = Annotated[int, Field(gt=0, le=MAX_CHANNELS)]
+
+# MLflow's registry rules (mlflow.utils.validation; pinned by tests/abuse/test_regressions.py), a little
+# stricter: names also appear in models:/NAME@ALIAS URIs and on the command line.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+ALIAS_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
+RESERVED_ALIAS = re.compile(r"latest|v[0-9]+", re.IGNORECASE)  # MLflow: @latest and @v3 mean versions
+# The alias of the model in service: a person moves it (`vae models promote`), never a spec, so
+# training cannot change what is served as a side effect.
+CHAMPION = "champion"
+PROTECTED_ALIASES = (CHAMPION,)
+
+
+def model_name_problem(name: str) -> Optional[str]:
+    """Why the registry would refuse `name` as a registered model's name, or None."""
+    if not MODEL_NAME.fullmatch(name):
+        return (f"invalid model name {name!r}: use 1-255 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit")
+    return None
+
+
+def alias_problem(alias: str) -> Optional[str]:
+    """Why the registry would refuse `alias` as a model alias, or None."""
+    if not ALIAS_NAME.fullmatch(alias):
+        return f"invalid alias {alias!r}: use 1-255 letters, digits, '_' or '-'"
+    if RESERVED_ALIAS.fullmatch(alias):
+        return f"alias {alias!r} is reserved by MLflow (latest and v<N> name versions)"
+    return None
 
 
 class StrictModel(BaseModel):
@@ -48,14 +91,38 @@ class DataSpec(StrictModel):
 class ModelSpec(StrictModel):
     arch: Literal["mlp", "conv"] = "mlp"
     latent_dim: PositiveInt = Field(20, le=4096)
-    hidden: list[PositiveInt] = Field(
-        default_factory=lambda: [400], description="MLP hidden layer widths (encoder; mirrored)."
+    hidden: list[Width] = Field(
+        default_factory=lambda: [400], min_length=1, max_length=MAX_LAYERS,
+        description=f"MLP hidden layer widths (encoder; mirrored), each at most {MAX_WIDTH}.",
     )
-    channels: list[PositiveInt] = Field(
-        default_factory=lambda: [32, 64],
-        description="Conv channels per stride-2 layer (encoder; mirrored).",
+    channels: list[Channels] = Field(
+        default_factory=lambda: [32, 64], min_length=1, max_length=MAX_LAYERS,
+        description=f"Conv channels per stride-2 layer (encoder; mirrored), each at most {MAX_CHANNELS}.",
     )
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+
+    def parameter_count(self, image_shape: tuple[int, int, int]) -> int:
+        """The VAE's parameter count, by arithmetic (no torch here): the layers of core/model.py,
+        pinned to count_parameters(VAE(...)) by tests/abuse/test_regressions.py."""
+        def linear(n_in: int, n_out: int) -> int:
+            return n_in * n_out + n_out
+
+        latent, (colours, side, _) = self.latent_dim, image_shape
+        extra = 1 if self.likelihood == "gaussian" else 0  # the shared log-scale
+        if self.arch == "mlp":
+            sizes = [math.prod(image_shape), *self.hidden]
+            body = sum(linear(a, b) for a, b in zip(sizes, sizes[1:]))
+            decoder = [latent, *reversed(self.hidden), sizes[0]]
+            return (body + linear(self.hidden[-1], 2 * latent)
+                    + sum(linear(a, b) for a, b in zip(decoder, decoder[1:])) + extra)
+        chans = [colours, *self.channels]
+        for _ in self.channels:
+            side = (side + 1) // 2
+        flat = self.channels[-1] * side * side
+        convs = sum(a * b * 9 + b for a, b in zip(chans, chans[1:]))
+        deconvs = sum(a * b * 16 + b for a, b in zip(chans[::-1], chans[::-1][1:]))
+        return (convs + linear(flat, 256) + linear(256, 2 * latent)
+                + linear(latent, 256) + linear(256, flat) + deconvs + extra)
 
 
 class CapacitySpec(StrictModel):
@@ -86,16 +153,18 @@ class ObjectiveSpec(StrictModel):
 
 
 class OptimSpec(StrictModel):
-    epochs: PositiveInt = Field(10, le=100_000)
+    epochs: PositiveInt = Field(10, le=MAX_EPOCHS)
     batch_size: PositiveInt = Field(
         128, description="Global batch size, split evenly across workers."
     )
     lr: PositiveFloat = 1e-3
-    seed: Optional[int] = Field(0, ge=0, description="Seed for reproducible runs; null for random.")
+    seed: Optional[int] = Field(
+        0, ge=0, le=MAX_SEED, description="Seed for reproducible runs (0 to 2**32-1); null for random."
+    )
 
 
 class ResourcesSpec(StrictModel):
-    num_workers: PositiveInt = Field(1, le=1024)
+    num_workers: PositiveInt = Field(1, le=MAX_WORKERS)
     use_gpu: bool = False
     # Bounded so that what a job asks for (workers × per worker) is always a finite number.
     cpus_per_worker: PositiveFloat = Field(1.0, le=1024)
@@ -128,9 +197,28 @@ class StorageSpec(StrictModel):
 
 
 class TrackingSpec(StrictModel):
-    experiment: str = Field("vae-service", min_length=1)
+    experiment: str = Field("vae-service", min_length=1, max_length=500)  # MLflow's longest
     register_as: Optional[str] = Field(None, description="Register the model under this name.")
-    alias: str = Field("candidate", min_length=1)
+    alias: str = Field("candidate", description="Alias of the registered version (not latest, v<N> or champion).")
+
+    # Checked here: MLflow would refuse them only after training, leaving a FAILED run.
+    @field_validator("register_as")
+    @classmethod
+    def _registrable(cls, name: Optional[str]) -> Optional[str]:
+        problem = model_name_problem(name) if name is not None else None
+        if problem:
+            raise ValueError(problem)
+        return name
+
+    @field_validator("alias")
+    @classmethod
+    def _settable(cls, alias: str) -> str:
+        problem = alias_problem(alias)
+        if problem:
+            raise ValueError(problem)
+        if alias.casefold() in PROTECTED_ALIASES:
+            raise ValueError(f"{alias!r} is protected: only `vae models promote` moves it (use another alias, e.g. candidate)")
+        return alias
 
 
 class TrainSpec(StrictModel):
@@ -155,6 +243,11 @@ class TrainSpec(StrictModel):
             )
         if self.resources.use_gpu is False and self.resources.gpus > 0:
             raise ValueError("resources.gpus_per_worker > 0 needs resources.use_gpu: true")
+        count = self.model.parameter_count(IMAGE_SHAPES[self.data.dataset])
+        if count > MAX_PARAMETERS:
+            field = "hidden" if self.model.arch == "mlp" else "channels"
+            raise ValueError(f"model.{field}: the model would have {count:,} parameters, over the limit of "
+                             f"{MAX_PARAMETERS:,}; use fewer or narrower layers")
         return self
 
     def with_absolute_data_root(self) -> "TrainSpec":

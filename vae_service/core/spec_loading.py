@@ -1,13 +1,16 @@
 """Reading job specs from YAML safely and turning every mistake into `path: reason (line N)`.
 
 Safety: YAML is composed with the safe loader (no Python tags), files over 1 MiB are refused,
-and a document whose alias expansion would exceed `MAX_EXPANDED_NODES` (a "billion laughs"
-bomb) is refused before anything is expanded.
+and a document that nests deeper than `MAX_NESTING`, repeats a key, or whose alias expansion
+would exceed `MAX_EXPANDED_NODES` nodes or `MAX_NORMALISED_BYTES` bytes (a "billion laughs"
+bomb) is refused before anything is expanded. A valid spec whose normalised form exceeds
+`MAX_NORMALISED_BYTES` is refused too.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +20,15 @@ import yaml
 from pydantic import ValidationError
 
 from vae_service.core.spec import TrainSpec
-from vae_service.core.sweep_spec import SKIP_SPACE_CHECK, SweepSpec, space_problems
+from vae_service.core.sweep_spec import GRID_LIMIT, MAX_GRID_POINTS, SKIP_SPACE_CHECK, SweepSpec, space_problems
 
 MAX_SPEC_BYTES = 1 << 20
 MAX_EXPANDED_NODES = 10_000
 MAX_NESTING = 32  # a spec nests 4 levels; a sweep's grid of lists a few more
+# The byte budget, for a spec's keys and values (aliases expanded) and for its normalised form:
+# the normalised spec travels to its Ray job in one environment variable (queue/job_env.py),
+# and Linux refuses a single one over 128 KiB ("Argument list too long").
+MAX_NORMALISED_BYTES = 64 * 1024
 JobSpec = TrainSpec | SweepSpec
 SPEC_KINDS = {"train": TrainSpec, "sweep": SweepSpec}
 
@@ -46,7 +53,10 @@ class SpecProblem:
 
     def __str__(self) -> str:
         where = f" (line {self.line})" if self.line else ""
-        return f"{self.path}: {self.reason}{where}" if self.path else f"{self.reason}{where}"
+        # A path is made of the spec's own keys: control characters in them (a newline, a
+        # terminal escape) are shown escaped, so that one problem stays one harmless line.
+        path = self.path if self.path.isprintable() else self.path.encode("unicode_escape").decode("ascii")
+        return f"{path}: {self.reason}{where}" if path else f"{self.reason}{where}"
 
 
 class SpecError(Exception):
@@ -62,54 +72,147 @@ class SpecError(Exception):
 # YAML → (plain data, line index)
 
 
-def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
-    """Node count after alias expansion, computed without expanding (aliases share nodes)."""
-    key = id(node)
-    if key in memo:
-        return memo[key]
-    memo[key] = 1  # guards against recursive anchors
-    if isinstance(node, yaml.SequenceNode):
-        size = 1 + sum(_expanded_size(child, memo) for child in node.value)
-    elif isinstance(node, yaml.MappingNode):
-        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
-    else:
-        size = 1
-    memo[key] = size
-    return size
+@dataclass
+class _Shape:
+    """One node after alias expansion (measured without expanding: a node aliased N times is
+    measured once and counted N times)."""
+
+    depth: int  # how deeply collections nest (1 for a scalar)
+    nodes: int
+    size: int  # bytes of the scalars (keys and values) in it
+    own: int  # bytes of this node itself (a scalar's text)
 
 
-def _depth(node: yaml.Node) -> int:
-    """How deeply collections nest (1 for a scalar), without recursion (aliases counted once)."""
-    deepest, seen, stack = 0, set(), [(node, 1)]
+class _Recursive(Exception):
+    """An alias inside its own anchor; the message is the field it is in."""
+
+
+def _children(node: yaml.Node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [child for pair in node.value for child in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _shapes(root: yaml.Node) -> dict[int, _Shape]:
+    """Every node's _Shape by id, depth first without recursion (aliases can nest a document far
+    deeper than it is written). An alias inside its own anchor raises _Recursive."""
+    shapes: dict[int, _Shape] = {}
+    open_nodes: set[int] = set()  # the current node's ancestors
+    stack: list = [(root, False, ())]
     while stack:
-        current, depth = stack.pop()
-        if id(current) in seen:
+        node, children_done, keys = stack.pop()
+        key = id(node)
+        if children_done:
+            open_nodes.discard(key)
+            kids = [shapes[id(child)] for child in _children(node)]
+            if isinstance(node, yaml.ScalarNode):
+                own = len(node.value.encode("utf-8", "replace"))
+                shapes[key] = _Shape(1, 1, own, own)
+            else:
+                shapes[key] = _Shape(1 + max((k.depth for k in kids), default=0), 1 + sum(k.nodes for k in kids),
+                                     sum(k.size for k in kids), 0)
+        elif key not in shapes:
+            if key in open_nodes:
+                raise _Recursive(".".join(keys[:4]))
+            open_nodes.add(key)
+            stack.append((node, True, keys))
+            if isinstance(node, yaml.MappingNode):  # keys (mapping keys only) name the field
+                stack.extend(item for k, v in node.value
+                             for item in ((k, False, keys), (v, False, keys + (k.value if isinstance(k, yaml.ScalarNode) else "?",))))
+            else:
+                stack.extend((child, False, keys) for child in _children(node))
+    return shapes
+
+
+def _where(node: yaml.Node, shapes: dict[int, _Shape], measure: str) -> str:
+    """The field holding most of a too-large value: follow the child that holds over half of
+    it (mapping keys only, at most 4: a spec field, not a path into the bad value)."""
+    keys: list[str] = []
+    while len(keys) < 4 and isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        pairs = node.value if isinstance(node, yaml.MappingNode) else [(None, child) for child in node.value]
+        if not pairs:
+            break
+        key, child = max(pairs, key=lambda pair: getattr(shapes[id(pair[1])], measure))
+        if 2 * getattr(shapes[id(child)], measure) <= getattr(shapes[id(node)], measure):
+            break
+        if isinstance(key, yaml.ScalarNode):
+            keys.append(key.value)
+        node = child
+    return ".".join(keys)
+
+
+def _shape_problem(root: yaml.Node, in_value: bool) -> Optional[tuple[str, str]]:
+    """(field, reason) when the document nests too deeply or expands past the node or byte
+    budget; aliases are blamed only when they are the cause."""
+    try:
+        shapes = _shapes(root)
+    except _Recursive as cycle:
+        return str(cycle), "a YAML alias refers to its own anchor (a recursive structure); refused"
+    top = shapes[id(root)]
+    if top.depth > MAX_NESTING:
+        return _where(root, shapes, "depth"), f"nested more than {MAX_NESTING} levels deep; refused"
+    for measure, limit, unit in (("nodes", MAX_EXPANDED_NODES, "nodes"), ("size", MAX_NORMALISED_BYTES, "bytes")):
+        if getattr(top, measure) <= limit:
             continue
-        seen.add(id(current))
-        deepest = max(deepest, depth)
-        if isinstance(current, yaml.SequenceNode):
-            stack.extend((child, depth + 1) for child in current.value)
-        elif isinstance(current, yaml.MappingNode):
-            stack.extend((child, depth + 1) for pair in current.value for child in pair)
-    return deepest
+        where = _where(root, shapes, measure)
+        written = len(shapes) if measure == "nodes" else sum(shape.own for shape in shapes.values())
+        if written <= limit:  # small as written: the aliases blow it up
+            return where, f"YAML aliases expand to more than {limit} {unit}; refused"
+        what = "value" if in_value or where else "spec"
+        amount = f"more than {limit} YAML nodes (keys, values, list items)" if measure == "nodes" else \
+            f"more than {limit} bytes of keys and values"
+        return where, f"{what} is too large: {amount}; refused"
+    return None
+
+
+def _duplicate_key(root: yaml.Node) -> Optional[tuple[str, int]]:
+    """(path, line) of the first key repeated in its mapping: YAML and JSON would silently keep
+    the last value. Merge keys (<<) are not duplicates."""
+    seen, stack = set(), [(root, ())]
+    while stack:
+        node, prefix = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys, children = set(), []
+            for key_node, value_node in node.value:
+                path = prefix + (key_node.value if isinstance(key_node, yaml.ScalarNode) else "?",)
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    if (key_node.tag, key_node.value) in keys:
+                        return ".".join(map(str, path)), key_node.start_mark.line + 1
+                    keys.add((key_node.tag, key_node.value))
+                children.append((value_node, path))
+            stack.extend(reversed(children))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(reversed([(child, prefix + (i,)) for i, child in enumerate(node.value)]))
+    return None
 
 
 def _compose(text: str, source: str, path: str = "") -> Optional[yaml.Node]:
     """The YAML node tree, refused when it nests deeper than MAX_NESTING (the parser recurses:
-    a few hundred levels would end in a RecursionError) or its aliases expand too far."""
+    a few hundred levels would end in a RecursionError), expands past the node or byte budget
+    (aliases), or repeats a key. `path`: the --set field whose value `text` is."""
+    what = "value: " if path else ""
     try:
         node = yaml.compose(text, Loader=_SpecLoader)
     except RecursionError:
-        node = None
-        too_deep = True
-    else:
-        too_deep = node is not None and _depth(node) > MAX_NESTING
-    if too_deep:
-        raise SpecError(source, [SpecProblem(path, f"nested more than {MAX_NESTING} levels deep; refused")])
-    if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_NODES:
-        what = "value: " if path else ""
-        raise SpecError(source, [SpecProblem(path, f"{what}YAML aliases expand to more than {MAX_EXPANDED_NODES} nodes; refused")])
+        raise SpecError(source, [SpecProblem(path, f"{what}nested more than {MAX_NESTING} levels deep; refused")]) from None
+    if node is None:
+        return None
+    problem = _shape_problem(node, in_value=bool(path))
+    if problem:
+        where, reason = problem
+        raise SpecError(source, [SpecProblem(_join(path, where), what + reason)])
+    duplicate = _duplicate_key(node)
+    if duplicate:
+        where, line = duplicate
+        raise SpecError(source, [SpecProblem(_join(path, where), "duplicate key", None if path else line)])
     return node
+
+
+def _join(*parts: str) -> str:
+    return ".".join(part for part in parts if part)
 
 
 def _line_index(node: yaml.Node, prefix: tuple = ()) -> dict[tuple, int]:
@@ -135,8 +238,12 @@ def parse_yaml(text: str, source: str = "<spec>") -> tuple[dict, dict[tuple, int
         node = _compose(text, source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        reason = f"YAML syntax error: {getattr(exc, 'problem', None) or exc}"
-        raise SpecError(source, [SpecProblem("", reason, mark.line + 1 if mark else None)]) from None
+        line = mark.line + 1 if mark else None
+        if isinstance(exc, yaml.reader.ReaderError):  # a control character: its text spans lines
+            problem, line = f"unacceptable character #x{exc.character:04x}", text.count("\n", 0, exc.position) + 1
+        else:
+            problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise SpecError(source, [SpecProblem("", f"YAML syntax error: {problem}", line)]) from None
     if node is None:
         raise SpecError(source, [SpecProblem("", "spec is empty: expected a mapping such as 'kind: train'")])
     if not isinstance(node, yaml.MappingNode):
@@ -144,10 +251,31 @@ def parse_yaml(text: str, source: str = "<spec>") -> tuple[dict, dict[tuple, int
         raise SpecError(source, [SpecProblem("", f"spec must be a mapping of fields, got {kind}", 1)])
     try:
         data = _SpecLoader(text).get_single_data()
-    except yaml.YAMLError as exc:  # e.g. a tag the safe loader refuses
+    except yaml.YAMLError as exc:  # e.g. a tag the safe loader refuses: name the field it is in
         mark = getattr(exc, "problem_mark", None)
-        raise SpecError(source, [SpecProblem("", str(getattr(exc, "problem", exc)), mark.line + 1 if mark else None)]) from None
+        where = _path_at(node, mark.index) if mark else ""
+        raise SpecError(source, [SpecProblem(where, str(getattr(exc, "problem", exc)), mark.line + 1 if mark else None)]) from None
     return data, _line_index(node)
+
+
+def _path_at(root: yaml.Node, index: int) -> str:
+    """The path (keys and list indices) of the value that starts at character `index`."""
+    found: tuple = ()
+    seen, stack = set(), [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.start_mark.index == index and len(path) >= len(found):  # the innermost value there
+            found = path
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                stack += [(key_node, path), (value_node, path + (key,))]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += [(child, path + (i,)) for i, child in enumerate(node.value)]
+    return ".".join(map(str, found))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,9 +335,10 @@ def _reason(error: dict) -> str:
     return f"{error['msg']} (got {error.get('input')!r})" if "input" in error else error["msg"]
 
 
-def validate_data(data: Any, source: str = "<spec>", lines: Optional[dict] = None) -> JobSpec:
+def validate_data(data: Any, source: str = "<spec>", lines: Optional[dict] = None, *,
+                  max_grid_points: int = MAX_GRID_POINTS) -> JobSpec:
     """Validates a spec dict (`kind: train` or `kind: sweep`), raising SpecError with one
-    problem per mistake."""
+    problem per mistake. `max_grid_points`: a server's lower cap on an all-grid sweep's trials."""
     lines = lines or {}
     if not isinstance(data, dict):
         raise SpecError(source, [SpecProblem("", "spec must be a mapping of fields")])
@@ -218,7 +347,7 @@ def validate_data(data: Any, source: str = "<spec>", lines: Optional[dict] = Non
         message = f"must be one of {', '.join(repr(k) for k in SPEC_KINDS)} (got {kind!r})"
         raise SpecError(source, [SpecProblem("kind", message, lines.get(("kind",)))])
     try:
-        spec = SPEC_KINDS[kind].model_validate(data, context={SKIP_SPACE_CHECK: True})
+        spec = SPEC_KINDS[kind].model_validate(data, context={SKIP_SPACE_CHECK: True, GRID_LIMIT: max_grid_points})
     except ValidationError as exc:
         raise SpecError(source, [_problem(error, lines) for error in exc.errors()]) from None
     if isinstance(spec, SweepSpec):  # paths and values of the space, checked against the train spec
@@ -227,7 +356,25 @@ def validate_data(data: Any, source: str = "<spec>", lines: Optional[dict] = Non
                     for path, reason in space_problems(spec)]
         if problems:
             raise SpecError(source, problems)
+    too_large = _normalised_problem(spec, lines)
+    if too_large:
+        raise SpecError(source, [too_large])
     return spec
+
+
+def _normalised_problem(spec: JobSpec, lines: dict) -> Optional[SpecProblem]:
+    """The byte budget on what the job will receive (--set values and YAML's escaping of
+    non-ASCII text can make it larger than what was parsed); names the largest field."""
+    size = len(dump_spec(spec).encode("utf-8"))
+    if size <= MAX_NORMALISED_BYTES:
+        return None
+    data, keys = spec.model_dump(mode="json", by_alias=True), []
+    while isinstance(data, dict) and data and len(keys) < 4:
+        keys.append(max(data, key=lambda k: len(json.dumps(data[k]))))
+        data = data[keys[-1]]
+    return SpecProblem(".".join(keys), f"too large: the normalised spec would be {size} bytes, over the limit of "
+                       f"{MAX_NORMALISED_BYTES} (it is handed to the job in an environment variable)",
+                       _line(tuple(keys), lines))
 
 
 def _space_reason(reason: Any) -> str:
@@ -244,10 +391,15 @@ def _problem(error: dict, lines: dict) -> SpecProblem:
     # A tagged union (a sweep domain) repeats its tag: sweep.space.x.int.int → sweep.space.x.int
     loc = tuple(part for i, part in enumerate(error["loc"]) if i == 0 or part != error["loc"][i - 1])
     reason = _reason(error)
+    field, sep, rest = reason.partition(": ")
+    if sep and _FIELD_PATH.fullmatch(field):  # a cross-field check names its own field
+        loc, reason = loc + tuple(field.split(".")), rest
     path = ".".join(str(part) for part in loc)
-    if not path and ": " in reason and reason.split(": ", 1)[0].startswith(("sweep.", "train.")):
-        path, reason = reason.split(": ", 1)  # a cross-field check names its own field
-    return SpecProblem(path, reason, _line(loc or tuple(path.split(".")), lines))
+    return SpecProblem(path, reason, _line(loc, lines))
+
+
+# "model.hidden: …" from a TrainSpec check, "sweep.space: …" from a SweepSpec one
+_FIELD_PATH = re.compile(r"(?:sweep|train|model|data|objective|optim|resources|storage|tracking)(?:\.[\w.]+)?")
 
 
 def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> JobSpec:
@@ -266,12 +418,13 @@ def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> JobSpec:
     return load_spec_text(text, source, overrides)
 
 
-def load_spec_text(text: str, source: str = "<spec>", overrides: Iterable[str] = ()) -> JobSpec:
+def load_spec_text(text: str, source: str = "<spec>", overrides: Iterable[str] = (), *,
+                   max_grid_points: int = MAX_GRID_POINTS) -> JobSpec:
     data, lines = parse_yaml(text, source)
     overrides = list(overrides)
     if overrides:
         data = apply_overrides(data, overrides)
-    return validate_data(data, source, lines)
+    return validate_data(data, source, lines, max_grid_points=max_grid_points)
 
 
 def dump_spec(spec: JobSpec) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Iterator, Literal, Optional, Union
 
 from pydantic import (
     Discriminator,
@@ -42,6 +42,12 @@ from vae_service.core.spec import PositiveInt, StrictModel, TrainSpec
 # Fields a sweep must not vary: they name or place the run rather than shape the model.
 UNSWEEPABLE = {"kind", "name", "storage", "tracking", "resources"}
 DEFAULT_NUM_SAMPLES = 8
+# The most trials an all-grid space may make (grid points × num_samples); a server can lower it
+# (VAE_MAX_GRID_POINTS), passed in the validation context under GRID_LIMIT.
+MAX_GRID_POINTS = 10_000
+GRID_LIMIT = "max_grid_points"
+# Optuna seeds NumPy (below 2**32) with sweep.seed + the attempt number: leave room for attempts.
+MAX_SWEEP_SEED = 2**31 - 1
 NSGA2_MIN_TRIALS = 16  # two generations of 8: fewer, and multi-objective TPE samples better
 SKIP_SPACE_CHECK = "skip_space_check"
 
@@ -153,7 +159,8 @@ class SweepSection(StrictModel):
         "auto", description="Optuna sampler; auto: TPE, or NSGA-II for several objectives with at least "
         f"{NSGA2_MIN_TRIALS} trials (below that NSGA-II's second generation re-proposes its parents).",
     )
-    seed: int = Field(0, ge=0, description="Seed of the sampler (trial seeds come from train.optim.seed).")
+    seed: int = Field(0, ge=0, le=MAX_SWEEP_SEED,
+                      description="Seed of the sampler (trial seeds come from train.optim.seed).")
 
     @field_validator("objectives", mode="before")
     @classmethod
@@ -209,6 +216,11 @@ class SweepSpec(StrictModel):
         if any(grids) and not all(grids):
             raise ValueError("sweep.space: grid values cannot be mixed with sampled domains "
                              "(use choice for a sampled list, or make every domain a grid)")
+        limit = min((info.context or {}).get(GRID_LIMIT, MAX_GRID_POINTS), MAX_GRID_POINTS)
+        if sweep.is_grid and sweep.trial_count() > limit:  # counted, never listed
+            points = math.prod(len(d.grid) for d in sweep.space.values())
+            repeats = f" × num_samples {sweep.num_samples} = {sweep.trial_count():,}" if (sweep.num_samples or 1) > 1 else ""
+            raise ValueError(f"sweep.space: the grid has {points:,} points{repeats}, over the limit of {limit:,} trials")
         for path, domain in sweep.space.items():
             if isinstance(domain, Choice) and any(isinstance(v, (list, dict)) for v in domain.choice):
                 raise ValueError(f"sweep.space.{path}: choice values must be numbers, strings or booleans "
@@ -228,11 +240,11 @@ class SweepSpec(StrictModel):
         data["tracking"]["register_as"] = None  # only the sweep's best model is registered
         return TrainSpec.model_validate(data)
 
-    def grid_configs(self) -> list[dict[str, Any]]:
-        """Every combination of an all-grid space (in the order of the spec)."""
+    def grid_configs(self) -> Iterator[dict[str, Any]]:
+        """Every combination of an all-grid space (in the order of the spec), one at a time."""
         paths = list(self.sweep.space)
         values = [self.sweep.space[p].grid for p in paths]
-        return [dict(zip(paths, combo)) for combo in itertools.product(*values)]
+        return (dict(zip(paths, combo)) for combo in itertools.product(*values))
 
 
 def _assign(data: dict, path: str, value: Any) -> None:

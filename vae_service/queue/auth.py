@@ -6,6 +6,11 @@ random token when no token is configured, so `vae server` + `vae submit` work in
 with no setup. An entry `name:token` names who submits with it (`submitted_by`); a bare token
 is known by a fingerprint (`token-1a2b3c4d`, the first 8 hex digits of its SHA-256).
 
+Admins (see queue/policy.py for what they may do): the names in VAE_ADMINS. When VAE_ADMINS is
+unset (or empty) and the tokens name one identity only — the token `vae server` generates, or a single
+VAE_API_TOKEN — that identity is admin, so a one-user setup needs no configuration; with several
+identities and no VAE_ADMINS nobody is admin (everyone sees only their own jobs).
+
 Tokens are compared in constant time (hmac.compare_digest on SHA-256 digests, every configured
 token checked, no early exit) and are never logged.
 """
@@ -30,6 +35,7 @@ class TokenError(Exception):
 @dataclass(frozen=True)
 class Identity:
     name: str
+    admin: bool = False
 
 
 def _parse(entries: list[str]) -> dict[bytes, str]:
@@ -55,20 +61,22 @@ def read_token_file(path: Path) -> list[str]:
 
 
 class TokenSet:
-    def __init__(self, tokens: dict[bytes, str], source: str):
+    def __init__(self, tokens: dict[bytes, str], source: str, admins: Optional[frozenset[str]] = None):
         if not tokens:
             raise TokenError(f"no API token in {source}")
         self._tokens = tokens
         self.source = source
+        names = frozenset(tokens.values())
+        self.admins = admins if admins is not None else (names if len(names) == 1 else frozenset())
 
     @classmethod
     def from_settings(cls, settings: Settings, create: bool = False) -> "TokenSet":
         if settings.api_token is not None and settings.api_token.get_secret_value().strip():
-            return cls(_parse(settings.api_token.get_secret_value().split(",")), "VAE_API_TOKEN")
+            return cls(_parse(settings.api_token.get_secret_value().split(",")), "VAE_API_TOKEN", settings.admin_names)
         path = settings.token_file
         if settings.api_token_file is None and create and not path.exists():
             generate_token_file(path)
-        return cls(_parse(read_token_file(path)), str(path))
+        return cls(_parse(read_token_file(path)), str(path), settings.admin_names)
 
     def identify(self, presented: Optional[str]) -> Optional[Identity]:
         """The owner of the presented token, or None. Constant time in the token's content."""
@@ -79,7 +87,7 @@ class TokenSet:
         for known, name in self._tokens.items():
             if hmac.compare_digest(digest, known):
                 found = name
-        return Identity(found) if found is not None else None
+        return Identity(found, found in self.admins) if found is not None else None
 
 
 def generate_token_file(path: Path) -> None:

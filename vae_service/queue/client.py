@@ -2,18 +2,26 @@
 
 Errors become `ApiError(message, code)` with one line for the user and the CLI's exit code:
 2 for an unreachable API, a refused token, an unknown job or a bad spec.
+
+A submission always carries an Idempotency-Key (a random one unless the caller gives one) and is
+retried a few times when the API is briefly away or answers 503, so a lost answer never makes a
+second job.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Iterator, Optional
 
 import httpx
+import tenacity
 
 from vae_service.queue.auth import client_token
 from vae_service.queue.settings import Settings
 
 TIMEOUT_S = 30.0
+SUBMIT_ATTEMPTS = 4  # waits 0.5 s, 1 s, 2 s between them
+RETRIABLE = (None, 502, 503, 504)  # None: no answer at all
 
 
 class ApiError(Exception):
@@ -63,14 +71,16 @@ class Client:
         raise ApiError(str(detail) if detail else f"HTTP {response.status_code}", status=response.status_code)
 
     def submit(self, spec_text: str, priority: int = 0, overrides: tuple[str, ...] = (), idempotency_key: Optional[str] = None) -> dict:
-        headers = {"Content-Type": "application/yaml"}
-        if idempotency_key:
-            headers["Idempotency-Key"] = idempotency_key
+        headers = {"Content-Type": "application/yaml", "Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         params = [("priority", str(priority))] + [("set", o) for o in overrides]
-        return self._request("POST", "/jobs", content=spec_text.encode(), params=params, headers=headers).json()
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(SUBMIT_ATTEMPTS), wait=tenacity.wait_exponential(multiplier=0.5, max=2),
+            retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, ApiError) and exc.status in RETRIABLE),
+            reraise=True)
+        return retrying(self._request, "POST", "/jobs", content=spec_text.encode(), params=params, headers=headers).json()
 
-    def jobs(self, state: Optional[str] = None, limit: int = 50, offset: int = 0) -> dict:
-        params = {"limit": limit, "offset": offset, **({"state": state} if state else {})}
+    def jobs(self, state: Optional[str] = None, limit: int = 50, offset: int = 0, user: Optional[str] = None) -> dict:
+        params = {"limit": limit, "offset": offset, **({"state": state} if state else {}), **({"user": user} if user else {})}
         return self._request("GET", "/jobs", params=params).json()
 
     def job(self, job_id: str) -> dict:
@@ -81,6 +91,15 @@ class Client:
 
     def logs(self, job_id: str) -> str:
         return self._request("GET", f"/jobs/{job_id}/logs").text
+
+    def log_page(self, job_id: str, *, offset: Optional[int] = None, limit: Optional[int] = None,
+                 tail: Optional[int] = None) -> tuple[bytes, int, Optional[int]]:
+        """(bytes, where they start, the whole log's size) — see GET /jobs/{id}/logs; with
+        `tail`, the last lines and (0, None)."""
+        params = {k: v for k, v in {"offset": offset, "limit": limit, "tail": tail}.items() if v is not None}
+        response = self._request("GET", f"/jobs/{job_id}/logs", params=params)
+        size = response.headers.get("x-log-size")
+        return response.content, int(response.headers.get("x-log-offset", 0)), int(size) if size else None
 
     def follow_logs(self, job_id: str) -> Iterator[str]:
         try:

@@ -20,6 +20,19 @@ doing it twice:
            (someone reset the row) is adopted as submitted, never submitted again.
 
 The API wakes the loop (`wake`) when a job arrives or is cancelled; otherwise it polls.
+
+A tick is bounded, so the dispatcher never holds its leadership lock while stuck on Ray: every
+Ray call has its timeouts (ray_jobs.py), `follow` lists Ray's jobs once per tick instead of
+asking after each job, the spec text is read only for a job being submitted or finished, and no
+new Ray call starts once a tick has run for half the leadership timeout. The leadership timeout
+is 3 × the Ray timeout (30 s by default). The dispatcher gives up its lock, and stands by
+for YIELD_S so that a standby can take it, when one tick took longer than that, or when Ray has
+not answered for that long: a standby whose way to Ray works then dispatches; alone, this one
+takes the lock back and retries.
+
+A cancel that lands between `submitted` and the hand-off to Ray: `_submit` reads the state
+again just before calling Ray, so a job cancelled by then never reaches Ray (cancelled at
+once); one cancelled during the call is stopped right after it, not a tick later.
 """
 
 from __future__ import annotations
@@ -47,20 +60,25 @@ log = logging.getLogger("vae_service.queue.dispatcher")
 
 POLL_S = 0.5  # between ticks when nothing wakes the loop
 LEADER_CHECK_S = 5.0
+LEADER_TIMEOUT_RAY_CALLS = 3  # the leadership timeout, in Ray timeouts
+YIELD_S = 2.0  # after giving up the lock: long enough for a standby (they poll every 0.05-0.5 s)
 OUTCOME = {"SUCCEEDED": State.SUCCEEDED, "FAILED": State.FAILED, "STOPPED": State.CANCELLED}
 
 
 class Dispatcher:
     def __init__(self, store: Store, ray: RayJobs, *, python: Optional[str] = None, poll_s: float = POLL_S,
-                 wake: Optional[threading.Event] = None):
+                 wake: Optional[threading.Event] = None, leader_timeout_s: Optional[float] = None):
         self.store = store
         self.ray = ray
         self.python = python
         self.poll_s = poll_s
         self.wake = wake or threading.Event()
+        self.leader_timeout_s = leader_timeout_s or LEADER_TIMEOUT_RAY_CALLS * ray.timeout_s
         self._stop_sent: set[str] = set()
         self._reserved_for: Optional[str] = None
+        self._waiting: dict[str, str] = {}  # job id → the waiting reason last stored for it
         self._last_error = ""
+        self._tick_deadline = float("inf")  # no new Ray call starts after it
 
     # ---- the loop ----------------------------------------------------------------------------
 
@@ -74,31 +92,49 @@ class Dispatcher:
                 break
             log.info("dispatcher: active (%s held)", leadership.describe())
             try:
-                self._lead(stop, leadership)
+                gave_up = self._lead(stop, leadership)
             finally:
                 leadership.release()
+            if gave_up:
+                stop.wait(YIELD_S)
 
-    def _lead(self, stop: threading.Event, leadership: Leadership) -> None:
+    def _lead(self, stop: threading.Event, leadership: Leadership) -> bool:
+        """Ticks while this process leads; True when it gives up the lead (see the docstring)."""
         reconciled = False
         last_check = time.monotonic()
+        ray_down_since: Optional[float] = None
         while not stop.is_set():
             self.wake.clear()  # before the tick: a wake-up that arrives during it is kept
+            started = time.monotonic()
+            self._tick_deadline = started + self.leader_timeout_s / 2
             try:
                 if not reconciled:
                     self.reconcile()
                     reconciled = True
                 self.tick()
                 self._last_error = ""
+                ray_down_since = None
             except (RayUnavailable, OSError) as exc:
+                ray_down_since = ray_down_since or started
                 self._note(f"dispatcher: {exc}; retrying")
             except Exception as exc:  # a database hiccup must not kill the loop
                 self._note(f"dispatcher: {exc.__class__.__name__}: {one_line(exc, 300)}; retrying")
+            finally:
+                self._tick_deadline = float("inf")
+            took = time.monotonic() - started
+            if took > self.leader_timeout_s or (ray_down_since and time.monotonic() - ray_down_since > self.leader_timeout_s):
+                why = f"a tick took {took:.1f} s" if took > self.leader_timeout_s else "Ray has not answered"
+                log.warning("dispatcher: %s (leadership timeout %g s); giving up the %s for %g s",
+                            why, self.leader_timeout_s, leadership.describe(), YIELD_S)
+                self._last_error = ""
+                return True
             if time.monotonic() - last_check > LEADER_CHECK_S:
                 last_check = time.monotonic()
                 if not leadership.alive():
                     log.warning("dispatcher: lost the %s; standing by", leadership.describe())
-                    return
+                    return False
             self.wake.wait(self.poll_s)
+        return False
 
     def _note(self, message: str) -> None:
         if message != self._last_error:  # once per distinct problem, not every tick
@@ -123,20 +159,30 @@ class Dispatcher:
                                  attempts=max(job.attempts, 1))
         admitted = len(self.store.in_states(ACTIVE))
         log.info("dispatcher: reconciled with Ray (%d job(s) admitted, %d known to Ray)", admitted, len(known))
-        self.follow()
+        self.follow(known)
 
-    def follow(self) -> bool:
-        """Brings every admitted job up to date with Ray; True when one of them ended."""
+    def follow(self, known: Optional[dict[str, RayJob]] = None) -> bool:
+        """Brings every admitted job up to date with Ray (one list call, whatever their
+        number); True when one of them ended."""
+        active = self.store.in_states(ACTIVE)
+        if not active:
+            return False
+        known = self.ray.list() if known is None else known
         ended = False
-        for job in self.store.in_states(ACTIVE):
-            ended |= self._follow_one(job, self.ray.info(job.id))
+        for job in active:
+            if self._out_of_time():
+                break  # the rest next tick
+            ended |= self._follow_one(job, known.get(job.id))
         return ended
+
+    def _out_of_time(self) -> bool:
+        return time.monotonic() > self._tick_deadline
 
     def _follow_one(self, job: Job, info: Optional[RayJob]) -> bool:
         state = State(job.state)
         if info is None:
             if state is State.SUBMITTED:
-                self._submit(job)
+                self._submit(job.id)
                 return False
             if state is State.CANCELLING:
                 self._transition(job.id, State.CANCELLED, only_from=[State.CANCELLING])
@@ -160,25 +206,44 @@ class Dispatcher:
         queued = self.store.queued_in_order()
         if not queued:
             self._reserved_for = None
+            self._waiting = {}
             return
         totals = self.ray.totals()
-        chosen, reserved = scheduling.admit(queued, totals, self.store.admitted_resources())
+        plan = scheduling.plan(queued, totals, self.store.admitted_resources())
+        chosen, reserved = plan.chosen, plan.reserved_for
+        self._store_waiting_reasons(queued, plan.reasons)
         reserved_id = reserved.id if reserved is not None else None
         if reserved_id and reserved_id != self._reserved_for:
             log.info("dispatcher: job %s (asks %s) waits for room; jobs ranked after it wait behind it",
                      reserved_id, reserved.resource_request)
         self._reserved_for = reserved_id
         for job in chosen:
+            if self._out_of_time():
+                break  # still queued: admitted next tick
             try:
-                job = self.store.transition(job.id, State.SUBMITTED, only_from=[State.QUEUED], ray_submission_id=job.id)
+                self.store.transition(job.id, State.SUBMITTED, only_from=[State.QUEUED], ray_submission_id=job.id)
             except (IllegalTransition, UnknownJob):
                 continue  # cancelled meanwhile
-            self._submit(job)
+            self._submit(job.id)
+
+    def _store_waiting_reasons(self, queued: list[Job], reasons: dict[str, str]) -> None:
+        """Stores why each queued job waits (none: it is admitted now), only where that changed
+        since this dispatcher last stored it: not a write every tick."""
+        changed = {job.id: reasons.get(job.id) for job in queued if self._waiting.get(job.id) != reasons.get(job.id)}
+        if changed:
+            self.store.set_waiting_reasons(changed)
+        self._waiting = dict(reasons)
 
     # ---- steps -------------------------------------------------------------------------------
 
-    def _submit(self, job: Job) -> None:
+    def _submit(self, job_id: str) -> None:
         """Hands a `submitted` job to Ray. Safe to repeat: Ray keeps one job per submission id."""
+        job = self.store.get(job_id)  # its spec, and its state as of now: a cancel may have landed
+        if State(job.state) is State.CANCELLING:  # Ray never saw it: nothing to stop
+            self._transition(job.id, State.CANCELLED, only_from=[State.CANCELLING])
+            return
+        if State(job.state) is not State.SUBMITTED:
+            return
         self.store.update(job.id, attempts=job.attempts + 1)
         try:
             created = self.ray.submit(job.id, job_env(job.id, job.spec_normalised), self.python)
@@ -186,10 +251,15 @@ class Dispatcher:
             self._transition(job.id, State.FAILED, only_from=ACTIVE, error=f"Ray refused the job: {exc}")
             return
         log.info("dispatcher: job %s %s Ray (priority %d)", job.id, "submitted to" if created else "already on", job.priority)
+        if State(self.store.get(job.id).state) is State.CANCELLING:  # cancelled during the call: stop it now
+            log.info("dispatcher: stopping job %s on Ray", job.id)
+            self.ray.stop(job.id)
+            self._stop_sent.add(job.id)
 
     def _finish(self, job: Job, info: RayJob) -> None:
         """Records how the job ended: from the outcome.json it wrote beside its run, or, when it
         wrote none (its driver was killed, or its storage was unwritable), from Ray's status."""
+        job = self.store.get(job.id)  # with its spec: where its outcome is
         outcome = read_job_outcome(job)
         new = OUTCOME[info.status]
         if outcome is not None and new is not State.CANCELLED:

@@ -7,7 +7,7 @@ import json
 from datetime import datetime, timezone
 from typing import Optional
 
-from sqlalchemy import DateTime, Float, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import DateTime, Float, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -49,7 +49,7 @@ class Job(Base):
     overrides: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of --set assignments
     spec_normalised: Mapped[str] = mapped_column(Text)  # every default filled in: what runs
     resources: Mapped[str] = mapped_column(Text)  # JSON {"CPU": x, "GPU": y}: what it asks of Ray
-    idempotency_key: Mapped[Optional[str]] = mapped_column(String(200), unique=True)
+    idempotency_key: Mapped[Optional[str]] = mapped_column(String(200))  # unique per submitter
     ray_submission_id: Mapped[Optional[str]] = mapped_column(String(64))
     mlflow_run_id: Mapped[Optional[str]] = mapped_column(String(64))
     error: Mapped[Optional[str]] = mapped_column(Text)
@@ -60,8 +60,10 @@ class Job(Base):
     finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
     dispatch_latency_s: Mapped[Optional[float]] = mapped_column(Float)  # created → first submitted
     nodes: Mapped[Optional[str]] = mapped_column(Text)  # JSON list: the hosts its ranks ran on, by rank
+    waiting_reason: Mapped[Optional[str]] = mapped_column(Text)  # why a queued job is not admitted yet
 
-    __table_args__ = (Index("ix_jobs_state_priority_created", "state", "priority", "created_at"),)
+    __table_args__ = (Index("ix_jobs_state_priority_created", "state", "priority", "created_at"),
+                      UniqueConstraint("submitted_by", "idempotency_key", name="uq_jobs_submitted_by_idempotency_key"))
 
     @property
     def resource_request(self) -> dict[str, float]:
@@ -83,6 +85,7 @@ class Job(Base):
             "error": self.error,
             "dispatch_latency_s": self.dispatch_latency_s,
             "nodes": json.loads(self.nodes) if self.nodes else [],
+            "waiting_reason": self.waiting_reason if self.state == "queued" else None,
         }
         for name in ("created_at", "updated_at", "submitted_at", "started_at", "finished_at"):
             value = getattr(self, name)

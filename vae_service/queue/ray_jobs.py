@@ -1,4 +1,16 @@
-"""The Ray Jobs API, as the queue needs it: the only module that knows JobSubmissionClient.
+"""The Ray Jobs API, as the queue needs it: the only module that talks to Ray's dashboard.
+
+It speaks Ray's Jobs REST API directly with httpx (Ray 2.60, ray/dashboard/modules/job/
+job_head.py): POST /api/jobs/, GET /api/jobs/, GET /api/jobs/{id}, POST /api/jobs/{id}/stop,
+GET /api/jobs/{id}/logs, the websocket /api/jobs/{id}/logs/tail, and the State API's
+/api/v0/logs/file for the last lines of a job's log. Not JobSubmissionClient: it uses
+`requests` with no timeout, so a dashboard that accepts connections and never answers hung its
+callers (the dispatcher while it held the leadership lock, the API's thread pool) for ever.
+
+Bounded: every request has a connect timeout and a read timeout, and the whole call a deadline
+(`timeout_s`), so no call takes much longer than connect + timeout_s + one read; a response
+over MAX_RESPONSE_BYTES is refused. Nothing is built or checked under a lock. A call that gets
+no answer in time raises RayUnavailable, like a refused connection.
 
 Every call is idempotent or read-only: a job's Ray submission_id is the queue's job id, so
 submitting the same job twice is refused by Ray (and reported here as "already there"),
@@ -12,25 +24,28 @@ The token is read like Ray reads it — RAY_AUTH_TOKEN, else the file RAY_AUTH_T
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
-import re
 import shlex
 import sys
-import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Optional
+from typing import Any, AsyncIterator, Optional
 
 import httpx
 
 from vae_service.core.errors import one_line
 
-STATUS_CODE = re.compile(r"status code (\d{3})")
-REQUEST_TIMEOUT_S = 10.0
+TIMEOUT_S = 10.0  # read timeout, and the deadline of a whole call
+CONNECT_TIMEOUT_S = 3.0
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # a job's log beyond this: read its tail (tail_lines)
+TAIL_HEARTBEAT_S = 30.0  # the log stream pings Ray; a dead peer ends the stream
 
 
 class RayUnavailable(Exception):
-    """The Ray Jobs API did not answer (or refused our token); retry later."""
+    """The Ray Jobs API did not answer in time (or refused our token); retry later."""
 
 
 class RayRejected(Exception):
@@ -43,6 +58,7 @@ class RayJob:
     status: str  # PENDING RUNNING STOPPED SUCCEEDED FAILED
     message: str = ""
     exit_code: Optional[int] = None
+    driver_node_id: Optional[str] = None  # where its log file is (None until the driver starts)
 
 
 def ray_token() -> Optional[str]:
@@ -62,116 +78,164 @@ def entrypoint(python: Optional[str] = None) -> str:
     return f"{shlex.quote(python or sys.executable)} -m vae_service.queue.entry"
 
 
-def _code(exc: BaseException) -> Optional[int]:
-    match = STATUS_CODE.search(str(exc))
-    return int(match.group(1)) if match else None
+def _ray_error(body: bytes, status: int) -> str:
+    """Ray answers errors with a traceback as text: its last line says what went wrong."""
+    lines = [line.strip() for line in body.decode("utf-8", "replace").splitlines() if line.strip()]
+    return one_line(lines[-1], 300) if lines else f"HTTP {status}"
+
+
+def _job(details: dict[str, Any]) -> RayJob:
+    return RayJob(details["submission_id"], str(details.get("status")), details.get("message") or "",
+                  details.get("driver_exit_code"), details.get("driver_node_id"))
+
+
+def last_lines(text: str, lines: int) -> str:
+    """The last `lines` lines of `text` (a final newline does not start a new line)."""
+    kept = text.splitlines(keepends=True)[-lines:] if lines > 0 else []
+    return "".join(kept)
 
 
 class RayJobs:
-    def __init__(self, address: str, token: Optional[str] = None):
+    def __init__(self, address: str, token: Optional[str] = None, *, timeout_s: float = TIMEOUT_S,
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S):
         self.address = address.rstrip("/")
+        self.timeout_s = float(timeout_s)
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = None
-        self._lock = threading.Lock()
+        self._timeout = httpx.Timeout(self.timeout_s, connect=min(connect_timeout_s, self.timeout_s))
+        # One client, its connection pool shared by the dispatcher and the API's threads.
+        self._http = httpx.Client(base_url=self.address, headers=self._headers, timeout=self._timeout)
 
-    # JobSubmissionClient checks the connection when it is built: build it lazily, rebuild it
-    # after a failure (the head may have restarted).
-    def client(self):
-        with self._lock:
-            if self._client is None:
-                from ray.job_submission import JobSubmissionClient
+    def close(self) -> None:
+        self._http.close()
 
-                try:
-                    self._client = JobSubmissionClient(self.address, headers=dict(self._headers))
-                except Exception as exc:
-                    raise RayUnavailable(f"Ray Jobs API at {self.address}: {one_line(exc, 300)}") from None
-            return self._client
+    def _call(self, method: str, path: str, what: str, **kwargs) -> tuple[int, bytes]:
+        """(status, body) of one bounded request; RayUnavailable when Ray does not answer in
+        time, cannot be reached, or refuses the token."""
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            with self._http.stream(method, path, **kwargs) as response:
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_RESPONSE_BYTES:
+                        raise RayUnavailable(f"Ray at {self.address}: the answer to {what} is larger than "
+                                             f"{MAX_RESPONSE_BYTES // 2**20} MiB")
+                    if time.monotonic() > deadline:  # a dashboard that trickles bytes
+                        raise httpx.ReadTimeout("deadline")
+                status = response.status_code
+        except httpx.TimeoutException:
+            raise RayUnavailable(f"Ray Jobs API at {self.address}: no answer within {self.timeout_s:g} s "
+                                 f"while trying to {what}") from None
+        except httpx.HTTPError as exc:
+            raise RayUnavailable(f"Ray Jobs API at {self.address}: cannot {what}: "
+                                 f"{exc.__class__.__name__}: {one_line(exc, 200)}") from None
+        if status in (401, 403):
+            raise RayUnavailable(f"Ray at {self.address} refused the token while trying to {what} "
+                                 "(set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)")
+        return status, bytes(body)
 
-    def _failed(self, exc: BaseException, what: str) -> Exception:
-        code = _code(exc)
-        if code in (401, 403) or "Authentication" in type(exc).__name__:
-            return RayUnavailable(f"Ray at {self.address} refused the token while trying to {what} "
-                                  "(set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)")
-        if code is not None and 400 <= code < 500:
-            return RayRejected(one_line(exc, 300))
-        with self._lock:
-            self._client = None
-        return RayUnavailable(f"Ray Jobs API at {self.address}: cannot {what}: {one_line(exc, 300)}")
+    def _json(self, body: bytes, what: str) -> Any:
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise RayUnavailable(f"Ray at {self.address}: the answer to {what} is not JSON") from None
+
+    def _fail(self, status: int, body: bytes, what: str) -> Exception:
+        if 400 <= status < 500:
+            return RayRejected(_ray_error(body, status))
+        return RayUnavailable(f"Ray Jobs API at {self.address}: cannot {what}: HTTP {status}: {_ray_error(body, status)}")
 
     def submit(self, job_id: str, env_vars: dict[str, str], python: Optional[str] = None) -> bool:
         """Submits with submission_id = job_id. Returns False when Ray already has that job."""
-        try:
-            self.client().submit_job(entrypoint=entrypoint(python), submission_id=job_id,
-                                     runtime_env={"env_vars": env_vars}, metadata={"vae.job_id": job_id})
+        payload = {"entrypoint": entrypoint(python), "submission_id": job_id,
+                   "runtime_env": {"env_vars": env_vars}, "metadata": {"vae.job_id": job_id}}
+        status, body = self._call("POST", "/api/jobs/", f"submit job {job_id}", json=payload)
+        if status == 200:
             return True
-        except RayUnavailable:
-            raise
-        except Exception as exc:
-            if "already exists" in str(exc):
-                return False
-            raise self._failed(exc, f"submit job {job_id}") from None
+        if b"already exists" in body:  # Ray says so with a 500 and its traceback
+            return False
+        raise self._fail(status, body, f"submit job {job_id}")
 
     def info(self, job_id: str) -> Optional[RayJob]:
         """What Ray knows of the job, or None if it has no record of it."""
-        try:
-            details = self.client().get_job_info(job_id)
-        except RayUnavailable:
-            raise
-        except Exception as exc:
-            if _code(exc) == 404 or "does not exist" in str(exc):
-                return None
-            raise self._failed(exc, f"read job {job_id}") from None
-        return RayJob(job_id, str(details.status), details.message or "", getattr(details, "driver_exit_code", None))
+        status, body = self._call("GET", f"/api/jobs/{job_id}", f"read job {job_id}")
+        if status == 404:
+            return None
+        if status != 200:
+            raise self._fail(status, body, f"read job {job_id}")
+        return _job(self._json(body, f"read job {job_id}"))
 
     def list(self) -> dict[str, RayJob]:
-        """Every submitted job Ray remembers, by submission id."""
-        try:
-            jobs = self.client().list_jobs()
-        except RayUnavailable:
-            raise
-        except Exception as exc:
-            raise self._failed(exc, "list jobs") from None
-        return {j.submission_id: RayJob(j.submission_id, str(j.status), j.message or "", getattr(j, "driver_exit_code", None))
-                for j in jobs if j.submission_id}
+        """Every submitted job Ray remembers, by submission id (one request)."""
+        status, body = self._call("GET", "/api/jobs/", "list jobs")
+        if status != 200:
+            raise self._fail(status, body, "list jobs")
+        return {d["submission_id"]: _job(d) for d in self._json(body, "list jobs") if d.get("submission_id")}
 
     def stop(self, job_id: str) -> None:
-        try:
-            self.client().stop_job(job_id)
-        except RayUnavailable:
-            raise
-        except Exception as exc:
-            if _code(exc) == 404 or "does not exist" in str(exc):
-                return
-            raise self._failed(exc, f"stop job {job_id}") from None
+        status, body = self._call("POST", f"/api/jobs/{job_id}/stop", f"stop job {job_id}")
+        if status not in (200, 404):  # 404: Ray has no such job, nothing to stop
+            raise self._fail(status, body, f"stop job {job_id}")
 
     def logs(self, job_id: str) -> Optional[str]:
         """All logs so far, or None when Ray has no record of the job."""
-        try:
-            return self.client().get_job_logs(job_id)
-        except RayUnavailable:
-            raise
-        except Exception as exc:
-            if _code(exc) == 404 or "does not exist" in str(exc):
-                return None
-            raise self._failed(exc, f"read the logs of job {job_id}") from None
+        status, body = self._call("GET", f"/api/jobs/{job_id}/logs", f"read the logs of job {job_id}")
+        if status == 404:
+            return None
+        if status != 200:
+            raise self._fail(status, body, f"read the logs of job {job_id}")
+        return self._json(body, f"read the logs of job {job_id}").get("logs") or ""
+
+    def tail_lines(self, job_id: str, lines: int) -> Optional[str]:
+        """The last `lines` lines of the job's log, or None when Ray has no record of it.
+
+        Ray's State API reads only the end of the file on the driver's node (GET
+        /api/v0/logs/file?submission_id=…&node_id=…&lines=N); where that fails (no driver yet,
+        an older or newer Ray), the whole log is read and its end kept."""
+        info = self.info(job_id)
+        if info is None:
+            return None
+        if info.driver_node_id:
+            params = {"submission_id": job_id, "node_id": info.driver_node_id, "lines": lines,
+                      "timeout": max(1, int(self.timeout_s))}
+            status, body = self._call("GET", "/api/v0/logs/file", f"read the logs of job {job_id}", params=params)
+            if status == 200:
+                return body.decode("utf-8", "replace")
+        text = self.logs(job_id)
+        return None if text is None else last_lines(text, lines)
 
     async def tail(self, job_id: str) -> AsyncIterator[str]:
-        """Log chunks as the job writes them; ends when the job ends."""
-        async for chunk in self.client().tail_job_logs(job_id):
-            yield chunk
+        """Log chunks as the job writes them; ends when the job ends. Connecting is bounded by
+        the timeout; then the stream may be quiet for as long as the job is (pings find a dead
+        peer)."""
+        import aiohttp  # Ray's own dependency; only the log stream needs it
+
+        async with aiohttp.ClientSession(headers=self._headers) as session:
+            try:
+                ws = await asyncio.wait_for(
+                    session.ws_connect(f"{self.address}/api/jobs/{job_id}/logs/tail", heartbeat=TAIL_HEARTBEAT_S),
+                    self.timeout_s)
+            except asyncio.TimeoutError:
+                raise RayUnavailable(f"Ray Jobs API at {self.address}: no answer within {self.timeout_s:g} s "
+                                     f"while trying to follow the logs of job {job_id}") from None
+            except aiohttp.ClientError as exc:
+                raise RayUnavailable(f"Ray Jobs API at {self.address}: cannot follow the logs of job {job_id}: "
+                                     f"{exc.__class__.__name__}") from None
+            async with ws:
+                async for message in ws:
+                    if message.type == aiohttp.WSMsgType.TEXT:
+                        yield message.data
+                    elif message.type == aiohttp.WSMsgType.ERROR:
+                        raise RayUnavailable(f"log stream of job {job_id} broke: {one_line(ws.exception(), 200)}")
+                if ws.close_code == aiohttp.WSCloseCode.ABNORMAL_CLOSURE:
+                    raise RayUnavailable(f"log stream of job {job_id} closed abnormally")
 
     def totals(self) -> dict[str, float]:
         """The cluster's total CPU and GPU over its live nodes (Ray's State API)."""
-        try:
-            response = httpx.get(f"{self.address}/api/v0/nodes", params={"limit": 10000},
-                                 headers=self._headers, timeout=REQUEST_TIMEOUT_S)
-        except httpx.HTTPError as exc:
-            raise RayUnavailable(f"Ray at {self.address}: cannot read the cluster's resources: {one_line(exc, 300)}") from None
-        if response.status_code in (401, 403):
-            raise RayUnavailable(f"Ray at {self.address} refused the token (HTTP {response.status_code})")
-        if response.status_code != 200:
-            raise RayUnavailable(f"Ray at {self.address}: nodes: HTTP {response.status_code}")
-        nodes = response.json()["data"]["result"]["result"]
+        status, body = self._call("GET", "/api/v0/nodes", "read the cluster's resources", params={"limit": 10000})
+        if status != 200:
+            raise RayUnavailable(f"Ray at {self.address}: nodes: HTTP {status}")
+        nodes = self._json(body, "read the cluster's resources")["data"]["result"]["result"]
         totals = {"CPU": 0.0, "GPU": 0.0}
         for node in nodes:
             if node.get("state") == "ALIVE":

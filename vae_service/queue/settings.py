@@ -6,9 +6,28 @@
     VAE_API_TOKEN       bearer tokens, comma-separated; an entry `name:token` names its owner
     VAE_API_TOKEN_FILE  a file with one token (or name:token) per line
     VAE_RAY_ADDRESS     the Ray dashboard / Jobs API URL (default http://127.0.0.1:8265)
+    VAE_RAY_TIMEOUT_S   how long one call to Ray may wait for its answer (default 10); the
+                        dispatcher gives up its lead after 3 times that without Ray
     VAE_JOB_PYTHON      the Python that runs jobs on the cluster (default: this interpreter)
     VAE_STORAGE_URI     where queued jobs keep their runs when their spec names no storage.uri
                         (default: the spec's own default, runs/ in the server's directory)
+    VAE_MAX_GRID_POINTS the most trials an all-grid sweep may make (default and ceiling 10,000)
+
+Who may do what (queue/policy.py; the server reads these):
+
+    VAE_ADMINS          names (from `name:token` entries, or a bare token's `token-1a2b3c4d`),
+                        comma-separated: they see and cancel every job, submit at any priority,
+                        and are not held to the lists below. Unset or empty: the only identity
+                        is admin when the tokens name just one (the generated token of a local
+                        `vae server`, a single VAE_API_TOKEN), else nobody is.
+    VAE_MAX_USER_PRIORITY  the highest priority others may submit at (default 100)
+    VAE_REGISTER_NAMES  glob patterns a spec's tracking.register_as must match, comma-separated;
+                        `{user}` is the submitter's name, e.g. `{user}-*` (default `*`)
+    VAE_ALLOWED_STORAGE where queued jobs may write runs: comma-separated local directories or
+                        s3://bucket/prefix (default: VAE_STORAGE_URI, else runs/ in the server's
+                        directory)
+    VAE_ALLOWED_DATA    where a spec's data.root may point, the same way (default: VAE_DATA_DIR
+                        and the download cache, VAE_CACHE_DIR or ~/.cache/vae-service)
 """
 
 from __future__ import annotations
@@ -16,8 +35,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vae_service.core.sweep_spec import MAX_GRID_POINTS
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 DEFAULT_RAY_ADDRESS = "http://127.0.0.1:8265"
@@ -33,8 +54,15 @@ class Settings(BaseSettings):
     api_token: Optional[SecretStr] = None
     api_token_file: Optional[Path] = None
     ray_address: str = DEFAULT_RAY_ADDRESS
+    ray_timeout_s: float = Field(10.0, gt=0, le=600)
     job_python: Optional[str] = None
     storage_uri: Optional[str] = None
+    admins: Optional[str] = None
+    max_user_priority: int = 100
+    register_names: str = "*"
+    allowed_storage: Optional[str] = None
+    allowed_data: Optional[str] = None
+    max_grid_points: int = Field(MAX_GRID_POINTS, ge=1, le=MAX_GRID_POINTS)
 
     @property
     def home_dir(self) -> Path:
@@ -45,6 +73,16 @@ class Settings(BaseSettings):
         return self.db_url or f"sqlite:///{self.home_dir / 'queue.db'}"
 
     @property
+    def admin_names(self) -> Optional[frozenset[str]]:
+        """VAE_ADMINS as a set; None when unset or empty (then auth.py decides)."""
+        return frozenset(split_list(self.admins)) or None
+
+    @property
     def token_file(self) -> Path:
         """The explicit token file, else the one `vae server` generates under VAE_HOME."""
         return (self.api_token_file or self.home_dir / TOKEN_FILE_NAME).expanduser()
+
+
+def split_list(value: Optional[str]) -> list[str]:
+    """A comma-separated setting as a list (blank entries dropped)."""
+    return [item.strip() for item in (value or "").split(",") if item.strip()]

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
 from sqlalchemy import Engine, and_, case, func, or_, select
+from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from vae_service.queue.db import session_factory
 from vae_service.queue.models import Job, utcnow
@@ -25,6 +26,9 @@ from vae_service.queue.states import ACTIVE, TERMINAL, IllegalTransition, State,
 MAX_ERROR_CHARS = 4000
 # Buckets of the dispatch-latency histogram (seconds, created → handed to Ray).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# The dispatcher reads every queued and active job on every tick; their spec texts (up to 1 MiB
+# each, twice) are not loaded there, and reading one from such a row raises instead of querying.
+WITHOUT_SPECS = (defer(Job.spec_submitted, raiseload=True), defer(Job.spec_normalised, raiseload=True))
 
 
 class UnknownJob(Exception):
@@ -64,10 +68,11 @@ class Store:
     # ---- create and read ---------------------------------------------------------------------
 
     def add(self, new: NewJob) -> tuple[Job, bool]:
-        """Stores a queued job; returns (job, created). With an idempotency key that is already
-        stored, returns the existing job and False (the same request sent twice is one job)."""
+        """Stores a queued job; returns (job, created). With an idempotency key this submitter
+        has already used, returns that job and False (the same request sent twice is one job).
+        Keys are per submitter: another user's same key is another job."""
         if new.idempotency_key:
-            existing = self.by_idempotency_key(new.idempotency_key)
+            existing = self.by_idempotency_key(new.submitted_by, new.idempotency_key)
             if existing is not None:
                 return existing, False
         now = utcnow()
@@ -83,7 +88,7 @@ class Store:
                 session.add(job)
         except IntegrityError:
             # Two requests with the same key raced; the other one won.
-            existing = self.by_idempotency_key(new.idempotency_key) if new.idempotency_key else None
+            existing = self.by_idempotency_key(new.submitted_by, new.idempotency_key) if new.idempotency_key else None
             if existing is None:
                 raise
             return existing, False
@@ -96,29 +101,35 @@ class Store:
                 raise UnknownJob(job_id)
             return job
 
-    def by_idempotency_key(self, key: str) -> Optional[Job]:
+    def by_idempotency_key(self, submitted_by: str, key: str) -> Optional[Job]:
         with self.session() as session:
-            return session.scalars(select(Job).where(Job.idempotency_key == key)).first()
+            return session.scalars(select(Job).where(Job.submitted_by == submitted_by, Job.idempotency_key == key)).first()
 
-    def list(self, state: Optional[str] = None, limit: int = 50, offset: int = 0) -> tuple[list[Job], int]:
-        """Newest first; returns (page, total matching)."""
+    def list(self, state: Optional[str] = None, limit: int = 50, offset: int = 0,
+             submitted_by: Optional[str] = None) -> tuple[list[Job], int]:
+        """Newest first; returns (page, total matching). `submitted_by`: only that user's jobs."""
         query = select(Job)
         count = select(func.count()).select_from(Job)
         if state:
             query, count = query.where(Job.state == state), count.where(Job.state == state)
+        if submitted_by is not None:
+            query, count = query.where(Job.submitted_by == submitted_by), count.where(Job.submitted_by == submitted_by)
         with self.session() as session:
             total = session.scalar(count)
             rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)).all()
         return list(rows), total
 
     def in_states(self, states: Iterable[State]) -> list[Job]:
+        """Without their spec texts (see WITHOUT_SPECS): `get` a job to read its spec."""
         with self.session() as session:
-            return list(session.scalars(select(Job).where(Job.state.in_([s.value for s in states]))))
+            query = select(Job).options(*WITHOUT_SPECS).where(Job.state.in_([s.value for s in states]))
+            return list(session.scalars(query))
 
     def queued_in_order(self) -> list[Job]:
-        """Queued jobs by priority (highest first), then age (oldest first)."""
+        """Queued jobs by priority (highest first), then age (oldest first); without their
+        spec texts (see WITHOUT_SPECS)."""
         with self.session() as session:
-            query = select(Job).where(Job.state == State.QUEUED.value).order_by(
+            query = select(Job).options(*WITHOUT_SPECS).where(Job.state == State.QUEUED.value).order_by(
                 Job.priority.desc(), Job.created_at.asc(), Job.id.asc())
             return list(session.scalars(query))
 
@@ -173,6 +184,14 @@ class Store:
                 setattr(job, name, value)
             job.updated_at = utcnow()
             return job
+
+    def set_waiting_reasons(self, reasons: dict[str, Optional[str]]) -> None:
+        """Why each queued job waits (scheduling.plan), in one transaction; a job that has left
+        `queued` meanwhile is not touched. The dispatcher calls this only with what changed."""
+        with self.session() as session:
+            for job_id, reason in reasons.items():
+                session.execute(sql_update(Job).where(Job.id == job_id, Job.state == State.QUEUED.value)
+                                .values(waiting_reason=reason))
 
     def request_cancel(self, job_id: str) -> Job:
         """queued → cancelled at once; submitted/running → cancelling (the dispatcher stops it on

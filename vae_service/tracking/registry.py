@@ -33,9 +33,10 @@ from mlflow.models import infer_signature
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from vae_service.core import metrics as M
-from vae_service.core.errors import one_line
+from vae_service.core.errors import BadInput, one_line
 from vae_service.core.checkpoint import CONFIG_FILE, MODEL_FILE, load_model
 from vae_service.core.model import VAE
+from vae_service.core.spec import alias_problem, model_name_problem
 from vae_service.tracking.mlflow_run import client, fluent_tracking, tracking_uri
 
 PYFUNC_SOURCE = Path(__file__).with_name("pyfunc_model.py")
@@ -88,26 +89,46 @@ def log_model(run_id: str, model_dir: Path, vae: VAE) -> str:
 
 def register(model_uri: str, name: str, alias: str) -> int:
     """Registers a logged model (models:/m-<id> or runs:/RUN_ID/model) as a new version of `name`
-    (created if missing) and points `alias` at it; returns the version number.
+    (created if missing) and points `alias` at it; returns the version number. All or nothing:
+    the name and alias are checked first (core.spec's rules, MLflow's own), and a failure after
+    the version exists deletes it again, so a failed job leaves no registered version behind.
 
     What mlflow.register_model does, through our client: the version's source is the logged
     model's artifact location (with a local store, MLflow would resolve a models:/ source through
     the process-wide tracking URI), linked to the logged model and to the run that logged it.
     """
+    problem = model_name_problem(name) or alias_problem(alias)
+    if problem:
+        raise BadInput(f"cannot register the model: {problem}")
+    return _register_version(model_uri, name, alias)
+
+
+def _register_version(model_uri: str, name: str, alias: str) -> int:
     mlflow_client = client()
+    logged = _logged_model(model_uri)
     try:
         mlflow_client.create_registered_model(name)
+        created = True
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    logged = _logged_model(model_uri)
-    version = mlflow_client.create_model_version(
-        name, source=logged.artifact_location, run_id=logged.source_run_id, model_id=logged.model_id
-    )
-    # The logged model lists its registered versions (the MLflow UI shows them on its page).
-    listed = json.loads(logged.tags.get(MLFLOW_MODEL_VERSIONS, "[]")) + [{"name": name, "version": version.version}]
-    mlflow_client.set_logged_model_tags(logged.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(listed)})
-    mlflow_client.set_registered_model_alias(name, alias, version.version)
+        created = False
+    version = None
+    try:
+        version = mlflow_client.create_model_version(
+            name, source=logged.artifact_location, run_id=logged.source_run_id, model_id=logged.model_id
+        )
+        mlflow_client.set_registered_model_alias(name, alias, version.version)
+        # The logged model lists its registered versions (the MLflow UI shows them on its page).
+        listed = json.loads(logged.tags.get(MLFLOW_MODEL_VERSIONS, "[]")) + [{"name": name, "version": version.version}]
+        mlflow_client.set_logged_model_tags(logged.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(listed)})
+    except Exception:
+        with contextlib.suppress(MlflowException):  # undo; the original error is what matters
+            if version is not None:
+                mlflow_client.delete_model_version(name, version.version)
+            if created and not _versions(name):  # (another job may have registered one meanwhile)
+                mlflow_client.delete_registered_model(name)
+        raise
     return int(version.version)
 
 

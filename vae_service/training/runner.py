@@ -153,7 +153,11 @@ def _run(trainer: AbortableTorchTrainer, board, spec: TrainSpec, run_dir: storag
     except ray.train.TrainingFailedError as exc:
         if interrupt.requested:
             raise Interrupted(run_dir.uri) from None
-        raise JobFailed(f"training failed: {_root_cause(exc)}") from None
+        cause = _root_cause(exc)
+        if storage.is_storage_failure(cause):  # S3 went away while Ray Train was checkpointing
+            raise JobFailed(f"storage {run_dir.uri} at {run_dir.endpoint} failed while checkpointing: "
+                            f"{storage.reason(cause)}") from None
+        raise JobFailed(f"training failed: {cause}") from None
     except (KeyboardInterrupt, ray.exceptions.RayError):
         if interrupt.requested:
             raise Interrupted(run_dir.uri) from None
