@@ -108,6 +108,14 @@ class RayJobs:
     def close(self) -> None:
         self._http.close()
 
+    def _no_answer(self, what: str) -> RayUnavailable:
+        return RayUnavailable(f"Ray Jobs API at {self.address}: no answer within {self.timeout_s:g} s "
+                              f"while trying to {what}")
+
+    def _cannot(self, what: str, exc: BaseException) -> RayUnavailable:
+        return RayUnavailable(f"Ray Jobs API at {self.address}: cannot {what}: "
+                              f"{exc.__class__.__name__}: {one_line(exc, 200)}")
+
     def _call(self, method: str, path: str, what: str, **kwargs) -> tuple[int, bytes]:
         """(status, body) of one bounded request; RayUnavailable when Ray does not answer in
         time, cannot be reached, or refuses the token."""
@@ -124,11 +132,9 @@ class RayJobs:
                         raise httpx.ReadTimeout("deadline")
                 status = response.status_code
         except httpx.TimeoutException:
-            raise RayUnavailable(f"Ray Jobs API at {self.address}: no answer within {self.timeout_s:g} s "
-                                 f"while trying to {what}") from None
+            raise self._no_answer(what) from None
         except httpx.HTTPError as exc:
-            raise RayUnavailable(f"Ray Jobs API at {self.address}: cannot {what}: "
-                                 f"{exc.__class__.__name__}: {one_line(exc, 200)}") from None
+            raise self._cannot(what, exc) from None
         if status in (401, 403):
             raise RayUnavailable(f"Ray at {self.address} refused the token while trying to {what} "
                                  "(set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)")
@@ -216,11 +222,9 @@ class RayJobs:
                     session.ws_connect(f"{self.address}/api/jobs/{job_id}/logs/tail", heartbeat=TAIL_HEARTBEAT_S),
                     self.timeout_s)
             except asyncio.TimeoutError:
-                raise RayUnavailable(f"Ray Jobs API at {self.address}: no answer within {self.timeout_s:g} s "
-                                     f"while trying to follow the logs of job {job_id}") from None
+                raise self._no_answer(f"follow the logs of job {job_id}") from None
             except aiohttp.ClientError as exc:
-                raise RayUnavailable(f"Ray Jobs API at {self.address}: cannot follow the logs of job {job_id}: "
-                                     f"{exc.__class__.__name__}") from None
+                raise self._cannot(f"follow the logs of job {job_id}", exc) from None
             async with ws:
                 async for message in ws:
                     if message.type == aiohttp.WSMsgType.TEXT:
