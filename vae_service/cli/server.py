@@ -70,7 +70,7 @@ def server(
     dispatcher = None if no_dispatcher else Dispatcher(store, ray, python=settings.job_python)
     leadership = None if no_dispatcher else leadership_for(engine)
     say(f"vae server: API on http://{host}:{port} (docs at /docs), store {redact(url)}, "
-        f"Ray {settings.ray_address}, dispatcher {'off' if no_dispatcher else 'on'}, tokens from {tokens.source}")
+        f"Ray {redact(settings.ray_address)}, dispatcher {'off' if no_dispatcher else 'on'}, tokens from {tokens.source}")
     application = create_app(store, tokens, ray=ray, dispatcher=dispatcher, leadership=leadership,
                              storage_uri=settings.storage_uri, policy=Policy.from_settings(settings),
                              max_grid_points=settings.max_grid_points)

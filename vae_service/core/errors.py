@@ -57,6 +57,14 @@ def redact(text: str) -> str:
     return text
 
 
+class ShownError(Exception):
+    """An error whose message users see (a CLI line, an API answer, a log line): credentials
+    are redacted when it is made, so no later path can print them."""
+
+    def __init__(self, message: str, *args):
+        super().__init__(redact(message), *args)
+
+
 def one_line(error: BaseException | str, limit: Optional[int] = None, *, first_line: bool = False) -> str:
     """An error's text on one line (whitespace collapsed; with `first_line`, only its first line,
     for libraries such as MLflow that put details after it), or its class name when it has none.

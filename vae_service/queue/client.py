@@ -16,6 +16,7 @@ from typing import Iterator, Optional
 import httpx
 import tenacity
 
+from vae_service.core.errors import ShownError
 from vae_service.queue.auth import client_token
 from vae_service.queue.settings import Settings
 
@@ -24,7 +25,7 @@ SUBMIT_ATTEMPTS = 4  # waits 0.5 s, 1 s, 2 s between them
 RETRIABLE = (None, 502, 503, 504)  # None: no answer at all
 
 
-class ApiError(Exception):
+class ApiError(ShownError):
     def __init__(self, message: str, code: int = 2, status: Optional[int] = None, problems: Optional[list] = None):
         super().__init__(message)
         self.code, self.status, self.problems = code, status, problems or []

@@ -36,7 +36,7 @@ from typing import Any, AsyncIterator, Optional
 
 import httpx
 
-from vae_service.core.errors import one_line
+from vae_service.core.errors import ShownError, one_line
 
 TIMEOUT_S = 10.0  # read timeout, and the deadline of a whole call
 CONNECT_TIMEOUT_S = 3.0
@@ -44,11 +44,11 @@ MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # a job's log beyond this: read its tail 
 TAIL_HEARTBEAT_S = 30.0  # the log stream pings Ray; a dead peer ends the stream
 
 
-class RayUnavailable(Exception):
+class RayUnavailable(ShownError):
     """The Ray Jobs API did not answer in time (or refused our token); retry later."""
 
 
-class RayRejected(Exception):
+class RayRejected(ShownError):
     """Ray answered and refused the request for good (e.g. a bad runtime environment)."""
 
 
