@@ -131,28 +131,70 @@ def test_cancel_requests(store):
         store.request_cancel(running.id)
 
 
-def test_concurrent_outcomes_one_wins(store):
-    """The API's cancel and the dispatcher's outcome race for one job: exactly one applies."""
+def _waiting_for_a_lock(engine) -> bool:
+    """PostgreSQL: some other session of this database waits on a lock right now (SQLite has no
+    such view: there the caller waits a fixed time instead)."""
+    with engine.connect() as connection:
+        return bool(connection.scalar(sqlalchemy.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")))
+
+
+@pytest.mark.parametrize("first, second", [(State.SUCCEEDED, State.CANCELLING), (State.CANCELLING, State.SUCCEEDED)],
+                         ids=["outcome-first", "cancel-first"])
+def test_concurrent_outcomes_one_wins(store, first, second):
+    """The API's cancel and the dispatcher's outcome race for one job, forced in order: the
+    first transition has read, checked and written the row but not committed when the second
+    starts; the second must wait for it (the row lock), then see its result and refuse
+    (IllegalTransition) instead of overwriting it. No timing decides who wins."""
+    from sqlalchemy import event
+
     job, _ = store.add(new())
     store.transition(job.id, State.SUBMITTED)
     store.transition(job.id, State.RUNNING)
-    results, barrier = [], threading.Barrier(2)
+    written, release = threading.Event(), threading.Event()
+    holder: list[threading.Thread] = []
+
+    def pause_before_commit(session, _context):  # the first transition's UPDATE is sent, uncommitted
+        if threading.current_thread() in holder:
+            written.set()
+            assert release.wait(30), "the test never released the first transaction"
+
+    results: dict[State, object] = {}
 
     def attempt(target):
-        barrier.wait()
         try:
-            store.transition(job.id, target, only_from=[State.RUNNING])
-            results.append(target)
-        except IllegalTransition:
-            results.append(None)
+            results[target] = store.transition(job.id, target, only_from=[State.RUNNING]).state
+        except IllegalTransition as exc:
+            results[target] = exc
 
-    threads = [threading.Thread(target=attempt, args=(t,)) for t in (State.SUCCEEDED, State.CANCELLING)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    winners = [r for r in results if r is not None]
-    assert len(winners) == 1 and store.get(job.id).state == winners[0].value
+    event.listen(store._sessions, "after_flush", pause_before_commit)
+    try:
+        holder.append(threading.Thread(target=attempt, args=(first,)))
+        holder[0].start()
+        assert written.wait(30), "the first transition never wrote"
+        racer = threading.Thread(target=attempt, args=(second,))
+        racer.start()
+        # The second is blocked by the first's lock: it has not finished, and on PostgreSQL the
+        # server says it is waiting for a lock.
+        if store.engine.dialect.name == "postgresql":
+            deadline = time.monotonic() + 10
+            while not _waiting_for_a_lock(store.engine):
+                assert time.monotonic() < deadline, "the second transition never waited for the row lock"
+                time.sleep(0.05)
+        else:
+            time.sleep(1.0)
+        assert racer.is_alive() and second not in results, f"the second transition did not wait: {results}"
+        release.set()
+        holder[0].join(30)
+        racer.join(30)
+    finally:
+        release.set()
+        event.remove(store._sessions, "after_flush", pause_before_commit)
+    assert results[first] == first.value  # the first one applied
+    assert isinstance(results[second], IllegalTransition), results[second]  # the second saw it and refused
+    assert (results[second].old, results[second].new) == (first, second)
+    assert store.get(job.id).state == first.value
 
 
 def test_queue_order_is_priority_then_age(store):
@@ -168,7 +210,7 @@ def test_queue_order_is_priority_then_age(store):
 
 
 def test_the_per_tick_queries_leave_the_spec_texts_in_the_database(store):
-    """The dispatcher's every-tick reads (queued in order, admitted jobs) select no spec text;
+    """The dispatcher's every-tick reads (queued in order, admitted jobs) and the job list select no spec text;
     reading one from such a row raises instead of quietly querying; `get` has it."""
     job = store.add(NewJob(name="big", kind="train", priority=0, submitted_by="tester", spec_submitted="x" * 200_000,
                            spec_normalised="y" * 200_000, resources={"CPU": 1.0}))[0]
@@ -183,9 +225,10 @@ def test_the_per_tick_queries_leave_the_spec_texts_in_the_database(store):
         store.transition(job.id, State.SUBMITTED)
         statements.clear()
         active = store.in_states([State.SUBMITTED])
+        listed, _ = store.list()  # GET /jobs, too, shows no spec
     finally:
         sqlalchemy.event.remove(store.engine, "before_cursor_execute", seen)
-    assert [j.id for j in queued] == [j.id for j in active] == [job.id]
+    assert [j.id for j in queued] == [j.id for j in active] == [j.id for j in listed] == [job.id]
     assert statements and not any("spec_submitted" in s or "spec_normalised" in s for s in statements), statements
     with pytest.raises(sqlalchemy.exc.SQLAlchemyError):  # not loaded, and no second query
         active[0].spec_normalised

@@ -107,8 +107,9 @@ class Store:
 
     def list(self, state: Optional[str] = None, limit: int = 50, offset: int = 0,
              submitted_by: Optional[str] = None) -> tuple[list[Job], int]:
-        """Newest first; returns (page, total matching). `submitted_by`: only that user's jobs."""
-        query = select(Job)
+        """Newest first, without their spec texts (see WITHOUT_SPECS); returns (page, total
+        matching). `submitted_by`: only that user's jobs."""
+        query = select(Job).options(*WITHOUT_SPECS)
         count = select(func.count()).select_from(Job)
         if state:
             query, count = query.where(Job.state == state), count.where(Job.state == state)
