@@ -21,7 +21,6 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-import ray
 from ray import tune
 from rich.console import Console
 
