@@ -11,8 +11,10 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from artifact_checks import assert_no_pickles, file_names, pickles_under
 from typer.testing import CliRunner
 
 from vae_service.cli import app
@@ -173,15 +175,68 @@ def test_commands_ignore_mlflows_process_wide_registry_uri(cli, store, tmp_path,
     assert not elsewhere.exists()
 
 
-def test_model_artifacts_hold_no_pickle(store):
-    mlflow = _mlflow_client(store)
-    for model_uri in store["model_uris"]:
-        location = mlflow.get_logged_model(model_uri.rsplit("/", 1)[-1]).artifact_location
-        directory = Path(location.removeprefix("file://"))
-        files = [p.name for p in directory.rglob("*") if p.is_file()]
-        assert "model.safetensors" in files and "config.json" in files, files
-        assert not [name for name in files if name.endswith((".pkl", ".pickle"))], files
-    assert not list(store["root"].rglob("*.pkl"))
+def test_the_pickle_check_finds_pickles_by_content(tmp_path):
+    """The check below can fail: it finds pickles of every protocol, torch.save files (zip and
+    legacy) whatever they are called, and passes safetensors, JSON and PNG."""
+    import io
+    import pickle
+
+    from safetensors.torch import save_file
+
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        (tmp_path / f"p{protocol}.json").write_bytes(pickle.dumps({"w": [1.0, 2.0]}, protocol=protocol))
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(3)}, buffer)
+    (tmp_path / "model.safetensors").write_bytes(buffer.getvalue())  # a torch zip under a safe name
+    torch.save({"w": torch.zeros(3)}, tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)
+    expected = {str(tmp_path / f"p{protocol}.json") for protocol in range(pickle.HIGHEST_PROTOCOL + 1)}
+    expected |= {f"{tmp_path / 'model.safetensors'}!archive/data.pkl", str(tmp_path / "legacy.bin")}
+    assert set(pickles_under(tmp_path)) == expected
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    save_file({"w": torch.randn(64, 64)}, clean / "model.safetensors")
+    (clean / "config.json").write_text(json.dumps({"latent_dim": 2}))
+    (clean / "grid.png").write_bytes(PNG_SIGNATURE + bytes(range(256)))
+    assert pickles_under(clean) == []
+
+
+def test_model_artifacts_hold_no_pickle(store, tmp_path):
+    """Every file of each logged model, downloaded from MLflow, and everything the store left
+    on disk: no file is a pickle (by content) and no zip member is one."""
+    import mlflow
+
+    mlflow_client = _mlflow_client(store)
+    for index, model_uri in enumerate(store["model_uris"]):
+        location = mlflow_client.get_logged_model(model_uri.removeprefix("models:/")).artifact_location
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(tmp_path / str(index)),
+                                                         tracking_uri=store["uri"]))
+        names = {name.rsplit("/", 1)[-1] for name in file_names(local)}
+        assert {"MLmodel", "pyfunc_model.py", "model.safetensors", "config.json"} <= names, names  # models from code
+        assert_no_pickles([local])
+    assert_no_pickles([store["root"]])
+
+
+def test_pyfunc_predict_returns_the_models_own_mu_and_logvar(store, monkeypatch):
+    """mlflow.pyfunc.load_model(uri).predict(images) gives, value by value, what the VAE's
+    encoder gives on the same images (README: μ and log σ² per latent dimension)."""
+    import mlflow
+
+    from vae_service.core.data import load_mnist, to_unit_float
+    from vae_service.tracking.mlflow_run import fluent_tracking
+
+    images = to_unit_float(load_mnist(None, download=False, val_fraction=0.0).test.images[:16])
+    flat = images.reshape(16, -1).numpy()
+    for model_uri, vae in zip(store["model_uris"], store["vaes"]):
+        with fluent_tracking(store["uri"]):
+            encoded = mlflow.pyfunc.load_model(model_uri).predict(flat)
+        with torch.no_grad():
+            mu, logvar = vae.encode(images)
+        assert list(encoded.columns) == ["mu_1", "mu_2", "logvar_1", "logvar_2"] and len(encoded) == 16
+        np.testing.assert_allclose(encoded[["mu_1", "mu_2"]].to_numpy(), mu.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(encoded[["logvar_1", "logvar_2"]].to_numpy(), logvar.numpy(), rtol=1e-5, atol=1e-6)
+    # The two versions are different models: the comparison above can tell them apart.
+    with torch.no_grad():
+        assert not torch.allclose(store["vaes"][0].encode(images)[0], store["vaes"][1].encode(images)[0], atol=1e-3)
 
 
 # ---------------------------------------------------------------------------------------------

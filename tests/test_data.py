@@ -35,16 +35,35 @@ LABEL_FILES = [n for n in NAMES if "labels" in n]
 # fixtures (independent of conftest.py)
 
 
-@pytest.fixture(scope="session")
-def mnist_dir() -> Path:
-    """The shared MNIST gz files: $VAE_DATA_DIR/mnist, else <repo>/../shared/data/mnist."""
+def shared_mnist_folder() -> Path:
+    """The shared MNIST gz files: $VAE_DATA_DIR/mnist, else <repo>/../shared/data/mnist. Missing
+    files FAIL the tests that need them (never a skip: CI must not go green without the data)."""
     env = os.environ.get("VAE_DATA_DIR")
     root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
     folder = root / "mnist"
     missing = [n for n in NAMES if not (folder / f"{n}.gz").is_file()]
     if missing:
-        pytest.skip(f"MNIST gz files not found in {folder}: {missing}")
+        pytest.fail(f"MNIST gz files not found in {folder}: {missing}; put them there or point VAE_DATA_DIR "
+                    f"at a directory whose mnist/ holds them (README: VAE_DATA_DIR=../shared/data)", pytrace=False)
     return folder
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    return shared_mnist_folder()
+
+
+def test_missing_mnist_fails_the_data_tests_instead_of_skipping_them(tmp_path, monkeypatch):
+    """Without the files the fixture fails (pytest's Failed, not Skipped), naming the folder
+    and VAE_DATA_DIR; with them it returns the folder."""
+    (tmp_path / "mnist").mkdir()
+    monkeypatch.setenv("VAE_DATA_DIR", str(tmp_path))
+    with pytest.raises(pytest.fail.Exception) as failed:
+        shared_mnist_folder()
+    assert str(tmp_path / "mnist") in str(failed.value) and "VAE_DATA_DIR" in str(failed.value)
+    assert not isinstance(failed.value, pytest.skip.Exception)
+    monkeypatch.undo()
+    assert (shared_mnist_folder() / f"{NAMES[0]}.gz").is_file()
 
 
 @pytest.fixture(scope="session")

@@ -389,3 +389,26 @@ def test_active_units_map_shows_the_mean_of_a_repeated_cell():
     rows.append({"beta": 4.0, "latent_dim": 8, "active_units": 5})
     grid = active_units_map(rows).axes[0].images[0].get_array()
     np.testing.assert_allclose(grid, [[3.0, 5.0]])
+
+
+# ---------------------------------------------------------------------------------------------
+# the set every training run gets (README, "Tracking"): exactly these, by name
+
+README_FIGURES = {"reconstructions", "prior_samples", "latent_scatter", "latent_dimensions", "kl_per_dimension",
+                  "latent_traversals", "interpolation", "interpolation_slerp"}  # + latent_manifold when 2-D
+
+
+@pytest.mark.parametrize("name, expected", [("mlp5", README_FIGURES), ("mlp2", README_FIGURES | {"latent_manifold"})])
+def test_a_run_gets_exactly_the_figures_the_readme_lists(name, expected, images, labels, tmp_path, request):
+    """render_run_figures writes the README's figures, no more and no fewer: 8, and 9 with a 2-D
+    latent space (the manifold); every one a real PNG."""
+    from vae_service.core.data import ImageSplit
+    from vae_service.viz.run_figures import render_run_figures
+
+    model = request.getfixturevalue(name)
+    kl = [0.5] * model.config.latent_dim
+    paths = render_run_figures(model, ImageSplit(images, labels), tmp_path / "figures", kl_per_dim=kl)
+    assert {p.name for p in paths} == {f"{n}.png" for n in expected}
+    assert {p.name for p in (tmp_path / "figures").iterdir()} == {f"{n}.png" for n in expected}
+    for path in paths:
+        assert_valid_png(path)

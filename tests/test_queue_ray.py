@@ -8,6 +8,7 @@ CPUs (`cpus_per_worker: 2`); jobs that only need to reach Ray fail fast on an un
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -202,18 +203,29 @@ def test_dispatcher_killed_mid_job_is_reconciled_not_resubmitted(head, tmp_path)
             job = wait_for(lambda: (j := job_state(http, job_id))["state"] in ("succeeded", "failed") and j, 180, "the job to end")
 
             after = ray_jobs_for(head)
-            assert job["state"] == "succeeded" and job["attempts"] == 1 and job["mlflow_run_id"]
             assert set(after) - set(before) == set(), "something was submitted to Ray again"
-            assert "reconciled with Ray" in standby.log() and f"job {job_id} submitted to" not in standby.log()
+            # What the standby did: it followed the job to its end without handing it to Ray
+            # itself. Dispatcher._submit counts an attempt and logs "submitted to" or (when Ray
+            # refuses the duplicate id) "already on" every time it runs; the first did, once.
+            assert job["state"] == "succeeded" and job["attempts"] == 1 and job["mlflow_run_id"]
+            assert f"dispatcher: job {job_id} submitted to Ray" in first.log()
+            assert "reconciled with Ray" in standby.log() and f"dispatcher: job {job_id} succeeded" in standby.log()
+            assert f"job {job_id} submitted to" not in standby.log() and f"job {job_id} already on" not in standby.log()
         finally:
             first.stop()
             if standby is not None:
                 standby.stop()
 
 
-def test_reconcile_repairs_each_kind_of_disagreement(head, tmp_path, monkeypatch):
+def test_reconcile_repairs_each_kind_of_disagreement(head, tmp_path, caplog):
     """In-process dispatcher, SQLite store, fast-failing jobs: each disagreement between the
     store and Ray after a crash is repaired without a second submission."""
+    caplog.set_level(logging.INFO, logger="vae_service.queue.dispatcher")
+
+    def hand_offs(job_id):  # Dispatcher._submit logs one of these each time it calls Ray
+        return [r.getMessage() for r in caplog.records
+                if r.getMessage().startswith((f"dispatcher: job {job_id} submitted to", f"dispatcher: job {job_id} already on"))]
+
     engine = make_engine(f"sqlite:///{tmp_path / 'queue.db'}")
     upgrade(engine)
     store = Store(engine)
@@ -251,14 +263,19 @@ def test_reconcile_repairs_each_kind_of_disagreement(head, tmp_path, monkeypatch
     assert store.get(lost.id).state == "failed" and "lost" in store.get(lost.id).error
     assert store.get(doomed.id).state == "cancelled"
     assert store.get(adopted.id).state in ("submitted", "running", "failed")
+    assert f"dispatcher: job {adopted.id} is queued in the store but Ray has it: adopting it" in caplog.text
     assert never_sent.id in ray.list()
-    assert ray.submit(adopted.id, {}, sys.executable) is False  # Ray refuses a second submission
+    assert [m.split(" (")[0] for m in hand_offs(never_sent.id)] == [f"dispatcher: job {never_sent.id} submitted to Ray"]
 
     def settled():
         dispatcher.tick()
         return all(store.get(j.id).state == "failed" for j in (never_sent, adopted))
 
     wait_for(settled, 120, "both jobs to end on Ray")
+    # The adopted job was never handed to Ray by the dispatcher (not even as a duplicate Ray
+    # would refuse); the one Ray never got was handed over exactly once.
+    assert hand_offs(adopted.id) == []
+    assert len(hand_offs(never_sent.id)) == 1
     for job in (never_sent, adopted):
         job = store.get(job.id)
         assert job.attempts == 1, job.name

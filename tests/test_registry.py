@@ -1,4 +1,6 @@
-"""The registry's plumbing, without a store: paging, and no MLflow state left behind.
+"""The registry's plumbing, without a store: paging, and no MLflow state left behind. Then what
+one real run publishes (one tiny Ray Train run for the module), checked by value: nothing pickled
+anywhere, exactly the README's figures, active units recounted, the pyfunc model's predictions.
 
 MLflow's fluent API reads a process-wide tracking URI; vae_service sets it only inside
 mlflow_run.fluent_tracking, which uses a private MLflow helper. These tests fail loudly when an
@@ -8,10 +10,15 @@ checks that logging and registering real models leave the process as they found 
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
+import torch
+from artifact_checks import assert_no_pickles, file_names
 from mlflow.store.entities.paged_list import PagedList
 
 from vae_service.environment import MLFLOW_PROCESS_DEFAULTS, apply_process_defaults
@@ -87,3 +94,101 @@ def test_workers_get_the_process_defaults(monkeypatch):
     env = forwarded_env()
     assert env["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "45"
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in env  # only what is set is handed on
+
+
+# ---------------------------------------------------------------------------------------------
+# what one real run publishes (Ray Train, 1 worker, 1 epoch)
+
+REGISTERED = "leaves-test"
+README_FIGURES = {"reconstructions", "prior_samples", "latent_scatter", "latent_dimensions", "kl_per_dimension",
+                  "latent_traversals", "interpolation", "interpolation_slerp"}  # latent_manifold only when 2-D
+
+
+@pytest.fixture(scope="module")
+def trained(ray_cluster, tmp_path_factory):
+    """(spec, RunResult) of one tiny registered run with a 4-D latent space, under a temporary
+    directory; its MLflow run is in the session's store."""
+    from vae_service.core.spec_loading import validate_data
+    from vae_service.jobs.execute import execute
+    from vae_service.jobs.reporter import Reporter
+
+    spec = validate_data({
+        "name": "leaves", "data": {"limit": 2000}, "model": {"hidden": [64], "latent_dim": 4},
+        "optim": {"epochs": 1, "batch_size": 100, "seed": 0}, "resources": {"num_workers": 1, "cpus_per_worker": 1},
+        "storage": {"uri": str(tmp_path_factory.mktemp("leaves") / "runs")},
+        "tracking": {"experiment": "run-artifacts", "register_as": REGISTERED, "alias": "candidate"},
+    })
+    outcome = execute(spec, reporter=Reporter.quiet())
+    assert outcome.error is None, str(outcome.error)
+    return spec, outcome.result
+
+
+def test_nothing_a_run_leaves_is_a_pickle(trained, tmp_path):
+    """By content: every file of the run directory (checkpoints, model/, JSON), every artifact of
+    its MLflow run (figures, spec), and every file of the registered model as MLflow hands it
+    out. No file is a pickle, no zip member is one (torch.save's data.pkl)."""
+    _, result = trained
+    run_dir = Path(result.run_dir)
+    names = file_names(run_dir)
+    checkpoint = Path(result.checkpoint).name
+    assert {f"{checkpoint}/model.safetensors", f"{checkpoint}/optimizer.safetensors", f"{checkpoint}/state.json",
+            "model/model.safetensors", "model/config.json", "spec.yaml", "metrics.json", "outcome.json"} <= names, names
+    run_artifacts = Path(mlflow.artifacts.download_artifacts(run_id=result.mlflow_run_id, dst_path=str(tmp_path / "run")))
+    assert {f"figures/{name}.png" for name in README_FIGURES} <= file_names(run_artifacts)
+    model_files = Path(mlflow.artifacts.download_artifacts(artifact_uri=result.model_uri, dst_path=str(tmp_path / "model")))
+    assert {"MLmodel", "pyfunc_model.py", "model.safetensors", "config.json"} <= {
+        name.rsplit("/", 1)[-1] for name in file_names(model_files)}
+    assert_no_pickles([run_dir, run_artifacts, model_files])
+
+
+def test_the_run_logs_exactly_the_readme_figures(trained, tmp_path):
+    """README, Tracking: these 8 figures for a latent space that is not 2-D; no more, no fewer."""
+    _, result = trained
+    logged = {f.path for f in client().list_artifacts(result.mlflow_run_id, "figures")}
+    assert logged == {f"figures/{name}.png" for name in README_FIGURES}
+    local = Path(mlflow.artifacts.download_artifacts(run_id=result.mlflow_run_id, artifact_path="figures",
+                                                     dst_path=str(tmp_path)))
+    for path in local.iterdir():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+
+
+def test_active_units_equal_an_independent_recount(trained):
+    """active_units (reported, and logged to MLflow) is the number of dimensions j with
+    Cov_x(E_q[z_j | x]) > 0.01 over the validation images, recounted here from the saved model."""
+    from vae_service.core.checkpoint import load_model
+    from vae_service.core.data import to_unit_float
+    from vae_service.core.from_spec import training_data
+
+    spec, result = trained
+    model = load_model(result.model_dir).eval()
+    val = training_data(spec).val
+    with torch.no_grad():
+        mu, _ = model.encode(to_unit_float(val.images))
+    variance = ((mu - mu.mean(dim=0)) ** 2).mean(dim=0)  # over x, per dimension
+    recount = int((variance > 0.01).sum())
+    assert 0 < recount <= 4, variance  # not a trivial 0 == 0
+    assert result.metrics["active_units"] == recount, (result.metrics["active_units"], variance.tolist())
+    assert client().get_run(result.mlflow_run_id).data.metrics["active_units"] == recount
+    assert json.loads((Path(result.run_dir) / "metrics.json").read_text())["metrics"]["active_units"] == recount
+
+
+def test_the_registered_pyfunc_predicts_the_models_own_mu_and_logvar(trained):
+    """mlflow.pyfunc.load_model(models:/NAME/N).predict(images) returns, value by value, the
+    trained encoder's μ and log σ² on the same images ((N, 784) in [0, 1], or grey levels 0–255)."""
+    from vae_service.core.checkpoint import load_model
+    from vae_service.core.data import to_unit_float
+    from vae_service.core.from_spec import training_data
+
+    spec, result = trained
+    assert result.model_uri == f"models:/{REGISTERED}/1"
+    images = training_data(spec).val.images[:32]
+    x = to_unit_float(images)
+    with torch.no_grad():
+        mu, logvar = load_model(result.model_dir).eval().encode(x)
+    pyfunc = mlflow.pyfunc.load_model(result.model_uri)
+    encoded = pyfunc.predict(x.reshape(len(x), -1).numpy())
+    assert list(encoded.columns) == [f"mu_{j}" for j in range(1, 5)] + [f"logvar_{j}" for j in range(1, 5)]
+    np.testing.assert_allclose(encoded[[f"mu_{j}" for j in range(1, 5)]].to_numpy(), mu.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(encoded[[f"logvar_{j}" for j in range(1, 5)]].to_numpy(), logvar.numpy(), rtol=1e-5, atol=1e-6)
+    grey_levels = pyfunc.predict(images.reshape(len(images), -1).numpy().astype(np.float32))  # 0–255
+    np.testing.assert_allclose(grey_levels.to_numpy(), encoded.to_numpy(), rtol=1e-5, atol=1e-6)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
+from artifact_checks import pickles_in_bytes
 
 from vae_service import storage
 from vae_service.storage import StorageError
@@ -105,6 +106,61 @@ def test_missing_bucket_is_a_clear_error(s3_server):
         storage.check_reachable(storage.resolve("s3://vae-no-such-bucket/runs"))
 
 
+# --- where the endpoint and the region come from (README: Storage) --------------------------------
+
+MOTO, CLOSED = "moto", "closed"
+
+
+@pytest.mark.parametrize("settings", [
+    {"VAE_S3_ENDPOINT_URL": MOTO},
+    {"VAE_S3_ENDPOINT_URL": MOTO, "AWS_ENDPOINT_URL_S3": CLOSED, "AWS_ENDPOINT_URL": CLOSED},
+    {"AWS_ENDPOINT_URL_S3": MOTO, "AWS_ENDPOINT_URL": CLOSED},
+    {"AWS_ENDPOINT_URL": MOTO},
+], ids=["vae-only", "vae-wins", "aws-s3-wins", "aws-generic"])
+def test_the_endpoint_is_the_first_of_the_three_variables_set(s3_server, monkeypatch, settings):
+    """VAE_S3_ENDPOINT_URL, else AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL: files written and
+    read through the chosen one reach moto; choosing a later variable would hit a closed port."""
+    closed = f"http://127.0.0.1:{_closed_port()}"
+    for name in storage.ENDPOINT_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, which in settings.items():
+        monkeypatch.setenv(name, s3_server["endpoint_url"] if which == MOTO else closed)
+    bucket = s3_server["make_bucket"]()
+    location = storage.resolve(f"s3://{bucket}/runs/probe.txt")
+    assert location.endpoint == s3_server["endpoint_url"]
+    storage.write_text(location, "through the chosen endpoint")
+    assert storage.read_text(location) == "through the chosen endpoint"
+    assert _keys(s3_server, bucket) == ["runs/probe.txt"]  # in moto, as any S3 client sees it
+
+
+def test_no_endpoint_variable_means_aws(s3_server, monkeypatch):
+    """None of the three set: AWS itself (no endpoint override), said so in messages."""
+    for name in storage.ENDPOINT_VARS:
+        monkeypatch.delenv(name, raising=False)
+    assert storage.s3_endpoint() is None
+    assert storage.resolve("s3://bucket/runs").endpoint == "AWS S3"
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"AWS_REGION": "eu-west-2", "AWS_DEFAULT_REGION": "ap-south-1"}, "eu-west-2"),
+    ({"AWS_DEFAULT_REGION": "ap-south-1"}, "ap-south-1"),
+    ({}, storage.DEFAULT_REGION),
+], ids=["aws-region", "aws-default-region", "default"])
+def test_the_region_is_aws_region_then_aws_default_region_then_us_east_1(s3_server, monkeypatch, settings, expected):
+    """The S3 filesystem every read and write goes through is configured with that region, and
+    still reaches the store with it."""
+    for name in storage.REGION_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    assert storage.DEFAULT_REGION == "us-east-1"  # README's default
+    bucket = s3_server["make_bucket"]()
+    location = storage.resolve(f"s3://{bucket}/probe.txt")
+    assert location.filesystem.region == expected
+    storage.write_text(location, expected)
+    assert storage.read_text(location) == expected
+
+
 # --- training on S3 ----------------------------------------------------------------------------
 
 
@@ -127,7 +183,9 @@ def test_training_run_lands_in_the_bucket_and_resumes_from_it(ray_cluster, s3_se
     checkpoint_key = first.checkpoint.removeprefix(f"s3://{bucket}/")
     for name in ("model.safetensors", "optimizer.safetensors", "state.json"):
         assert f"{checkpoint_key}/{name}" in keys
-    assert not [k for k in keys if k.endswith((".pkl", ".pt", ".pth"))]
+    # Pickle-free by content: no object in the bucket is a pickle or a zip holding one.
+    objects = {key: s3_server["client"].get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
+    assert [found for key, data in objects.items() for found in pickles_in_bytes(key, data)] == []
     metrics = json.loads(s3_server["client"].get_object(Bucket=bucket, Key=f"{run_key}/metrics.json")["Body"].read())
     assert metrics["run_dir"] == first.run_dir and metrics["epochs_completed"] == 1
     with storage.local_copy(storage.resolve(first.model_dir)) as model_dir:
