@@ -2,7 +2,7 @@
 the artifacts (safetensors weights + JSON config), never a pickled Python object.
 
 `predict` takes images — an array of shape (N, pixels) or (N, C, H, W), grey levels in [0, 1]
-(uint8 0–255 is accepted too) — and returns a DataFrame with μ and log σ² per latent dimension.
+(grey levels 0–255 are read as such, given as float32: the logged signature refuses uint8) — and returns a DataFrame with μ and log σ² per latent dimension.
 Loading needs the `vae_service` package installed (it rebuilds the network from the config).
 """
 
@@ -24,7 +24,7 @@ class VAEEncoderModel(PythonModel):
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         array = model_input.to_numpy() if isinstance(model_input, pd.DataFrame) else np.asarray(model_input)
         images = torch.as_tensor(array, dtype=torch.float32)
-        if images.max() > 1.0:  # uint8 grey levels
+        if images.max() > 1.0:  # grey levels 0–255
             images = images / 255.0
         images = images.reshape(-1, *self.vae.config.image_shape)
         with torch.no_grad():
