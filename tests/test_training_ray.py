@@ -35,15 +35,17 @@ def synchronous_reference(spec, world_size: int, share_gradients: bool = True):
     each of the `world_size` ranks takes its slice of its own `epoch_shard`, with its own seeded
     noise, and one optimiser steps on the mean of their losses (DDP's gradient average). With
     `share_gradients=False` rank 0 steps on its own loss alone (what a broken all-reduce does).
-    Returns the final weights and rank 0's validation −ELBO per epoch."""
+    Returns the final weights, rank 0's validation −ELBO per epoch, and the training loss per
+    epoch averaged over every rank's images."""
     data = from_spec.training_data(spec)
     torch.manual_seed(spec.optim.seed)
     model = VAE(from_spec.model_config(spec, data.image_shape))
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.optim.lr)
     objective = from_spec.objective(spec)
     batch = spec.optim.batch_size // world_size
-    val_neg_elbo = []
+    val_neg_elbo, train_loss = [], []
     for epoch in range(spec.optim.epochs):
+        loss_sum = images = 0.0
         shards, noise = [], []
         for rank in range(world_size):
             shards.append(epoch_shard(len(data.train), epoch, rank, world_size, spec.optim.seed))
@@ -56,13 +58,15 @@ def synchronous_reference(spec, world_size: int, share_gradients: bool = True):
                 torch.set_rng_state(noise[rank])
                 x = batch_inputs(data.train.images[shards[rank][step * batch:(step + 1) * batch]], spec.data.binarize)
                 losses.append(compute_loss(model, x, objective, epoch + step / steps).loss)
+                loss_sum, images = loss_sum + float(losses[-1]) * len(x), images + len(x)
                 noise[rank] = torch.get_rng_state()
             optimizer.zero_grad()
             (sum(losses) / len(losses)).backward()
             optimizer.step()
         torch.set_rng_state(noise[0])  # rank 0 evaluates right after its last step
         val_neg_elbo.append(evaluate(model, data.val.images, binarize=spec.data.binarize)[M.NEG_ELBO])
-    return model.state_dict(), val_neg_elbo
+        train_loss.append(loss_sum / images)
+    return model.state_dict(), val_neg_elbo, train_loss
 
 
 def max_difference(a: dict, b: dict) -> float:
@@ -97,14 +101,16 @@ def test_two_worker_ddp_shards_are_disjoint_and_weights_stay_identical(ray_clust
     # shards, re-done here without Ray. Were the ranks not in sync (no gradient all-reduce, a rank
     # on the wrong shard or noise, a rank whose weights drifted), rank 0's weights would not be:
     # the no-sharing alternative is shown to be far outside the tolerance.
-    reference, reference_val = synchronous_reference(spec, world_size=2)
-    rank0_alone, _ = synchronous_reference(spec, world_size=2, share_gradients=False)
+    reference, reference_val, reference_train = synchronous_reference(spec, world_size=2)
+    rank0_alone, _, _ = synchronous_reference(spec, world_size=2, share_gradients=False)
     checkpoint_weights = load_file(Path(result.checkpoint) / MODEL_FILE)
     model_weights = load_model(result.model_dir).state_dict()
     assert max_difference(model_weights, checkpoint_weights) == 0  # the published model is the last checkpoint
     assert max_difference(model_weights, reference) < 1e-4
     assert max_difference(rank0_alone, reference) > 1e-2
     assert [r["val_neg_elbo"] for r in result.history] == pytest.approx(reference_val, rel=1e-4)
+    # The training loss reported is the mean over both ranks' images, not rank 0's half.
+    assert [r["train_loss"] for r in result.history] == pytest.approx(reference_train, rel=1e-4)
     assert result.metrics["images_per_s"] > 0
     assert 0 < result.metrics["active_units"] <= 4
     model = load_model(result.model_dir)

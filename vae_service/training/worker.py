@@ -20,7 +20,7 @@ from vae_service.core import from_spec
 from vae_service.core import metrics as M
 from vae_service.core.checkpoint import load_checkpoint, read_state, save_checkpoint
 from vae_service.core.data import epoch_shard
-from vae_service.core.loop import NonFiniteLoss, evaluate, train_epoch
+from vae_service.core.loop import EpochStats, NonFiniteLoss, evaluate, train_epoch
 from vae_service.core.model import VAE
 from vae_service.core.spec import TrainSpec
 from vae_service.storage import checkpoint_from_uri
@@ -52,6 +52,17 @@ class ProgressReporter:
         self.last_push = now
         rate = step * self.images_per_step / max(now - self.started, 1e-9)
         self.board.update.remote({M.EPOCH: self.epoch, "step": step, "steps": steps, "loss": loss, M.IMAGES_PER_S: rate})
+
+
+def _over_all_ranks(stats: EpochStats, world_size: int, device: torch.device) -> EpochStats:
+    """The epoch's training sums over every rank's images (not rank 0's share alone); the
+    throughput is all of them over rank 0's time."""
+    if world_size == 1:
+        return stats
+    sums = torch.tensor([stats.images, stats.loss_sum, stats.recon_sum, stats.kl_sum], dtype=torch.float64, device=device)
+    dist.all_reduce(sums)
+    images, loss_sum, recon_sum, kl_sum = sums.tolist()
+    return EpochStats(int(images), loss_sum, recon_sum, kl_sum, stats.seconds)
 
 
 def _rank_mean(world_size: int):
@@ -136,8 +147,7 @@ def train_loop_per_worker(config: dict) -> None:
             if rank == 0 and board is not None:
                 ray.get(board.fail.remote(str(exc)))
             return
-        train = stats.as_metrics()
-        train[M.IMAGES_PER_S] *= world_size  # every rank processed the same number of images
+        train = _over_all_ranks(stats, world_size, device).as_metrics()
         checks = _gather_check(world_size, shard, model)
         if rank == 0:
             last = epoch == spec.optim.epochs - 1
