@@ -64,3 +64,9 @@ def test_tune_reads_its_sigint_switch_when_fit_starts():
     with tune_sigint_handler_disabled():
         assert os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"
     assert os.environ.get("TUNE_DISABLE_SIGINT_HANDLER") == before
+
+
+def test_every_actor_has_the_ready_method_we_ping():
+    import ray.actor
+
+    assert "def __ray_ready__(self):" in inspect.getsource(ray.actor._modify_class)

@@ -30,6 +30,7 @@ from vae_service.jobs.reporter import Reporter
 from vae_service.jobs.train import train_trial
 from vae_service.sweeps.runner import TrialOutcome, run_trials, trial_outcomes
 from vae_service.tracking import sweep_run
+from vae_service.tracking.mlflow_run import ERROR_TAG
 
 RESULTS_FILE = "results.json"
 
@@ -106,8 +107,8 @@ def summarise(spec: SweepSpec, sweep_dir: storage.Location, parent_run_id: str, 
         if trial.state == "finished" and (run is None or run.info.status != "FINISHED"):
             trial.state = "stopped"  # stopped at its last epoch, before its model was logged
         if trial.state == "errored":  # the trial's train job recorded why on its own run
-            trial.error = (run.data.tags.get("vae.error") if run else None) or "the trial failed (see its logs)"
-        if run and trial.state == "stopped" and run.info.status == "RUNNING":
+            trial.error = (run.data.tags.get(ERROR_TAG) if run else None) or "the trial failed (see its logs)"
+        if run and trial.state == "stopped" and run.info.status != "FINISHED":  # RUNNING, or FAILED as its Train run was torn down
             sweep_run.close_stopped(run.info.run_id, f"stopped early by ASHA after {trial.epochs} epoch(s)")
     objectives = spec.sweep.objectives
     finished = [t for t in trials if t.state == "finished" and all(M.OBJECTIVE_METRICS[n] in t.metrics for n in objectives)]

@@ -14,17 +14,26 @@ import logging
 import ray
 from ray.tune import Callback
 
-from vae_service.training.ray_internals import WorkerGroupCallback, placement_group_hex, release_placement_group
+from vae_service.training.ray_internals import WorkerGroupCallback, kill_and_wait, placement_group_hex, release_placement_group
 
 log = logging.getLogger(__name__)
 
 
 @ray.remote(num_cpus=0)
 class PlacementGroupLedger:
-    """Trial id → the hex ids of the placement groups its Train runs reserved."""
+    """Trial id → the hex ids of the placement groups its Train runs reserved; and the trials'
+    own actors (see end_trial_actors)."""
 
     def __init__(self):
         self.groups: dict[str, list[str]] = {}
+        self.actors: list = []
+
+    def add_actor(self, actor) -> None:
+        self.actors.append(actor)
+
+    def pop_actors(self) -> list:
+        actors, self.actors = self.actors, []
+        return actors
 
     def add(self, trial_id: str, group_id: str) -> None:
         self.groups.setdefault(trial_id, []).append(group_id)
@@ -68,3 +77,11 @@ class ReleaseEndedTrials(Callback):
                 release_placement_group(group_id)
             except Exception as exc:  # already removed by Ray Train
                 log.debug("placement group %s of trial %s: %s", group_id, trial_id, exc)
+
+
+def end_trial_actors(ledger, timeout_s: float = 30.0) -> None:
+    """Ends the trials' actors once Tune is done with them, and waits until they are gone. Tune
+    only asks a stopped trial's actor to exit; until it does, the trial's thread lives on, sees
+    its Train run die under it and would mark the trial's MLflow run FAILED after the sweep had
+    closed it as stopped (KILLED)."""
+    kill_and_wait(ray.get(ledger.pop_actors.remote()), timeout_s)

@@ -33,7 +33,7 @@ from vae_service.core.metrics import OBJECTIVE_METRICS, OBJECTIVE_MODES
 from vae_service.core.sweep_spec import SweepSpec
 from vae_service.environment import forwarded_env
 from vae_service.sweeps import records, search
-from vae_service.sweeps.cleanup import PlacementGroupLedger, ReleaseEndedTrials
+from vae_service.sweeps.cleanup import PlacementGroupLedger, ReleaseEndedTrials, end_trial_actors
 from vae_service.sweeps.progress import SweepProgress
 from vae_service.sweeps.trial import run_trial
 from vae_service.training.ray_internals import tune_sigint_handler_disabled
@@ -139,6 +139,7 @@ def run_trials(spec: SweepSpec, sweep_dir: storage.Location, parent_run_id: str,
                 make().fit()
     finally:
         progress.stop()
+        end_trial_actors(ledger)  # before the job reads and closes the trials' MLflow runs
     if interrupt.requested:
         raise Interrupted(sweep_dir.uri)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import ray
 import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -29,6 +30,7 @@ def run_trial(config: dict[str, Any], *, sweep: dict, parent_run_id: str, sweep_
     with applied(env):
         spec = SweepSpec.model_validate(sweep)
         tune_trial_id = ray.tune.get_context().get_trial_id()
+        ledger.add_actor.remote(ray.get_runtime_context().current_actor)  # ended by the sweep (cleanup.py)
         trial_id, values = trial_identity(tune_trial_id, config)
         directory = trial_dir(storage.resolve(sweep_dir), trial_id)
         write_trial(directory, trial_id, values)

@@ -148,13 +148,16 @@ def start_run(spec, run_name: str, experiment: Optional[str] = None, extra_tags:
     return run_id
 
 
+ERROR_TAG = "vae.error"  # why a run FAILED
+
+
 def finish_run(run_id: str, succeeded: bool, error: Optional[str] = None, killed: bool = False) -> None:
     """FINISHED, FAILED with the reason in the tag vae.error, or KILLED (stopped by the user)."""
     from mlflow.entities import RunStatus, RunTag
 
     mlflow = client()
     if error:
-        mlflow.log_batch(run_id, tags=[RunTag("vae.error", error[:5000])])
+        mlflow.log_batch(run_id, tags=[RunTag(ERROR_TAG, error[:5000])])
     status = RunStatus.to_string(RunStatus.FINISHED if succeeded else RunStatus.KILLED if killed else RunStatus.FAILED)
     mlflow.set_terminated(run_id, status=status)
 

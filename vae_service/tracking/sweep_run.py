@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 from mlflow.entities import RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from vae_service.tracking.mlflow_run import client
+from vae_service.tracking.mlflow_run import ERROR_TAG, client
 from vae_service.tracking.registry import MODEL_ARTIFACT, all_pages, register
 from vae_service.viz.canvas import save_png
 from vae_service.viz.sweep_figures import active_units_map, pareto_plot
@@ -34,6 +34,8 @@ def child_runs(parent_run_id: str) -> dict[str, object]:
 def close_stopped(run_id: str, reason: str) -> None:
     """A trial the scheduler stopped never finishes its own run: mark it KILLED, say why."""
     mlflow = client()
+    if ERROR_TAG in mlflow.get_run(run_id).data.tags:  # its Train run died as it was stopped: no failure
+        mlflow.delete_tag(run_id, ERROR_TAG)
     mlflow.set_tag(run_id, "vae.stopped", reason)
     mlflow.set_terminated(run_id, status=RunStatus.to_string(RunStatus.KILLED))
 

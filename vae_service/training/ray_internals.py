@@ -8,10 +8,15 @@ fails loudly when a Ray upgrade moves one of them).
   no public hook that names a worker group's placement group.
 - Ray Tune installs its own SIGINT handler unless TUNE_DISABLE_SIGINT_HANDLER is set when
   `Tuner.fit` starts.
+- Knowing that a killed actor is really gone: `ray.kill` returns at once; every actor has Ray's
+  built-in `__ray_ready__` method, which fails once the actor has died.
 """
 
 from __future__ import annotations
 
+import time
+
+import ray
 from ray._raylet import PlacementGroupID
 from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.execution.callback import WorkerGroupCallback
@@ -20,8 +25,8 @@ from ray.util.placement_group import PlacementGroup, remove_placement_group
 from vae_service.core.interrupt import Interrupt
 from vae_service.environment import applied
 
-__all__ = ["AbortableTorchTrainer", "WorkerGroupCallback", "placement_group_hex", "release_placement_group",
-           "tune_sigint_handler_disabled"]
+__all__ = ["AbortableTorchTrainer", "WorkerGroupCallback", "kill_and_wait", "placement_group_hex",
+           "release_placement_group", "tune_sigint_handler_disabled"]
 
 
 class AbortableTorchTrainer(TorchTrainer):
@@ -47,3 +52,19 @@ def release_placement_group(group_hex: str) -> None:
 def tune_sigint_handler_disabled():
     """Tune reads the variable when `fit` starts; it is restored when the block ends."""
     return applied({"TUNE_DISABLE_SIGINT_HANDLER": "1"})
+
+
+def kill_and_wait(actors: list, timeout_s: float) -> None:
+    """Kills the actors and waits (at most `timeout_s` in all) until each is gone."""
+    for actor in actors:
+        ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + timeout_s
+    for actor in actors:
+        while time.monotonic() < deadline:
+            try:
+                ray.get(actor.__ray_ready__.remote(), timeout=1.0)
+            except ray.exceptions.RayActorError:
+                break  # gone
+            except ray.exceptions.GetTimeoutError:
+                pass
+            time.sleep(0.1)
