@@ -208,7 +208,6 @@ def test_asha_stops_poor_trials_kills_their_runs_and_gives_back_their_resources(
         if trial_id in stopped:
             assert run.info.status == "KILLED"
             assert run.data.tags["vae.stopped"] == "stopped early by ASHA after 1 epoch(s)"
-            assert "vae.error" not in run.data.tags  # stopped, not failed
         else:
             assert run.info.status == "FINISHED" and "vae.stopped" not in run.data.tags
 

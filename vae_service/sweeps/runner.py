@@ -37,7 +37,7 @@ from vae_service.sweeps.cleanup import PlacementGroupLedger, ReleaseEndedTrials,
 from vae_service.sweeps.progress import SweepProgress
 from vae_service.sweeps.trial import run_trial
 from vae_service.training.ray_internals import tune_sigint_handler_disabled
-from vae_service.training.runner import ensure_ray, live_nodes
+from vae_service.training.runner import ensure_ray, live_nodes, on_this_node
 
 TUNE_DIR = "tune"
 TRIAL_DRIVER_MEMORY = 1 << 20
@@ -85,7 +85,7 @@ def run_trials(spec: SweepSpec, sweep_dir: storage.Location, parent_run_id: str,
     ensure_ray()
     earlier = records.scan(sweep_dir)
     attempt = len(storage.list_dirs(sweep_dir.join(TUNE_DIR)))
-    ledger = PlacementGroupLedger.remote()
+    ledger = PlacementGroupLedger.options(scheduling_strategy=on_this_node()).remote()
     progress = SweepProgress(f"sweep {sweep_dir.name}", list(spec.sweep.space), search.metrics(spec), spec.train.optim.epochs, console, enabled=show_progress)
     callbacks = [progress, ReleaseEndedTrials(ledger), records.RecordOutcomes(sweep_dir, interrupt)]
     # The trial function itself only waits on its TorchTrainer, so it asks for no CPU (Tune

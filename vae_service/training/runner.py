@@ -14,6 +14,7 @@ from typing import Optional
 
 import ray
 import ray.train
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rich.console import Console
 
 from vae_service import storage
@@ -50,6 +51,13 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) ->
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def on_this_node() -> NodeAffinitySchedulingStrategy:
+    """Where the actors a driver talks to (progress, a sweep's ledger) go: its own node. Such an
+    actor asks for no CPU, so Ray could place it on any worker node, and a worker node that dies
+    (a killed container) would take it along and fail a run Ray Train itself survives."""
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
 
 
 def live_nodes() -> list[dict[str, float]]:
@@ -99,7 +107,7 @@ def fit(
     if resume and resume_from is None:
         console.print(f"[yellow]No checkpoint in {run_dir} yet: starting from epoch 1.")
     ensure_ray()
-    board = ProgressBoard.remote()
+    board = ProgressBoard.options(scheduling_strategy=on_this_node()).remote()
     try:
         trainer = AbortableTorchTrainer(
             train_loop_per_worker,
