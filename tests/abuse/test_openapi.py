@@ -11,31 +11,24 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
-from vae_service.queue.api import create_app
-from vae_service.queue.auth import TokenSet
-from vae_service.queue.db import make_engine, upgrade
-from vae_service.queue.settings import Settings
-from vae_service.queue.store import Store
 
-TOKEN = "schemathesis-token-0123456789"
 OPEN = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    root = tmp_path_factory.mktemp("openapi")
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("VAE_ADMINS", "VAE_API_TOKEN_FILE", "VAE_REGISTER_NAMES", "VAE_ALLOWED_STORAGE", "VAE_STORAGE_URI"):
-            mp.delenv(name, raising=False)
-        mp.setenv("VAE_API_TOKEN", TOKEN)
-        mp.chdir(root)
-        engine = make_engine(f"sqlite:///{root / 'queue.db'}")
-        upgrade(engine)
-        yield create_app(Store(engine), TokenSet.from_settings(Settings(home=root / "home")))
-        engine.dispose()
+def app(api):
+    """The abuse suite's API (conftest.py: a real SQLite store, one admin token)."""
+    client, _ = api
+    return client.app
 
 
-def test_no_operation_answers_a_server_error(app):
+@pytest.fixture(scope="module")
+def token(api):
+    client, _ = api
+    return client.headers["Authorization"].removeprefix("Bearer ")
+
+
+def test_no_operation_answers_a_server_error(app, token):
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     calls = 0
     for result in schema.get_all_operations():
@@ -47,23 +40,23 @@ def test_no_operation_answers_a_server_error(app):
         def no_server_error(case):
             nonlocal calls
             calls += 1
-            response = case.call(headers={"Authorization": f"Bearer {TOKEN}"})
+            response = case.call(headers={"Authorization": f"Bearer {token}"})
             assert response.status_code < 500 or (response.status_code == 503 and "Ray" in response.text), \
                 (case.method, case.path, response.status_code, response.text[:500])
-            assert TOKEN not in response.text
+            assert token not in response.text
 
         no_server_error()
     print(f"\nschemathesis: {calls} generated calls over {len(list(schema.get_all_operations()))} operations")
     assert calls >= 100
 
 
-def test_every_route_but_healthz_and_the_docs_needs_a_valid_token(app):
+def test_every_route_but_healthz_and_the_docs_needs_a_valid_token(app, token):
     routes = [(method, route.path.replace("{job_id}", "some-job")) for route in app.routes
               if isinstance(route, APIRoute) and route.path not in OPEN for method in route.methods]
     assert len(routes) >= 6  # the jobs routes and /metrics, at least
     with TestClient(app) as client:
         for method, path in routes:
-            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {token}"}):
                 response = client.request(method, path, headers=headers)
                 assert response.status_code == 401, (method, path, headers, response.status_code)
         assert client.get("/healthz").status_code == 200
