@@ -126,11 +126,12 @@ def test_models_show_lists_versions_aliases_metrics_and_runs(cli, store):
     out = result.stdout
     rows = {line.split()[0]: line for line in out.splitlines() if line.strip()[:1].isdigit()}
     assert set(rows) >= {"1", "2"}, out
-    assert "@candidate" in rows["2"] and store["runs"][1] in rows["2"]
-    assert store["runs"][0] in rows["1"]  # whole run ids, even at 80 columns
+    assert "@candidate" in rows["2"]
     assert "123.50" in rows["1"] and "124.25" in rows["1"]  # val/test −ELBO of version 1's run
-    assert rows["1"].split()[-2] == "2"  # active units, just before the run id
+    assert rows["1"].split()[-1] == "2"  # active units
     assert "—" in rows["2"]  # version 2's run logged no metrics
+    # Below the table, each version's run id, whole even at 80 columns.
+    assert f"v1  run {store['runs'][0]}" in out and f"v2  run {store['runs'][1]}" in out
 
 
 def test_promote_moves_champion(cli, store):

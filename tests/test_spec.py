@@ -350,7 +350,7 @@ def test_set_values_land_in_the_spec_with_yaml_types():
 SET_EVERY_FIELD = {
     "kind": ("train", "train"),
     "name": ("other-name", "other-name"),
-    "data.dataset": ("mnist", "mnist"),
+    "data.dataset": ("dsprites", "dsprites"),
     "data.root": ("/tmp/somewhere", "/tmp/somewhere"),
     "data.download": ("false", False),
     "data.binarize": ("dynamic", "dynamic"),
@@ -360,6 +360,7 @@ SET_EVERY_FIELD = {
     "model.latent_dim": ("3", 3),
     "model.hidden": ("[8,4]", [8, 4]),
     "model.channels": ("[4]", [4]),
+    "model.kernel_size": ("4", 4),
     "model.likelihood": ("gaussian", "gaussian"),
     "objective.kind": ("vae", "vae"),
     "objective.beta": ("4", 4.0),
@@ -380,6 +381,9 @@ SET_EVERY_FIELD = {
     "tracking.experiment": ("exp", "exp"),
     "tracking.register_as": ("model-x", "model-x"),
     "tracking.alias": ("prod", "prod"),
+    "evaluation.metrics": ("[nll, au]", ["nll", "au"]),
+    "evaluation.nll_samples": ("500", 500),
+    "evaluation.points": ("2000", 2000),
 }
 
 

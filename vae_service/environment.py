@@ -7,7 +7,9 @@ and region. Values come from this process's environment and are never logged."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Iterator, MutableMapping, Optional
 
@@ -33,7 +35,11 @@ MLFLOW_PROCESS_DEFAULTS = {
     # network) and fail from anywhere else. Clients never need to reach S3 for MLflow.
     "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
     "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false",
+    # MLflow's INFO lines ("Creating initial MLflow database tables…") are for its developers.
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
 }
+# Loggers whose warnings are notes for developers, not for someone running a job.
+CHATTY_LOGGERS = ("ray._private.authentication",)
 
 
 def tracking_uri() -> str:
@@ -50,6 +56,17 @@ def apply_process_defaults(environ: MutableMapping[str, str] = os.environ) -> No
     `vae` CLI's main, the queue job entrypoint) before any MLflow call; never by library code."""
     for name, value in MLFLOW_PROCESS_DEFAULTS.items():
         environ.setdefault(name, value)
+
+
+def quiet_libraries(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Library warnings meant for developers (deprecations, MLflow's hints about type hints and
+    input examples, Ray's note on token auth) stay out of a user's terminal; VAE_DEBUG=1 shows
+    them. Applied by process entry points, like apply_process_defaults."""
+    if environ.get("VAE_DEBUG"):
+        return
+    warnings.simplefilter("ignore")
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def forwarded_env() -> dict[str, str]:

@@ -129,14 +129,21 @@ def test_model_size_is_bounded_with_a_clear_message(model, expected):
     assert len(found) == 1 and found[0].startswith(expected), found
 
 
-@pytest.mark.parametrize("fields", [{}, {"arch": "conv"}, {"hidden": [64, 32], "latent_dim": 3, "likelihood": "gaussian"},
-                                    {"arch": "conv", "channels": [8, 16, 4, 2, 5], "latent_dim": 7}])
-def test_the_parameter_count_matches_the_real_model(fields):
+@pytest.mark.parametrize("fields, image_shape", [
+    ({}, (1, 28, 28)), ({"arch": "conv"}, (1, 28, 28)),
+    ({"hidden": [64, 32], "latent_dim": 3, "likelihood": "gaussian"}, (1, 28, 28)),
+    ({"arch": "conv", "channels": [8, 16, 4, 2, 5], "latent_dim": 7}, (1, 28, 28)),
+    # Higgins et al.'s dSprites model (jobs/dsprites-vae.yaml): 4×4 kernels, 64 → 4
+    ({"arch": "conv", "channels": [32, 32, 64, 64], "kernel_size": 4, "latent_dim": 10}, (1, 64, 64)),
+    ({"arch": "conv", "channels": [32, 64], "kernel_size": 4, "likelihood": "gaussian"}, (1, 28, 28)),
+    ({"arch": "conv", "channels": [16, 16, 16], "kernel_size": 3}, (1, 64, 64)),
+])
+def test_the_parameter_count_matches_the_real_model(fields, image_shape):
     from vae_service.core.model import VAE, ModelConfig, count_parameters
 
     spec = ModelSpec(**fields)
-    config = ModelConfig(latent_dim=spec.latent_dim, arch=spec.arch, hidden=tuple(spec.hidden),
-                         channels=tuple(spec.channels), likelihood=spec.likelihood)
+    config = ModelConfig(image_shape=image_shape, latent_dim=spec.latent_dim, arch=spec.arch, hidden=tuple(spec.hidden),
+                         channels=tuple(spec.channels), kernel_size=spec.kernel_size, likelihood=spec.likelihood)
     assert spec.parameter_count(config.image_shape) == count_parameters(VAE(config))
     assert spec.parameter_count(config.image_shape) <= MAX_PARAMETERS
 

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import typer
 from rich import box
@@ -38,7 +38,7 @@ app.add_typer(models_app, name="models")
 
 
 @contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
+def user_errors() -> Iterator[None]:
     """Unknown models, aliases, versions, missing data or an unreachable store: one line, exit 2."""
     from mlflow.exceptions import MlflowException
 
@@ -68,61 +68,91 @@ def _metric(value) -> str:
         return "—"
     if float(value).is_integer() and abs(value) < 1e6:
         return str(int(value))
-    return f"{value:,.2f}"
+    return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.2f}"
+
+
+SORT_HELP = ("Sort by a metric or numeric tag, best first: e.g. test_neg_elbo, active_units, nll, mig "
+             "(short for eval_nll, eval_mig), beta.")
+# Columns of `vae models show`, when some version has the number: (key, header).
+SHOWN = ((M.VAL_NEG_ELBO, "val\n−ELBO"), (M.TEST_NEG_ELBO, "test\n−ELBO"), (M.ACTIVE_UNITS, "active\nunits"),
+         (M.eval_metric(M.NLL), "IS-NLL"), (M.eval_metric(M.MIG), "MIG"), (M.eval_metric(M.FACTORVAE), "Factor\nVAE"),
+         (M.eval_metric(M.DCI), "DCI"))
+
+
+def _sorted(items: list, numbers, sort_by: Optional[str], what: str) -> list:
+    """`items` best first by the metric `sort_by` (`numbers(item)` gives each one's); those
+    without it last. The name may leave out eval_ (mig → eval_mig)."""
+    if sort_by is None:
+        return items
+    names = {key for item in items for key in numbers(item)}
+    key = sort_by if sort_by in names else M.eval_metric(sort_by)
+    if key not in names:
+        fail(f"--sort-by {sort_by}: no {what} has it; known: {', '.join(sorted(names)) or 'none'}", 2)
+    sign = -1 if M.higher_is_better(key) else 1
+    return sorted(items, key=lambda item: (key not in numbers(item), sign * numbers(item).get(key, 0.0)))
 
 
 @models_app.command("list")
-def models_list() -> None:
-    """Registered models: latest version, aliases, last update."""
+def models_list(sort_by: Optional[str] = typer.Option(None, "--sort-by", metavar="METRIC", help=SORT_HELP + " Compares latest versions.")) -> None:
+    """Registered models: latest version (what it is, its metrics), aliases, last update."""
     from vae_service.tracking.mlflow_run import tracking_uri
     from vae_service.tracking.registry import list_models
 
-    with _user_errors():
+    with user_errors():
         models = list_models()
     if not models:
         err.print(f"no registered models in {tracking_uri()}", markup=False, highlight=False, soft_wrap=True)
         return
+    models = _sorted(models, lambda model: model.metrics, sort_by, "latest version")
     table = Table(title="registered models")
     table.add_column("name", overflow="fold")
-    table.add_column("latest version", justify="right")
+    table.add_column("latest", justify="right")
     table.add_column("versions", justify="right")
     table.add_column("aliases", overflow="fold")
     table.add_column("last updated (UTC)")
+    if sort_by:
+        table.add_column(sort_by, justify="right", no_wrap=True)
     for model in models:
         latest = str(model.latest_version) if model.latest_version is not None else "—"
-        table.add_row(escape(model.name), latest, str(model.version_count), escape(_aliases(model.aliases)), _when(model.last_updated))
-    Console(highlight=False).print(table)
+        row = [escape(model.name), latest, str(model.version_count), escape(_aliases(model.aliases)), _when(model.last_updated)]
+        if sort_by:
+            row.append(_metric(model.metrics.get(sort_by, model.metrics.get(M.eval_metric(sort_by)))))
+        table.add_row(*row)
+    out = Console(highlight=False)
+    out.print(table)
+    for model in models:  # what each latest version is, below the table: whole lines in any terminal
+        if model.description:
+            out.print(f"{model.name} v{model.latest_version}: {model.description}", markup=False, soft_wrap=True)
 
 
 @models_app.command("show")
-def models_show(name: str = typer.Argument(..., help="Registered model name.")) -> None:
-    """A model's versions with their aliases, the key metrics of each source run, the run id."""
+def models_show(
+    name: str = typer.Argument(..., help="Registered model name."),
+    sort_by: Optional[str] = typer.Option(None, "--sort-by", metavar="METRIC", help=SORT_HELP + " Default: newest first."),
+) -> None:
+    """A model's versions: what each is, its aliases, key and eval_* metrics, its source run."""
     from vae_service.tracking.registry import show_model
 
-    with _user_errors():
+    with user_errors():
         model = show_model(name)
-    # Narrow headers and an unwrapped run id: it stays whole (copyable) in an 80-column terminal.
+    versions = _sorted(model.versions, lambda version: version.metrics, sort_by, "version")
+    columns = [(key, header) for key, header in SHOWN if any(key in v.metrics for v in versions)]
     table = Table(title=escape(f"{model.name}  (aliases: {_aliases(model.aliases)})"), box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("ver", justify="right")
+    table.add_column("ver", justify="right", no_wrap=True)
     table.add_column("aliases", overflow="fold")
-    table.add_column("val\n−ELBO", justify="right")
-    table.add_column("test\n−ELBO", justify="right")
-    table.add_column("active\nunits", justify="right")
-    table.add_column("source run", no_wrap=True, min_width=32)
-    for version in model.versions:
-        run = version.run_id or "—"
-        if version.run_status and version.run_status != "FINISHED":
-            run = f"{run}\n({version.run_status.lower()})"
-        table.add_row(
-            str(version.version),
-            escape(" ".join(f"@{alias}" for alias in version.aliases) or "—"),
-            _metric(version.metrics.get(M.VAL_NEG_ELBO)),
-            _metric(version.metrics.get(M.TEST_NEG_ELBO)),
-            _metric(version.metrics.get(M.ACTIVE_UNITS)),
-            run,
-        )
+    for _, header in columns:
+        table.add_column(header, justify="right", no_wrap=True)
+    for version in versions:
+        table.add_row(str(version.version), escape(" ".join(f"@{alias}" for alias in version.aliases) or "—"),
+                      *(_metric(version.metrics.get(key)) for key, _ in columns))
     out = Console(highlight=False)
     out.print(table)
+    # One line per version below the table: the run id stays whole (copyable) in any terminal.
+    for version in versions:
+        status = f" ({version.run_status.lower()})" if version.run_status and version.run_status != "FINISHED" else ""
+        out.print(f"v{version.version}  run {version.run_id or '—'}{status}", markup=False, soft_wrap=True)
+        if version.description:
+            out.print(f"    {version.description}", markup=False, soft_wrap=True)
     if model.description:
         out.print(model.description, markup=False)
 
@@ -139,7 +169,7 @@ def models_promote(
         fail(f"VERSION must be a positive number, got {version!r}", 2)
     from vae_service.tracking.registry import promote
 
-    with _user_errors():
+    with user_errors():
         previous = promote(name, int(number), alias)
     if previous is None:
         message = f"@{alias} → {name} version {int(number)} (new alias)"
@@ -210,7 +240,7 @@ def sample(
     from vae_service.tracking.registry import open_model
     from vae_service.viz.figures import prior_samples
 
-    with _user_errors(), open_model(model_uri) as vae:
+    with user_errors(), open_model(model_uri) as vae:
         fig = prior_samples(vae, n=n, seed=seed)
     _save(fig, output)
     err.print(f"wrote {output}: {n} samples from the prior of {model_uri} (seed {seed})",
@@ -235,11 +265,11 @@ def interpolate(
     from vae_service.tracking.registry import open_model
     from vae_service.viz.figures import interpolation
 
-    with _user_errors():
+    with user_errors():
         test = _test_split()
     _check_index(test, from_index, "--from-index")
     _check_index(test, to_index, "--to-index")
-    with _user_errors(), open_model(model_uri) as vae:
+    with user_errors(), open_model(model_uri) as vae:
         _check_fits(vae, test, model_uri)
         fig = interpolation(vae, test.images[from_index], test.images[to_index], steps=steps, method=method)
     _save(fig, output)
@@ -261,10 +291,10 @@ def encode(
     from vae_service.tracking.registry import open_model
     from vae_service.viz.latents import encode_means
 
-    with _user_errors():
+    with user_errors():
         test = _test_split()
     _check_index(test, index, "--index")
-    with _user_errors(), open_model(model_uri) as vae:
+    with user_errors(), open_model(model_uri) as vae:
         _check_fits(vae, test, model_uri)
         mu, logvar = encode_means(vae, test.images[index : index + 1])
     mu, sigma = mu[0], torch.exp(0.5 * logvar[0])

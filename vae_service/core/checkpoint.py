@@ -88,9 +88,14 @@ def save_model(directory: str | Path, model: torch.nn.Module, extra: Optional[di
     return directory
 
 
+def read_model_config(directory: str | Path) -> dict:
+    """config.json: the model config, plus what `save_model` was given (the job's spec, metrics)."""
+    return json.loads((Path(directory) / CONFIG_FILE).read_text())
+
+
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> VAE:
     directory = Path(directory)
-    config = json.loads((directory / CONFIG_FILE).read_text())
+    config = read_model_config(directory)
     model = VAE(ModelConfig.from_dict(config["model_config"]))
     model.load_state_dict(load_file(directory / MODEL_FILE, device=str(device)))
     return model.eval()

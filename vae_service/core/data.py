@@ -1,4 +1,6 @@
-"""MNIST from IDX files: locate, verify (SHA-256 of the uncompressed bytes), download, split.
+"""MNIST from IDX files: locate, verify (SHA-256 of the uncompressed bytes), download, split;
+and what every data set shares (splits, where to look, the cache, DataError): dSprites is in
+core/dsprites.py.
 
 The whole data set is a few tens of MB, so it lives on the training device as uint8 tensors;
 batches are index slices, with no per-sample Python in the hot loop.
@@ -14,7 +16,7 @@ import shutil
 import tempfile
 import urllib.request
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -36,16 +38,22 @@ class DataError(Exception):
     """The data set cannot be found, fetched or trusted; the message says what to do."""
 
 
+DIGITS = tuple(str(digit) for digit in range(10))
+
+
 @dataclass(frozen=True)
 class ImageSplit:
     images: torch.Tensor  # uint8, (N, 1, H, W)
     labels: torch.Tensor  # int64, (N,)
+    # What label i means (the figures colour and name classes by it): MNIST's digits by default.
+    label_kind: str = "digit"
+    label_names: tuple[str, ...] = DIGITS
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def to(self, device: torch.device | str) -> "ImageSplit":
-        return ImageSplit(self.images.to(device), self.labels.to(device))
+        return replace(self, images=self.images.to(device), labels=self.labels.to(device))
 
 
 @dataclass(frozen=True)
@@ -206,7 +214,7 @@ def load_mnist(
     order = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(split_seed))
     n_val = int(round(len(train_full) * val_fraction))
     val_idx, train_idx = order[:n_val], order[n_val:].sort().values
-    pick = lambda split, idx: ImageSplit(split.images[idx], split.labels[idx])  # noqa: E731
+    pick = lambda split, idx: replace(split, images=split.images[idx], labels=split.labels[idx])  # noqa: E731
     return Dataset(pick(train_full, train_idx), pick(train_full, val_idx.sort().values), test)
 
 

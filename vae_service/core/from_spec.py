@@ -7,20 +7,52 @@ Ray to do it).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import torch
+from pydantic import ValidationError
 
-from vae_service.core.data import Dataset, binarize_static, load_mnist
+from vae_service.core.data import DataError, Dataset, binarize_static, load_mnist, locate_mnist
+from vae_service.core.dsprites import DSprites, find_dsprites, load_dsprites
 from vae_service.core.model import ModelConfig
 from vae_service.core.objective import Objective
 from vae_service.core.spec import TrainSpec
 
 
+def trained_with(config: dict, limit: Optional[int] = None) -> TrainSpec:
+    """The spec a saved model was trained with (its config.json holds it), to evaluate it on the
+    same data, binarised the same way; `limit` caps the images loaded (None: the spec's own)."""
+    try:
+        spec = TrainSpec.model_validate(config["spec"])
+    except (KeyError, TypeError, ValidationError):
+        raise DataError("the model's config.json holds no valid training spec: cannot tell which data "
+                        "it was trained on, or how it was binarised") from None
+    return spec.model_copy(update={"data": spec.data.model_copy(update={"limit": limit})}) if limit else spec
+
+
 def images(spec: TrainSpec) -> Dataset:
     """The spec's data as stored (uint8 grey levels), split into train / validation / test."""
     d = spec.data
+    if d.dataset == "dsprites":
+        return load_dsprites(d.root, val_fraction=d.val_fraction, limit=d.limit)
     return load_mnist(d.root, download=d.download, val_fraction=d.val_fraction, limit=d.limit)
+
+
+def check_data(spec: TrainSpec) -> None:
+    """Raises DataError, before any training, when the spec's data cannot be found or fetched
+    (dSprites can always be rendered; only a data.root without the original is an error)."""
+    d = spec.data
+    if d.dataset == "dsprites":
+        find_dsprites(d.root)
+    else:
+        locate_mnist(d.root, d.download)
+
+
+def factor_data(spec: TrainSpec) -> Optional[DSprites]:
+    """The spec's data by generative factors, for the disentanglement metrics; None for data
+    without known factors (MNIST)."""
+    return DSprites.open(spec.data.root) if spec.data.dataset == "dsprites" else None
 
 
 def training_data(spec: TrainSpec, device: Optional[torch.device] = None) -> Dataset:
@@ -28,7 +60,7 @@ def training_data(spec: TrainSpec, device: Optional[torch.device] = None) -> Dat
     `binarize: static` (dynamic binarisation happens per batch, in core.loop)."""
     data = images(spec)
     if spec.data.binarize == "static":
-        data = Dataset(*(type(s)(binarize_static(s.images, seed=i), s.labels) for i, s in enumerate((data.train, data.val, data.test))))
+        data = Dataset(*(replace(s, images=binarize_static(s.images, seed=i)) for i, s in enumerate((data.train, data.val, data.test))))
     return data.to(device) if device is not None else data
 
 
@@ -40,6 +72,7 @@ def model_config(spec: TrainSpec, image_shape: tuple[int, int, int]) -> ModelCon
         arch=m.arch,
         hidden=tuple(m.hidden),
         channels=tuple(m.channels),
+        kernel_size=m.kernel_size,
         likelihood=m.likelihood,
     )
 

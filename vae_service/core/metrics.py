@@ -11,7 +11,8 @@ dimensions whose posterior mean varies across images (Burda et al. 2016: Cov_x(E
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+import math
+from typing import Any, Mapping, Optional, Sequence
 
 EPOCH = "epoch"  # 0-based; MLflow's step
 
@@ -26,6 +27,31 @@ VAL_NEG_ELBO, VAL_RECON, VAL_KL, VAL_KL_PER_DIM = "val_neg_elbo", "val_recon", "
 TEST_NEG_ELBO, TEST_RECON, TEST_KL = "test_neg_elbo", "test_recon", "test_kl"
 ACTIVE_UNITS = "active_units"  # on the validation split
 
+# The evaluation of a trained model (core.evaluation: `vae eval`, a spec's `evaluation` section).
+# `vae eval --metrics` names what to compute; each result has a JSON key, logged to MLflow as eval_<key>.
+EVAL_PREFIX = "eval_"
+NLL = "nll"  # importance-sampled −log p(x), Burda et al. (2015), on the test split
+MIG, FACTORVAE, DCI = "mig", "factorvae", "dci"  # disentanglement, on factor-labelled data (dSprites)
+EVAL_KEYS = {  # --metrics name → the result keys it produces
+    NLL: (NLL,), "elbo": (NEG_ELBO,), "au": (ACTIVE_UNITS,),
+    MIG: (MIG,), FACTORVAE: (FACTORVAE, "factorvae_train", "factorvae_active_dims"),
+    DCI: (DCI, "dci_completeness", "dci_informativeness"),
+}
+LIKELIHOOD_EVALS, FACTOR_EVALS = ("nll", "elbo", "au"), (MIG, FACTORVAE, DCI)
+# Higher is better for these; lower for the rest (nll, neg_elbo).
+EVAL_MAXIMISED = {ACTIVE_UNITS, MIG, FACTORVAE, DCI, "factorvae_train", "dci_completeness", "dci_informativeness"}
+
+
+def eval_metric(key: str) -> str:
+    """eval_nll, eval_mig, …: an evaluation result's name in MLflow and in a sweep's results."""
+    return EVAL_PREFIX + key
+
+
+def higher_is_better(name: str) -> bool:
+    """For sorting models: active units and the disentanglement scores rise, losses fall."""
+    return name.removeprefix(EVAL_PREFIX) in EVAL_MAXIMISED
+
+
 # What each consumer takes from an epoch record.
 LOGGED = (TRAIN_LOSS, TRAIN_NEG_ELBO, TRAIN_RECON, TRAIN_KL, VAL_NEG_ELBO, VAL_RECON, VAL_KL, ACTIVE_UNITS,
           IMAGES_PER_S, TEST_NEG_ELBO, TEST_RECON, TEST_KL)  # MLflow, every epoch (plus KL per dimension)
@@ -33,10 +59,14 @@ SUMMARY = (VAL_NEG_ELBO, VAL_RECON, VAL_KL, ACTIVE_UNITS, IMAGES_PER_S)  # a run
 TRIAL = (VAL_NEG_ELBO, VAL_RECON, VAL_KL, ACTIVE_UNITS)  # a sweep keeps per trial, and tabulates
 KEY = (VAL_NEG_ELBO, TEST_NEG_ELBO, ACTIVE_UNITS)  # beside each registered model version
 
-# A sweep's objectives and the metric each one reads.
+# A sweep's objectives and the metric each one reads. The evaluation's (nll, mig, factorvae, dci)
+# are computed once, at a trial's end (the train spec's `evaluation` section).
 RATE, DISTORTION = "rate", "distortion"
-OBJECTIVE_METRICS = {VAL_NEG_ELBO: VAL_NEG_ELBO, DISTORTION: VAL_RECON, RATE: VAL_KL, ACTIVE_UNITS: ACTIVE_UNITS}
-OBJECTIVE_MODES = {VAL_NEG_ELBO: "min", DISTORTION: "min", RATE: "min", ACTIVE_UNITS: "max"}
+OBJECTIVE_METRICS = {VAL_NEG_ELBO: VAL_NEG_ELBO, DISTORTION: VAL_RECON, RATE: VAL_KL, ACTIVE_UNITS: ACTIVE_UNITS,
+                     **{name: eval_metric(name) for name in (NLL, MIG, FACTORVAE, DCI)}}
+OBJECTIVE_MODES = {VAL_NEG_ELBO: "min", DISTORTION: "min", RATE: "min", ACTIVE_UNITS: "max",
+                   NLL: "min", MIG: "max", FACTORVAE: "max", DCI: "max"}
+END_OF_TRIAL_OBJECTIVES = (NLL, MIG, FACTORVAE, DCI)
 
 
 def epoch_record(epoch: int, train: Mapping[str, Any], checks: Mapping[str, Any], val: Optional[Mapping[str, Any]] = None,
@@ -52,12 +82,25 @@ def epoch_record(epoch: int, train: Mapping[str, Any], checks: Mapping[str, Any]
     return record
 
 
+def evaluation_entries(requested: Sequence[str], result: Optional[Mapping[str, Any]] = None) -> dict[str, float]:
+    """The eval_* entries of an epoch record for a spec's `evaluation.metrics`: the results after
+    the last epoch, NaN before (Tune wants every objective in every report)."""
+    keys = [key for name in requested for key in EVAL_KEYS[name]]
+    return {eval_metric(key): float(result[key]) if result is not None else math.nan for key in keys}
+
+
 def kl_dim_names(count: int) -> list[str]:
     """val_kl_dim_01, val_kl_dim_02, …: KL per latent dimension as separate MLflow metrics."""
     width = max(len(str(count)), 2)
     return [f"val_kl_dim_{j:0{width}d}" for j in range(1, count + 1)]
 
 
+def trial_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
+    """What a sweep keeps of a trial's last result: TRIAL and the evaluation's eval_* metrics."""
+    return {k: v for k, v in result.items() if k in TRIAL or k.startswith(EVAL_PREFIX)}
+
+
 def summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """A run's summary: SUMMARY (None where missing) and every test_* metric."""
-    return {**{k: metrics.get(k) for k in SUMMARY}, **{k: v for k, v in metrics.items() if k.startswith("test_")}}
+    """A run's summary: SUMMARY (None where missing), every test_* and every eval_* metric."""
+    return {**{k: metrics.get(k) for k in SUMMARY},
+            **{k: v for k, v in metrics.items() if k.startswith(("test_", EVAL_PREFIX))}}

@@ -20,6 +20,7 @@ class ModelConfig:
     hidden: tuple[int, ...] = (400,)
     channels: tuple[int, ...] = (32, 64)
     likelihood: str = "bernoulli"  # bernoulli | gaussian
+    kernel_size: int = 3  # of the encoder's convolutions; 3 for configs saved before it existed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,22 +64,27 @@ class MLPDecoder(nn.Module):
 
 
 def _conv_feature_size(config: ModelConfig) -> tuple[int, int]:
-    """Spatial size after the stride-2 encoder convolutions (padding keeps it exact)."""
+    """Spatial size after the stride-2 encoder convolutions with padding 1: ⌈side/2⌉ each with
+    3×3 kernels, ⌊side/2⌋ with 4×4."""
     side = config.image_shape[1]
     for _ in config.channels:
-        side = (side + 1) // 2
+        side = (side + 2 - config.kernel_size) // 2 + 1
+    if side * 2 ** len(config.channels) < config.image_shape[1]:  # the decoder doubles it back
+        raise ValueError(f"{config.kernel_size}×{config.kernel_size} convolutions shrink side {config.image_shape[1]} "
+                         f"to {side} in {len(config.channels)} layers: too small for the decoder to rebuild")
     return side, config.channels[-1]
 
 
 class ConvEncoder(nn.Module):
-    """Stride-2 3×3 convolutions (28×28 → 7×7 with two; 64×64 → 4×4 with four), then linear."""
+    """Stride-2 convolutions, 3×3 (28×28 → 7×7 with two) or 4×4 as in Higgins et al. (2017) and
+    disentanglement_lib (64×64 → 4×4 with four), then linear."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         layers: list[nn.Module] = []
         in_ch = config.image_shape[0]
         for out_ch in config.channels:
-            layers += [nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1), nn.ReLU()]
+            layers += [nn.Conv2d(in_ch, out_ch, config.kernel_size, stride=2, padding=1), nn.ReLU()]
             in_ch = out_ch
         side, ch = _conv_feature_size(config)
         self.body = nn.Sequential(*layers, nn.Flatten(), nn.Linear(ch * side * side, 256), nn.ReLU())

@@ -26,7 +26,8 @@ MAX_WIDTH = 16_384  # an MLP hidden layer
 MAX_CHANNELS = 4_096  # a conv layer
 MAX_LAYERS = 16
 MAX_PARAMETERS = 100_000_000  # 400 MB of float32 weights (1.6 GB with Adam's state)
-IMAGE_SHAPES = {"mnist": (1, 28, 28)}
+IMAGE_SHAPES = {"mnist": (1, 28, 28), "dsprites": (1, 64, 64)}
+FACTOR_DATASETS = ("dsprites",)  # data sets labelled by ground-truth factors: disentanglement metrics need one
 Width = Annotated[int, Field(gt=0, le=MAX_WIDTH)]
 Channels = Annotated[int, Field(gt=0, le=MAX_CHANNELS)]
 
@@ -66,25 +67,31 @@ class StrictModel(BaseModel):
 
 
 class DataSpec(StrictModel):
-    dataset: Literal["mnist"] = Field("mnist", description="Data set name.")
+    dataset: Literal["mnist", "dsprites"] = Field(
+        "mnist",
+        description="mnist: the handwritten digits, 28x28; dsprites: the 737,280 64x64 binary sprites "
+        "of the disentanglement benchmark (a random 10% held out as test).",
+    )
     root: Optional[str] = Field(
         None,
-        description="Folder holding the IDX files (gz or raw). Default: $VAE_DATA_DIR/<dataset>, "
-        "then the download cache.",
+        description="mnist: folder holding the IDX files (gz or raw); dsprites: folder holding the original "
+        "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz (without one, dSprites is re-rendered). "
+        "Default: $VAE_DATA_DIR/<dataset>, then the cache.",
     )
     download: bool = Field(
-        True, description="Download missing files into the cache (checksums are always verified)."
+        True, description="mnist only: download missing files into the cache (checksums are always verified)."
     )
     binarize: Literal["none", "static", "dynamic"] = Field(
         "none",
         description="none: grey levels in [0,1]; static: one fixed Bernoulli draw; "
-        "dynamic: a fresh Bernoulli draw every epoch.",
+        "dynamic: a fresh Bernoulli draw every epoch. No effect on dsprites, which is binary.",
     )
     val_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Share of the training images held out for validation."
     )
     limit: Optional[PositiveInt] = Field(
-        None, description="Use only the first N training (and N test) images: for quick runs."
+        None, description="Use only N training (and N test) images, for quick runs: the first N of mnist, "
+        "a seeded random N of dsprites."
     )
 
 
@@ -99,7 +106,19 @@ class ModelSpec(StrictModel):
         default_factory=lambda: [32, 64], min_length=1, max_length=MAX_LAYERS,
         description=f"Conv channels per stride-2 layer (encoder; mirrored), each at most {MAX_CHANNELS}.",
     )
+    kernel_size: Literal[3, 4] = Field(
+        3, description="Conv kernel of the encoder's stride-2 layers: 3, or 4 as in Higgins et al. / "
+        "disentanglement_lib (the image side must then halve exactly at every layer, e.g. 64 -> 4 with four)."
+    )
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+
+    def conv_sides(self, side: int) -> list[int]:
+        """The image side after each stride-2 encoder convolution (padding 1): ⌈side/2⌉ with
+        3×3 kernels, ⌊side/2⌋ with 4×4; core/model.py computes the same."""
+        sides = [side]
+        for _ in self.channels:
+            sides.append((sides[-1] + 2 - self.kernel_size) // 2 + 1)
+        return sides[1:]
 
     def parameter_count(self, image_shape: tuple[int, int, int]) -> int:
         """The VAE's parameter count, by arithmetic (no torch here): the layers of core/model.py,
@@ -116,10 +135,9 @@ class ModelSpec(StrictModel):
             return (body + linear(self.hidden[-1], 2 * latent)
                     + sum(linear(a, b) for a, b in zip(decoder, decoder[1:])) + extra)
         chans = [colours, *self.channels]
-        for _ in self.channels:
-            side = (side + 1) // 2
+        side = self.conv_sides(side)[-1]
         flat = self.channels[-1] * side * side
-        convs = sum(a * b * 9 + b for a, b in zip(chans, chans[1:]))
+        convs = sum(a * b * self.kernel_size**2 + b for a, b in zip(chans, chans[1:]))
         deconvs = sum(a * b * 16 + b for a, b in zip(chans[::-1], chans[::-1][1:]))
         return (convs + linear(flat, 256) + linear(256, 2 * latent)
                 + linear(latent, 256) + linear(256, flat) + deconvs + extra)
@@ -221,6 +239,24 @@ class TrackingSpec(StrictModel):
         return alias
 
 
+class EvaluationSpec(StrictModel):
+    """What to evaluate after the last epoch (as `vae eval` does), logged as eval_* metrics."""
+
+    metrics: list[Literal["nll", "elbo", "au", "mig", "factorvae", "dci"]] = Field(
+        default_factory=list,
+        description="nll: importance-sampled −log p(x) on the test split; elbo, au: −ELBO and active units there; "
+        "mig, factorvae, dci: disentanglement (dsprites only). A sweep adds its end-of-trial objectives here.",
+    )
+    nll_samples: PositiveInt = Field(100, le=100_000, description="Importance samples K per test image for nll.")
+    points: int = Field(10_000, ge=100, le=1_000_000,
+                        description="Sample size of mig, factorvae and dci (disentanglement_lib: 10,000).")
+
+    @field_validator("metrics")
+    @classmethod
+    def _distinct(cls, value: list) -> list:
+        return list(dict.fromkeys(value))
+
+
 class TrainSpec(StrictModel):
     """A training job: `kind: train`."""
 
@@ -233,6 +269,15 @@ class TrainSpec(StrictModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+
+    @model_validator(mode="after")
+    def _evaluation_fits_the_data(self) -> "TrainSpec":
+        needs_factors = [m for m in self.evaluation.metrics if m in ("mig", "factorvae", "dci")]
+        if needs_factors and self.data.dataset not in FACTOR_DATASETS:
+            raise ValueError(f"evaluation.metrics: {needs_factors[0]} needs data with known generative factors "
+                             f"(data.dataset: {' or '.join(FACTOR_DATASETS)}), not {self.data.dataset}")
+        return self
 
     @model_validator(mode="after")
     def _batch_splits_across_workers(self) -> "TrainSpec":
@@ -243,7 +288,15 @@ class TrainSpec(StrictModel):
             )
         if self.resources.use_gpu is False and self.resources.gpus > 0:
             raise ValueError("resources.gpus_per_worker > 0 needs resources.use_gpu: true")
-        count = self.model.parameter_count(IMAGE_SHAPES[self.data.dataset])
+        shape = IMAGE_SHAPES[self.data.dataset]
+        if self.model.arch == "conv" and self.model.kernel_size == 4:
+            sides = self.model.conv_sides(shape[1])
+            if sides[-1] * 2 ** len(sides) != shape[1]:
+                raise ValueError(
+                    f"model.kernel_size 4: the {self.data.dataset} images' side {shape[1]} does not halve exactly at each "
+                    f"of the {len(sides)} stride-2 layers of model.channels ({shape[1]} -> {' -> '.join(map(str, sides))}), "
+                    "so the decoder could not rebuild it; use fewer channels or kernel_size 3")
+        count = self.model.parameter_count(shape)
         if count > MAX_PARAMETERS:
             field = "hidden" if self.model.arch == "mlp" else "channels"
             raise ValueError(f"model.{field}: the model would have {count:,} parameters, over the limit of "

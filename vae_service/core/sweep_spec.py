@@ -35,8 +35,8 @@ from pydantic import (
     model_validator,
 )
 
-from vae_service.core.metrics import OBJECTIVE_MODES
-from vae_service.core.spec import PositiveInt, StrictModel, TrainSpec
+from vae_service.core.metrics import END_OF_TRIAL_OBJECTIVES, FACTOR_EVALS, OBJECTIVE_MODES
+from vae_service.core.spec import FACTOR_DATASETS, PositiveInt, StrictModel, TrainSpec
 
 # Every objective is a validation metric; rate and distortion are its two halves of −ELBO.
 # Fields a sweep must not vary: they name or place the run rather than shape the model.
@@ -150,9 +150,11 @@ class SweepSection(StrictModel):
         description=f"Trials to sample (default {DEFAULT_NUM_SAMPLES}); for an all-grid space: repeats of the grid (default 1).",
     )
     max_concurrent: PositiveInt = Field(2, description="Trials running at once (fewer if the cluster has no room).")
-    objectives: list[Literal["val_neg_elbo", "distortion", "rate", "active_units"]] = Field(
+    objectives: list[Literal["val_neg_elbo", "distortion", "rate", "active_units", "nll", "mig", "factorvae", "dci"]] = Field(
         default_factory=lambda: ["val_neg_elbo"], min_length=1,
-        description="One metric (single objective) or several (Pareto front). active_units is maximised, the rest minimised.",
+        description="One metric (single objective) or several (Pareto front). active_units, mig, factorvae and dci are "
+        "maximised, the rest minimised. nll, mig, factorvae and dci are computed once, at a trial's end "
+        "(the train spec's evaluation section); mig, factorvae and dci need dSprites.",
     )
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     sampler: Literal["auto", "tpe", "nsga2", "random"] = Field(
@@ -212,6 +214,13 @@ class SweepSpec(StrictModel):
             if sweep.scheduler.grace_period > self.train.optim.epochs:
                 raise ValueError(f"sweep.scheduler.grace_period ({sweep.scheduler.grace_period}) exceeds "
                                  f"train.optim.epochs ({self.train.optim.epochs})")
+        at_end = [name for name in sweep.objectives if name in END_OF_TRIAL_OBJECTIVES]
+        if at_end and sweep.scheduler.kind == "asha":
+            raise ValueError(f"sweep.scheduler: asha compares trials every epoch; {at_end[0]} is computed only at a trial's end")
+        needs_factors = [name for name in sweep.objectives if name in FACTOR_EVALS]
+        if needs_factors and self.train.data.dataset not in FACTOR_DATASETS:
+            raise ValueError(f"sweep.objectives: {needs_factors[0]} needs data with known generative factors "
+                             f"(train.data.dataset: {' or '.join(FACTOR_DATASETS)}), not {self.train.data.dataset}")
         grids = [isinstance(d, Grid) for d in sweep.space.values()]
         if any(grids) and not all(grids):
             raise ValueError("sweep.space: grid values cannot be mixed with sampled domains "
@@ -238,6 +247,8 @@ class SweepSpec(StrictModel):
             _assign(data, path, value)
         data["name"] = trial_name
         data["tracking"]["register_as"] = None  # only the sweep's best model is registered
+        evaluated = data["evaluation"]["metrics"]  # end-of-trial objectives are computed by the trial
+        evaluated += [name for name in self.sweep.objectives if name in END_OF_TRIAL_OBJECTIVES and name not in evaluated]
         return TrainSpec.model_validate(data)
 
     def grid_configs(self) -> Iterator[dict[str, Any]]:

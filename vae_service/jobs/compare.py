@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from vae_service import storage
 from vae_service.core.checkpoint import load_model
-from vae_service.core.data import load_mnist
+from vae_service.core import from_spec
 from vae_service.core.interrupt import Interrupt
 from vae_service.core.spec import TrainSpec
 from vae_service.core.spec_loading import SpecError, SpecProblem, dump_spec, load_spec
@@ -149,7 +149,8 @@ def compare_job(job: CompareJob, out_dir: storage.Location, *, resume: bool, rep
                 with storage.local_copy(storage.resolve(results[kind].model_dir)) as model_dir:
                     models[kind] = load_model(model_dir)
         # The whole test split (data.limit shortens training, not the comparison).
-        test = load_mnist(vae_spec.data.root, download=vae_spec.data.download, val_fraction=0.0).test
+        whole = vae_spec.model_copy(update={"data": vae_spec.data.model_copy(update={"limit": None})})
+        test = from_spec.images(whole).test
         with storage_errors(), storage.writing_dir(out_dir) as local_dir:  # local: the folder itself; S3: uploaded after
             artifacts = render_comparison(models, test, local_dir, binarize=vae_spec.data.binarize)
             for path in artifacts.paths:

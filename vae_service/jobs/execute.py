@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Optional, Union
 
 from vae_service import storage
-from vae_service.core.data import DataError, locate_mnist
+from vae_service.core import from_spec
+from vae_service.core.data import DataError
 from vae_service.core.errors import BadInput, JobError, JobFailed, one_line
 from vae_service.core.interrupt import Interrupt
 from vae_service.jobs.lifecycle import RUN_ID_FILE, existing_run_dir, new_run_dir
@@ -82,7 +83,7 @@ def check_data(job: Job) -> None:
     """Fails fast, before Ray starts, when the data cannot be found (or fetched)."""
     try:
         for spec in train_specs(job):
-            locate_mnist(spec.data.root, spec.data.download)
+            from_spec.check_data(spec)
     except DataError as exc:
         raise BadInput(f"data: {exc}") from None
 

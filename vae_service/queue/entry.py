@@ -26,11 +26,12 @@ def main() -> int:
         print(f"note: {workdir} does not exist on this node; relative paths resolve under {os.getcwd()}", file=sys.stderr)
 
     from vae_service.core.spec_loading import SpecError, load_spec_text
-    from vae_service.environment import apply_process_defaults
+    from vae_service.environment import apply_process_defaults, quiet_libraries
     from vae_service.jobs.execute import execute
     from vae_service.jobs.reporter import Reporter
 
     apply_process_defaults()
+    quiet_libraries()
     try:
         spec = load_spec_text(spec_text, "VAE_JOB_SPEC")
     except SpecError as exc:  # the server validated it; a different version on the cluster may not

@@ -20,7 +20,7 @@ from ray.tune.stopper import Stopper
 
 from vae_service import storage
 from vae_service.core.interrupt import Interrupt
-from vae_service.core.metrics import TRIAL
+from vae_service.core.metrics import trial_metrics
 
 GIVEN = "__given__"  # a trial config that names its values (and, to continue one, its trial)
 TRIALS_DIR = "trials"
@@ -73,7 +73,7 @@ def _outcome(directory: storage.Location) -> Optional[dict]:
     if storage.exists(directory.join(RUN_METRICS_FILE)):
         run = storage.read_json(directory.join(RUN_METRICS_FILE))
         metrics = run.get("all_metrics", {})
-        return {"state": "ended", "epochs": int(run["epochs_completed"]), "metrics": {k: metrics[k] for k in TRIAL if k in metrics}}
+        return {"state": "ended", "epochs": int(run["epochs_completed"]), "metrics": trial_metrics(metrics)}
     return None
 
 
@@ -125,7 +125,7 @@ class RecordOutcomes(Callback):
         outcome = {
             "state": state,
             "epochs": epochs_done(result),
-            "metrics": {k: result[k] for k in TRIAL if k in result},
+            "metrics": trial_metrics(result),
         }
         record_id, _ = trial_identity(trial.trial_id, trial.config)
         directory = trial_dir(self.sweep_dir, record_id)

@@ -7,6 +7,7 @@ be in the run. Those are not logged a second time: the history keeps one value p
 
 from __future__ import annotations
 
+import math
 import time
 
 from mlflow.entities import Metric
@@ -21,6 +22,8 @@ def epoch_metrics(record: dict) -> list[Metric]:
     """The scalar metrics of one epoch record, plus KL per latent dimension as val_kl_dim_01, …"""
     now, step = int(time.time() * 1000), int(record[M.EPOCH])
     values = {k: float(record[k]) for k in M.LOGGED if k in record}
+    # The evaluation's results, after the last epoch (NaN placeholders before it are not logged).
+    values.update({k: float(v) for k, v in record.items() if k.startswith(M.EVAL_PREFIX) and math.isfinite(v)})
     kl_per_dim = record.get(M.VAL_KL_PER_DIM, [])
     values.update({name: float(kl) for name, kl in zip(M.kl_dim_names(len(kl_per_dim)), kl_per_dim)})
     return [Metric(key, value, now, step) for key, value in values.items()]

@@ -21,7 +21,9 @@ class VAEEncoderModel(PythonModel):
 
         self.vae = load_model(context.artifacts["vae"])  # model.safetensors + config.json
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    # The hint tells MLflow that the logged signature (a tensor spec) is the input's contract;
+    # without one it warns on every log_model.
+    def predict(self, context, model_input: np.ndarray, params=None) -> pd.DataFrame:
         array = model_input.to_numpy() if isinstance(model_input, pd.DataFrame) else np.asarray(model_input)
         images = torch.as_tensor(array, dtype=torch.float32)
         if images.max() > 1.0:  # grey levels 0–255

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,9 +35,10 @@ from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from vae_service.core import metrics as M
 from vae_service.core.errors import BadInput, one_line
-from vae_service.core.checkpoint import CONFIG_FILE, MODEL_FILE, load_model
+from vae_service.core.checkpoint import CONFIG_FILE, MODEL_FILE, load_model, read_model_config
 from vae_service.core.model import VAE
 from vae_service.core.spec import alias_problem, model_name_problem
+from vae_service.tracking import model_card
 from vae_service.tracking.mlflow_run import client, fluent_tracking, tracking_uri
 
 PYFUNC_SOURCE = Path(__file__).with_name("pyfunc_model.py")
@@ -64,8 +66,9 @@ def all_pages(search, *args, **kwargs) -> list:
 
 
 def log_model(run_id: str, model_dir: Path, vae: VAE) -> str:
-    """Logs the pyfunc model (source file + safetensors + JSON) to the run; returns its URI
-    (models:/m-<id>), also kept in the run's tag vae.model_uri."""
+    """Logs the pyfunc model (source file + safetensors + JSON) to the run, with its signature
+    and an input example (two blank images); returns its URI (models:/m-<id>), also kept in the
+    run's tag vae.model_uri."""
     import pandas as pd
 
     pixels = int(np.prod(vae.config.image_shape))
@@ -80,6 +83,7 @@ def log_model(run_id: str, model_dir: Path, vae: VAE) -> str:
             python_model=str(PYFUNC_SOURCE),
             artifacts={"vae": str(model_dir)},
             signature=signature,
+            input_example=example,
             # Explicit requirements: inferring them would load the model in a subprocess.
             pip_requirements=["torch", "safetensors", "numpy", "pandas", "mlflow"],
         )
@@ -115,8 +119,11 @@ def _register_version(model_uri: str, name: str, alias: str) -> int:
         created = False
     version = None
     try:
+        run = mlflow_client.get_run(logged.source_run_id)
+        params, metrics = run.data.params, run.data.metrics
         version = mlflow_client.create_model_version(
-            name, source=logged.artifact_location, run_id=logged.source_run_id, model_id=logged.model_id
+            name, source=logged.artifact_location, run_id=logged.source_run_id, model_id=logged.model_id,
+            tags=model_card.tags(params, metrics), description=model_card.description(params, metrics),
         )
         mlflow_client.set_registered_model_alias(name, alias, version.version)
         # The logged model lists its registered versions (the MLflow UI shows them on its page).
@@ -218,6 +225,8 @@ class ModelSummary:
     aliases: dict[str, int]
     last_updated: Optional[datetime]
     version_count: int
+    description: str = ""  # the latest version's card
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -229,6 +238,18 @@ class VersionView:
     run_id: Optional[str]
     run_status: Optional[str] = None  # FINISHED, FAILED, … or "missing"
     metrics: dict[str, Optional[float]] = field(default_factory=dict)
+    description: str = ""
+
+
+def _numbers(tags: dict[str, str]) -> dict[str, float]:
+    """The numeric tags of a version's card."""
+    numbers = {}
+    for key, value in tags.items():
+        try:
+            numbers[key] = float(value)
+        except ValueError:
+            continue
+    return numbers
 
 
 @dataclass
@@ -245,13 +266,16 @@ def list_models() -> list[ModelSummary]:
     require_store()
     summaries = []
     for model in sorted(all_pages(client().search_registered_models, max_results=PAGE), key=lambda m: m.name):
-        numbers = [int(v.version) for v in _versions(model.name)]
+        versions = _versions(model.name)
+        latest = max(versions, key=lambda v: int(v.version), default=None)
         summaries.append(ModelSummary(
             name=model.name,
-            latest_version=max(numbers) if numbers else None,
+            latest_version=int(latest.version) if latest else None,
             aliases={alias: int(version) for alias, version in model.aliases.items()},
             last_updated=timestamp(model.last_updated_timestamp),
-            version_count=len(numbers),
+            version_count=len(versions),
+            description=(latest.description or "") if latest else "",
+            metrics=_numbers(latest.tags) if latest else {},
         ))
     return summaries
 
@@ -284,7 +308,10 @@ def show_model(name: str) -> ModelView:
                 view.run_status = "missing"
             else:
                 view.run_status = run.info.status if run.info.lifecycle_stage != "deleted" else "deleted"
-                view.metrics = {key: run.data.metrics.get(key) for key in M.KEY}
+                view.metrics = {key: value for key, value in run.data.metrics.items()
+                                if key in M.KEY or key.startswith(M.EVAL_PREFIX)}
+        view.metrics.update(_numbers(version.tags))  # the card (survives a deleted run)
+        view.description = version.description or ""
         views.append(view)
     return ModelView(
         name=model.name,
@@ -330,22 +357,65 @@ def _artifact_location(model_uri: str) -> str:
     version raises ModelNotFound listing what exists."""
     if model_uri.startswith(("runs:/", "models:/m-")):
         return _logged_model(model_uri).artifact_location
-    mlflow_client = client()
+    name, version = _registered_version(model_uri)
+    return client().get_model_version_download_uri(name, str(version))
+
+
+def _registered_version(model_uri: str) -> tuple[str, int]:
+    """(name, version) of models:/NAME@ALIAS or models:/NAME/N."""
     rest = model_uri[len("models:/") :]
     if "@" in rest:
         name, alias = rest.split("@", 1)
         try:
-            version = mlflow_client.get_model_version_by_alias(name, alias).version
+            return name, int(client().get_model_version_by_alias(name, alias).version)
         except MlflowException:
             raise _missing(name, f"alias @{alias}") from None
-    elif "/" in rest:
+    if "/" in rest:
         name, version = rest.split("/", 1)
         if not version.isdigit():
             raise ModelNotFound(f"{model_uri}: the version must be a number")
         _require_version(name, int(version))
-    else:  # a bare name
-        raise _missing(rest, f"version or alias in {model_uri} (use models:/{rest}/N or models:/{rest}@ALIAS)")
-    return mlflow_client.get_model_version_download_uri(name, version)
+        return name, int(version)
+    raise _missing(rest, f"version or alias in {model_uri} (use models:/{rest}/N or models:/{rest}@ALIAS)")
+
+
+@dataclass
+class ModelSource:
+    """Where a model URI's model came from: its MLflow run and, for a registry URI, its version."""
+
+    run_id: Optional[str] = None
+    name: Optional[str] = None
+    version: Optional[int] = None
+
+
+def model_source(model_uri: str) -> ModelSource:
+    if Path(model_uri).expanduser().is_dir():
+        return ModelSource()  # a directory on disk: no run to record anything on
+    require_store()
+    if model_uri.startswith(("runs:/", "models:/m-")):
+        return ModelSource(run_id=_logged_model(model_uri).source_run_id)
+    name, version = _registered_version(model_uri)
+    return ModelSource(run_id=client().get_model_version(name, str(version)).run_id or None, name=name, version=version)
+
+
+def record_evaluation(model_uri: str, results: dict) -> ModelSource:
+    """`vae eval`'s numbers as eval_* metrics on the model's run and, for a registry URI, in
+    the version's tags and description (its card, rebuilt from the run)."""
+    source = model_source(model_uri)
+    if source.run_id is None:
+        return source
+    from mlflow.entities import Metric
+
+    mlflow_client, now = client(), int(time.time() * 1000)
+    numbers = {M.eval_metric(k): float(v) for k, v in results.items() if isinstance(v, (int, float))}
+    mlflow_client.log_batch(source.run_id, metrics=[Metric(k, v, now, 0) for k, v in numbers.items()])
+    if source.name is not None:
+        run = mlflow_client.get_run(source.run_id)
+        params, metrics = run.data.params, run.data.metrics
+        for key, value in model_card.tags(params, metrics).items():
+            mlflow_client.set_model_version_tag(source.name, str(source.version), key, value)
+        mlflow_client.update_model_version(source.name, str(source.version), description=model_card.description(params, metrics))
+    return source
 
 
 @contextlib.contextmanager
@@ -355,10 +425,18 @@ def open_model(model_uri: str) -> Iterator[VAE]:
     Registry and run URIs are downloaded into a temporary directory removed on exit; a local
     directory is read in place.
     """
+    with open_model_and_config(model_uri) as (vae, _):
+        yield vae
+
+
+@contextlib.contextmanager
+def open_model_and_config(model_uri: str) -> Iterator[tuple[VAE, dict]]:
+    """The VAE and its config.json (the model config, and the spec and metrics of the job that
+    trained it), as `open_model`."""
     with tempfile.TemporaryDirectory(prefix="vae-model-") as tmp:
         directory = model_directory(model_uri, into=Path(tmp))
         try:
-            vae = load_model(directory)
+            vae, config = load_model(directory), read_model_config(directory)
         except Exception as exc:  # a damaged or foreign directory: safetensors, JSON, shapes
             raise ModelNotFound(f"{model_uri}: cannot load the model: {one_line(exc, first_line=True)}") from None
-        yield vae
+        yield vae, config

@@ -16,12 +16,12 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from vae_service.core import from_spec
+from vae_service.core import evaluation, from_spec
 from vae_service.core import metrics as M
 from vae_service.core.checkpoint import load_checkpoint, read_state, save_checkpoint
 from vae_service.core.data import epoch_shard
 from vae_service.core.loop import EpochStats, NonFiniteLoss, evaluate, train_epoch
-from vae_service.core.model import VAE
+from vae_service.core.model import VAE, unwrap
 from vae_service.core.spec import TrainSpec
 from vae_service.storage import checkpoint_from_uri
 from vae_service.tracking.epoch_logger import EpochLogger
@@ -154,6 +154,8 @@ def train_loop_per_worker(config: dict) -> None:
             val = evaluate(model, data.val.images, binarize=spec.data.binarize)
             test = evaluate(model, data.test.images, binarize=spec.data.binarize) if last else None
             metrics = M.epoch_record(epoch, train, checks, val, test)
+            requested = spec.evaluation.metrics
+            metrics.update(M.evaluation_entries(requested, _final_evaluation(model, spec, data) if last and requested else None))
             if board is not None:
                 board.finish_epoch.remote(metrics)
             if epoch_logger is not None:
@@ -163,6 +165,14 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(M.epoch_record(epoch, train, checks))
+
+
+def _final_evaluation(model: torch.nn.Module, spec: TrainSpec, data) -> dict:
+    """The spec's `evaluation` on the test split (and on the data's factors), as `vae eval` does."""
+    e = spec.evaluation
+    return evaluation.evaluate(unwrap(model), e.metrics, test_images=data.test.images, binarize=spec.data.binarize,
+                               factors=from_spec.factor_data(spec), nll_samples=e.nll_samples, points=e.points,
+                               seed=spec.optim.seed or 0)
 
 
 def _checkpoint_epoch(checkpoint: ray.train.Checkpoint) -> int:

@@ -17,14 +17,14 @@ import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from vae_service.core.data import ImageSplit
+from vae_service.core.data import DIGITS, ImageSplit
 from vae_service.core.loop import evaluate
 from vae_service.core.model import VAE
 from vae_service.core import metrics as M
@@ -83,9 +83,11 @@ def _scale_note(spread: float) -> str:
     return f"μ spread (std) {spread:.3g}"
 
 
-def scatter_figure(codes: Mapping[str, torch.Tensor], labels: torch.Tensor) -> Figure:
-    """The three-panel scatter of test μ coloured by digit, each panel on its own scale (the
-    tick labels tell the scale), the prior's 1σ and 2σ circles dashed where they are in view."""
+def scatter_figure(codes: Mapping[str, torch.Tensor], labels: torch.Tensor, label_kind: str = "digit",
+                   label_names: Sequence[str] = DIGITS) -> Figure:
+    """The three-panel scatter of test μ coloured by label (digit by default), each panel on its
+    own scale (the tick labels tell the scale), the prior's 1σ and 2σ circles dashed where they
+    are in view."""
     panels = []
     for kind, mu in codes.items():
         points, _, _, _ = latents.latent_points_2d(mu)
@@ -93,8 +95,9 @@ def scatter_figure(codes: Mapping[str, torch.Tensor], labels: torch.Tensor) -> F
     n = len(labels)
     fig = figures.latent_scatter_panels(
         panels,
-        title=f"Posterior means μ of {n} test images, coloured by digit (each panel on its own scale)\n"
+        title=f"Posterior means μ of {n} test images, coloured by {label_kind} (each panel on its own scale)\n"
         "dashed: the prior N(0, I) at 1σ and 2σ",
+        label_kind=label_kind, label_names=label_names,
     )
     # Room between the two-line heading and the two-line panel titles (square panels under
     # constrained layout otherwise let them touch).
@@ -133,8 +136,8 @@ def _readable_ticks(ax, half_range: float, first: bool) -> None:
         ax.set_ylabel(f"z2{unit}")
 
 
-def _distinct_digits(labels: torch.Tensor, n: int) -> list[int]:
-    """Indices of the first image of each of the first n digits seen (topped up in order)."""
+def _distinct_classes(labels: torch.Tensor, n: int) -> list[int]:
+    """Indices of the first image of each of the first n classes seen (topped up in order)."""
     picked, seen = [], set()
     for i, label in enumerate(labels.tolist()):
         if label not in seen:
@@ -194,8 +197,8 @@ def render_comparison(models: Mapping[str, VAE], test: ImageSplit, out_dir: Path
     for kind, model in models.items():
         codes[kind], _ = latents.encode_means(model, test.images)
         metrics[kind] = comparison_metrics(model, test, binarize, mu=codes[kind])
-    picked = _distinct_digits(test.labels, min(N_RECON, len(test)))
-    scatter = canvas.save_png(scatter_figure(codes, test.labels), out_dir / SCATTER_FILE)
+    picked = _distinct_classes(test.labels, min(N_RECON, len(test)))
+    scatter = canvas.save_png(scatter_figure(codes, test.labels, test.label_kind, test.label_names), out_dir / SCATTER_FILE)
     recon = canvas.save_png(reconstructions_figure(models, test.images[picked]), out_dir / RECON_FILE)
     table = out_dir / METRICS_FILE
     table.write_text(metrics_csv(metrics))

@@ -15,7 +15,7 @@ Latent dimensions are named 1-based everywhere: index j of z is labelled "z{j+1}
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import matplotlib
 import numpy as np
@@ -27,6 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from vae_service.core.data import DIGITS
 from vae_service.core.model import VAE
 from vae_service.viz.canvas import (
     ArrayLike,
@@ -45,9 +46,6 @@ from vae_service.viz.canvas import (
 )
 from vae_service.viz.latents import encode_means, interpolate_latents, latent_points_2d
 
-N_CLASSES = 10  # MNIST digits 0–9
-CLASS_CMAP = ListedColormap(matplotlib.colormaps["tab10"].colors[:N_CLASSES], name="digits")
-CLASS_NORM = BoundaryNorm(np.arange(-0.5, N_CLASSES + 0.5), N_CLASSES)
 ACTIVE_COLOR, COLLAPSED_COLOR = "tab:blue", "tab:orange"
 PCA_NOTE = "first two principal components of μ"
 
@@ -129,11 +127,21 @@ def latent_manifold(model: VAE, n: int = 20) -> Figure:
     return fig
 
 
-def _scatter_classes(ax, points: np.ndarray, labels: np.ndarray, size: float, seed: int = 0):
-    """Scatter coloured by class, drawn in a shuffled order so no class hides the others."""
+def _class_names(labels: np.ndarray, label_names: Sequence[str]) -> list[str]:
+    """One name per class 0…k−1: `label_names`, topped up with numbers for labels beyond them."""
+    count = max(len(label_names), int(labels.max(initial=-1)) + 1)
+    return [*label_names, *(str(i) for i in range(len(label_names), count))]
+
+
+def _scatter_classes(ax, points: np.ndarray, labels: np.ndarray, size: float, n_classes: int, seed: int = 0):
+    """Scatter coloured by class (one distinct colour each), drawn in a shuffled order so no
+    class hides the others."""
+    palette = matplotlib.colormaps["tab10" if n_classes <= 10 else "tab20"].colors
+    colours = palette[:n_classes] if n_classes <= len(palette) else matplotlib.colormaps["turbo"](np.linspace(0, 1, n_classes))
     order = np.random.default_rng(seed).permutation(len(points))
     return ax.scatter(
-        points[order, 0], points[order, 1], c=labels[order], cmap=CLASS_CMAP, norm=CLASS_NORM,
+        points[order, 0], points[order, 1], c=labels[order], cmap=ListedColormap(colours, name="classes"),
+        norm=BoundaryNorm(np.arange(-0.5, n_classes + 0.5), n_classes),
         s=size, alpha=0.7, linewidths=0, rasterized=True,
     )
 
@@ -142,28 +150,32 @@ def _point_size(n: int) -> float:
     return 3.0 if n > 5000 else 6.0 if n > 1000 else 14.0
 
 
-def _class_colorbar(fig: Figure, mappable, ax, shrink: float = 1.0) -> None:
-    bar = fig.colorbar(mappable, ax=ax, ticks=range(N_CLASSES), fraction=0.05, pad=0.02, shrink=shrink)
-    bar.set_label("digit")
+def _class_colorbar(fig: Figure, mappable, ax, names: Sequence[str], label_kind: str, shrink: float = 1.0) -> None:
+    bar = fig.colorbar(mappable, ax=ax, ticks=range(len(names)), fraction=0.05, pad=0.02, shrink=shrink)
+    bar.ax.set_yticklabels(names)
+    bar.set_label(label_kind)
     bar.solids.set(alpha=1.0)
 
 
-def latent_scatter(model: VAE, images: ArrayLike, labels: ArrayLike, title: Optional[str] = None) -> Figure:
-    """Posterior means μ of (test) images coloured by digit; PCA of μ when latent_dim > 2."""
+def latent_scatter(model: VAE, images: ArrayLike, labels: ArrayLike, title: Optional[str] = None,
+                   label_kind: str = "digit", label_names: Sequence[str] = DIGITS) -> Figure:
+    """Posterior means μ of (test) images coloured by label (what label i means: `label_kind`
+    `label_names[i]`, MNIST's digits by default); PCA of μ when latent_dim > 2."""
     mu, _ = encode_means(model, images)
     labels = to_numpy(labels).reshape(-1)
     if len(labels) != len(mu):
         raise ValueError(f"{len(mu)} images but {len(labels)} labels")
     points, xlabel, ylabel, used_pca = latent_points_2d(mu)
+    names = _class_names(labels, label_names)
     fig = Figure(figsize=(7.0, 6.2), layout="constrained")
     ax = fig.add_subplot()
-    scatter = _scatter_classes(ax, points, labels, _point_size(len(points)))
+    scatter = _scatter_classes(ax, points, labels, _point_size(len(points)), len(names))
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.25)
-    _class_colorbar(fig, scatter, ax)
-    heading = title or f"Posterior means μ of {len(points)} images, coloured by digit"
+    _class_colorbar(fig, scatter, ax, names, label_kind)
+    heading = title or f"Posterior means μ of {len(points)} images, coloured by {label_kind}"
     if used_pca:
         heading += f"\n({PCA_NOTE}, {mu.shape[1]}-D latent space)"
     fig.suptitle(heading)
@@ -176,12 +188,15 @@ def latent_scatter_panels(
     xlabel: str = "z1",
     ylabel: str = "z2",
     share_axes: bool = False,
+    label_kind: str = "digit",
+    label_names: Sequence[str] = DIGITS,
 ) -> Figure:
     """Side-by-side class-coloured scatters of 2-D codes, one per (name, mu_2d, labels) panel.
 
     For the article's comparison of autoencoder / KL-only / VAE. Colours, point size and the
-    digit colour bar are shared; the axis ranges are per panel unless `share_axes` (the
-    KL-only codes huddle at the origin and would vanish on the autoencoder's scale).
+    colour bar of the classes (`label_names`, MNIST's digits by default) are shared; the axis
+    ranges are per panel unless `share_axes` (the KL-only codes huddle at the origin and would
+    vanish on the autoencoder's scale).
     """
     if not panels:
         raise ValueError("no panels given")
@@ -196,18 +211,19 @@ def latent_scatter_panels(
         prepared.append((name, pts, lab))
 
     k = len(prepared)
+    names = _class_names(np.concatenate([lab for _, _, lab in prepared]), label_names)
     fig = Figure(figsize=(4.3 * k + 0.9, 4.9), layout="constrained")
     axes = fig.subplots(1, k, squeeze=False, sharex=share_axes, sharey=share_axes)[0]
     size = _point_size(max(len(p) for _, p, _ in prepared))
     scatter = None
     for ax, (name, pts, lab) in zip(axes, prepared):
-        scatter = _scatter_classes(ax, pts, lab, size)
+        scatter = _scatter_classes(ax, pts, lab, size, len(names))
         ax.set_title(name)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.25)
         ax.set_box_aspect(1)
     axes[0].set_ylabel(ylabel)
-    _class_colorbar(fig, scatter, list(axes), shrink=0.85)
+    _class_colorbar(fig, scatter, list(axes), names, label_kind, shrink=0.85)
     if title:
         fig.suptitle(title)
     return fig
@@ -330,10 +346,12 @@ def latent_traversals(
     span: float = 3.0,
     max_dims: int = 10,
     kl_per_dim: Optional[ArrayLike] = None,
+    row_labels: Optional[Mapping[int, str]] = None,
 ) -> Figure:
     """Rows: latent dimensions; columns: that dimension set to μ_j + offset, offsets −span…+span,
     every other dimension held at the image's μ. With `kl_per_dim`, the rows are the max_dims
-    dimensions of largest KL (most informative first); otherwise the first max_dims."""
+    dimensions of largest KL (most informative first); otherwise the first max_dims.
+    `row_labels` names what a dimension encodes (e.g. the dSprites factor it is most informative of)."""
     x = image_batch(model, image)[:1]
     mu, _ = model.encode(x)
     mu = mu[0]
@@ -365,6 +383,8 @@ def latent_traversals(
     ax = fig.add_subplot(grid[1])
     imshow(ax, tile(images, n_steps, pad=pad))
     names = [dim_name(j) if kl is None else f"{dim_name(j)}\n{kl[j]:.2f} nats" for j in dims]
+    if row_labels:
+        names = [f"{name}\n{row_labels[j]}" if j in row_labels else name for name, j in zip(names, dims)]
     ax.set_yticks(cell_centres(len(dims), h, pad), names)
     ax.set_xticks(cell_centres(n_steps, w, pad), [signed(o) for o in offsets.tolist()])
     ax.tick_params(length=0, labelsize=9 if kl is None else 8)

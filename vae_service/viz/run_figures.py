@@ -17,11 +17,12 @@ def render_run_figures(vae: VAE, test: ImageSplit, out_dir: Path, kl_per_dim: Op
     """Writes the article's figures for a trained model as PNGs; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     images, labels = test.images[:SCATTER_POINTS], test.labels[:SCATTER_POINTS]
-    first, second = _two_different_digits(test)
+    first, second = _two_different_classes(test)
     made = {
         "reconstructions.png": figures.reconstructions(vae, images[:8]),
         "prior_samples.png": figures.prior_samples(vae),
-        "latent_scatter.png": figures.latent_scatter(vae, images, labels),
+        "latent_scatter.png": figures.latent_scatter(vae, images, labels, label_kind=test.label_kind,
+                                                     label_names=test.label_names),
         "latent_dimensions.png": figures.latent_dimensions(vae, images[:8]),
         "latent_traversals.png": figures.latent_traversals(vae, images[0], kl_per_dim=kl_per_dim),
         "interpolation.png": figures.interpolation(vae, test.images[first], test.images[second]),
@@ -34,7 +35,7 @@ def render_run_figures(vae: VAE, test: ImageSplit, out_dir: Path, kl_per_dim: Op
     return [save_png(fig, out_dir / name) for name, fig in made.items()]
 
 
-def _two_different_digits(test: ImageSplit) -> tuple[int, int]:
+def _two_different_classes(test: ImageSplit) -> tuple[int, int]:
     """Indices of the first test image and the first one of another class."""
     first_label = int(test.labels[0])
     other = next((i for i, label in enumerate(test.labels.tolist()) if label != first_label), min(1, len(test) - 1))
