@@ -71,6 +71,10 @@ def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_with_json(tmp_path):
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert done.returncode == 0, done.stderr
+    # Notes meant for library developers stay out of a user's terminal: MLflow's hints when the
+    # model is logged (type hints, input example), its INFO lines, Ray's note on token auth.
+    for noise in ("Warning", "INFO mlflow", "Token authentication", "\x1b[33m"):
+        assert noise not in done.stderr, done.stderr
     result = json.loads(done.stdout)
     assert result["run_dir"] == str(run_dir)
     assert result["epochs_completed"] == target

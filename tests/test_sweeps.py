@@ -281,3 +281,25 @@ def test_max_concurrent_is_lowered_to_the_trials_the_cluster_holds(ray_cluster):
     assert "resources.cpus_per_worker" in message
     with pytest.raises(JobFailed, match="no GPU"):
         concurrent_trials(spec(8, num_workers=1, use_gpu=True))
+
+
+def test_a_dsprites_sweep_optimises_mig_measured_at_each_trials_end(ray_cluster, tmp_path):
+    """An end-of-trial objective: every trial computes MIG after its last epoch (its spec gets
+    the evaluation section), Optuna and the front see it, and the knee's version carries it."""
+    conv = {"arch": "conv", "channels": [8, 8, 8, 8], "kernel_size": 4, "latent_dim": 3}
+    path = write_sweep(tmp_path, "mig-sweep", {"objective.beta": {"grid": [1, 8]}}, ["val_neg_elbo", "mig"],
+                       data={"dataset": "dsprites", "limit": 300}, model=conv, optim={"batch_size": 50},
+                       evaluation={"points": 300})
+    out = run_json(path)
+
+    trials = out["trials"]
+    assert len(trials) == 2 and {t["state"] for t in trials} == {"finished"}
+    for trial in trials:
+        mig = trial["metrics"]["eval_mig"]
+        assert 0.0 <= mig <= 1.0  # measured, not the NaN placeholder of earlier epochs
+        run = client().get_run(trial["mlflow_run_id"])
+        assert run.data.metrics["eval_mig"] == pytest.approx(mig)
+        assert "mig" in json.loads(run.data.params["evaluation.metrics"])  # added by the sweep
+    assert out["front"] and out["best"] in {t["trial_id"] for t in trials}
+    version = client().get_model_version_by_alias("mig-sweep", "candidate")
+    assert "MIG" in version.description and "eval_mig" in version.tags
