@@ -192,3 +192,15 @@ def test_the_registered_pyfunc_predicts_the_models_own_mu_and_logvar(trained):
     np.testing.assert_allclose(encoded[[f"logvar_{j}" for j in range(1, 5)]].to_numpy(), logvar.numpy(), rtol=1e-5, atol=1e-6)
     grey_levels = pyfunc.predict(images.reshape(len(images), -1).numpy().astype(np.float32))  # 0–255
     np.testing.assert_allclose(grey_levels.to_numpy(), encoded.to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_logged_model_has_a_signature_and_an_input_example_that_it_accepts(trained):
+    """MLflow warned at the end of every run without them; the example is what predict takes."""
+    _, result = trained
+    info = mlflow.models.get_model_info(result.model_uri)
+    assert info.signature is not None and list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 784]
+    assert info.saved_input_example_info is not None
+    model = mlflow.pyfunc.load_model(result.model_uri)
+    example = model.input_example
+    assert example.shape == (2, 784)
+    assert model.predict(example).shape == (2, 2 * 4)
