@@ -111,7 +111,7 @@ def summarise(spec: SweepSpec, sweep_dir: storage.Location, parent_run_id: str, 
         if run and trial.state == "stopped" and run.info.status != "FINISHED":  # RUNNING, or FAILED as its Train run was torn down
             sweep_run.close_stopped(run.info.run_id, f"stopped early by ASHA after {trial.epochs} epoch(s)")
     objectives = spec.sweep.objectives
-    finished = [t for t in trials if t.state == "finished" and all(M.OBJECTIVE_METRICS[n] in t.metrics for n in objectives)]
+    finished = [t for t in trials if t.state == "finished" and t.has_objectives(objectives)]
     result = SweepResult(sweep_dir.uri, parent_run_id, trials)
     plane = objectives if len(objectives) > 1 else [M.RATE, M.DISTORTION]
     points = [t.objective_vector(plane) for t in finished]

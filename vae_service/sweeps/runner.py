@@ -17,6 +17,7 @@ with the finished trials' results, so it samples as if the sweep had not stopped
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -58,6 +59,10 @@ class TrialOutcome:
     @property
     def rate_distortion(self) -> dict:
         return {M.RATE: self.metrics.get(M.VAL_KL), M.DISTORTION: self.metrics.get(M.VAL_RECON)}
+
+    def has_objectives(self, names: list[str]) -> bool:
+        """Every objective measured (an end-of-trial one is NaN until the trial's last epoch)."""
+        return all(math.isfinite(float(self.metrics.get(OBJECTIVE_METRICS[n], math.nan))) for n in names)
 
     def objective_values(self, names: list[str]) -> list[float]:
         return [float(self.metrics[OBJECTIVE_METRICS[n]]) for n in names]
