@@ -180,6 +180,7 @@ INVALID = [
     ("kind: {a: 1}\n", "kind: must be one of 'train', 'sweep'"),
     # cross-field rules
     ("objective:\n  kind: ae\n  capacity: {}\n", "objective: capacity annealing applies to kind: vae only (line 1)"),
+    ("model:\n  gaussian_variance: fixed\n", "model: gaussian_variance: fixed applies to likelihood: gaussian only, not bernoulli (line 1)"),
     ("optim:\n  batch_size: 2\nresources:\n  num_workers: 4\n", "optim.batch_size (2) must be at least resources.num_workers (4)"),
     ("resources:\n  gpus_per_worker: 1\n", "resources.gpus_per_worker > 0 needs resources.use_gpu: true"),
     # keys that are not strings
@@ -362,6 +363,7 @@ SET_EVERY_FIELD = {
     "model.channels": ("[4]", [4]),
     "model.kernel_size": ("4", 4),
     "model.likelihood": ("gaussian", "gaussian"),
+    "model.gaussian_variance": ("learned_per_dim", "learned_per_dim"),
     "objective.kind": ("vae", "vae"),
     "objective.beta": ("4", 4.0),
     "objective.warmup_epochs": ("2.5", 2.5),
@@ -385,6 +387,8 @@ SET_EVERY_FIELD = {
     "evaluation.nll_samples": ("500", 500),
     "evaluation.points": ("2000", 2000),
 }
+# What a field's non-default value needs set beside it to be valid.
+SET_ALSO = {"model.gaussian_variance": ["model.likelihood=gaussian"]}
 
 
 def _leaf_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
@@ -405,7 +409,7 @@ def test_set_table_covers_every_field():
 @pytest.mark.parametrize("path", sorted(SET_EVERY_FIELD))
 def test_set_overrides_every_field(path):
     raw, expected = SET_EVERY_FIELD[path]
-    spec = load_spec_text("name: base\n", overrides=[f"{path}={raw}"])
+    spec = load_spec_text("name: base\n", overrides=[*SET_ALSO.get(path, []), f"{path}={raw}"])
     value = spec.model_dump()
     for key in path.split("."):
         value = value[key]

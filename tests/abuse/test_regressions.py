@@ -137,13 +137,18 @@ def test_model_size_is_bounded_with_a_clear_message(model, expected):
     ({"arch": "conv", "channels": [32, 32, 64, 64], "kernel_size": 4, "latent_dim": 10}, (1, 64, 64)),
     ({"arch": "conv", "channels": [32, 64], "kernel_size": 4, "likelihood": "gaussian"}, (1, 28, 28)),
     ({"arch": "conv", "channels": [16, 16, 16], "kernel_size": 3}, (1, 64, 64)),
+    ({"hidden": [32], "likelihood": "gaussian", "gaussian_variance": "learned_per_dim"}, (1, 28, 28)),
+    ({"arch": "conv", "channels": [8, 16], "likelihood": "gaussian", "gaussian_variance": "learned_per_dim"}, (1, 64, 64)),
+    ({"hidden": [32], "likelihood": "gaussian", "gaussian_variance": "fixed"}, (1, 28, 28)),
+    ({"arch": "conv", "likelihood": "continuous_bernoulli"}, (1, 28, 28)),
 ])
 def test_the_parameter_count_matches_the_real_model(fields, image_shape):
     from vae_service.core.model import VAE, ModelConfig, count_parameters
 
     spec = ModelSpec(**fields)
     config = ModelConfig(image_shape=image_shape, latent_dim=spec.latent_dim, arch=spec.arch, hidden=tuple(spec.hidden),
-                         channels=tuple(spec.channels), kernel_size=spec.kernel_size, likelihood=spec.likelihood)
+                         channels=tuple(spec.channels), kernel_size=spec.kernel_size, likelihood=spec.likelihood,
+                         gaussian_variance=spec.gaussian_variance)
     assert spec.parameter_count(config.image_shape) == count_parameters(VAE(config))
     assert spec.parameter_count(config.image_shape) <= MAX_PARAMETERS
 

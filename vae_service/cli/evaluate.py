@@ -112,7 +112,7 @@ def _print_table(result: dict) -> None:
     if M.NLL in result:
         notes.append(f"K = {result['k']:,} importance samples on {result['n_images']:,} test images")
         if not result.get("binary_data"):
-            notes.append("the data are not binary (grey levels or a Gaussian likelihood): the NLL is not an NLL "
+            notes.append("the data are not binary (grey levels, or a density: continuous Bernoulli or Gaussian): the NLL is not an NLL "
                          "of binary data and does not compare with binarised-MNIST tables")
     notes.append(f"{result['seconds']:.1f} s")
     say("; ".join(notes))

@@ -74,6 +74,7 @@ def model_config(spec: TrainSpec, image_shape: tuple[int, int, int]) -> ModelCon
         channels=tuple(m.channels),
         kernel_size=m.kernel_size,
         likelihood=m.likelihood,
+        gaussian_variance=m.gaussian_variance,
     )
 
 

@@ -69,7 +69,8 @@ class LikelihoodReport:
     active_units: int
     k: int
     n_images: int
-    binary_data: bool  # False: the inputs were grey levels (or the model is Gaussian): a density, not an NLL of binary data
+    # False: grey-level inputs, or a density on them (continuous Bernoulli, Gaussian): not an NLL of binary data
+    binary_data: bool
     seconds: float
 
     def to_dict(self) -> dict:

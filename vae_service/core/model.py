@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import torch
 from torch import nn
+
+from vae_service.core import continuous_bernoulli
+
+GAUSSIAN_VARIANCES = ("learned_shared", "learned_per_dim", "fixed")
 
 
 @dataclass(frozen=True)
@@ -19,8 +24,11 @@ class ModelConfig:
     arch: str = "mlp"  # mlp | conv
     hidden: tuple[int, ...] = (400,)
     channels: tuple[int, ...] = (32, 64)
-    likelihood: str = "bernoulli"  # bernoulli | gaussian
+    likelihood: str = "bernoulli"  # bernoulli | continuous_bernoulli | gaussian
     kernel_size: int = 3  # of the encoder's convolutions; 3 for configs saved before it existed
+    # gaussian only: learned_shared | learned_per_dim | fixed (σ = 1); the default is what
+    # configs saved before it existed trained with.
+    gaussian_variance: str = "learned_shared"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,7 +126,8 @@ class ConvDecoder(nn.Module):
 
 
 class VAE(nn.Module):
-    """q(z|x) = N(μ(x), diag σ²(x)); p(z) = N(0, I); p(x|z) Bernoulli(logits) or Gaussian(mean)."""
+    """q(z|x) = N(μ(x), diag σ²(x)); p(z) = N(0, I); p(x|z) Bernoulli or continuous Bernoulli
+    (logits), or Gaussian (mean)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -126,14 +135,13 @@ class VAE(nn.Module):
         encoder, decoder = (MLPEncoder, MLPDecoder) if config.arch == "mlp" else (ConvEncoder, ConvDecoder)
         self.encoder = encoder(config)
         self.decoder = decoder(config)
-        # Gaussian likelihood: one learned log-scale shared by all pixels.
-        self.log_scale = nn.Parameter(torch.zeros(())) if config.likelihood == "gaussian" else None
+        self.log_scale = _gaussian_log_scale(config)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Decoder output: Bernoulli logits, or the Gaussian mean."""
+        """Decoder output: (continuous) Bernoulli logits, or the Gaussian mean."""
         return self.decoder(z)
 
     @staticmethod
@@ -144,7 +152,11 @@ class VAE(nn.Module):
     def mean_image(self, z: torch.Tensor) -> torch.Tensor:
         """E[x|z] in [0, 1] for pictures."""
         out = self.decode(z)
-        return torch.sigmoid(out) if self.config.likelihood == "bernoulli" else out.clamp(0, 1)
+        if self.config.likelihood == "bernoulli":
+            return torch.sigmoid(out)
+        if self.config.likelihood == "continuous_bernoulli":
+            return continuous_bernoulli.mean(out)  # not σ(l): the density's λ is not its mean
+        return out.clamp(0, 1)
 
     def forward(self, x: torch.Tensor, code: str = "sample"):
         """Returns (decoder output, μ, log σ²). `code` picks z: "sample" (reparameterised),
@@ -158,6 +170,17 @@ class VAE(nn.Module):
             if code == "detached":
                 z = z.detach()
         return self.decode(z), mu, logvar
+
+
+def _gaussian_log_scale(config: ModelConfig) -> Optional[nn.Parameter]:
+    """The Gaussian's log σ: one learned scalar for all pixels (state_dict key `log_scale`, as
+    ever), one learned per pixel, or None for σ = 1. None for the other likelihoods."""
+    if config.gaussian_variance not in GAUSSIAN_VARIANCES:
+        raise ValueError(f"gaussian_variance must be one of {', '.join(GAUSSIAN_VARIANCES)}, got {config.gaussian_variance!r}")
+    if config.likelihood != "gaussian" or config.gaussian_variance == "fixed":
+        return None
+    shape = () if config.gaussian_variance == "learned_shared" else tuple(config.image_shape)
+    return nn.Parameter(torch.zeros(shape))
 
 
 def unwrap(model: nn.Module) -> VAE:

@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from vae_service.core import continuous_bernoulli
 from vae_service.core.model import unwrap
 
 LOG_2PI = math.log(2 * math.pi)
@@ -26,14 +27,21 @@ def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 def reconstruction_nll(output: torch.Tensor, x: torch.Tensor, likelihood: str, log_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """−log p(x|z) per example (nats), summed over pixels.
 
-    Bernoulli takes logits (cross-entropy also accepts grey-level targets in [0, 1], as the
-    PyTorch example VAE does); Gaussian takes the mean and a shared learned log-scale.
+    bernoulli takes logits (cross-entropy also accepts grey-level targets in [0, 1], as the
+    PyTorch example VAE does, but is then no density: its −ELBO bounds nothing);
+    continuous_bernoulli takes logits too, and adds the normaliser that makes it a density on
+    [0, 1] (core/continuous_bernoulli.py); gaussian takes the mean and a log-scale that
+    broadcasts against one image (shared: a scalar; per dimension: the image's shape; None: σ = 1).
     """
-    if likelihood == "bernoulli":
+    if likelihood in ("bernoulli", "continuous_bernoulli"):
         per_pixel = F.binary_cross_entropy_with_logits(output, x, reduction="none")
-    else:
-        log_scale = log_scale if log_scale is not None else torch.zeros((), device=x.device)
+        if likelihood == "continuous_bernoulli":
+            per_pixel = per_pixel - continuous_bernoulli.log_normalizer(output)
+    elif likelihood == "gaussian":
+        log_scale = log_scale if log_scale is not None else torch.zeros((), dtype=x.dtype, device=x.device)
         per_pixel = 0.5 * ((x - output) * torch.exp(-log_scale)).pow(2) + log_scale + 0.5 * LOG_2PI
+    else:
+        raise ValueError(f"unknown likelihood {likelihood!r}")
     return per_pixel.flatten(1).sum(dim=1)
 
 

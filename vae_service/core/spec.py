@@ -110,7 +110,24 @@ class ModelSpec(StrictModel):
         3, description="Conv kernel of the encoder's stride-2 layers: 3, or 4 as in Higgins et al. / "
         "disentanglement_lib (the image side must then halve exactly at every layer, e.g. 64 -> 4 with four)."
     )
-    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    likelihood: Literal["bernoulli", "continuous_bernoulli", "gaussian"] = Field(
+        "bernoulli",
+        description="p(x|z): bernoulli (logits; on grey levels its −ELBO is no bound, the cross-entropy "
+        "not being a density); continuous_bernoulli (logits, Loaiza-Ganem & Cunningham 2019: a density "
+        "on [0,1], for grey levels); gaussian (the mean; its variance: gaussian_variance).",
+    )
+    gaussian_variance: Literal["learned_shared", "learned_per_dim", "fixed"] = Field(
+        "learned_shared",
+        description="likelihood gaussian only: learned_shared: one learned σ for all pixels; learned_per_dim: "
+        "a learned σ per pixel; fixed: σ = 1.",
+    )
+
+    @model_validator(mode="after")
+    def _variance_only_for_gaussian(self) -> "ModelSpec":
+        if self.gaussian_variance != "learned_shared" and self.likelihood != "gaussian":
+            raise ValueError(f"gaussian_variance: {self.gaussian_variance} applies to likelihood: gaussian only, "
+                             f"not {self.likelihood}")
+        return self
 
     def conv_sides(self, side: int) -> list[int]:
         """The image side after each stride-2 encoder convolution (padding 1): ⌈side/2⌉ with
@@ -127,7 +144,8 @@ class ModelSpec(StrictModel):
             return n_in * n_out + n_out
 
         latent, (colours, side, _) = self.latent_dim, image_shape
-        extra = 1 if self.likelihood == "gaussian" else 0  # the shared log-scale
+        log_scales = {"learned_shared": 1, "learned_per_dim": math.prod(image_shape), "fixed": 0}
+        extra = log_scales[self.gaussian_variance] if self.likelihood == "gaussian" else 0  # learned log σ
         if self.arch == "mlp":
             sizes = [math.prod(image_shape), *self.hidden]
             body = sum(linear(a, b) for a, b in zip(sizes, sizes[1:]))
