@@ -115,3 +115,22 @@ def test_models_show_and_list_sort_by_a_metric(cli, trained):
     assert "--sort-by bogus: no version has it" in cli("models", "show", "evaluated", "--sort-by", "bogus", code=2).output
     listed = cli("models", "list", "--sort-by", "nll").stdout
     assert "evaluated" in listed and "latent 4" in listed
+
+
+def test_vae_eval_scores_disentanglement_of_a_dsprites_model_directory(tmp_path):
+    """A dSprites model's directory (no MLflow run): mig and factorvae on the factor grid, by
+    default; dci only when named; nothing recorded, and the output says so."""
+    from vae_service.core.checkpoint import save_model
+    from vae_service.core.from_spec import model_config
+    from vae_service.core.model import VAE
+    from vae_service.core.spec_loading import validate_data
+
+    spec = validate_data({"data": {"dataset": "dsprites"}, "model": {"arch": "conv", "channels": [8, 8, 8, 8],
+                                                                     "kernel_size": 4, "latent_dim": 3}})
+    model_dir = save_model(tmp_path / "model", VAE(model_config(spec, (1, 64, 64))), extra={"spec": spec.model_dump(mode="json")})
+    result = CliRunner().invoke(app, ["eval", str(model_dir), "--points", "200", "-k", "5", "--images", "50", "--json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    assert scores["dataset"] == "dsprites" and scores["binary_data"] is True  # dSprites pixels are 0 or 1
+    assert 0.0 <= scores["mig"] <= 1.0 and 0.0 <= scores["factorvae"] <= 1.0 and "dci" not in scores
+    assert "not recorded: a directory has no MLflow run" in result.stderr
