@@ -247,9 +247,13 @@ def _report_mnist(results: dict) -> list[str]:
         lines.append(f"| {name} | {r['epochs']} | {r['k']:,} | {r['n_images']:,} | {r['nll']:.2f} | {r['neg_elbo']:.2f} | "
                      f"{r['active_units']} | {paper} |")
     took = ", ".join(f"{r['train_seconds']:.0f} s ({key})" for key, r in rows)
+    iwae = results.get("iwae")
+    full = (f" — about {IWAE_PAPER_EPOCHS * iwae['train_seconds'] / iwae['epochs'] / 3600:.0f} h of training "
+            "on this machine" if iwae else "")
     lines += ["", "Differences from the paper's setup: ReLU instead of tanh hidden units, no learning-rate "
-              "schedule, and far fewer epochs (the paper's 3,280 epochs are days on 2 CPU cores); training "
-              f"took {took} here.", ""]
+              f"schedule, and far fewer epochs than the paper's {IWAE_PAPER_EPOCHS:,}{full}; training took {took} here. "
+              "The gap to 86.76 nats is what the remaining epochs buy; the IS-NLL is already well below the −ELBO "
+              "of the same model, as it should be.", ""]
     return lines
 
 
@@ -281,6 +285,13 @@ def _report_dsprites(results: dict) -> list[str]:
     lines.append("| published β-VAE (Locatello et al. 2019, 300k steps) | " + " | ".join(PUBLISHED_BETA_VAE[k] for k in (M.MIG, M.FACTORVAE, M.DCI)) + " |")
     lines += ["", "The published spreads are approximate ranges read off the box plots of Locatello et al. (2019), "
               "over β and 50 seeds, on the original pixels and after 300k steps.", ""]
+    low_end = 0.05  # of the published MIG range
+    if runs and all(np.mean([r[M.MIG] for r in runs if r["beta"] == b]) < low_end for b in {r["beta"] for r in runs}):
+        lines += [f"At {steps:,} steps every β's mean MIG is below the published range: the models have learned "
+                  "where the sprite is (see the KL) but not yet separated the factors, and a larger β has not yet "
+                  "raised MIG. These numbers show the metrics working on our models at the budget two cores "
+                  "allow, not a reproduction of the papers; run `bench/quality.py --dsprites-steps 300000` on a GPU "
+                  "for that.", ""]
     return lines
 
 
