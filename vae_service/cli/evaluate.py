@@ -79,18 +79,14 @@ def evaluate_command(
             check_request(chosen, factors is not None, spec.data.dataset)
         except EvaluationError as exc:
             fail(f"{model_uri}: {exc}", 2)
-        with user_errors():
-            test = from_spec.training_data(spec).test
-        with _progress() as bar:
-            try:
-                result = evaluate(vae, chosen, test_images=test.images, binarize=spec.data.binarize, factors=factors,
-                                  nll_samples=nll_samples, points=points, seed=seed, progress=bar)
-            except EvaluationError as exc:
-                fail(f"{model_uri}: {exc}", 2)
+        test = from_spec.training_data(spec).test
+        with _progress() as bar:  # the request was checked above: evaluate raises no EvaluationError here
+            result = evaluate(vae, chosen, test_images=test.images, binarize=spec.data.binarize, factors=factors,
+                              nll_samples=nll_samples, points=points, seed=seed, progress=bar)
     result = {"model_uri": model_uri, "dataset": spec.data.dataset, "binarize": spec.data.binarize, **result}
     if record:
         with user_errors():
-            source = record_evaluation(model_uri, {k: v for k, v in result.items() if isinstance(v, (int, float))})
+            source = record_evaluation(model_uri, result)  # it logs the numbers
         where = (f"{source.name} version {source.version} and run {source.run_id}" if source.name
                  else f"run {source.run_id}" if source.run_id else None)
         say(f"recorded eval_* metrics on {where}" if where else "not recorded: a directory has no MLflow run")

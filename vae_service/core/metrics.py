@@ -62,11 +62,11 @@ KEY = (VAL_NEG_ELBO, TEST_NEG_ELBO, ACTIVE_UNITS)  # beside each registered mode
 # A sweep's objectives and the metric each one reads. The evaluation's (nll, mig, factorvae, dci)
 # are computed once, at a trial's end (the train spec's `evaluation` section).
 RATE, DISTORTION = "rate", "distortion"
-OBJECTIVE_METRICS = {VAL_NEG_ELBO: VAL_NEG_ELBO, DISTORTION: VAL_RECON, RATE: VAL_KL, ACTIVE_UNITS: ACTIVE_UNITS,
-                     **{name: eval_metric(name) for name in (NLL, MIG, FACTORVAE, DCI)}}
-OBJECTIVE_MODES = {VAL_NEG_ELBO: "min", DISTORTION: "min", RATE: "min", ACTIVE_UNITS: "max",
-                   NLL: "min", MIG: "max", FACTORVAE: "max", DCI: "max"}
 END_OF_TRIAL_OBJECTIVES = (NLL, MIG, FACTORVAE, DCI)
+OBJECTIVE_METRICS = {VAL_NEG_ELBO: VAL_NEG_ELBO, DISTORTION: VAL_RECON, RATE: VAL_KL, ACTIVE_UNITS: ACTIVE_UNITS,
+                     **{name: eval_metric(name) for name in END_OF_TRIAL_OBJECTIVES}}
+OBJECTIVE_MODES = {VAL_NEG_ELBO: "min", DISTORTION: "min", RATE: "min", ACTIVE_UNITS: "max",
+                   **{name: "max" if name in EVAL_MAXIMISED else "min" for name in END_OF_TRIAL_OBJECTIVES}}
 
 
 def epoch_record(epoch: int, train: Mapping[str, Any], checks: Mapping[str, Any], val: Optional[Mapping[str, Any]] = None,

@@ -13,6 +13,8 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from vae_service.core.metrics import FACTOR_EVALS
+
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -291,7 +293,7 @@ class TrainSpec(StrictModel):
 
     @model_validator(mode="after")
     def _evaluation_fits_the_data(self) -> "TrainSpec":
-        needs_factors = [m for m in self.evaluation.metrics if m in ("mig", "factorvae", "dci")]
+        needs_factors = [m for m in self.evaluation.metrics if m in FACTOR_EVALS]
         if needs_factors and self.data.dataset not in FACTOR_DATASETS:
             raise ValueError(f"evaluation.metrics: {needs_factors[0]} needs data with known generative factors "
                              f"(data.dataset: {' or '.join(FACTOR_DATASETS)}), not {self.data.dataset}")

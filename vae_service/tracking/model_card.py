@@ -24,6 +24,12 @@ SPEC_TAGS = {
 METRIC_TAGS = (M.VAL_NEG_ELBO, M.TEST_NEG_ELBO, M.ACTIVE_UNITS)  # plus every eval_* metric
 
 
+def of_run(run) -> tuple[str, dict[str, str]]:
+    """(description, tags) of a version whose source is this MLflow run."""
+    params, metrics = run.data.params, run.data.metrics
+    return description(params, metrics), tags(params, metrics)
+
+
 def tags(params: Mapping[str, str], metrics: Mapping[str, float]) -> dict[str, str]:
     """The key spec fields and metrics, as MLflow tags (strings)."""
     found = {tag: params[field] for tag, field in SPEC_TAGS.items() if field in params}

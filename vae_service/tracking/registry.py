@@ -119,11 +119,10 @@ def _register_version(model_uri: str, name: str, alias: str) -> int:
         created = False
     version = None
     try:
-        run = mlflow_client.get_run(logged.source_run_id)
-        params, metrics = run.data.params, run.data.metrics
+        description, tags = model_card.of_run(mlflow_client.get_run(logged.source_run_id))
         version = mlflow_client.create_model_version(
             name, source=logged.artifact_location, run_id=logged.source_run_id, model_id=logged.model_id,
-            tags=model_card.tags(params, metrics), description=model_card.description(params, metrics),
+            tags=tags, description=description,
         )
         mlflow_client.set_registered_model_alias(name, alias, version.version)
         # The logged model lists its registered versions (the MLflow UI shows them on its page).
@@ -410,11 +409,10 @@ def record_evaluation(model_uri: str, results: dict) -> ModelSource:
     numbers = {M.eval_metric(k): float(v) for k, v in results.items() if isinstance(v, (int, float))}
     mlflow_client.log_batch(source.run_id, metrics=[Metric(k, v, now, 0) for k, v in numbers.items()])
     if source.name is not None:
-        run = mlflow_client.get_run(source.run_id)
-        params, metrics = run.data.params, run.data.metrics
-        for key, value in model_card.tags(params, metrics).items():
+        description, tags = model_card.of_run(mlflow_client.get_run(source.run_id))
+        for key, value in tags.items():
             mlflow_client.set_model_version_tag(source.name, str(source.version), key, value)
-        mlflow_client.update_model_version(source.name, str(source.version), description=model_card.description(params, metrics))
+        mlflow_client.update_model_version(source.name, str(source.version), description=description)
     return source
 
 
