@@ -22,12 +22,13 @@ ALLOWED = {
     "viz": {"core"},
     "storage": {"core"},
     "environment": {"core", "storage"},
+    "sources": {"core", "storage", "environment"},
     "tracking": {"core", "viz", "storage", "environment"},
-    "training": {"core", "tracking", "storage", "environment"},
-    "sweeps": {"core", "training", "tracking", "storage", "environment"},
-    "jobs": {"core", "viz", "tracking", "training", "sweeps", "storage", "environment"},
+    "training": {"core", "tracking", "sources", "storage", "environment"},
+    "sweeps": {"core", "training", "tracking", "sources", "storage", "environment"},
+    "jobs": {"core", "viz", "tracking", "training", "sweeps", "sources", "storage", "environment"},
     "queue": {"core", "jobs", "tracking", "storage", "environment"},
-    "cli": {"core", "viz", "tracking", "training", "sweeps", "jobs", "queue", "storage", "environment"},
+    "cli": {"core", "viz", "tracking", "training", "sweeps", "jobs", "queue", "sources", "storage", "environment"},
 }
 HEAVY = ("ray", "mlflow", "fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "boto3", "botocore", "pyarrow")
 PURE = ("core", "viz")  # import none of HEAVY

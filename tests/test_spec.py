@@ -357,6 +357,15 @@ SET_EVERY_FIELD = {
     "data.binarize": ("dynamic", "dynamic"),
     "data.val_fraction": ("0.25", 0.25),
     "data.limit": ("500", 500),
+    "data.source": ("/tmp/cells.npz", "/tmp/cells.npz"),
+    "data.format": ("images", "images"),
+    "data.image_size": ("64", 64),
+    "data.channels": ("3", 3),
+    "data.key": ("X", "X"),
+    "data.columns": ("[a, b]", ["a", "b"]),
+    "data.label": ("folder", "folder"),
+    "data.test_fraction": ("0.2", 0.2),
+    "data.loading": ("streaming", "streaming"),
     "model.arch": ("conv", "conv"),
     "model.latent_dim": ("3", 3),
     "model.hidden": ("[8,4]", [8, 4]),
@@ -388,7 +397,15 @@ SET_EVERY_FIELD = {
     "evaluation.points": ("2000", 2000),
 }
 # What a field's non-default value needs set beside it to be valid.
-SET_ALSO = {"model.gaussian_variance": ["model.likelihood=gaussian"]}
+IMAGES = ["data.source=/tmp/pngs", "data.format=images"]
+SET_ALSO = {
+    "model.gaussian_variance": ["model.likelihood=gaussian"],
+    "data.source": ["data.format=numpy", "model.likelihood=gaussian"],
+    "data.format": ["data.source=/tmp/pngs"],
+    "data.image_size": IMAGES, "data.channels": IMAGES, "data.label": IMAGES,
+    "data.key": ["data.source=/tmp/cells.npz", "data.format=numpy", "model.likelihood=gaussian"],
+    "data.columns": ["data.source=/tmp/table", "data.format=parquet", "model.likelihood=gaussian"],
+}
 
 
 def _leaf_paths(model: type[BaseModel], prefix: str = "") -> set[str]:

@@ -16,7 +16,7 @@ from typing import Iterator, MutableMapping, Optional
 from vae_service import storage
 
 FORWARDED = (
-    "VAE_DATA_DIR", "VAE_CACHE_DIR", "VAE_MNIST_MIRROR",
+    "VAE_DATA_DIR", "VAE_CACHE_DIR", "VAE_MNIST_MIRROR", "VAE_FASHION_MNIST_MIRROR",
     "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_S3_ENDPOINT_URL",
 ) + storage.ENV_VARS
 ABSOLUTE_PATHS = ("VAE_DATA_DIR", "VAE_CACHE_DIR")
@@ -39,7 +39,8 @@ MLFLOW_PROCESS_DEFAULTS = {
     "MLFLOW_LOGGING_LEVEL": "WARNING",
 }
 # Loggers whose warnings are notes for developers, not for someone running a job.
-CHATTY_LOGGERS = ("ray._private.authentication",)
+# Ray Data logs each dataset's execution plan and progress at INFO, to stdout.
+CHATTY_LOGGERS = ("ray._private.authentication", "ray.data")
 
 
 def tracking_uri() -> str:
@@ -65,8 +66,15 @@ def quiet_libraries(environ: MutableMapping[str, str] = os.environ) -> None:
     if environ.get("VAE_DEBUG"):
         return
     warnings.simplefilter("ignore")
-    for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_loggers(environ)
+
+
+def quiet_loggers(environ: MutableMapping[str, str] = os.environ) -> None:
+    """CHATTY_LOGGERS at ERROR (unless VAE_DEBUG); again after importing a library that sets up
+    its own logging on import (Ray Data)."""
+    if not environ.get("VAE_DEBUG"):
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def forwarded_env() -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""MNIST from IDX files: locate, verify (SHA-256 of the uncompressed bytes), download, split;
+"""The named IDX data sets (MNIST, Fashion-MNIST: the same four file names and format), each a
+small table (IdxDataset): locate, verify (SHA-256 of the uncompressed bytes), download, split;
 and what every data set shares (splits, where to look, the cache, DataError): dSprites is in
 core/dsprites.py.
 
@@ -31,6 +32,17 @@ MNIST_FILES = {
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
 DEFAULT_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+# Fashion-MNIST, uncompressed as well. Zalando publishes only MD5s of its .gz files; these are
+# the SHA-256s that EntroMorphic/sstt's Makefile checks after `gunzip` of the files from
+# Zalando's mirror, and that several other public loaders pin for the decompressed files.
+# Public loaders pin two different SHA-256 sets for the .gz files themselves, so the content,
+# not one gzip wrapping of it, is what to pin.
+FASHION_MNIST_FILES = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
 DOWNLOAD_TIMEOUT_S = 30
 
 
@@ -39,6 +51,37 @@ class DataError(Exception):
 
 
 DIGITS = tuple(str(digit) for digit in range(10))
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+@dataclass(frozen=True)
+class IdxDataset:
+    """A named data set shipped as MNIST's four IDX files: what they hold and where to get them."""
+
+    name: str  # data.dataset in a spec; the folder under $VAE_DATA_DIR and the cache
+    title: str  # what messages call it
+    files: dict[str, str]  # file name -> SHA-256 of the uncompressed content
+    mirror: str  # default download location, `<mirror><name>.gz`
+    mirror_env: str  # the variable that overrides it
+    label_kind: str
+    label_names: tuple[str, ...]
+
+
+MNIST = IdxDataset("mnist", "MNIST", MNIST_FILES, DEFAULT_MIRROR, "VAE_MNIST_MIRROR", "digit", DIGITS)
+FASHION_MNIST = IdxDataset(
+    "fashion-mnist", "Fashion-MNIST", FASHION_MNIST_FILES,
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", "VAE_FASHION_MNIST_MIRROR",
+    "class", FASHION_CLASSES,
+)
+IDX_DATASETS = {d.name: d for d in (MNIST, FASHION_MNIST)}
+
+
+def idx_dataset(name: str) -> IdxDataset:
+    try:
+        return IDX_DATASETS[name]
+    except KeyError:
+        raise DataError(f"no IDX data set named {name!r} (known: {', '.join(IDX_DATASETS)})") from None
 
 
 @dataclass(frozen=True)
@@ -108,16 +151,16 @@ def _find_file(name: str, roots: list[Path]) -> Optional[Path]:
     return None
 
 
-def verify(name: str, raw: bytes, where: object) -> None:
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest != MNIST_FILES[name]:
+def verify(name: str, raw: bytes, where: object, dataset: IdxDataset = MNIST) -> None:
+    digest, expected = hashlib.sha256(raw).hexdigest(), dataset.files[name]
+    if digest != expected:
         raise DataError(
-            f"{where}: SHA-256 of the uncompressed content is {digest}, expected {MNIST_FILES[name]}. "
-            "The file is corrupt or not MNIST; delete it and provide the original."
+            f"{where}: SHA-256 of the uncompressed content is {digest}, expected {expected}. "
+            f"The file is corrupt or not {dataset.title}; delete it and provide the original."
         )
 
 
-def download_file(name: str, mirror: str, cache_root: Path) -> Path:
+def download_file(name: str, mirror: str, cache_root: Path, dataset: IdxDataset = MNIST) -> Path:
     """Downloads `<mirror><name>.gz` into the cache, verified before it is moved into place."""
     url = mirror.rstrip("/") + f"/{name}.gz"
     cache_root.mkdir(parents=True, exist_ok=True)
@@ -127,7 +170,7 @@ def download_file(name: str, mirror: str, cache_root: Path) -> Path:
             with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
                 shutil.copyfileobj(response, tmp)
             tmp.flush()
-            verify(name, gzip.decompress(Path(tmp.name).read_bytes()), url)
+            verify(name, gzip.decompress(Path(tmp.name).read_bytes()), url, dataset)
         except DataError:
             os.unlink(tmp.name)
             raise
@@ -143,30 +186,38 @@ def download_file(name: str, mirror: str, cache_root: Path) -> Path:
     return target
 
 
-def locate_mnist(root: Optional[str], download: bool, mirror: Optional[str] = None) -> dict[str, Path]:
-    """Finds (or downloads) every MNIST file; raises DataError saying how to provide them."""
-    roots = candidate_roots(root)
-    mirror = mirror or os.environ.get("VAE_MNIST_MIRROR", DEFAULT_MIRROR)
+def locate_idx(
+    dataset_name: str, root: Optional[str], download: bool, mirror: Optional[str] = None
+) -> dict[str, Path]:
+    """Finds (or downloads) every file of the named IDX data set; raises DataError saying how to
+    provide them."""
+    dataset = idx_dataset(dataset_name)
+    roots = candidate_roots(root, dataset.name)
+    mirror = mirror or os.environ.get(dataset.mirror_env, dataset.mirror)
     found: dict[str, Path] = {}
-    for name in MNIST_FILES:
+    for name in dataset.files:
         path = _find_file(name, roots)
         if path is None and download:
             try:
-                path = download_file(name, mirror, roots[-1])
+                path = download_file(name, mirror, roots[-1], dataset)
             except DataError as exc:
-                raise DataError(f"{exc}\n{_how_to_provide(roots)}") from None
+                raise DataError(f"{exc}\n{_how_to_provide(roots, dataset)}") from None
         if path is None:
-            raise DataError(f"MNIST file {name}(.gz) not found.\n{_how_to_provide(roots)}")
+            raise DataError(f"{dataset.title} file {name}(.gz) not found.\n{_how_to_provide(roots, dataset)}")
         found[name] = path
     return found
 
 
-def _how_to_provide(roots: list[Path]) -> str:
+def locate_mnist(root: Optional[str], download: bool, mirror: Optional[str] = None) -> dict[str, Path]:
+    return locate_idx("mnist", root, download, mirror)
+
+
+def _how_to_provide(roots: list[Path], dataset: IdxDataset) -> str:
     looked = ", ".join(str(r) for r in roots)
     return (
-        f"Looked in: {looked}. Put the four MNIST IDX files (gz or raw) in one of them: set "
-        "VAE_DATA_DIR=/path/to/data (files in $VAE_DATA_DIR/mnist) or data.root in the spec, "
-        "or allow data.download with network access (mirror from VAE_MNIST_MIRROR)."
+        f"Looked in: {looked}. Put the four {dataset.title} IDX files (gz or raw) in one of them: set "
+        f"VAE_DATA_DIR=/path/to/data (files in $VAE_DATA_DIR/{dataset.name}) or data.root in the spec, "
+        f"or allow data.download with network access (mirror from {dataset.mirror_env})."
     )
 
 
@@ -187,16 +238,38 @@ def decode_idx(raw: bytes) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
 
 
-def _load_split(files: dict[str, Path], prefix: str, limit: Optional[int]) -> ImageSplit:
+def _load_split(files: dict[str, Path], prefix: str, limit: Optional[int], dataset: IdxDataset) -> ImageSplit:
     arrays = {}
     for kind in ("images", "labels"):
         name = f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
         raw = read_idx_bytes(files[name])
-        verify(name, raw, files[name])
+        verify(name, raw, files[name], dataset)
         arrays[kind] = decode_idx(raw)[:limit]
     images = torch.from_numpy(arrays["images"].copy()).unsqueeze(1)
     labels = torch.from_numpy(arrays["labels"].astype(np.int64))
-    return ImageSplit(images, labels)
+    return ImageSplit(images, labels, dataset.label_kind, dataset.label_names)
+
+
+def load_idx(
+    dataset_name: str,
+    root: Optional[str] = None,
+    *,
+    download: bool = True,
+    val_fraction: float = 0.1,
+    limit: Optional[int] = None,
+    split_seed: int = 0,
+) -> Dataset:
+    """Train/validation/test splits of a named IDX data set; the validation images are a fixed
+    random subset of train."""
+    dataset = idx_dataset(dataset_name)
+    files = locate_idx(dataset.name, root, download)
+    train_full = _load_split(files, "train", limit, dataset)
+    test = _load_split(files, "t10k", limit, dataset)
+    order = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(split_seed))
+    n_val = int(round(len(train_full) * val_fraction))
+    val_idx, train_idx = order[:n_val], order[n_val:].sort().values
+    pick = lambda split, idx: replace(split, images=split.images[idx], labels=split.labels[idx])  # noqa: E731
+    return Dataset(pick(train_full, train_idx), pick(train_full, val_idx.sort().values), test)
 
 
 def load_mnist(
@@ -207,15 +280,7 @@ def load_mnist(
     limit: Optional[int] = None,
     split_seed: int = 0,
 ) -> Dataset:
-    """Train/validation/test splits; the validation images are a fixed random subset of train."""
-    files = locate_mnist(root, download)
-    train_full = _load_split(files, "train", limit)
-    test = _load_split(files, "t10k", limit)
-    order = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(split_seed))
-    n_val = int(round(len(train_full) * val_fraction))
-    val_idx, train_idx = order[:n_val], order[n_val:].sort().values
-    pick = lambda split, idx: replace(split, images=split.images[idx], labels=split.labels[idx])  # noqa: E731
-    return Dataset(pick(train_full, train_idx), pick(train_full, val_idx.sort().values), test)
+    return load_idx("mnist", root, download=download, val_fraction=val_fraction, limit=limit, split_seed=split_seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +300,10 @@ def binarize_static(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 
 def batch_inputs(images: torch.Tensor, binarize: str, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """uint8 batch → float inputs in [0, 1]; `dynamic` draws fresh Bernoulli pixels."""
+    """uint8 batch → float inputs in [0, 1]; `dynamic` draws fresh Bernoulli pixels. Float items
+    (standardised vectors, core.preprocessing) are already model inputs."""
+    if images.is_floating_point():
+        return images.to(torch.float32)
     x = to_unit_float(images)
     if binarize == "dynamic":
         x = torch.bernoulli(x, generator=generator)

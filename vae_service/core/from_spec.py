@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from pydantic import ValidationError
 
-from vae_service.core.data import DataError, Dataset, binarize_static, load_mnist, locate_mnist
+from vae_service.core.data import DataError, Dataset, binarize_static, load_idx, locate_idx
 from vae_service.core.dsprites import DSprites, find_dsprites, load_dsprites
 from vae_service.core.model import ModelConfig
 from vae_service.core.objective import Objective
@@ -36,7 +36,8 @@ def images(spec: TrainSpec) -> Dataset:
     d = spec.data
     if d.dataset == "dsprites":
         return load_dsprites(d.root, val_fraction=d.val_fraction, limit=d.limit)
-    return load_mnist(d.root, download=d.download, val_fraction=d.val_fraction, limit=d.limit)
+    # mnist, fashion-mnist: the named IDX data sets
+    return load_idx(d.dataset, d.root, download=d.download, val_fraction=d.val_fraction, limit=d.limit)
 
 
 def check_data(spec: TrainSpec) -> None:
@@ -46,7 +47,7 @@ def check_data(spec: TrainSpec) -> None:
     if d.dataset == "dsprites":
         find_dsprites(d.root)
     else:
-        locate_mnist(d.root, d.download)
+        locate_idx(d.dataset, d.root, d.download)
 
 
 def factor_data(spec: TrainSpec) -> Optional[DSprites]:

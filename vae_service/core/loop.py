@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -63,21 +63,37 @@ def train_epoch(
     on_step: Optional[StepCallback] = None,
     rank_mean: Optional[RankMean] = None,
 ) -> EpochStats:
-    """One pass over `images[indices]` in batches of `batch_size`.
+    """One pass over `images[indices]` (a tensor in memory) in batches of `batch_size`."""
+    steps = math.ceil(len(indices) / batch_size)
+    batches = (images[indices[step * batch_size : (step + 1) * batch_size]] for step in range(steps))
+    return train_batches(model, optimizer, batches, steps, objective, epoch, binarize, generator, on_step, rank_mean)
+
+
+def train_batches(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[torch.Tensor],
+    steps: int,
+    objective: Objective,
+    epoch: int,
+    binarize: str = "none",
+    generator: Optional[torch.Generator] = None,
+    on_step: Optional[StepCallback] = None,
+    rank_mean: Optional[RankMean] = None,
+) -> EpochStats:
+    """One epoch over `batches` (index slices of a tensor, or a Ray Data stream); `steps` is how
+    many to expect (for progress and the warm-up schedule; a stream's count is an estimate).
 
     `rank_mean` (a mean across DDP ranks) makes every rank see the same loss, so all ranks
     stop together on a non-finite loss instead of leaving their peers waiting in a collective.
     """
     model.train()
     stats = EpochStats()
-    steps = math.ceil(len(indices) / batch_size)
-    # Running sums stay on the device; reading them back every step would sync a GPU.
-    sums = torch.zeros(3, dtype=torch.float64, device=images.device)
+    sums = None  # running sums stay on the device; reading them back every step would sync a GPU
     start = time.perf_counter()
-    for step in range(steps):
-        batch = images[indices[step * batch_size : (step + 1) * batch_size]]
+    for step, batch in enumerate(batches):
         x = batch_inputs(batch, binarize, generator)
-        progress = epoch + step / steps
+        progress = epoch + min(step / max(steps, 1), 1.0)
         terms = compute_loss(model, x, objective, progress)
         shared_loss = terms.loss.detach().reshape(1)
         if rank_mean is not None:
@@ -89,37 +105,48 @@ def train_epoch(
         optimizer.step()
         with torch.no_grad():
             n = x.shape[0]
-            sums += torch.stack([terms.loss.detach() * n, terms.recon.sum(), terms.kl.sum()]).double()
+            batch_sums = torch.stack([terms.loss.detach() * n, terms.recon.sum(), terms.kl.sum()]).double()
+            sums = batch_sums if sums is None else sums + batch_sums
         stats.images += x.shape[0]
         if on_step is not None:
-            on_step(step + 1, steps, float(shared_loss[0]))
+            on_step(step + 1, max(steps, step + 1), float(shared_loss[0]))
     stats.seconds = time.perf_counter() - start
-    stats.loss_sum, stats.recon_sum, stats.kl_sum = (float(v) for v in sums.tolist())
+    if sums is not None:
+        stats.loss_sum, stats.recon_sum, stats.kl_sum = (float(v) for v in sums.tolist())
     return stats
 
 
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000, binarize: str = "none", generator: Optional[torch.Generator] = None) -> dict:
-    """−ELBO, reconstruction, KL (total and per dimension) and active units, per image.
+    """`evaluate_batches` over a tensor of items in memory."""
+    batches = (images[start : start + batch_size] for start in range(0, len(images), batch_size))
+    return evaluate_batches(model, batches, binarize, generator)
 
-    Uses one posterior sample per image for the reconstruction term (an unbiased −ELBO).
+
+@torch.no_grad()
+def evaluate_batches(model: torch.nn.Module, batches: Iterable[torch.Tensor], binarize: str = "none",
+                     generator: Optional[torch.Generator] = None) -> dict:
+    """−ELBO, reconstruction, KL (total and per dimension) and active units, per item.
+
+    Uses one posterior sample per item for the reconstruction term (an unbiased −ELBO).
     """
     vae = unwrap(model)
     vae.eval()
     recon_sum = kl_sum = 0.0
-    kl_dims_sum = None
-    mus = []
-    for start in range(0, len(images), batch_size):
-        x = batch_inputs(images[start : start + batch_size], binarize, generator)
+    kl_dims_sum = mu_sum = mu_sq_sum = None  # moments of μ, not every μ: a stream may be any length
+    n = 0
+    for batch in batches:
+        x = batch_inputs(batch, binarize, generator)
         terms = compute_loss(vae, x, Objective(kind="vae"))
         recon_sum += float(terms.recon.sum())
         kl_sum += float(terms.kl.sum())
         dims = terms.kl_dims.sum(dim=0)
         kl_dims_sum = dims if kl_dims_sum is None else kl_dims_sum + dims
-        mus.append(terms.mu)
-    n = max(len(images), 1)
-    mu = torch.cat(mus)
-    activity = mu.var(dim=0, unbiased=False) if len(mu) > 1 else torch.zeros(mu.shape[1])
+        mu = terms.mu.double()
+        mu_sum = mu.sum(0) if mu_sum is None else mu_sum + mu.sum(0)
+        mu_sq_sum = (mu**2).sum(0) if mu_sq_sum is None else mu_sq_sum + (mu**2).sum(0)
+        n += len(x)
+    activity = (mu_sq_sum / n - (mu_sum / n) ** 2) if n > 1 else torch.zeros(vae.config.latent_dim)
+    n = max(n, 1)
     return {
         M.NEG_ELBO: (recon_sum + kl_sum) / n,
         M.RECON: recon_sum / n,

@@ -28,7 +28,7 @@ MAX_WIDTH = 16_384  # an MLP hidden layer
 MAX_CHANNELS = 4_096  # a conv layer
 MAX_LAYERS = 16
 MAX_PARAMETERS = 100_000_000  # 400 MB of float32 weights (1.6 GB with Adam's state)
-IMAGE_SHAPES = {"mnist": (1, 28, 28), "dsprites": (1, 64, 64)}
+IMAGE_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "dsprites": (1, 64, 64)}
 FACTOR_DATASETS = ("dsprites",)  # data sets labelled by ground-truth factors: disentanglement metrics need one
 Width = Annotated[int, Field(gt=0, le=MAX_WIDTH)]
 Channels = Annotated[int, Field(gt=0, le=MAX_CHANNELS)]
@@ -69,32 +69,126 @@ class StrictModel(BaseModel):
 
 
 class DataSpec(StrictModel):
-    dataset: Literal["mnist", "dsprites"] = Field(
+    dataset: Literal["mnist", "fashion-mnist", "dsprites"] = Field(
         "mnist",
-        description="mnist: the handwritten digits, 28x28; dsprites: the 737,280 64x64 binary sprites "
+        description="A named data set (without data.source): mnist: the handwritten digits, 28x28; fashion-mnist: "
+        "Zalando's 28x28 clothing images in MNIST's file format; dsprites: the 737,280 64x64 binary sprites "
         "of the disentanglement benchmark (a random 10% held out as test).",
+    )
+    source: Optional[str] = Field(
+        None, max_length=4096,
+        description="Your own data: a file, a folder, a glob or an s3:// prefix (read with the storage settings "
+        "of checkpoints); data.format says how to read it. format idx: the folder of a named data set's IDX files.",
+    )
+    format: Optional[Literal["idx", "images", "numpy", "parquet"]] = Field(
+        None,
+        description="idx: MNIST's file format (the named data sets); images: PNG/JPEG files (a folder, searched "
+        "recursively); numpy: .npy or .npz files, one row per item; parquet: a table, one row per item. "
+        "Default: idx without data.source; required with it.",
+    )
+    image_size: Optional[Annotated[int, Field(ge=4, le=1024)]] = Field(
+        None, description="format images: resize every image to this square side in pixels (required when the "
+        "images have different sizes).",
+    )
+    channels: Optional[Literal[1, 3]] = Field(
+        None, description="format images: 1 (grey) or 3 (RGB); images are converted. Default 1.",
+    )
+    key: Optional[str] = Field(
+        None, min_length=1, max_length=256,
+        description="format numpy: the array holding the items in an .npz (required when it holds several).",
+    )
+    columns: Optional[list[Annotated[str, Field(min_length=1, max_length=256)]]] = Field(
+        None, min_length=1, max_length=MAX_WIDTH,
+        description="format parquet: the numeric feature columns (default: every numeric column but data.label).",
+    )
+    label: Optional[str] = Field(
+        None, min_length=1, max_length=256,
+        description="Optional labels to colour the figures: format images: `folder` (each image's parent folder's "
+        "name); numpy: an array of the .npz; parquet: a column.",
+    )
+    test_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0,
+        description="data.source only: share of the items held out for testing (chosen by a hash of each item's "
+        "content, so the split is the same however the data is read).",
+    )
+    loading: Literal["auto", "memory", "streaming"] = Field(
+        "auto",
+        description="memory: the whole data set as tensors on every worker; streaming: Ray Data streams each "
+        "worker its own shard, with bounded memory; auto: memory when the decoded data fits in 1 GiB.",
     )
     root: Optional[str] = Field(
         None,
-        description="mnist: folder holding the IDX files (gz or raw); dsprites: folder holding the original "
+        description="mnist, fashion-mnist: folder holding the IDX files (gz or raw); dsprites: folder holding the original "
         "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz (without one, dSprites is re-rendered). "
         "Default: $VAE_DATA_DIR/<dataset>, then the cache.",
     )
     download: bool = Field(
-        True, description="mnist only: download missing files into the cache (checksums are always verified)."
+        True, description="mnist, fashion-mnist only: download missing files into the cache (checksums are always verified)."
     )
     binarize: Literal["none", "static", "dynamic"] = Field(
         "none",
-        description="none: grey levels in [0,1]; static: one fixed Bernoulli draw; "
+        description="Images only: none: grey levels in [0,1]; static: one fixed Bernoulli draw; "
         "dynamic: a fresh Bernoulli draw every epoch. No effect on dsprites, which is binary.",
     )
     val_fraction: float = Field(
-        0.1, ge=0.0, lt=1.0, description="Share of the training images held out for validation."
+        0.1, ge=0.0, lt=1.0, description="Share of the training items held out for validation."
     )
     limit: Optional[PositiveInt] = Field(
-        None, description="Use only N training (and N test) images, for quick runs: the first N of mnist, "
-        "a seeded random N of dsprites."
+        None, description="Use only N training (and N test) items, for quick runs: the first N of mnist, "
+        "a seeded random N of dsprites, the first N read of data.source."
     )
+
+    @property
+    def own(self) -> bool:
+        """The user's own data (images, numpy, parquet), read through Ray Data."""
+        return self.source is not None and self.format != "idx"
+
+    @property
+    def vectors(self) -> bool:
+        """Items are feature vectors (standardised), not images."""
+        return self.own and self.format in ("numpy", "parquet")
+
+    @model_validator(mode="after")
+    def _fields_fit_the_format(self) -> "DataSpec":
+        fmt = self.format or "idx"
+        if self.source is None and fmt != "idx":
+            raise ValueError(f"data.format: {fmt} reads your own data: set data.source too")
+        if self.source is not None and self.format is None:
+            raise ValueError("data.format: required with data.source (images, numpy, parquet, or idx)")
+        if self.own and self.dataset != "mnist":  # (the default, so a dumped spec validates again)
+            raise ValueError("data.dataset names a built-in data set; with data.source (your own data) leave it out")
+        if self.source is not None and fmt == "idx" and self.dataset == "dsprites":
+            raise ValueError("data.format: idx holds mnist or fashion-mnist, not dsprites")
+        if self.source is not None and self.root is not None:
+            raise ValueError("data.root and data.source: give one (data.source is the folder of the files)")
+        only = {"image_size": "images", "channels": "images", "key": "numpy", "columns": "parquet"}
+        for name, wanted in only.items():
+            if getattr(self, name) is not None and fmt != wanted:
+                raise ValueError(f"data.{name} applies to data.format: {wanted}, not {fmt}")
+        if self.label is not None and not self.own:
+            raise ValueError(f"data.label applies to your own data (data.source), not to {self.dataset}")
+        if self.label is not None and fmt == "images" and self.label != "folder":
+            raise ValueError(f"data.label: {self.label!r}: image folders take their labels from `folder` (the parent folder's name)")
+        if self.columns and self.label in self.columns:
+            raise ValueError(f"data.label: {self.label!r} is also in data.columns; a label is not a feature")
+        if self.vectors and self.binarize != "none":
+            raise ValueError(f"data.binarize: {self.binarize} applies to images, not to data.format: {fmt}")
+        if self.own and self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(f"data.val_fraction + data.test_fraction ({self.val_fraction} + {self.test_fraction}) "
+                             "leave nothing to train on")
+        return self
+
+    @property
+    def input_shape(self) -> Optional[tuple[int, ...]]:
+        """What the model takes, when the spec alone says: (channels, side, side) for images, (features,)
+        for parquet columns; None until the data is read."""
+        if not self.own:
+            return IMAGE_SHAPES[self.dataset]
+        if self.format == "images" and self.image_size is not None:
+            return (self.channels or 1, self.image_size, self.image_size)
+        if self.format == "parquet" and self.columns:
+            return (len(self.columns),)
+        return None
 
 
 class ModelSpec(StrictModel):
@@ -145,7 +239,7 @@ class ModelSpec(StrictModel):
         def linear(n_in: int, n_out: int) -> int:
             return n_in * n_out + n_out
 
-        latent, (colours, side, _) = self.latent_dim, image_shape
+        latent = self.latent_dim
         log_scales = {"learned_shared": 1, "learned_per_dim": math.prod(image_shape), "fixed": 0}
         extra = log_scales[self.gaussian_variance] if self.likelihood == "gaussian" else 0  # learned log σ
         if self.arch == "mlp":
@@ -154,6 +248,7 @@ class ModelSpec(StrictModel):
             decoder = [latent, *reversed(self.hidden), sizes[0]]
             return (body + linear(self.hidden[-1], 2 * latent)
                     + sum(linear(a, b) for a, b in zip(decoder, decoder[1:])) + extra)
+        colours, side, _ = image_shape
         chans = [colours, *self.channels]
         side = self.conv_sides(side)[-1]
         flat = self.channels[-1] * side * side
@@ -308,24 +403,38 @@ class TrainSpec(StrictModel):
             )
         if self.resources.use_gpu is False and self.resources.gpus > 0:
             raise ValueError("resources.gpus_per_worker > 0 needs resources.use_gpu: true")
-        shape = IMAGE_SHAPES[self.data.dataset]
+        if self.data.vectors and self.model.arch != "mlp":
+            raise ValueError(f"model.arch: {self.model.arch} needs images; data.format {self.data.format} holds vectors (use mlp)")
+        if self.data.vectors and self.model.likelihood != "gaussian":
+            raise ValueError(f"model.likelihood: {self.model.likelihood} models values in [0, 1]; data.format "
+                             f"{self.data.format} is standardised per feature: use gaussian")
+        shape = self.data.input_shape
+        if shape is not None:
+            problem = self.model_problem(shape)
+            if problem:
+                raise ValueError(problem)
+        return self
+
+    def model_problem(self, shape: tuple[int, ...]) -> Optional[str]:
+        """Why the spec's model cannot be built for inputs of `shape` (known from the spec, or only
+        once the data is read), or None."""
+        what = self.data.dataset if not self.data.own else "data.source"
         if self.model.arch == "conv" and self.model.kernel_size == 4:
             sides = self.model.conv_sides(shape[1])
             if sides[-1] * 2 ** len(sides) != shape[1]:
-                raise ValueError(
-                    f"model.kernel_size 4: the {self.data.dataset} images' side {shape[1]} does not halve exactly at each "
-                    f"of the {len(sides)} stride-2 layers of model.channels ({shape[1]} -> {' -> '.join(map(str, sides))}), "
-                    "so the decoder could not rebuild it; use fewer channels or kernel_size 3")
+                return (f"model.kernel_size 4: the {what} images' side {shape[1]} does not halve exactly at each "
+                        f"of the {len(sides)} stride-2 layers of model.channels ({shape[1]} -> {' -> '.join(map(str, sides))}), "
+                        "so the decoder could not rebuild it; use fewer channels or kernel_size 3")
         count = self.model.parameter_count(shape)
         if count > MAX_PARAMETERS:
             field = "hidden" if self.model.arch == "mlp" else "channels"
-            raise ValueError(f"model.{field}: the model would have {count:,} parameters, over the limit of "
-                             f"{MAX_PARAMETERS:,}; use fewer or narrower layers")
-        return self
+            return (f"model.{field}: the model would have {count:,} parameters for inputs of shape {tuple(shape)}, "
+                    f"over the limit of {MAX_PARAMETERS:,}; use fewer or narrower layers")
+        return None
 
     def with_absolute_data_root(self) -> "TrainSpec":
-        """A relative data.root means relative to where the job was started, not to a worker."""
-        root = self.data.root
-        if not root or "://" in root:
-            return self
-        return self.model_copy(update={"data": self.data.model_copy(update={"root": str(Path(root).expanduser().resolve())})})
+        """A relative data.root or data.source means relative to where the job was started, not to a worker."""
+        local = {name: getattr(self.data, name) for name in ("root", "source")}
+        absolute = {name: str(Path(value).expanduser().resolve()) for name, value in local.items()
+                    if value and "://" not in value}
+        return self.model_copy(update={"data": self.data.model_copy(update=absolute)}) if absolute else self

@@ -23,6 +23,7 @@ from vae_service.jobs.lifecycle import RUN_ID_FILE, existing_run_dir, new_run_di
 from vae_service.jobs.locations import run_name, storage_uri, train_specs
 from vae_service.jobs.outcome import Outcome, write_outcome
 from vae_service.jobs.reporter import Reporter
+from vae_service.sources.check import inspect
 
 if TYPE_CHECKING:
     from vae_service.core.spec import TrainSpec
@@ -83,9 +84,13 @@ def check_data(job: Job) -> None:
     """Fails fast, before Ray starts, when the data cannot be found (or fetched)."""
     try:
         for spec in train_specs(job):
-            from_spec.check_data(spec)
+            if spec.data.own:
+                inspect(spec)  # reads a sample: the files decode, the model fits their shape
+            else:
+                from_spec.check_data(spec)
     except DataError as exc:
-        raise BadInput(f"data: {exc}") from None
+        message = str(exc)
+        raise BadInput(message if message.startswith("data.") else f"data: {message}") from None
 
 
 def check_fits(job: Job) -> None:

@@ -17,11 +17,14 @@ from typing import Optional
 from vae_service import storage
 from vae_service.core import metrics as M
 from vae_service.core.checkpoint import save_model
+from vae_service.core.data import DataError
+from vae_service.core.errors import BadInput
 from vae_service.core.interrupt import Interrupt
 from vae_service.core.spec import TrainSpec
 from vae_service.jobs.lifecycle import storage_errors, tracked_run, write_spec
 from vae_service.jobs.outcome import Outcome
 from vae_service.jobs.reporter import Reporter
+from vae_service.sources.prepare import PIPELINE_PARAM, Prepared, prepare, test_items
 from vae_service.training.runner import fit
 
 METRICS_FILE = "metrics.json"
@@ -56,15 +59,20 @@ def train(spec: TrainSpec, run_dir: storage.Location, *, resume: bool, reporter:
     """Trains `spec` into `run_dir` under its own MLflow run; raises core.errors' JobErrors."""
     started, started_unix = time.perf_counter(), time.time()
     write_spec(run_dir, spec)
+    data = prepared_data(spec)
+    reporter.console.print(f"data: {data.description}", markup=False, highlight=False)
     with tracked_run(run_dir, spec, spec.tracking.experiment, tags) as run:
-        fitted = fit(spec, run_dir, run.run_id, interrupt=interrupt, resume=resume, console=reporter.console,
+        run.param(PIPELINE_PARAM, data.pipeline)
+        fitted = fit(spec, run_dir, run.run_id, data, interrupt=interrupt, resume=resume, console=reporter.console,
                      show_progress=reporter.progress, callbacks=callbacks)
         run.tag(NODES_TAG, json.dumps(fitted.nodes))
         model_dir = run_dir.join("model")
         # Written locally (a temporary directory for S3, uploaded when the block ends).
         with storage_errors(), storage.writing_dir(model_dir) as local_model_dir:
-            save_model(local_model_dir, fitted.model, extra={"spec": spec.model_dump(mode="json"), "metrics": fitted.metrics})
-            published = run.publish(spec, fitted.model, local_model_dir, fitted.metrics.get(M.VAL_KL_PER_DIM))
+            save_model(local_model_dir, fitted.model, extra={"spec": spec.model_dump(mode="json"), "metrics": fitted.metrics,
+                                                             "preprocessing": data.preprocessing.to_dict()})
+            published = run.publish(spec, fitted.model, local_model_dir, fitted.metrics.get(M.VAL_KL_PER_DIM),
+                                    test_items(data, spec))
     result = RunResult(
         run_dir=run_dir.uri,
         model_dir=model_dir.uri,
@@ -82,6 +90,14 @@ def train(spec: TrainSpec, run_dir: storage.Location, *, resume: bool, reporter:
     with storage_errors():
         storage.write_text(run_dir.join(METRICS_FILE), json.dumps(result.to_json(), indent=2, default=str))
     return result
+
+
+def prepared_data(spec: TrainSpec) -> Prepared:
+    """The spec's data read (your own) or located (a named set), the path chosen; bad data is bad input."""
+    try:
+        return prepare(spec)
+    except DataError as exc:
+        raise BadInput(str(exc)) from None
 
 
 def train_job(spec: TrainSpec, run_dir: storage.Location, *, resume: bool, reporter: Reporter, interrupt: Interrupt,

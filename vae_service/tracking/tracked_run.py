@@ -17,7 +17,7 @@ import requests
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
-from vae_service.core import from_spec
+from vae_service.core.data import ImageSplit
 from vae_service.core.errors import one_line, redact
 from vae_service.core.model import VAE
 from vae_service.core.spec import TrainSpec
@@ -60,11 +60,11 @@ class TrackedRun:
         except (MlflowException, OSError, requests.RequestException) as exc:
             raise TrackingUnavailable(f"MLflow at {redact(tracking_uri())} is unavailable: {one_line(exc, 300, first_line=True)}") from None
 
-    def publish(self, spec: TrainSpec, vae: VAE, model_dir: Path, kl_per_dim: Optional[list[float]]) -> Published:
-        """The article's figures and the pickle-free model on the run; registered when the spec
-        asks for it."""
+    def publish(self, spec: TrainSpec, vae: VAE, model_dir: Path, kl_per_dim: Optional[list[float]],
+                test: ImageSplit) -> Published:
+        """The article's figures (drawn from `test`) and the pickle-free model on the run;
+        registered when the spec asks for it."""
         with tempfile.TemporaryDirectory() as tmp:
-            test = from_spec.images(spec).test
             for path in render_run_figures(vae, test, Path(tmp), kl_per_dim=kl_per_dim):
                 client().log_artifact(self.run_id, str(path), "figures")
         published = Published(model_uri=log_model(self.run_id, model_dir, vae))
@@ -72,6 +72,9 @@ class TrackedRun:
             published.registered_name = spec.tracking.register_as
             published.registered_version = register(published.model_uri, spec.tracking.register_as, spec.tracking.alias)
         return published
+
+    def param(self, key: str, value: str) -> None:
+        client().log_param(self.run_id, key, value)
 
     def tag(self, key: str, value: str) -> None:
         client().set_tag(self.run_id, key, value)

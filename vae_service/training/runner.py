@@ -25,6 +25,7 @@ from vae_service.core.model import VAE, ModelConfig
 from vae_service.core.resources import shortfall
 from vae_service.core.spec import ResourcesSpec, TrainSpec
 from vae_service.environment import forwarded_env
+from vae_service.sources.prepare import Prepared
 from vae_service.training.progress import ProgressBoard, ProgressDisplay
 from vae_service.training.ray_internals import AbortableTorchTrainer
 from vae_service.training.worker import train_loop_per_worker
@@ -91,6 +92,7 @@ def fit(
     spec: TrainSpec,
     run_dir: storage.Location,
     mlflow_run_id: str,
+    data: Prepared,
     *,
     interrupt: Interrupt,
     resume: bool = False,
@@ -98,8 +100,11 @@ def fit(
     show_progress: bool = True,
     callbacks: tuple = (),
 ) -> Fitted:
-    """Trains `spec` into `run_dir` (continuing from its latest checkpoint when `resume`);
+    """Trains `spec` on `data` into `run_dir` (continuing from its latest checkpoint when `resume`);
     rank 0 logs each epoch to the MLflow run `mlflow_run_id`. Raises JobFailed or Interrupted.
+
+    Streamed data goes to Ray Train as datasets: the train split is split across the workers
+    (equal shares, so every rank runs the same number of steps); rank 0 reads validation and test whole.
 
     A sweep trial passes Ray Train `callbacks` (its report to Tune)."""
     console = console or Console(stderr=True)
@@ -117,7 +122,16 @@ def fit(
                 "progress_board": board,
                 "resume_from": resume_from.uri if resume_from else None,
                 "mlflow_run_id": mlflow_run_id,
+                "data": {
+                    "pipeline": data.pipeline,
+                    "preprocessing": data.preprocessing.to_dict(),
+                    "steps_per_epoch": data.steps_per_epoch(spec),
+                    # your own data read on the driver, handed to every worker through the object store
+                    "in_memory": ray.put(data.in_memory) if data.in_memory is not None else None,
+                },
             },
+            datasets=data.streams or None,
+            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
             scaling_config=ray.train.ScalingConfig(
                 num_workers=spec.resources.num_workers,
                 use_gpu=spec.resources.use_gpu,

@@ -1,15 +1,18 @@
 """What each Ray Train worker runs: ordinary PyTorch around the core loop.
 
 Ray only prepares the model (DDP), tells each worker its rank, and persists what rank 0
-reports. Data sharding is ours: every rank takes a disjoint 1/N of a seeded permutation.
+reports. Data in memory is sharded by us: every rank takes a disjoint 1/N of a seeded
+permutation. Streamed data is sharded by Ray Data (`get_dataset_shard`): equal shares, read
+batch by batch, shuffled within a buffer.
 """
 
 from __future__ import annotations
 
+import math
 import socket
 import tempfile
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import ray.train
 import ray.train.torch
@@ -19,14 +22,18 @@ import torch.distributed as dist
 from vae_service.core import evaluation, from_spec
 from vae_service.core import metrics as M
 from vae_service.core.checkpoint import load_checkpoint, read_state, save_checkpoint
-from vae_service.core.data import epoch_shard
-from vae_service.core.loop import EpochStats, NonFiniteLoss, evaluate, train_epoch
+from vae_service.core.data import Dataset, epoch_shard
+from vae_service.core.loop import EpochStats, NonFiniteLoss, evaluate_batches, train_batches
 from vae_service.core.model import VAE, unwrap
+from vae_service.core.preprocessing import Preprocessing
 from vae_service.core.spec import TrainSpec
+from vae_service.sources.prepare import FIGURE_ITEMS
 from vae_service.storage import checkpoint_from_uri
 from vae_service.tracking.epoch_logger import EpochLogger
 
 PROGRESS_INTERVAL_S = 0.5
+SHARD_SAMPLE = 65_536  # item hashes per rank and epoch compared across ranks (streamed data)
+EVAL_BATCH = 1000
 
 
 def seed_everything(seed: Optional[int], epoch: int, rank: int) -> None:
@@ -103,10 +110,12 @@ def train_loop_per_worker(config: dict) -> None:
     if board is not None:  # which machine each rank runs on (a multi-node run should say so)
         board.node.remote(rank, f"{socket.gethostname()} ({ray.util.get_node_ip_address()})")
 
-    data = from_spec.training_data(spec, device)
+    source = config["data"]
+    preprocessing = Preprocessing.from_dict(source["preprocessing"])
+    data = _in_memory(spec, source, device)  # None: streamed
     if seed is not None:
         torch.manual_seed(seed)  # identical initial weights on every rank (DDP also broadcasts)
-    model = VAE(from_spec.model_config(spec, data.image_shape)).to(device)
+    model = VAE(from_spec.model_config(spec, preprocessing.input_shape)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.optim.lr)
 
     start_epoch = 0
@@ -134,11 +143,18 @@ def train_loop_per_worker(config: dict) -> None:
 
     for epoch in range(start_epoch, spec.optim.epochs):
         seed_everything(seed if seed is not None else int(time.time()), epoch, rank)
-        shard = epoch_shard(len(data.train), epoch, rank, world_size, seed or 0).to(device)
         reporter = ProgressReporter(board, rank, epoch, per_worker_batch, world_size)
+        if data is not None:
+            shard = epoch_shard(len(data.train), epoch, rank, world_size, seed or 0).to(device)
+            batches = (data.train.images[shard[i : i + per_worker_batch]] for i in range(0, len(shard), per_worker_batch))
+            steps = math.ceil(len(shard) / per_worker_batch)
+        else:
+            seen: list[torch.Tensor] = []  # item hashes: the shard check compares them across ranks
+            batches = _streamed(ray.train.get_dataset_shard("train"), per_worker_batch, (seed or 0) * 100_003 + epoch, seen)
+            steps = source["steps_per_epoch"]
         try:
-            stats = train_epoch(
-                model, optimizer, data.train.images, shard, per_worker_batch, objective, epoch,
+            stats = train_batches(
+                model, optimizer, batches, steps, objective, epoch,
                 binarize=spec.data.binarize, on_step=reporter, rank_mean=rank_mean,
             )
         except NonFiniteLoss as exc:
@@ -148,11 +164,13 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.get(board.fail.remote(str(exc)))
             return
         train = _over_all_ranks(stats, world_size, device).as_metrics()
+        if data is None:
+            shard = torch.cat(seen)[:SHARD_SAMPLE] if seen else torch.zeros(0, dtype=torch.int64, device=device)
         checks = _gather_check(world_size, shard, model)
         if rank == 0:
             last = epoch == spec.optim.epochs - 1
-            val = evaluate(model, data.val.images, binarize=spec.data.binarize)
-            test = evaluate(model, data.test.images, binarize=spec.data.binarize) if last else None
+            val = evaluate_batches(model, _items(data, "val"), binarize=spec.data.binarize)
+            test = evaluate_batches(model, _items(data, "test"), binarize=spec.data.binarize) if last else None
             metrics = M.epoch_record(epoch, train, checks, val, test)
             requested = spec.evaluation.metrics
             metrics.update(M.evaluation_entries(requested, _final_evaluation(model, spec, data) if last and requested else None))
@@ -167,10 +185,56 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(M.epoch_record(epoch, train, checks))
 
 
-def _final_evaluation(model: torch.nn.Module, spec: TrainSpec, data) -> dict:
+def _in_memory(spec: TrainSpec, source: dict, device: torch.device) -> Optional[Dataset]:
+    """The data as tensors on this worker's device: your own data read by the driver, a named
+    data set loaded here; None when it is streamed."""
+    if source["pipeline"] == "streaming":
+        return None
+    if source["in_memory"] is not None:
+        return ray.get(source["in_memory"]).to(device)
+    return from_spec.training_data(spec, device)
+
+
+def _streamed(shard, batch_size: int, shuffle_seed: int, seen: list) -> Iterator[torch.Tensor]:
+    """This rank's batches of its Ray Data shard (whole batches only: every rank takes the same
+    number of steps), remembering the first items' hashes in `seen`."""
+    count = 0
+    for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, local_shuffle_seed=shuffle_seed,
+                                          local_shuffle_buffer_size=max(4 * batch_size, 1024)):
+        if count < SHARD_SAMPLE:
+            seen.append(batch["h"])
+            count += len(batch["h"])
+        yield batch["x"]
+
+
+def _items(data: Optional[Dataset], split: str) -> Iterator[torch.Tensor]:
+    """Every item of the validation or test split, in batches: from memory, or read whole from
+    its stream (these splits are not sharded)."""
+    if data is not None:
+        images = getattr(data, split).images
+        yield from (images[i : i + EVAL_BATCH] for i in range(0, len(images), EVAL_BATCH))
+        return
+    for batch in ray.train.get_dataset_shard(split).iter_torch_batches(batch_size=EVAL_BATCH):
+        yield batch["x"]
+
+
+def _test_split(data: Optional[Dataset]) -> torch.Tensor:
+    """The test items the final evaluation uses (at most FIGURE_ITEMS of a stream)."""
+    if data is not None:
+        return data.test.images
+    kept, count = [], 0
+    for batch in _items(None, "test"):
+        kept.append(batch)
+        count += len(batch)
+        if count >= FIGURE_ITEMS:
+            break
+    return torch.cat(kept)[:FIGURE_ITEMS] if kept else torch.zeros(0)
+
+
+def _final_evaluation(model: torch.nn.Module, spec: TrainSpec, data: Optional[Dataset]) -> dict:
     """The spec's `evaluation` on the test split (and on the data's factors), as `vae eval` does."""
     e = spec.evaluation
-    return evaluation.evaluate(unwrap(model), e.metrics, test_images=data.test.images, binarize=spec.data.binarize,
+    return evaluation.evaluate(unwrap(model), e.metrics, test_images=_test_split(data), binarize=spec.data.binarize,
                                factors=from_spec.factor_data(spec), nll_samples=e.nll_samples, points=e.points,
                                seed=spec.optim.seed or 0)
 
