@@ -43,6 +43,7 @@ class EpochStats:
             M.TRAIN_KL: self.kl_sum / n,
             M.TRAIN_NEG_ELBO: (self.recon_sum + self.kl_sum) / n,
             M.IMAGES_PER_S: self.images / self.seconds if self.seconds > 0 else 0.0,
+            M.TRAIN_ITEMS: self.images,
         }
 
 

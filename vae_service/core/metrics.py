@@ -19,6 +19,7 @@ EPOCH = "epoch"  # 0-based; MLflow's step
 # the training pass (core.loop.EpochStats), averaged over the epoch's images on every rank
 TRAIN_LOSS, TRAIN_NEG_ELBO, TRAIN_RECON, TRAIN_KL = "train_loss", "train_neg_elbo", "train_recon", "train_kl"
 IMAGES_PER_S = "images_per_s"  # over all ranks
+TRAIN_ITEMS = "train_items"  # items trained on in the epoch, over all ranks (a stream's count is only known after)
 # DDP integrity, checked every epoch
 SHARD_OVERLAP, RANKS_IN_SYNC = "shard_overlap", "ranks_in_sync"
 # evaluation (core.loop.evaluate) on the validation split every epoch, the test split at the end
