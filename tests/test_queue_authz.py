@@ -190,6 +190,17 @@ def test_data_root_inside_the_allow_list_or_unset(app):
     assert submit(client, ALICE).status_code == 201
 
 
+def test_data_source_inside_the_allow_list(app):
+    client, store, tmp = app
+    own = {"format": "numpy", "key": "X"}
+    for source in (str(tmp / "data-evil" / "x.npz"), "/etc/*.npy", str(tmp / "data" / ".." / "x.npz"), "s3://other/x.npz"):
+        found = problems(submit(client, ALICE, spec(data={"source": source, **own}, model={"likelihood": "gaussian"})))
+        assert list(found) == ["data.source"], source
+    assert store.list()[1] == 0
+    inside = spec(data={"source": str(tmp / "data" / "cells" / "*.npz"), **own}, model={"likelihood": "gaussian"})
+    assert submit(client, ALICE, inside).status_code == 201
+
+
 # ---- admins by default, paging, waiting reasons ----------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from vae_service.cli import train  # noqa: F401, I001  (registers the commands on `app`, in help order)
 from vae_service.cli import models  # noqa: F401
 from vae_service.cli import evaluate  # noqa: F401
+from vae_service.cli import encode_dataset  # noqa: F401
 from vae_service.cli import queue, server  # noqa: F401
 from vae_service.cli.common import app
 from vae_service.cli.train import spec_json_schema

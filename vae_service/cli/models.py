@@ -6,8 +6,9 @@ import contextlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import typer
 from rich import box
@@ -180,10 +181,11 @@ def models_promote(
     err.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
-def _check_output(path: Path) -> Path:
-    """Fails before any work when the PNG cannot be written there."""
-    if path.suffix.lower() != ".png":
-        fail(f"--output {path}: the output is a PNG; give a file name ending in .png", 2)
+def _check_output(path: Path, npy: bool = False) -> Path:
+    """Fails before any work when the PNG (or, with `npy`, the .npy array) cannot be written there."""
+    if path.suffix.lower() not in ((".png", ".npy") if npy else (".png",)):
+        also = " (or, from a model of feature vectors, a .npy array)" if npy else ""
+        fail(f"--output {path}: the output is a PNG{also}; give a file name ending in .png", 2)
     if path.is_dir():
         fail(f"--output {path}: is a directory", 2)
     ancestor = path.parent
@@ -205,106 +207,206 @@ def _save(fig, path: Path) -> None:
         fail(f"--output {path}: cannot write: {exc.strerror or exc}", 2)
 
 
-def _test_split():
-    """The MNIST test set (found via data.root defaults / $VAE_DATA_DIR; never downloaded here)."""
+def _save_array(array, path: Path) -> None:
+    import numpy as np
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, array, allow_pickle=False)
+    except OSError as exc:
+        fail(f"--output {path}: cannot write: {exc.strerror or exc}", 2)
+
+
+def _is_vectors(vae) -> bool:
+    return len(tuple(vae.config.image_shape)) == 1
+
+
+@dataclass(frozen=True)
+class _TestData:
+    """The test split of the data a model was trained on, and what messages call it."""
+
+    split: Any  # core.data.ImageSplit: uint8 images, or standardised float vectors
+    item: str  # one of them: "MNIST test image", "test item"
+    items: str  # all of them: "MNIST test images", "test items"
+    whole: str  # the split: "the MNIST test set", "the test split of data/x.npy"
+    unit: str = "images"  # what it counts: images or items
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def label(self, index: int) -> str:
+        """What its label says, as a suffix such as " (digit 7)"; empty for an item without one."""
+        code = int(self.split.labels[index])
+        if code < 0:
+            return ""
+        names = self.split.label_names
+        return f" ({self.split.label_kind} {names[code] if code < len(names) else code})"
+
+
+def _mnist_test() -> _TestData:
+    """The MNIST test set (found via data.root defaults / $VAE_DATA_DIR; never downloaded here):
+    for models whose config.json holds no training spec (saved before it was recorded)."""
     from vae_service.core.data import load_mnist
 
-    return load_mnist(None, download=False, val_fraction=0.0).test
+    split = load_mnist(None, download=False, val_fraction=0.0).test
+    return _TestData(split, "MNIST test image", "MNIST test images", "the MNIST test set")
 
 
-def _check_index(test, index: int, flag: str) -> None:
+def _test_data(config: dict) -> _TestData:
+    """The test split of the data the model was trained on (its config.json's spec): a named
+    data set's test set, or the test share of your own data (read through Ray Data)."""
+    from vae_service.core import from_spec
+    from vae_service.core.data import DataError
+
+    if "spec" not in config:
+        return _mnist_test()
+    try:
+        spec = from_spec.trained_with(config)
+    except DataError:  # a spec this version cannot read: the MNIST test set, as before specs were recorded
+        return _mnist_test()
+    if not spec.data.own:
+        from vae_service.core.data import IDX_DATASETS
+
+        title = IDX_DATASETS[spec.data.dataset].title if spec.data.dataset in IDX_DATASETS else "dSprites"
+        return _TestData(from_spec.images(spec).test, f"{title} test image", f"{title} test images",
+                         f"the {title} test set")
+    from vae_service.sources.prepare import prepare, test_items
+    from vae_service.training.runner import ensure_ray
+
+    ensure_ray()
+    split = test_items(prepare(spec), spec)
+    return _TestData(split, "test item", "test items", f"the test split of {spec.data.source}", "items")
+
+
+def _check_index(test: _TestData, index: int, flag: str) -> None:
+    if len(test) == 0:
+        fail(f"{flag} {index}: {test.whole} is empty", 2)
     if not 0 <= index < len(test):
-        fail(f"{flag} {index}: the MNIST test set has {len(test):,} images (indices 0–{len(test) - 1})", 2)
+        fail(f"{flag} {index}: {test.whole} has {len(test):,} {test.unit} (indices 0–{len(test) - 1})", 2)
 
 
-def _check_fits(vae, test, model_uri: str) -> None:
-    shape = tuple(test.images.shape[1:])
+def _check_fits(vae, test: _TestData, model_uri: str) -> None:
+    shape = tuple(test.split.images.shape[1:])
     if tuple(vae.config.image_shape) != shape:
-        fail(f"{model_uri}: the model takes images of shape {tuple(vae.config.image_shape)}, "
-              f"MNIST test images are {shape}", 2)
+        kind = "vectors" if _is_vectors(vae) else "images"
+        fail(f"{model_uri}: the model takes {kind} of shape {tuple(vae.config.image_shape)}, "
+             f"{test.items} are {shape}", 2)
 
 
 @app.command()
 def sample(
     model_uri: str = typer.Argument(..., metavar="MODEL_URI", help=MODEL_URI_HELP),
     n: int = typer.Option(64, "-n", "--count", help=f"How many samples (1–{MAX_SAMPLES})."),
-    output: Path = typer.Option(Path("samples.png"), "--output", "-o", help="The PNG to write."),
+    output: Path = typer.Option(Path("samples.png"), "--output", "-o",
+                                help="The PNG to write; for a model of feature vectors, a .npy array (n, features)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the codes z ~ N(0, I)."),
 ) -> None:
-    """A grid of decoder means for codes z drawn from the prior N(0, I)."""
+    """A grid of decoder means for codes z drawn from the prior N(0, I) (in colour for RGB
+    models); for a model of feature vectors, the decoded vectors in the data's own units, as .npy."""
     if not 1 <= n <= MAX_SAMPLES:
         fail(f"-n {n}: the number of samples must be between 1 and {MAX_SAMPLES}", 2)
     if not 0 <= seed < 2**63:
         fail(f"--seed {seed}: must be between 0 and 2**63 - 1", 2)
-    _check_output(output)
-    from vae_service.tracking.registry import open_model
-    from vae_service.viz.figures import prior_samples
+    _check_output(output, npy=True)
+    from vae_service.tracking.registry import open_model_and_config
 
-    with user_errors(), open_model(model_uri) as vae:
+    with user_errors(), open_model_and_config(model_uri) as (vae, config):
+        wants_array = output.suffix.lower() == ".npy"
+        if _is_vectors(vae):
+            if not wants_array:
+                fail(f"{model_uri} was trained on feature vectors: prior samples are vectors, not images; "
+                     f"write them as an array with --output NAME.npy", 2)
+            array, note = _vector_samples(vae, config, n, seed)
+            _save_array(array, output)
+            err.print(f"wrote {output}: {n} samples from the prior of {model_uri} (seed {seed}), an array of shape "
+                      f"{array.shape}{note}", markup=False, highlight=False, soft_wrap=True)
+            return
+        if wants_array:
+            fail(f"--output {output}: {model_uri} draws images; give a file name ending in .png", 2)
+        from vae_service.viz.figures import prior_samples
+
         fig = prior_samples(vae, n=n, seed=seed)
     _save(fig, output)
     err.print(f"wrote {output}: {n} samples from the prior of {model_uri} (seed {seed})",
               markup=False, highlight=False, soft_wrap=True)
 
 
+def _vector_samples(vae, config: dict, n: int, seed: int):
+    """Decoder means for n codes z ~ N(0, I), de-standardised with the training split's mean and
+    std (as the model's config.json records them); returns (float32 array (n, D), a note)."""
+    import numpy as np
+
+    from vae_service.core.preprocessing import Preprocessing
+    from vae_service.viz.latents import decoder_means, prior_codes
+
+    x = decoder_means(vae, prior_codes(n, vae.config.latent_dim, seed)).numpy().astype(np.float64)
+    prep = Preprocessing.of_model_config(config)
+    features = x.shape[1]
+    if len(prep.mean) != features or len(prep.std) != features:
+        return x.astype(np.float32), " (standardised units: the model records no mean and std)"
+    return (x * np.asarray(prep.std) + np.asarray(prep.mean)).astype(np.float32), ""
+
+
 @app.command()
 def interpolate(
     model_uri: str = typer.Argument(..., metavar="MODEL_URI", help=MODEL_URI_HELP),
-    from_index: int = typer.Option(..., "--from-index", help="Index of image A in the MNIST test set."),
-    to_index: int = typer.Option(..., "--to-index", help="Index of image B in the MNIST test set."),
+    from_index: int = typer.Option(..., "--from-index", help="Index of image A in the model's test data (MNIST's test set for MNIST models)."),
+    to_index: int = typer.Option(..., "--to-index", help="Index of image B in the model's test data."),
     steps: int = typer.Option(10, "--steps", help=f"Decoded codes from μ_A to μ_B inclusive (2–{MAX_STEPS})."),
     method: str = typer.Option("linear", "--method", help="linear or slerp (spherical)."),
     output: Path = typer.Option(Path("interpolation.png"), "--output", "-o", help="The PNG to write."),
 ) -> None:
-    """A strip of decoded codes on the path between two test images' posterior means."""
+    """A strip of decoded codes on the path between two test images' posterior means (the test
+    split of the data the model was trained on)."""
     if not 2 <= steps <= MAX_STEPS:
         fail(f"--steps {steps}: must be between 2 and {MAX_STEPS}", 2)
     if method not in METHODS:
         fail(f"--method {method}: must be one of {', '.join(METHODS)}", 2)
     _check_output(output)
-    from vae_service.tracking.registry import open_model
+    from vae_service.tracking.registry import open_model_and_config
     from vae_service.viz.figures import interpolation
 
-    with user_errors():
-        test = _test_split()
-    _check_index(test, from_index, "--from-index")
-    _check_index(test, to_index, "--to-index")
-    with user_errors(), open_model(model_uri) as vae:
+    with user_errors(), open_model_and_config(model_uri) as (vae, config):
+        if _is_vectors(vae):
+            fail(f"{model_uri} was trained on feature vectors: an interpolation decodes to vectors, not images; "
+                 f"use `vae encode` for an item's posterior", 2)
+        test = _test_data(config)
+        _check_index(test, from_index, "--from-index")
+        _check_index(test, to_index, "--to-index")
         _check_fits(vae, test, model_uri)
-        fig = interpolation(vae, test.images[from_index], test.images[to_index], steps=steps, method=method)
+        fig = interpolation(vae, test.split.images[from_index], test.split.images[to_index], steps=steps, method=method)
     _save(fig, output)
-    labels = int(test.labels[from_index]), int(test.labels[to_index])
-    err.print(f"wrote {output}: {method} interpolation, test image {from_index} (a {labels[0]}) → "
-              f"{to_index} (a {labels[1]}), {steps} steps, {model_uri}", markup=False, highlight=False, soft_wrap=True)
+    err.print(f"wrote {output}: {method} interpolation, {test.item} {from_index}{test.label(from_index)} → "
+              f"{to_index}{test.label(to_index)}, {steps} steps, {model_uri}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
 def encode(
     model_uri: str = typer.Argument(..., metavar="MODEL_URI", help=MODEL_URI_HELP),
-    index: int = typer.Option(..., "--index", help="Index of the image in the MNIST test set."),
-    json_output: bool = typer.Option(False, "--json", help='Print {"index","label","mu","sigma"} as JSON on stdout.'),
+    index: int = typer.Option(..., "--index", help="Index of the item in the model's test data (MNIST's test set for MNIST models)."),
+    json_output: bool = typer.Option(False, "--json", help='Print {"index","label","mu","sigma"} as JSON on stdout (label −1: none).'),
 ) -> None:
-    """The posterior q(z|x) of one test image: μ and σ per latent dimension."""
+    """The posterior q(z|x) of one test item (of the data the model was trained on): μ and σ per
+    latent dimension."""
     import torch
 
     from vae_service.core.objective import kl_per_dim
-    from vae_service.tracking.registry import open_model
+    from vae_service.tracking.registry import open_model_and_config
     from vae_service.viz.latents import encode_means
 
-    with user_errors():
-        test = _test_split()
-    _check_index(test, index, "--index")
-    with user_errors(), open_model(model_uri) as vae:
+    with user_errors(), open_model_and_config(model_uri) as (vae, config):
+        test = _test_data(config)
+        _check_index(test, index, "--index")
         _check_fits(vae, test, model_uri)
-        mu, logvar = encode_means(vae, test.images[index : index + 1])
+        mu, logvar = encode_means(vae, test.split.images[index : index + 1])
     mu, sigma = mu[0], torch.exp(0.5 * logvar[0])
-    label = int(test.labels[index])
+    label = int(test.split.labels[index])
     if json_output:
         payload = {"index": index, "label": label, "mu": mu.tolist(), "sigma": sigma.tolist()}
         sys.stdout.write(json.dumps(payload) + "\n")
         return
     kl = kl_per_dim(mu, logvar[0])
-    table = Table(title=escape(f"q(z|x) of MNIST test image {index} (a {label}), {model_uri}"))
+    table = Table(title=escape(f"q(z|x) of {test.item} {index}{test.label(index)}, {model_uri}"))
     table.add_column("dim", justify="right")
     table.add_column("μ", justify="right")
     table.add_column("σ", justify="right")

@@ -8,8 +8,8 @@
                            (core/spec.py PROTECTED_ALIASES): only `vae models promote` moves @champion
   tracking.register_as     must match a VAE_REGISTER_NAMES pattern (default `*`; `{user}` is the
                            submitter, so `{user}-*` gives everyone their own names); admins: any
-  storage.uri, data.root   inside VAE_ALLOWED_STORAGE / VAE_ALLOWED_DATA (settings.py for the
-                           defaults); admins: anywhere
+  storage.uri, data.root,  inside VAE_ALLOWED_STORAGE / VAE_ALLOWED_DATA (settings.py for the
+  data.source              defaults; a glob's folder must be inside); admins: anywhere
 
 Locations are compared normalised: a relative path is taken from the server's directory (where
 the job starts, see job_env.py), `~` expanded, symlinks resolved, then compared by whole path
@@ -135,11 +135,12 @@ class Policy:
         for prefix, train in _trains(spec):
             problems += self._register_problems(f"{prefix}tracking.register_as", train.tracking.register_as, identity)
             problems += self._location_problems(f"{prefix}storage.uri", train.storage.uri, self.allowed_storage)
-            if train.data.root is not None:
-                problems += self._location_problems(f"{prefix}data.root", train.data.root, self.allowed_data)
+            for field in DATA_FIELDS:
+                if getattr(train.data, field) is not None:
+                    problems += self._location_problems(f"{prefix}data.{field}", getattr(train.data, field), self.allowed_data)
         if getattr(spec, "kind", None) == "sweep":
             for path, domain in spec.sweep.space.items():
-                if path == "data.root":
+                if path in (f"data.{field}" for field in DATA_FIELDS):
                     for value in getattr(domain, "choice", None) or getattr(domain, "grid", None) or []:
                         problems += self._location_problems(f"sweep.space.{path}", str(value), self.allowed_data)
         return problems
@@ -162,8 +163,11 @@ class Policy:
             return [SpecProblem(field, str(exc))]
         if any(where.inside(prefix) for prefix in places):
             return []
-        unset = "; or leave data.root unset" if field.endswith("data.root") else ""
+        unset = "; or leave data.root unset" if field.endswith("data.root") else ""  # the named data sets' default
         return [SpecProblem(field, f"{uri!r} is outside what this server allows (allowed: {listed}{unset})")]
+
+
+DATA_FIELDS = ("root", "source")  # where a spec reads data from
 
 
 def _trains(spec) -> list[tuple[str, object]]:

@@ -3,8 +3,10 @@ into model input and into pictures, tiling them, and the small axis and label he
 
 Model calls run under `torch.no_grad()` in eval mode (see `inference`; the model's previous
 train/eval mode is restored afterwards), inputs are moved to the model's device, and images may
-be uint8 (0–255, as stored by `vae_service.core.data`) or float in [0, 1]. Latent dimensions are
-named 1-based: index j of z is labelled "z{j+1}" (`dim_name`).
+be uint8 (0–255, as stored by `vae_service.core.data`) or float in [0, 1], grey (one channel) or
+RGB (three, drawn in colour). A model of feature vectors (image_shape (D,)) takes its standardised
+float vectors as they are, and has no pictures. Latent dimensions are named 1-based: index j of
+z is labelled "z{j+1}" (`dim_name`).
 """
 
 from __future__ import annotations
@@ -62,16 +64,33 @@ def model_device(vae: VAE) -> torch.device:
     return next(vae.parameters()).device
 
 
-def image_batch(vae: VAE, images: ArrayLike) -> torch.Tensor:
-    """Images → float (N, C, H, W) in [0, 1] on the model's device.
+def is_vector_model(vae: VAE) -> bool:
+    """The model takes feature vectors (image_shape (D,)), not images: it has no pictures."""
+    return len(tuple(vae.config.image_shape)) == 1
 
-    Accepts a batch (N, C, H, W), a single image (C, H, W), and for one-channel models also
+
+def image_batch(vae: VAE, images: ArrayLike) -> torch.Tensor:
+    """Model inputs → a float batch on the model's device: (N, C, H, W) in [0, 1] for images,
+    (N, D) for a model of feature vectors.
+
+    Images: a batch (N, C, H, W), a single image (C, H, W), and for one-channel models also
     (N, H, W) or (H, W); uint8 is scaled by 1/255, anything else is taken as [0, 1] floats.
+    Vectors (already standardised, `core.preprocessing`): a batch (N, D) or one vector (D,),
+    passed through as float32.
     """
     x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
     x = x.to(model_device(vae))
-    x = to_unit_float(x) if x.dtype == torch.uint8 else x.to(torch.float32)
     shape = tuple(vae.config.image_shape)
+    if len(shape) == 1:
+        x = x.to(torch.float32)
+        if tuple(x.shape) == shape:
+            x = x.unsqueeze(0)
+        if x.dim() != 2 or tuple(x.shape[1:]) != shape:
+            raise ValueError(f"items of shape {tuple(x.shape)} do not fit a model for vectors {shape}")
+        if len(x) == 0:
+            raise ValueError("no items given")
+        return x
+    x = to_unit_float(x) if x.dtype == torch.uint8 else x.to(torch.float32)
     if tuple(x.shape) == shape:
         x = x.unsqueeze(0)
     elif shape[0] == 1 and x.dim() == 3 and tuple(x.shape[1:]) == shape[1:]:
@@ -92,13 +111,15 @@ def to_numpy(values: ArrayLike) -> np.ndarray:
 
 
 def to_picture(img: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(C, H, W) in [0, 1] → what imshow wants: (H, W) for grey, (H, W, C) for colour."""
+    """(C, H, W) in [0, 1] → what imshow wants: (H, W) for grey (one channel), (H, W, C) for
+    colour (three channels, RGB)."""
     arr = to_numpy(img).astype(np.float32)
     return arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0))
 
 
 def tile(images: torch.Tensor, ncols: int, pad: int = 0, pad_value: float = 1.0) -> np.ndarray:
-    """(N, C, H, W) → one picture of a grid of ncols columns, row-major, `pad` pixels apart."""
+    """(N, C, H, W) → one picture of a grid of ncols columns, row-major, `pad` pixels apart:
+    (H', W') for grey, (H', W', C) for colour (see `to_picture`)."""
     arr = to_numpy(images).astype(np.float32)
     n, c, h, w = arr.shape
     nrows = math.ceil(n / ncols)
@@ -110,7 +131,11 @@ def tile(images: torch.Tensor, ncols: int, pad: int = 0, pad_value: float = 1.0)
 
 
 def imshow(ax, picture: np.ndarray) -> None:
-    ax.imshow(picture, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    """A grey picture (H, W) on a fixed 0–1 grey scale; a colour one (H, W, 3) as RGB, clipped to [0, 1]."""
+    if picture.ndim == 3:
+        ax.imshow(np.clip(picture, 0.0, 1.0), interpolation="nearest")
+    else:
+        ax.imshow(picture, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
 
 
 def bare(ax) -> None:
@@ -173,6 +198,7 @@ __all__ = [
     "imshow",
     "inference",
     "inferring",
+    "is_vector_model",
     "model_device",
     "save_png",
     "signed",

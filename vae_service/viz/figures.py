@@ -3,13 +3,17 @@
 Every function is pure: it takes a model (and images), returns a `matplotlib.figure.Figure`
 and touches nothing else. Model calls run under `torch.no_grad()` in eval mode (the model's
 previous train/eval mode is restored afterwards), inputs are moved to the model's device, and
-images may be uint8 (0–255, as stored by `vae_service.core.data`) or float in [0, 1]; that
-plumbing, and `save_png` to write a figure, are in `vae_service.viz.canvas`, the math on the
+images may be uint8 (0–255, as stored by `vae_service.core.data`) or float in [0, 1], grey or
+RGB (drawn in colour); that plumbing, and `save_png` to write a figure, are in `vae_service.viz.canvas`, the math on the
 latent codes (encoding, PCA, interpolation paths) in `vae_service.viz.latents`.
 Figures are built with `Figure(...)` rather than `pyplot.figure()`, so nothing accumulates in
 pyplot's global figure list when a caller forgets to close one; `save_png` closes it anyway.
 
 Latent dimensions are named 1-based everywhere: index j of z is labelled "z{j+1}".
+
+A model of feature vectors (image_shape (D,), `core.preprocessing`) has no pictures: it gets
+`latent_scatter`, `latent_dimensions` (μ ± σ without the image column) and `kl_per_dimension`;
+the figures that draw images raise ValueError for it.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from vae_service.viz.canvas import (
     image_batch,
     imshow,
     inferring,
+    is_vector_model,
     model_device,
     signed,
     spread_indices,
@@ -44,15 +49,28 @@ from vae_service.viz.canvas import (
     to_numpy,
     to_picture,
 )
-from vae_service.viz.latents import encode_means, interpolate_latents, latent_points_2d
+from vae_service.viz.latents import decoder_means, encode_means, interpolate_latents, latent_points_2d, prior_codes
 
 ACTIVE_COLOR, COLLAPSED_COLOR = "tab:blue", "tab:orange"
 PCA_NOTE = "first two principal components of μ"
+UNLABELLED_COLOR, NO_LABELS_COLOR = "0.6", "tab:blue"
+MOST_CLASS_TICKS = 30  # more classes than this: the colour bar names an evenly spread subset
+
+
+def _needs_images(model: VAE, figure: str) -> None:
+    if is_vector_model(model):
+        raise ValueError(f"{figure} draws images, but this model takes feature vectors of shape "
+                         f"{tuple(model.config.image_shape)}; use latent_scatter, latent_dimensions or kl_per_dimension")
+
+
+def _item_word(model: VAE) -> str:
+    return "items" if is_vector_model(model) else "images"
 
 
 @inferring
 def reconstructions(model: VAE, images: ArrayLike, n: int = 8) -> Figure:
     """The first n images (top row) above their reconstructions E[x|z = μ] (bottom row)."""
+    _needs_images(model, "reconstructions")
     x = image_batch(model, images)[:n]
     mu, _ = model.encode(x)
     recon = model.mean_image(mu)
@@ -72,11 +90,8 @@ def reconstructions(model: VAE, images: ArrayLike, n: int = 8) -> Figure:
 @inferring
 def prior_samples(model: VAE, n: int = 64, seed: int = 0) -> Figure:
     """A grid of decoder means E[x|z] for n codes z ~ N(0, I) (seeded, drawn on the CPU)."""
-    if n < 1:
-        raise ValueError("n must be positive")
-    generator = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, model.config.latent_dim, generator=generator).to(model_device(model))
-    images = model.mean_image(z)
+    _needs_images(model, "prior_samples")
+    images = decoder_means(model, prior_codes(n, model.config.latent_dim, seed))
     ncols = math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
     side = 0.72
@@ -94,6 +109,7 @@ def latent_manifold(model: VAE, n: int = 20) -> Figure:
 
     Column c has z1 = Φ⁻¹(q_c), row r (from the top) z2 = Φ⁻¹(q_{n−1−r}), so z2 grows upwards.
     """
+    _needs_images(model, "latent_manifold")
     d = model.config.latent_dim
     if d != 2:
         raise ValueError(
@@ -128,21 +144,34 @@ def latent_manifold(model: VAE, n: int = 20) -> Figure:
 
 
 def _class_names(labels: np.ndarray, label_names: Sequence[str]) -> list[str]:
-    """One name per class 0…k−1: `label_names`, topped up with numbers for labels beyond them."""
+    """One name per class 0…k−1: `label_names`, topped up with numbers for labels beyond them
+    (a label of −1 is no label: it names no class)."""
     count = max(len(label_names), int(labels.max(initial=-1)) + 1)
     return [*label_names, *(str(i) for i in range(len(label_names), count))]
 
 
 def _scatter_classes(ax, points: np.ndarray, labels: np.ndarray, size: float, n_classes: int, seed: int = 0):
     """Scatter coloured by class (one distinct colour each), drawn in a shuffled order so no
-    class hides the others."""
+    class hides the others. Points without a label (−1) are drawn first, in grey; when no point
+    has one, all are drawn in one colour. Returns the classes' mappable, None when no point has
+    a label (then there is no class legend to draw)."""
+    labels = labels.astype(np.int64)
+    labelled = labels >= 0
+    style = dict(s=size, alpha=0.7, linewidths=0, rasterized=True)
+    if not labelled.any():
+        ax.scatter(points[:, 0], points[:, 1], color=NO_LABELS_COLOR, **style)
+        return None
+    if not labelled.all():
+        ax.scatter(points[~labelled, 0], points[~labelled, 1], color=UNLABELLED_COLOR,
+                   label=f"no label ({int((~labelled).sum()):,})", **style)
+        ax.legend(loc="best", fontsize=8, markerscale=max(1.0, 24.0 / size) ** 0.5)
+    points, labels = points[labelled], labels[labelled]
     palette = matplotlib.colormaps["tab10" if n_classes <= 10 else "tab20"].colors
     colours = palette[:n_classes] if n_classes <= len(palette) else matplotlib.colormaps["turbo"](np.linspace(0, 1, n_classes))
     order = np.random.default_rng(seed).permutation(len(points))
     return ax.scatter(
         points[order, 0], points[order, 1], c=labels[order], cmap=ListedColormap(colours, name="classes"),
-        norm=BoundaryNorm(np.arange(-0.5, n_classes + 0.5), n_classes),
-        s=size, alpha=0.7, linewidths=0, rasterized=True,
+        norm=BoundaryNorm(np.arange(-0.5, n_classes + 0.5), n_classes), **style,
     )
 
 
@@ -151,20 +180,23 @@ def _point_size(n: int) -> float:
 
 
 def _class_colorbar(fig: Figure, mappable, ax, names: Sequence[str], label_kind: str, shrink: float = 1.0) -> None:
-    bar = fig.colorbar(mappable, ax=ax, ticks=range(len(names)), fraction=0.05, pad=0.02, shrink=shrink)
-    bar.ax.set_yticklabels(names)
+    ticks = np.arange(len(names)) if len(names) <= MOST_CLASS_TICKS else spread_indices(len(names), MOST_CLASS_TICKS - 10)
+    bar = fig.colorbar(mappable, ax=ax, ticks=ticks, fraction=0.05, pad=0.02, shrink=shrink)
+    bar.ax.set_yticklabels([names[i] for i in ticks])
     bar.set_label(label_kind)
     bar.solids.set(alpha=1.0)
 
 
 def latent_scatter(model: VAE, images: ArrayLike, labels: ArrayLike, title: Optional[str] = None,
                    label_kind: str = "digit", label_names: Sequence[str] = DIGITS) -> Figure:
-    """Posterior means μ of (test) images coloured by label (what label i means: `label_kind`
-    `label_names[i]`, MNIST's digits by default); PCA of μ when latent_dim > 2."""
+    """Posterior means μ of (test) images or feature vectors coloured by label (what label i
+    means: `label_kind` `label_names[i]`, MNIST's digits by default; −1: no label, drawn grey,
+    or all in one colour without a class legend when no item has one); PCA of μ when
+    latent_dim > 2."""
     mu, _ = encode_means(model, images)
     labels = to_numpy(labels).reshape(-1)
     if len(labels) != len(mu):
-        raise ValueError(f"{len(mu)} images but {len(labels)} labels")
+        raise ValueError(f"{len(mu)} {_item_word(model)} but {len(labels)} labels")
     points, xlabel, ylabel, used_pca = latent_points_2d(mu)
     names = _class_names(labels, label_names)
     fig = Figure(figsize=(7.0, 6.2), layout="constrained")
@@ -174,8 +206,11 @@ def latent_scatter(model: VAE, images: ArrayLike, labels: ArrayLike, title: Opti
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.25)
-    _class_colorbar(fig, scatter, ax, names, label_kind)
-    heading = title or f"Posterior means μ of {len(points)} images, coloured by {label_kind}"
+    heading = f"Posterior means μ of {len(points)} {_item_word(model)}"
+    if scatter is not None:
+        _class_colorbar(fig, scatter, ax, names, label_kind)
+        heading += f", coloured by {label_kind}"
+    heading = title or heading
     if used_pca:
         heading += f"\n({PCA_NOTE}, {mu.shape[1]}-D latent space)"
     fig.suptitle(heading)
@@ -217,13 +252,14 @@ def latent_scatter_panels(
     size = _point_size(max(len(p) for _, p, _ in prepared))
     scatter = None
     for ax, (name, pts, lab) in zip(axes, prepared):
-        scatter = _scatter_classes(ax, pts, lab, size, len(names))
+        scatter = _scatter_classes(ax, pts, lab, size, len(names)) or scatter
         ax.set_title(name)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.25)
         ax.set_box_aspect(1)
     axes[0].set_ylabel(ylabel)
-    _class_colorbar(fig, scatter, list(axes), names, label_kind, shrink=0.85)
+    if scatter is not None:
+        _class_colorbar(fig, scatter, list(axes), names, label_kind, shrink=0.85)
     if title:
         fig.suptitle(title)
     return fig
@@ -231,7 +267,8 @@ def latent_scatter_panels(
 
 @inferring
 def latent_dimensions(model: VAE, images: ArrayLike, n: int = 8) -> Figure:
-    """For each of n images: the image, and μ ± σ of q(z|x) for every latent dimension.
+    """For each of n images: the image, and μ ± σ of q(z|x) for every latent dimension; for a
+    model of feature vectors, μ ± σ alone (a vector has no picture to put beside it).
 
     The grey band is the prior's μ ± σ (0 ± 1): dimensions that sit on it for every image carry
     no information about the image (posterior collapse).
@@ -245,17 +282,22 @@ def latent_dimensions(model: VAE, images: ArrayLike, n: int = 8) -> Figure:
     high = max(float((mu + sigma).max()), 1.0)
     margin = 0.08 * (high - low)
 
+    vectors = is_vector_model(model)
     ncols = min(n, 4)
     nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(3.6 * ncols + 0.6, 2.3 * nrows + 1.0), layout="constrained")
+    fig = Figure(figsize=((2.9 if vectors else 3.6) * ncols + 0.6, 2.3 * nrows + 1.0), layout="constrained")
     grid = fig.add_gridspec(nrows, ncols)
     for i in range(n):
-        cell = grid[divmod(i, ncols)].subgridspec(1, 2, width_ratios=[1, 3.2], wspace=0.05)
-        ax_img = fig.add_subplot(cell[0])
-        imshow(ax_img, to_picture(x[i]))
-        bare(ax_img)
-        ax_img.set_title(f"image {i + 1}", fontsize=9)
-        ax = fig.add_subplot(cell[1])
+        if vectors:
+            ax = fig.add_subplot(grid[divmod(i, ncols)])
+            ax.set_title(f"item {i + 1}", fontsize=9)
+        else:
+            cell = grid[divmod(i, ncols)].subgridspec(1, 2, width_ratios=[1, 3.2], wspace=0.05)
+            ax_img = fig.add_subplot(cell[0])
+            imshow(ax_img, to_picture(x[i]))
+            bare(ax_img)
+            ax_img.set_title(f"image {i + 1}", fontsize=9)
+            ax = fig.add_subplot(cell[1])
         ax.axhspan(-1.0, 1.0, color="0.9", zorder=0)
         ax.axhline(0.0, color="0.6", linewidth=0.8, zorder=0)
         ax.errorbar(dims, mu[i], yerr=sigma[i], fmt="o", markersize=3, capsize=2, linewidth=1, color="tab:blue")
@@ -272,7 +314,8 @@ def latent_dimensions(model: VAE, images: ArrayLike, n: int = 8) -> Figure:
         Patch(color="0.9", label="prior N(0, 1): 0 ± 1"),
     ]
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=9, frameon=False)
-    fig.suptitle(f"Inspecting the latent dimensions: posterior μ ± σ of each of the {d} dimensions, for {n} images")
+    fig.suptitle(f"Inspecting the latent dimensions: posterior μ ± σ of each of the {d} dimensions, "
+                 f"for {n} {_item_word(model)}")
     return fig
 
 
@@ -352,6 +395,7 @@ def latent_traversals(
     every other dimension held at the image's μ. With `kl_per_dim`, the rows are the max_dims
     dimensions of largest KL (most informative first); otherwise the first max_dims.
     `row_labels` names what a dimension encodes (e.g. the dSprites factor it is most informative of)."""
+    _needs_images(model, "latent_traversals")
     x = image_batch(model, image)[:1]
     mu, _ = model.encode(x)
     mu = mu[0]
@@ -405,6 +449,7 @@ def latent_traversals(
 @inferring
 def interpolation(model: VAE, image_a: ArrayLike, image_b: ArrayLike, steps: int = 10, method: str = "linear") -> Figure:
     """Decoded codes on the path from μ_A to μ_B (see `interpolate_latents`), inputs at the ends."""
+    _needs_images(model, "interpolation")
     x_a = image_batch(model, image_a)[:1]
     x_b = image_batch(model, image_b)[:1]
     mu, _ = model.encode(torch.cat([x_a, x_b]))

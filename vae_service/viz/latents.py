@@ -1,6 +1,6 @@
-"""Math on latent codes: the posterior means of images, their 2-D views (z itself or its first
-two principal components) and paths between two codes. Tensors and arrays in and out; nothing
-is drawn here."""
+"""Math on latent codes: the posterior means of images (or feature vectors), their 2-D views
+(z itself or its first two principal components), codes from the prior, what the decoder makes
+of codes, and paths between two codes. Tensors and arrays in and out; nothing is drawn here."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from vae_service.core.model import VAE
-from vae_service.viz.canvas import ArrayLike, image_batch, inferring, to_numpy
+from vae_service.viz.canvas import ArrayLike, image_batch, inferring, is_vector_model, model_device, to_numpy
 
 ENCODE_BATCH = 1024
 
@@ -23,6 +23,24 @@ def encode_means(model: VAE, images: ArrayLike, batch_size: int = ENCODE_BATCH) 
         mus.append(mu.cpu())
         logvars.append(logvar.cpu())
     return torch.cat(mus), torch.cat(logvars)
+
+
+def prior_codes(n: int, latent_dim: int, seed: int = 0) -> torch.Tensor:
+    """n codes z ~ N(0, I) of shape (n, latent_dim), seeded and drawn on the CPU (so a seed gives
+    the same codes on any device)."""
+    if n < 1:
+        raise ValueError("n must be positive")
+    return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed))
+
+
+@inferring
+def decoder_means(model: VAE, z: ArrayLike) -> torch.Tensor:
+    """E[x|z] for codes z (N, d), on the CPU: images in [0, 1] (`VAE.mean_image`), or for a
+    model of feature vectors the Gaussian's mean as it is (standardised units, not clamped)."""
+    codes = torch.as_tensor(to_numpy(z), dtype=torch.float32).to(model_device(model))
+    if is_vector_model(model) and model.config.likelihood == "gaussian":
+        return model.decode(codes).cpu()
+    return model.mean_image(codes).cpu()
 
 
 def pca_2d(mu: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -96,8 +114,10 @@ def interpolate_latents(z_a: ArrayLike, z_b: ArrayLike, steps: int, method: str 
 
 __all__ = [
     "ENCODE_BATCH",
+    "decoder_means",
     "encode_means",
     "interpolate_latents",
     "latent_points_2d",
     "pca_2d",
+    "prior_codes",
 ]
