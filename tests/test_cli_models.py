@@ -326,3 +326,140 @@ def test_encode_table_and_mistakes(cli):
     assert "z1" in result.stdout and "z2" in result.stdout and "μ" in result.stdout and "σ" in result.stdout
     _expect_user_error(cli("encode", "models:/tiny/1", "--index", "10000"), "--index 10000")
     _expect_user_error(cli("encode", "models:/tiny/3", "--index", "0"), "version 3", "versions: 1, 2")
+
+
+# ---------------------------------------------------------------------------------------------
+# models of other data: RGB images, feature vectors (your own data), a named data set's spec
+
+
+def _vector_spec(source: Path):
+    from vae_service.core.spec_loading import validate_data
+
+    return validate_data({"name": "cells", "data": {"source": str(source), "format": "numpy", "key": "X", "label": "y"},
+                          "model": {"hidden": [16], "latent_dim": 3, "likelihood": "gaussian"}})
+
+
+@pytest.fixture(scope="module")
+def vector_model(tmp_path_factory):
+    """A model of 8-feature vectors (untrained) saved as `vae run` saves one: config.json holds the
+    spec (data.source: an .npz of three labelled blobs) and the preprocessing (the train split's
+    mean and std)."""
+    from vae_service.core import from_spec
+    from vae_service.core.checkpoint import save_model
+    from vae_service.core.model import VAE
+    from vae_service.core.preprocessing import TRAIN, Preprocessing, row_hashes, split_of
+
+    root = tmp_path_factory.mktemp("vectors")
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    x = rng.normal(0, 5, (3, 8))[y] + rng.normal(0, 1, (300, 8)) + np.arange(8) * 10.0
+    np.savez(root / "cells.npz", X=x, y=y)
+    spec = _vector_spec(root / "cells.npz")
+    train = x[split_of(row_hashes(x), spec.data.val_fraction, spec.data.test_fraction) == TRAIN]
+    prep = Preprocessing(input_shape=(8,), kind="vectors", mean=tuple(map(float, train.mean(0))),
+                         std=tuple(map(float, train.std(0))), label_kind="class", label_names=("0", "1", "2"))
+    torch.manual_seed(0)
+    vae = VAE(from_spec.model_config(spec, (8,))).eval()
+    assert tuple(vae.config.image_shape) == (8,)
+    directory = save_model(root / "model", vae, extra={"spec": spec.model_dump(mode="json"), "preprocessing": prep.to_dict()})
+    return {"dir": directory, "vae": vae, "prep": prep, "x": x, "y": y}
+
+
+def test_sample_from_a_vector_model_needs_an_npy_output(cli, vector_model, tmp_path):
+    out = tmp_path / "samples.png"
+    line = _expect_user_error(cli("sample", vector_model["dir"], "-o", out), "feature vectors", "--output NAME.npy")
+    assert "not images" in line
+    assert not out.exists()
+    _expect_user_error(cli("sample", vector_model["dir"], "-o", tmp_path / "s.csv"), ".png")
+
+
+def test_sample_from_a_vector_model_writes_de_standardised_vectors(cli, vector_model, tmp_path):
+    from vae_service.viz.latents import prior_codes
+
+    out = tmp_path / "deep" / "samples.npy"
+    result = cli("sample", vector_model["dir"], "-n", "5", "--seed", "4", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "(5, 8)" in result.stderr
+    array = np.load(out, allow_pickle=False)
+    assert array.shape == (5, 8) and array.dtype == np.float32
+    prep, vae = vector_model["prep"], vector_model["vae"]
+    with torch.no_grad():
+        standardised = vae.decode(prior_codes(5, 3, seed=4)).numpy()  # the Gaussian's mean, not clamped to [0, 1]
+    np.testing.assert_allclose(array, standardised * np.array(prep.std) + np.array(prep.mean), rtol=1e-5, atol=1e-4)
+    assert abs(array.mean() - np.mean(prep.mean)) < 5 * max(prep.std)  # in the data's units, not standardised ones
+
+
+def test_sample_from_an_image_model_refuses_an_npy_output(cli, store, tmp_path):
+    out = tmp_path / "samples.npy"
+    _expect_user_error(cli("sample", store["dirs"][0], "-o", out), "draws images", ".png")
+    assert not out.exists()
+
+
+def test_interpolate_on_a_vector_model_is_refused(cli, vector_model, tmp_path):
+    out = tmp_path / "s.png"
+    _expect_user_error(cli("interpolate", vector_model["dir"], "--from-index", "0", "--to-index", "1", "-o", out),
+                       "feature vectors", "not images")
+    assert not out.exists()
+
+
+def test_encode_reads_the_test_split_of_the_models_own_data(cli, vector_model, ray_cluster):
+    """`vae encode` on a model of your own data: the item is from the test share of data.source,
+    standardised as in training (found by its μ among the test rows' encodings)."""
+    from vae_service.core.preprocessing import TEST, row_hashes, split_of
+
+    result = cli("encode", vector_model["dir"], "--index", "3", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    x, y, prep, vae = vector_model["x"], vector_model["y"], vector_model["prep"], vector_model["vae"]
+    test = split_of(row_hashes(x), 0.1, 0.1) == TEST
+    with torch.no_grad():
+        mu, _ = vae.encode(torch.as_tensor(prep.standardise(x[test])))
+    row = int(np.argmin(np.abs(mu.numpy() - np.array(payload["mu"])).sum(1)))
+    np.testing.assert_allclose(mu[row].numpy(), payload["mu"], rtol=1e-5, atol=1e-6)
+    assert payload["label"] == int(y[test][row])
+    table = cli("encode", vector_model["dir"], "--index", "0")
+    assert table.exit_code == 0, table.output
+    assert "test item 0 (class " in table.stdout.replace("\n", " ") and "MNIST" not in table.stdout
+    line = _expect_user_error(cli("encode", vector_model["dir"], "--index", "100000"), "--index 100000", "test split of")
+    assert f"has {int(test.sum()):,} items" in line
+
+
+def test_encode_and_interpolate_on_a_model_with_a_named_data_sets_spec(cli, tmp_path):
+    """A model whose config.json names MNIST: its test set from the spec (as `vae eval`)."""
+    from vae_service.core.checkpoint import save_model
+    from vae_service.core.data import load_mnist, to_unit_float
+    from vae_service.core.model import VAE, ModelConfig
+    from vae_service.core.spec_loading import validate_data
+
+    torch.manual_seed(5)
+    vae = VAE(ModelConfig(latent_dim=2, hidden=(32,))).eval()
+    directory = save_model(tmp_path / "mnist-model", vae, extra={"spec": validate_data({}).model_dump(mode="json")})
+    test = load_mnist(None, download=False, val_fraction=0.0).test
+    result = cli("encode", directory, "--index", "7", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    with torch.no_grad():
+        mu, _ = vae.encode(to_unit_float(test.images[7:8]))
+    assert payload["label"] == int(test.labels[7])
+    assert payload["mu"] == pytest.approx(mu[0].tolist(), rel=1e-6, abs=1e-7)
+    out = tmp_path / "strip.png"
+    result = cli("interpolate", directory, "--from-index", "0", "--to-index", "1", "--steps", "4", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "MNIST test image 0 (digit " in result.stderr
+    _png(out)
+    _expect_user_error(cli("encode", directory, "--index", "10000"), "the MNIST test set has 10,000 images", "0–9999")
+
+
+def test_sample_from_an_rgb_model_is_in_colour(cli, tmp_path):
+    from matplotlib.image import imread
+
+    from vae_service.core.checkpoint import save_model
+    from vae_service.core.model import VAE, ModelConfig
+
+    torch.manual_seed(0)
+    directory = save_model(tmp_path / "rgb", VAE(ModelConfig(image_shape=(3, 16, 16), latent_dim=2, hidden=(32,))).eval())
+    out = tmp_path / "rgb.png"
+    result = cli("sample", directory, "-n", "9", "-o", out)
+    assert result.exit_code == 0, result.output
+    picture = imread(out)[..., :3]
+    assert np.abs(picture[..., 0] - picture[..., 1]).max() > 0.05 or np.abs(picture[..., 1] - picture[..., 2]).max() > 0.05

@@ -412,3 +412,138 @@ def test_a_run_gets_exactly_the_figures_the_readme_lists(name, expected, images,
     assert {p.name for p in (tmp_path / "figures").iterdir()} == {f"{n}.png" for n in expected}
     for path in paths:
         assert_valid_png(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# other data: RGB images in colour, feature vectors without pictures, items without labels
+
+
+@pytest.fixture(scope="module")
+def rgb() -> VAE:
+    return _model(4, image_shape=(3, 16, 16), latent_dim=3, hidden=(32,))
+
+
+@pytest.fixture(scope="module")
+def rgb_images() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (20, 3, 16, 16), dtype=torch.uint8, generator=generator)
+    images[:, 0] //= 4  # the channels differ
+    return images
+
+
+@pytest.fixture(scope="module")
+def vectors_model() -> VAE:
+    return _model(5, image_shape=(8,), latent_dim=4, hidden=(16,), likelihood="gaussian")
+
+
+@pytest.fixture(scope="module")
+def vectors() -> torch.Tensor:
+    return torch.randn(40, 8, generator=torch.Generator().manual_seed(2))  # standardised features
+
+
+def test_rgb_images_are_drawn_in_colour(rgb, rgb_images):
+    fig = F.reconstructions(rgb, rgb_images, n=3)
+    top = fig.axes[0].images[0].get_array()
+    assert top.shape == (16, 16, 3)
+    np.testing.assert_allclose(top, to_unit_float(rgb_images[0]).permute(1, 2, 0).numpy())
+    assert fig.axes[3].images[0].get_array().shape == (16, 16, 3)
+    grid = F.prior_samples(rgb, n=4).axes[0].images[0].get_array()
+    assert grid.shape == (2 * 18 - 2, 2 * 18 - 2, 3)
+    assert C.to_picture(torch.zeros(1, 5, 6)).shape == (5, 6)  # grey stays (H, W)
+
+
+def test_an_rgb_run_gets_colour_figures(rgb, rgb_images, tmp_path):
+    from matplotlib.image import imread
+
+    from vae_service.core.data import ImageSplit
+    from vae_service.viz.run_figures import render_run_figures
+
+    labels = torch.arange(20) % 4
+    paths = render_run_figures(rgb, ImageSplit(rgb_images, labels, "class", ("a", "b", "c", "d")), tmp_path,
+                               kl_per_dim=[0.5, 0.1, 0.0])
+    assert {p.name for p in paths} == {f"{n}.png" for n in README_FIGURES}
+    for path in paths:
+        assert_valid_png(path)
+    picture = imread(tmp_path / "reconstructions.png")[..., :3]
+    assert np.abs(picture[..., 0] - picture[..., 1]).max() > 0.1  # red and green differ somewhere: colour
+
+
+def test_a_vector_model_gets_the_figures_without_pictures(vectors_model, vectors, tmp_path):
+    from vae_service.core.data import ImageSplit
+    from vae_service.viz.run_figures import render_run_figures
+
+    test = ImageSplit(vectors, torch.arange(40) % 3, "class", ("x", "y", "z"))
+    paths = render_run_figures(vectors_model, test, tmp_path, kl_per_dim=[0.3, 0.0, 1.2, 0.05])
+    assert {p.name for p in paths} == {"latent_scatter.png", "latent_dimensions.png", "kl_per_dimension.png"}
+    assert not (tmp_path / "reconstructions.png").exists()
+    for path in paths:
+        assert_valid_png(path)
+    without_kl = render_run_figures(vectors_model, test, tmp_path / "no-kl")
+    assert {p.name for p in without_kl} == {"latent_scatter.png", "latent_dimensions.png"}
+
+
+def test_latent_dimensions_of_vectors_has_no_image_column(vectors_model, vectors):
+    fig = F.latent_dimensions(vectors_model, vectors, n=3)
+    assert len(fig.axes) == 3 and n_images(fig) == 0
+    assert [ax.get_title() for ax in fig.axes] == ["item 1", "item 2", "item 3"]
+    with torch.no_grad():
+        mu, _ = vectors_model.encode(vectors[:3])
+    for i, ax in enumerate(fig.axes):
+        np.testing.assert_allclose(ax.containers[0].lines[0].get_ydata(), mu[i].numpy(), atol=1e-6)
+    assert "3 items" in fig.get_suptitle()
+
+
+@pytest.mark.parametrize("figure", ["reconstructions", "prior_samples", "latent_traversals", "interpolation"])
+def test_picture_figures_refuse_a_vector_model(vectors_model, vectors, figure):
+    calls = {
+        "reconstructions": lambda: F.reconstructions(vectors_model, vectors),
+        "prior_samples": lambda: F.prior_samples(vectors_model),
+        "latent_traversals": lambda: F.latent_traversals(vectors_model, vectors[0]),
+        "interpolation": lambda: F.interpolation(vectors_model, vectors[0], vectors[1]),
+    }
+    with pytest.raises(ValueError, match="feature vectors"):
+        calls[figure]()
+
+
+def test_vectors_of_the_wrong_width_are_a_clear_error(vectors_model):
+    with pytest.raises(ValueError, match="do not fit"):
+        L.encode_means(vectors_model, torch.zeros(3, 7))
+    mu, _ = L.encode_means(vectors_model, torch.zeros(8))  # one vector
+    assert mu.shape == (1, 4)
+
+
+def test_decoder_means_of_vectors_are_not_clamped(vectors_model):
+    z = L.prior_codes(64, 4, seed=0)
+    means = L.decoder_means(vectors_model, z)
+    with torch.no_grad():
+        np.testing.assert_allclose(means.numpy(), vectors_model.decode(z).numpy(), atol=1e-6)
+    assert torch.equal(z, L.prior_codes(64, 4, seed=0))
+
+
+def test_latent_scatter_without_labels_draws_one_colour_and_no_legend(vectors_model, vectors):
+    fig = F.latent_scatter(vectors_model, vectors, torch.full((40,), -1), label_kind="item", label_names=())
+    assert len(fig.axes) == 1  # no class colour bar
+    ax = fig.axes[0]
+    assert len(ax.collections) == 1 and len(ax.collections[0].get_offsets()) == 40
+    assert len({tuple(c) for c in ax.collections[0].get_facecolors()}) == 1
+    assert ax.get_legend() is None
+    assert "coloured" not in fig.get_suptitle() and "40 items" in fig.get_suptitle()
+
+
+def test_latent_scatter_with_some_labels_missing_draws_them_grey(mlp2, images):
+    labels = torch.arange(60) % 5
+    labels[::3] = -1
+    fig = F.latent_scatter(mlp2, images, labels, label_kind="class", label_names=("a", "b", "c", "d", "e"))
+    ax, bar = fig.axes
+    assert [t.get_text() for t in bar.get_yticklabels()] == ["a", "b", "c", "d", "e"]
+    grey, coloured = ax.collections
+    assert len(grey.get_offsets()) == 20 and len(coloured.get_offsets()) == 40
+    assert "no label (20)" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_latent_scatter_with_many_classes_names_a_subset_on_the_colour_bar(mlp5, images, tmp_path):
+    names = tuple(f"class {i}" for i in range(60))
+    fig = F.latent_scatter(mlp5, images, torch.arange(60), label_kind="class", label_names=names)
+    ticks = [t.get_text() for t in fig.axes[1].get_yticklabels()]
+    assert 2 <= len(ticks) <= 30 and ticks[0] == "class 0" and ticks[-1] == "class 59"
+    assert_valid_png(C.save_png(fig, tmp_path / "many.png"))

@@ -3,6 +3,7 @@ model, as Parquet parts in a folder or under s3://bucket/prefix; restartable (so
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from contextlib import contextmanager
@@ -87,7 +88,7 @@ def encode_dataset_command(
             ensure_ray()
             n_actors = actors or _default_actors()
             try:
-                with _progress(total_files, skipped_files, quiet) as advance:
+                with _progress(total_files, skipped_files, quiet) as advance, _ray_data_silent():
                     written = encode.run(data, inspection, model, pending, location, batch_size=batch_size,
                                          actors=n_actors, on_file=advance)
             except KeyboardInterrupt:
@@ -117,6 +118,20 @@ def _errors() -> Iterator[None]:
             fail(message if message.startswith(("data.", "--")) else f"data: {message}", 2)
         except StorageError as exc:
             fail(f"--output: {exc}", 2)
+
+
+@contextmanager
+def _ray_data_silent() -> Iterator[None]:
+    """Ray Data logs a failed task at ERROR before raising it; the failure is reported once,
+    as one line, by `_errors` (VAE_DEBUG keeps Ray Data's log)."""
+    logger = logging.getLogger("ray.data")
+    level = logger.level
+    if not os.environ.get("VAE_DEBUG"):
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextmanager

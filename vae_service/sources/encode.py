@@ -403,11 +403,19 @@ def _new_paths(paths: np.ndarray, last: Optional[str]) -> int:
 
 
 def data_error(exc: BaseException) -> Optional[DataError]:
-    """The DataError a Ray task raised, found in the chain Ray Data wraps it in (or None)."""
+    """The DataError a Ray Data task raised (a file that does not decode), or None. Ray Data
+    re-raises it as a UserCodeException without its cause: only the remote traceback's text,
+    which ends with the DataError's line, still has it."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, DataError):
+        if type(exc) is DataError:
             return exc
-        exc = exc.__cause__ or exc.__context__
+        found = _REMOTE_DATA_ERROR.findall(str(exc))
+        if found:
+            return DataError(found[-1].strip())
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
     return None
+
+
+_REMOTE_DATA_ERROR = re.compile(rf"^{re.escape(DataError.__module__)}\.DataError: (.+)$", re.MULTILINE)

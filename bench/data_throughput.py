@@ -1,0 +1,213 @@
+"""Your own data: the Ray Data streaming path vs the in-memory path.
+
+1. Throughput on MNIST: the same MLP VAE trained by `vae run` with data.loading memory (uint8
+   tensors on the worker, index slices) and streaming (Ray Data, `iter_torch_batches` over the
+   worker's shard); and the same images as a folder of PNGs (decoded by Ray Data's read_images)
+   both ways. images/s is the training loop's own rate (steps only), the median of the epochs
+   after the first.
+2. Memory: peak memory (PSS, so the object store's shared pages count once) of everything a run
+   uses — the `vae run` process and every process of the Ray cluster it joins — while it trains
+   on generated Parquet tables of float32 vectors 1×, 2× and 4× the cluster's object store
+   memory, streamed and in memory.
+
+    python bench/data_throughput.py [--epochs 3] [--object-store-mb 128] [--png-images 20000]
+
+Prints tables and writes bench/results/data_throughput.json. Target: streaming ≥ 0.8× the
+in-memory rate on MNIST-sized images, and streaming's peak memory flat as the data grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "data_throughput.json"
+FEATURES = 256  # float32 per row: 1 KiB
+
+
+def vae_run(spec: dict, env: dict, sampler: "PeakMemory | None" = None) -> dict:
+    """`vae run SPEC --json -q` in a child process: the run's JSON record."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        json.dump(spec, handle)  # JSON is YAML
+    command = [sys.executable, "-m", "vae_service.cli", "run", handle.name, "--json", "-q"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    if sampler is not None:
+        sampler.watch(process.pid)
+    out, err = process.communicate()
+    if sampler is not None:
+        sampler.stop()
+    os.unlink(handle.name)
+    if process.returncode != 0:
+        raise SystemExit(f"vae run failed ({process.returncode}):\n{err[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def training_rate(record: dict) -> float:
+    rates = [epoch["images_per_s"] for epoch in record["history"]][1:] or [record["history"][0]["images_per_s"]]
+    return statistics.median(rates)
+
+
+class PeakMemory:
+    """Samples the summed PSS of a process tree plus every Ray process every 0.25 s."""
+
+    def __init__(self):
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def watch(self, pid: int) -> None:
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(pid,), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self, pid: int) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, cluster_pss(pid))
+            time.sleep(0.25)
+
+
+def cluster_pss(pid: int | None = None) -> int:
+    tree = set()
+    if pid is not None:
+        try:
+            root = psutil.Process(pid)
+            tree = {root.pid, *(child.pid for child in root.children(recursive=True))}
+        except psutil.NoSuchProcess:
+            pass
+    total = 0
+    for process in psutil.process_iter(["pid", "name", "cmdline"]):
+        try:
+            text = " ".join(process.info["cmdline"] or []) + " " + (process.info["name"] or "")
+            if process.info["pid"] in tree or "ray" in text:
+                total += process.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
+
+
+def write_pngs(folder: Path, count: int) -> None:
+    """MNIST's first `count` training images as PNG files (one folder per digit)."""
+    from PIL import Image
+
+    from vae_service.core.data import load_mnist
+
+    data = load_mnist(download=False, val_fraction=0.0, limit=count).train
+    for i, (image, label) in enumerate(zip(data.images[:, 0].numpy(), data.labels.tolist())):
+        (folder / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / str(label) / f"{i:05d}.png")
+
+
+def write_table(folder: Path, megabytes: int) -> int:
+    """Gaussian blobs as Parquet files of ~16 MiB each: `megabytes` MiB of float32 features."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows_per_file, rows = 16 * 1024, megabytes * 1024
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, (10, FEATURES)).astype(np.float32)
+    for part, start in enumerate(range(0, rows, rows_per_file)):
+        n = min(rows_per_file, rows - start)
+        x = centres[rng.integers(0, 10, n)] + rng.normal(0, 1, (n, FEATURES)).astype(np.float32)
+        pq.write_table(pa.table({f"f{j}": x[:, j] for j in range(FEATURES)}), folder / f"part-{part:04d}.parquet")
+    return rows
+
+
+def spec(name: str, data: dict, epochs: int, storage: Path, **model) -> dict:
+    return {
+        "name": name,
+        "data": data,
+        "model": {"hidden": [400], "latent_dim": 20, **model},
+        "optim": {"epochs": epochs, "batch_size": 128, "seed": 0},
+        "resources": {"num_workers": 1, "cpus_per_worker": 1},
+        "storage": {"uri": str(storage), "keep_checkpoints": 1},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--object-store-mb", type=int, default=128)
+    parser.add_argument("--png-images", type=int, default=20_000)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="vae-bench-data-"))
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{work}/mlflow.db")
+
+    # 1. throughput on MNIST
+    throughput = []
+    pngs = work / "mnist-png"
+    write_pngs(pngs, args.png_images)
+    cases = [
+        ("MNIST idx, in memory", {"loading": "memory"}),
+        ("MNIST idx, streaming", {"loading": "streaming"}),
+        (f"MNIST {args.png_images:,} PNGs, in memory", {"source": str(pngs), "format": "images", "loading": "memory"}),
+        (f"MNIST {args.png_images:,} PNGs, streaming", {"source": str(pngs), "format": "images", "loading": "streaming"}),
+    ]
+    for label, data in cases:
+        record = vae_run(spec("throughput", data, args.epochs, work / "runs"), env)
+        throughput.append({"case": label, "images_per_s": training_rate(record), "wall_s": record["wall_s"],
+                           "val_neg_elbo": record["metrics"]["val_neg_elbo"]})
+        print(f"  {label}: {throughput[-1]['images_per_s']:,.0f} img/s", file=sys.stderr)
+
+    # 2. peak memory against the object store's size, on a cluster with a small object store
+    subprocess.run(["ray", "start", "--head", "--num-cpus=2", f"--object-store-memory={args.object_store_mb << 20}",
+                    "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True, env=env)
+    memory = []
+    try:
+        cluster_env = dict(env, RAY_ADDRESS="auto")
+        idle = cluster_pss()
+        sampler = PeakMemory()
+        for multiple in (1, 2, 4):
+            table = work / f"table-{multiple}x"
+            rows = write_table(table, args.object_store_mb * multiple)
+            for loading in ("streaming", "memory"):
+                data = {"source": str(table), "format": "parquet", "loading": loading}
+                record = vae_run(spec("memory", data, 1, work / "runs", likelihood="gaussian", hidden=[64], latent_dim=8),
+                                 cluster_env, sampler)
+                memory.append({"data_mb": args.object_store_mb * multiple, "rows": rows, "loading": loading,
+                               "peak_mb": sampler.peak / 2**20, "idle_cluster_mb": idle / 2**20,
+                               "images_per_s": training_rate(record)})
+                print(f"  {multiple}× ({rows:,} rows) {loading}: peak {memory[-1]['peak_mb']:,.0f} MiB", file=sys.stderr)
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env)
+
+    base = throughput[0]["images_per_s"]
+    print(f"\n{'case':<34}{'images/s':>12}{'vs memory':>11}{'val −ELBO':>11}")
+    for row in throughput:
+        print(f"{row['case']:<34}{row['images_per_s']:>12,.0f}{row['images_per_s'] / base:>10.2f}×{row['val_neg_elbo']:>11.1f}")
+    print(f"\nobject store {args.object_store_mb} MiB; idle cluster {memory[0]['idle_cluster_mb']:,.0f} MiB (PSS)")
+    print(f"{'data':>10}{'rows':>10}{'loading':>12}{'peak MiB':>11}{'rows/s':>10}")
+    for row in memory:
+        print(f"{row['data_mb']:>7} MiB{row['rows']:>10,}{row['loading']:>12}{row['peak_mb']:>11,.0f}{row['images_per_s']:>10,.0f}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({
+        "throughput": throughput,
+        "streaming_vs_memory_mnist": throughput[1]["images_per_s"] / base,
+        "memory": memory,
+        "object_store_mb": args.object_store_mb,
+        "epochs": args.epochs,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }, indent=2))
+    print(f"\nwrote {args.output.relative_to(REPO) if args.output.is_relative_to(REPO) else args.output}")
+
+
+if __name__ == "__main__":
+    main()
