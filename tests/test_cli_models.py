@@ -362,7 +362,7 @@ def vector_model(tmp_path_factory):
     vae = VAE(from_spec.model_config(spec, (8,))).eval()
     assert tuple(vae.config.image_shape) == (8,)
     directory = save_model(root / "model", vae, extra={"spec": spec.model_dump(mode="json"), "preprocessing": prep.to_dict()})
-    return {"dir": directory, "vae": vae, "prep": prep, "x": x, "y": y}
+    return {"dir": directory, "vae": vae, "prep": prep, "x": x, "y": y, "spec": spec}
 
 
 def test_sample_from_a_vector_model_needs_an_npy_output(cli, vector_model, tmp_path):
@@ -411,7 +411,8 @@ def test_encode_reads_the_test_split_of_the_models_own_data(cli, vector_model, r
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     x, y, prep, vae = vector_model["x"], vector_model["y"], vector_model["prep"], vector_model["vae"]
-    test = split_of(row_hashes(x), 0.1, 0.1) == TEST
+    data = vector_model["spec"].data
+    test = split_of(row_hashes(x), data.val_fraction, data.test_fraction) == TEST
     with torch.no_grad():
         mu, _ = vae.encode(torch.as_tensor(prep.standardise(x[test])))
     row = int(np.argmin(np.abs(mu.numpy() - np.array(payload["mu"])).sum(1)))

@@ -14,7 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
+from vae_service.cli import app
 from vae_service.core import metrics as M
 from vae_service.core.checkpoint import read_model_config
 from vae_service.core.data import DataError
@@ -214,6 +216,12 @@ def test_numpy_blobs_train_with_standardisation_from_the_train_split(ray_cluster
     figures = {a.path for a in client().list_artifacts(result.mlflow_run_id, "figures")}
     assert "figures/latent_scatter.png" in figures
     assert np.isfinite(result.metrics[M.TEST_NEG_ELBO])
+    # `vae eval` reads the model's own test items again (same content-hash split, same statistics)
+    done = CliRunner().invoke(app, ["eval", result.model_dir, "-k", "20", "--images", "40", "--json", "--no-record"])
+    assert done.exit_code == 0, done.output
+    evaluated = json.loads(done.stdout.strip().splitlines()[-1])
+    assert evaluated["dataset"] == str(tmp_path / "cells.npz") and 0 < evaluated["n_images"] <= 40
+    assert np.isfinite(evaluated["nll"]) and evaluated["nll"] <= evaluated["neg_elbo"] + 0.05 * abs(evaluated["neg_elbo"])
 
 
 def test_parquet_table_trains_on_its_numeric_columns(ray_cluster, run_job, tmp_path):

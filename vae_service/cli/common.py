@@ -43,3 +43,14 @@ def load_or_exit(path: Path, overrides: List[str]):
     except SpecError as exc:
         fail(str(exc), 2)
         raise  # unreachable; keeps type checkers happy
+
+
+def own_test_items(spec, limit: int):
+    """The first `limit` test items of the user's own data a model was trained on (`spec` from
+    its config.json), read again through Ray Data (a local Ray unless RAY_ADDRESS is set) and
+    split the same way, by content hash."""
+    from vae_service.sources.prepare import prepare, test_items
+    from vae_service.training.runner import ensure_ray
+
+    ensure_ray()
+    return test_items(prepare(spec), spec, limit)

@@ -70,9 +70,9 @@ def encode_dataset_command(
                                     f"{' '.join(str(exc).split())}") from None
         encode.check_model_fits(data, inspection, model)
         wanted = encode.manifest(model_uri, model, data, images_per_part)
-        has_manifest = encode.check_manifest(location, wanted)
         parts = encode.plan_parts(data, inspection.files.paths, images_per_part)
         there = encode.existing_parts(location)
+        has_manifest = encode.check_manifest(location, wanted, has_parts=bool(there))
         pending = [part for part in parts if part.name not in there]
         skipped = len(parts) - len(pending)
         skipped_files = sum(len(part.paths) for part in parts if part.name in there)
@@ -93,8 +93,10 @@ def encode_dataset_command(
                                          actors=n_actors, on_file=advance)
             except KeyboardInterrupt:
                 fail("interrupted: the parts written so far are kept; rerun the same command to continue", 130)
+    foreign = len(there - {part.name for part in parts})
     say(f"wrote {written.rows:,} rows from {written.files:,} files in {written.parts:,} parts to {location}; "
-        f"skipped {skipped:,} parts ({skipped_files:,} files) already there")
+        f"skipped {skipped:,} parts ({skipped_files:,} files) already there"
+        + (f"; {foreign:,} other parts there are not parts of this source (left as they are)" if foreign else ""))
 
 
 def _default_actors() -> int:

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vae_service.cli.common import app, err, fail
+from vae_service.cli.common import app, err, fail, own_test_items
 from vae_service.core import metrics as M
 from vae_service.core.errors import one_line
 from vae_service.core.spec import CHAMPION
@@ -270,11 +270,9 @@ def _test_data(config: dict) -> _TestData:
         title = IDX_DATASETS[spec.data.dataset].title if spec.data.dataset in IDX_DATASETS else "dSprites"
         return _TestData(from_spec.images(spec).test, f"{title} test image", f"{title} test images",
                          f"the {title} test set")
-    from vae_service.sources.prepare import prepare, test_items
-    from vae_service.training.runner import ensure_ray
+    from vae_service.sources.prepare import FIGURE_ITEMS
 
-    ensure_ray()
-    split = test_items(prepare(spec), spec)
+    split = own_test_items(spec, FIGURE_ITEMS)
     return _TestData(split, "test item", "test items", f"the test split of {spec.data.source}", "items")
 
 

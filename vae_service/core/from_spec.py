@@ -28,7 +28,9 @@ def trained_with(config: dict, limit: Optional[int] = None) -> TrainSpec:
     except (KeyError, TypeError, ValidationError):
         raise DataError("the model's config.json holds no valid training spec: cannot tell which data "
                         "it was trained on, or how it was binarised") from None
-    return spec.model_copy(update={"data": spec.data.model_copy(update={"limit": limit})}) if limit else spec
+    if not limit or spec.data.own:  # your own data: the caller takes `limit` test items (sources.prepare)
+        return spec
+    return spec.model_copy(update={"data": spec.data.model_copy(update={"limit": limit})})
 
 
 def images(spec: TrainSpec) -> Dataset:

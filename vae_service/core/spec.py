@@ -144,6 +144,11 @@ class DataSpec(StrictModel):
         return self.source is not None and self.format != "idx"
 
     @property
+    def title(self) -> str:
+        """The data in a message or a table: the named data set, or the source."""
+        return self.source if self.own else self.dataset
+
+    @property
     def vectors(self) -> bool:
         """Items are feature vectors (standardised), not images."""
         return self.own and self.format in ("numpy", "parquet")
@@ -418,7 +423,7 @@ class TrainSpec(StrictModel):
     def model_problem(self, shape: tuple[int, ...]) -> Optional[str]:
         """Why the spec's model cannot be built for inputs of `shape` (known from the spec, or only
         once the data is read), or None."""
-        what = self.data.dataset if not self.data.own else "data.source"
+        what = self.data.title
         if self.model.arch == "conv" and self.model.kernel_size == 4:
             sides = self.model.conv_sides(shape[1])
             if sides[-1] * 2 ** len(sides) != shape[1]:

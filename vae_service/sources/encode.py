@@ -167,9 +167,10 @@ def existing_parts(output: storage.Location) -> set[str]:
             if info.type == pafs.FileType.File and info.base_name.endswith(".parquet") and not info.base_name.startswith(".")}
 
 
-def check_manifest(output: storage.Location, wanted: dict) -> bool:
-    """True when `output` already has a manifest (equal to `wanted`); DataError naming --output
-    when it holds encodings of another model or other data."""
+def check_manifest(output: storage.Location, wanted: dict, has_parts: bool) -> bool:
+    """True when `output` already has the manifest `wanted`; DataError naming --output when its
+    parts are encodings of another model or other data (a manifest without parts, left by a run
+    that failed before its first part, is replaced: False)."""
     location = output.join(MANIFEST)
     if not storage.exists(location):
         return False
@@ -178,11 +179,11 @@ def check_manifest(output: storage.Location, wanted: dict) -> bool:
     except (OSError, ValueError) as exc:
         raise DataError(f"--output: {location} is not readable JSON ({exc}); remove it or choose another --output") from None
     differ = [key for key in ("model_sha256", "data", "images_per_part") if found.get(key) != wanted[key]]
-    if differ:
+    if differ and has_parts:
         what = {"model_sha256": "another model", "data": "other data", "images_per_part": "another --images-per-part"}
         raise DataError(f"--output: {output} holds encodings of {' and '.join(what[k] for k in differ)} "
                         f"(its {MANIFEST}); choose another --output or empty it")
-    return True
+    return not differ
 
 
 def write_manifest(output: storage.Location, wanted: dict) -> None:

@@ -9,7 +9,7 @@ worker holds only the batches in flight.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -76,7 +76,8 @@ def test_items(prepared: Prepared, spec: TrainSpec, limit: int = FIGURE_ITEMS) -
     if not spec.data.own:
         return from_spec.images(spec).test
     if prepared.in_memory is not None:
-        return prepared.in_memory.test
+        test = prepared.in_memory.test
+        return replace(test, images=test.images[:limit], labels=test.labels[:limit])
     return _split_in_memory(prepared.streams["test"].limit(limit), prepared.preprocessing)
 
 

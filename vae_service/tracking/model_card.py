@@ -19,7 +19,7 @@ from vae_service.core import metrics as M
 SPEC_TAGS = {
     "arch": "model.arch", "latent_dim": "model.latent_dim", "likelihood": "model.likelihood",
     "objective": "objective.kind", "beta": "objective.beta", "dataset": "data.dataset",
-    "binarize": "data.binarize", "epochs": "optim.epochs", "batch_size": "optim.batch_size", "lr": "optim.lr",
+    "source": "data.source", "format": "data.format", "binarize": "data.binarize", "epochs": "optim.epochs", "batch_size": "optim.batch_size", "lr": "optim.lr",
 }
 METRIC_TAGS = (M.VAL_NEG_ELBO, M.TEST_NEG_ELBO, M.ACTIVE_UNITS)  # plus every eval_* metric
 
@@ -32,7 +32,7 @@ def of_run(run) -> tuple[str, dict[str, str]]:
 
 def tags(params: Mapping[str, str], metrics: Mapping[str, float]) -> dict[str, str]:
     """The key spec fields and metrics, as MLflow tags (strings)."""
-    found = {tag: params[field] for tag, field in SPEC_TAGS.items() if field in params}
+    found = {tag: params[field] for tag, field in SPEC_TAGS.items() if params.get(field, "null") != "null"}
     for key, value in metrics.items():
         wanted = key in METRIC_TAGS or (key.startswith(M.EVAL_PREFIX) and not key.endswith("seconds"))
         if wanted and math.isfinite(value):
@@ -49,7 +49,7 @@ def description(params: Mapping[str, str], metrics: Mapping[str, float]) -> str:
     kind = {"vae": "VAE", "ae": "autoencoder", "kl_only": "KL-only VAE"}.get(get("objective.kind", "vae"), "VAE")
     beta = f", β={get('objective.beta')}" if kind == "VAE" and get("objective.beta") else ""
     binarize = get("data.binarize", "none")
-    data = get("data.dataset", "?") + (f" ({binarize} binarisation)" if binarize != "none" else "")
+    data = (_own_data(get("data.source"), get("data.format")) or get("data.dataset", "?")) + (f" ({binarize} binarisation)" if binarize != "none" else "")
     parts = [f"{kind} ({arch} {layers}, latent {get('model.latent_dim', '?')}{beta}) on {data}, {_epochs(get('optim.epochs'))}"]
     numbers = []
     if M.TEST_NEG_ELBO in metrics:
@@ -78,3 +78,8 @@ def _layers(value: Optional[str]) -> str:
         return "-".join(str(v) for v in json.loads(value)) if value else "?"
     except (ValueError, TypeError):
         return "?"
+
+
+def _own_data(source, fmt) -> str:
+    """"cells.npz (numpy)" for a data.source; "" for a named data set (its source param is null)."""
+    return f"{source} ({fmt})" if source and source != "null" else ""
