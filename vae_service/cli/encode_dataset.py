@@ -54,10 +54,11 @@ def encode_dataset_command(
     from vae_service import storage
     from vae_service.core.checkpoint import CONFIG_FILE, MODEL_FILE, read_model_config
     from vae_service.sources import encode
+    from vae_service.sources.check import inspect_source
     from vae_service.tracking.registry import ModelNotFound, model_directory
 
     with _errors():
-        inspection = encode.inspect(data)
+        inspection = inspect_source(data)
         location = storage.resolve(output)
         storage.check_reachable(location)
         with tempfile.TemporaryDirectory(prefix="vae-model-") as tmp:

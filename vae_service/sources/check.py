@@ -36,19 +36,24 @@ class Inspection:
 
 def inspect(spec: TrainSpec) -> Inspection:
     """Raises DataError (naming the field) when the spec's data.source cannot be trained on."""
-    data = spec.data
-    files = list_source(data)
-    try:
-        found = {"images": _images, "numpy": _numpy, "parquet": _parquet}[data.format](data, files)
-    except OSError as exc:
-        raise DataError(f"data.source: cannot read {data.source}: {storage.reason(exc)}") from None
-    if data.format == "images" and spec.model.arch == "conv" and found.input_shape[1] != found.input_shape[2]:
+    found = inspect_source(spec.data)
+    if spec.data.format == "images" and spec.model.arch == "conv" and found.input_shape[1] != found.input_shape[2]:
         h, w = found.input_shape[1:]
         raise DataError(f"data.image_size: conv models take square images and these are {h}×{w}; set data.image_size")
     problem = spec.model_problem(found.input_shape)
     if problem:
         raise DataError(problem)
     return found
+
+
+def inspect_source(data: DataSpec) -> Inspection:
+    """The source alone: its files exist, a sample decodes, the items' shape (a trained model's
+    fit is the caller's to check, e.g. `vae encode-dataset`)."""
+    files = list_source(data)
+    try:
+        return {"images": _images, "numpy": _numpy, "parquet": _parquet}[data.format](data, files)
+    except OSError as exc:
+        raise DataError(f"data.source: cannot read {data.source}: {storage.reason(exc)}") from None
 
 
 def _read(files: SourceFiles, path: str) -> bytes:

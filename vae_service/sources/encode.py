@@ -46,9 +46,8 @@ from vae_service.core.data import DataError, batch_inputs
 from vae_service.core.model import VAE, ModelConfig
 from vae_service.core.preprocessing import TEST, TRAIN, VAL, Preprocessing
 from vae_service.core.spec import DataSpec
-from vae_service.sources import check, read
+from vae_service.sources import read
 from vae_service.sources.check import Inspection
-from vae_service.sources.files import list_source
 from vae_service.sources.items import images_batch, load_arrays, table_batch
 
 MANIFEST = "_encoding.json"  # beside the parts; Parquet readers skip names starting with _ or .
@@ -89,17 +88,6 @@ class Model:
 
 # ---------------------------------------------------------------------------------------------
 # up-front checks
-
-
-def inspect(data: DataSpec) -> Inspection:
-    """sources/check.py's look at the source (files exist, a sample decodes, its shape), without
-    its check of the spec's model: the model here is the trained one (`check_model_fits`)."""
-    files = list_source(data)
-    readers = {"images": check._images, "numpy": check._numpy, "parquet": check._parquet}
-    try:
-        return readers[data.format](data, files)
-    except OSError as exc:
-        raise DataError(f"data.source: cannot read {data.source}: {storage.reason(exc)}") from None
 
 
 def check_model_fits(data: DataSpec, inspection: Inspection, model: Model) -> None:
