@@ -10,7 +10,7 @@
    on generated Parquet tables of float32 vectors 1×, 2× and 4× the cluster's object store
    memory, streamed and in memory.
 
-    python bench/data_throughput.py [--epochs 3] [--object-store-mb 128] [--png-images 20000]
+    VAE_DATA_DIR=../shared/data python bench/data_throughput.py [--epochs 3] [--object-store-mb 128] [--png-images 20000]
 
 Prints tables and writes bench/results/data_throughput.json. Target: streaming ≥ 0.8× the
 in-memory rate on MNIST-sized images, and streaming's peak memory flat as the data grows.

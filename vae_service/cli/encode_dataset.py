@@ -70,18 +70,13 @@ def encode_dataset_command(
                 raise ModelNotFound(f"{model_uri}: cannot load the model {CONFIG_FILE}/{MODEL_FILE}: "
                                     f"{' '.join(str(exc).split())}") from None
         encode.check_model_fits(data, inspection, model)
-        wanted = encode.manifest(model_uri, model, data, images_per_part)
-        parts = encode.plan_parts(data, inspection.files.paths, images_per_part)
-        there = encode.existing_parts(location)
-        has_manifest = encode.check_manifest(location, wanted, has_parts=bool(there))
-        pending = [part for part in parts if part.name not in there]
-        skipped = len(parts) - len(pending)
-        skipped_files = sum(len(part.paths) for part in parts if part.name in there)
+        planned = encode.plan(model_uri, model, data, inspection, location, images_per_part)
+        pending, skipped, skipped_files = planned.pending, len(planned.skipped), planned.skipped_files
         total_files = len(inspection.files.paths)
-        say(f"encode-dataset: {total_files:,} {FILES[data.format]} files from {data.source} in {len(parts):,} parts "
+        say(f"encode-dataset: {total_files:,} {FILES[data.format]} files from {data.source} in {len(planned.parts):,} parts "
             f"→ {location}; {skipped:,} parts ({skipped_files:,} files) already there, skipped")
-        if pending and not has_manifest:
-            encode.write_manifest(location, wanted)
+        if pending and not planned.manifest_written:
+            encode.write_manifest(location, planned.manifest)
         written = encode.Written()
         if pending:
             from vae_service.training.runner import ensure_ray
@@ -94,7 +89,7 @@ def encode_dataset_command(
                                          actors=n_actors, on_file=advance)
             except KeyboardInterrupt:
                 fail("interrupted: the parts written so far are kept; rerun the same command to continue", 130)
-    foreign = len(there - {part.name for part in parts})
+    foreign = planned.foreign
     say(f"wrote {written.rows:,} rows from {written.files:,} files in {written.parts:,} parts to {location}; "
         f"skipped {skipped:,} parts ({skipped_files:,} files) already there"
         + (f"; {foreign:,} other parts there are not parts of this source (left as they are)" if foreign else ""))

@@ -217,10 +217,6 @@ def _save_array(array, path: Path) -> None:
         fail(f"--output {path}: cannot write: {exc.strerror or exc}", 2)
 
 
-def _is_vectors(vae) -> bool:
-    return len(tuple(vae.config.image_shape)) == 1
-
-
 @dataclass(frozen=True)
 class _TestData:
     """The test split of the data a model was trained on, and what messages call it."""
@@ -286,7 +282,7 @@ def _check_index(test: _TestData, index: int, flag: str) -> None:
 def _check_fits(vae, test: _TestData, model_uri: str) -> None:
     shape = tuple(test.split.images.shape[1:])
     if tuple(vae.config.image_shape) != shape:
-        kind = "vectors" if _is_vectors(vae) else "images"
+        kind = "vectors" if vae.config.takes_vectors else "images"
         fail(f"{model_uri}: the model takes {kind} of shape {tuple(vae.config.image_shape)}, "
              f"{test.items} are {shape}", 2)
 
@@ -310,7 +306,7 @@ def sample(
 
     with user_errors(), open_model_and_config(model_uri) as (vae, config):
         wants_array = output.suffix.lower() == ".npy"
-        if _is_vectors(vae):
+        if vae.config.takes_vectors:
             if not wants_array:
                 fail(f"{model_uri} was trained on feature vectors: prior samples are vectors, not images; "
                      f"write them as an array with --output NAME.npy", 2)
@@ -365,7 +361,7 @@ def interpolate(
     from vae_service.viz.figures import interpolation
 
     with user_errors(), open_model_and_config(model_uri) as (vae, config):
-        if _is_vectors(vae):
+        if vae.config.takes_vectors:
             fail(f"{model_uri} was trained on feature vectors: an interpolation decodes to vectors, not images; "
                  f"use `vae encode` for an item's posterior", 2)
         test = _test_data(config)

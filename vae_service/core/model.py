@@ -19,7 +19,7 @@ GAUSSIAN_VARIANCES = ("learned_shared", "learned_per_dim", "fixed")
 class ModelConfig:
     """Everything needed to rebuild the network (saved beside the weights as JSON)."""
 
-    image_shape: tuple[int, int, int] = (1, 28, 28)
+    image_shape: tuple[int, ...] = (1, 28, 28)  # (C, H, W), or (features,) for vectors (mlp only)
     latent_dim: int = 20
     arch: str = "mlp"  # mlp | conv
     hidden: tuple[int, ...] = (400,)
@@ -29,6 +29,11 @@ class ModelConfig:
     # gaussian only: learned_shared | learned_per_dim | fixed (σ = 1); the default is what
     # configs saved before it existed trained with.
     gaussian_variance: str = "learned_shared"
+
+    @property
+    def takes_vectors(self) -> bool:
+        """The model takes feature vectors, not images: it draws no pictures."""
+        return len(tuple(self.image_shape)) == 1
 
     def to_dict(self) -> dict:
         return asdict(self)

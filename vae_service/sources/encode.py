@@ -174,6 +174,37 @@ def check_manifest(output: storage.Location, wanted: dict, has_parts: bool) -> b
     return not differ
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a run of encode-dataset does: the source's parts, those still to encode, what is there."""
+
+    parts: list[Part]
+    pending: list[Part]
+    foreign: int  # parts in the output that are not parts of this source (left alone)
+    manifest: dict
+    manifest_written: bool
+
+    @property
+    def skipped(self) -> list[Part]:
+        return [part for part in self.parts if part not in self.pending]
+
+    @property
+    def skipped_files(self) -> int:
+        return sum(len(part.paths) for part in self.skipped)
+
+
+def plan(model_uri: str, model: Model, data: DataSpec, inspection: Inspection, output: storage.Location,
+         images_per_part: int) -> Plan:
+    """The parts of the source and which of them `output` already holds; DataError naming --output
+    when it holds encodings of another model or other data."""
+    wanted = manifest(model_uri, model, data, images_per_part)
+    parts = plan_parts(data, inspection.files.paths, images_per_part)
+    there = existing_parts(output)
+    written = check_manifest(output, wanted, has_parts=bool(there))
+    pending = [part for part in parts if part.name not in there]
+    return Plan(parts, pending, len(there - {part.name for part in parts}), wanted, written)
+
+
 def write_manifest(output: storage.Location, wanted: dict) -> None:
     if output.is_local:
         storage.make_dirs(output)

@@ -68,6 +68,7 @@ def prepare(spec: TrainSpec) -> Prepared:
         return Prepared(prep, MEMORY, len(data.train) + len(data.val) + len(data.test), description, in_memory=data)
     prep = _streamed_preprocessing(spec, items, inspection)
     streams = {name: _split(items, split, prep) for name, split in (("train", TRAIN), ("val", VAL), ("test", TEST))}
+    streams["train"] = streams["train"].randomize_block_order()  # a new file order every epoch
     return Prepared(prep, STREAMING, inspection.items, f"streaming (Ray Data): {where}", streams=streams)
 
 

@@ -66,7 +66,7 @@ def model_device(vae: VAE) -> torch.device:
 
 def is_vector_model(vae: VAE) -> bool:
     """The model takes feature vectors (image_shape (D,)), not images: it has no pictures."""
-    return len(tuple(vae.config.image_shape)) == 1
+    return vae.config.takes_vectors
 
 
 def image_batch(vae: VAE, images: ArrayLike) -> torch.Tensor:

@@ -24,21 +24,24 @@ def render_run_figures(vae: VAE, test: ImageSplit, out_dir: Path, kl_per_dim: Op
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     images, labels = test.images[:SCATTER_POINTS], test.labels[:SCATTER_POINTS]
-    made = {"latent_dimensions.png": figures.latent_dimensions(vae, images[:8])}
-    if vae.config.latent_dim >= 2:  # a 1-D latent space has no 2-D scatter
+    made = {}
+    if len(test):  # (a small data set's test share can be empty: then only the figures without data)
+        made["latent_dimensions.png"] = figures.latent_dimensions(vae, images[:8])
+    if len(test) and vae.config.latent_dim >= 2:  # a 1-D latent space has no 2-D scatter
         made["latent_scatter.png"] = figures.latent_scatter(vae, images, labels, label_kind=test.label_kind,
                                                             label_names=test.label_names)
     if not is_vector_model(vae):
+        made["prior_samples.png"] = figures.prior_samples(vae)
+        if vae.config.latent_dim == 2:
+            made["latent_manifold.png"] = figures.latent_manifold(vae)
+    if len(test) and not is_vector_model(vae):
         first, second = _two_different_classes(test)
         made |= {
             "reconstructions.png": figures.reconstructions(vae, images[:8]),
-            "prior_samples.png": figures.prior_samples(vae),
             "latent_traversals.png": figures.latent_traversals(vae, images[0], kl_per_dim=kl_per_dim),
             "interpolation.png": figures.interpolation(vae, test.images[first], test.images[second]),
             "interpolation_slerp.png": figures.interpolation(vae, test.images[first], test.images[second], method="slerp"),
         }
-        if vae.config.latent_dim == 2:
-            made["latent_manifold.png"] = figures.latent_manifold(vae)
     if kl_per_dim is not None:
         made["kl_per_dimension.png"] = figures.kl_per_dimension(list(kl_per_dim))
     return [save_png(fig, out_dir / name) for name, fig in made.items()]
