@@ -93,6 +93,7 @@ def _named(spec: TrainSpec) -> Prepared:
     if spec.data.loading != STREAMING:
         return Prepared(prep, MEMORY, items, f"in memory: {spec.data.dataset}, {items:,} images")
     streams = {name: read.of_arrays(getattr(data, name).images.numpy()) for name in ("train", "val", "test")}
+    streams["train"] = streams["train"].randomize_block_order()
     return Prepared(prep, STREAMING, items, f"streaming (Ray Data): {spec.data.dataset}, {items:,} images", streams=streams)
 
 

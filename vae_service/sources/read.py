@@ -4,7 +4,9 @@ files, decoded by sources/items.py, each item given its content hash `h` and its
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import ray.data
+from ray.data.extensions import ArrowTensorArray
 
 from vae_service.core.preprocessing import row_hashes, split_of
 from vae_service.core.spec import DataSpec
@@ -47,10 +49,10 @@ def with_split(batch: dict, val_fraction: float, test_fraction: float) -> dict:
     return {**batch, "h": hashes, "split": split_of(hashes, val_fraction, test_fraction)}
 
 
-def of_arrays(x: np.ndarray) -> ray.data.Dataset:
-    """Items already in memory (a named data set's split) as a Ray Data dataset, to stream them."""
-    return ray.data.from_numpy(x).map_batches(_hashed, batch_format="numpy")
-
-
-def _hashed(batch: dict) -> dict:
-    return {"x": batch["data"], "h": row_hashes(batch["data"])}
+def of_arrays(x: np.ndarray, blocks: int = 16) -> ray.data.Dataset:
+    """Items already in memory (a named data set's split) as a Ray Data dataset of `blocks` Arrow
+    blocks with their hashes, to stream them. Built once here: a map in the pipeline would
+    re-run every epoch, and a single block must be whole before its first batch goes out."""
+    hashes = row_hashes(x)
+    parts = np.array_split(np.arange(len(x)), max(1, min(blocks, len(x))))
+    return ray.data.from_arrow([pa.table({"x": ArrowTensorArray.from_numpy(x[p]), "h": hashes[p]}) for p in parts])

@@ -199,9 +199,9 @@ def _in_memory(spec: TrainSpec, source: dict, device: torch.device) -> Optional[
 def _streamed(shard, batch_size: int, shuffle_seed: int, seen: list) -> Iterator[torch.Tensor]:
     """This rank's batches of its Ray Data shard, remembering the first items' hashes in `seen`.
 
-    Ray Data hands over chunks of SHUFFLE_CHUNK items (few, large transfers: its per-batch
-    overhead and row-wise shuffle buffer halved the MNIST rate); each chunk, with the previous
-    one's remainder, is permuted here and cut into whole batches. The shards hold equal numbers
+    Ray Data hands over chunks of SHUFFLE_CHUNK items (few, large transfers); each chunk, with
+    the previous one's remainder, is permuted here (one torch permutation instead of Ray Data's
+    row-wise shuffle buffer) and cut into whole batches. The shards hold equal numbers
     of items, so every rank takes the same number of steps (the last remainder is dropped).
     """
     generator = torch.Generator().manual_seed(shuffle_seed)
