@@ -35,6 +35,8 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "data_throughput.json"
+sys.path.insert(0, str(REPO / "tests"))
+from queue_support import ray_head  # noqa: E402  (a head on free ports, token auth, stopped after)
 FEATURES = 256  # float32 per row: 1 KiB
 
 
@@ -167,11 +169,9 @@ def main() -> None:
         print(f"  {label}: {throughput[-1]['images_per_s']:,.0f} img/s", file=sys.stderr)
 
     # 2. peak memory against the object store's size, on a cluster with a small object store
-    subprocess.run(["ray", "start", "--head", "--num-cpus=2", f"--object-store-memory={args.object_store_mb << 20}",
-                    "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True, env=env)
     memory = []
-    try:
-        cluster_env = dict(env, RAY_ADDRESS="auto")
+    with ray_head(num_cpus=2, object_store_mb=args.object_store_mb) as head:
+        cluster_env = dict(env, RAY_ADDRESS=head.gcs_address, **head.client_env())
         idle = cluster_pss()
         sampler = PeakMemory()
         for multiple in (1, 2, 4):
@@ -185,8 +185,6 @@ def main() -> None:
                                "peak_mb": sampler.peak / 2**20, "idle_cluster_mb": idle / 2**20,
                                "images_per_s": training_rate(record)})
                 print(f"  {multiple}× ({rows:,} rows) {loading}: peak {memory[-1]['peak_mb']:,.0f} MiB", file=sys.stderr)
-    finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env)
 
     base = throughput[0]["images_per_s"]
     print(f"\n{'case':<34}{'images/s':>12}{'vs memory':>11}{'val −ELBO':>11}")

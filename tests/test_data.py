@@ -5,14 +5,12 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import threading
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from http_support import serving
 
 from vae_service.core.data import (
     MNIST_FILES,
@@ -108,27 +106,9 @@ def flip_content_byte(raw: bytes, at: int = -1) -> bytes:
 def mirror(tmp_path, mnist_dir, isolated_env, monkeypatch):
     """A real HTTP server on 127.0.0.1 (free port) serving copies of the gz files."""
     served = copy_gz(mnist_dir, tmp_path / "served")
-    requests: list[str] = []
-
-    class Handler(SimpleHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            requests.append(self.path)
-            super().do_GET()
-
-        def log_message(self, *args):  # keep test output quiet
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(served)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/"
-    monkeypatch.setenv("VAE_MNIST_MIRROR", url)
-    try:
+    with serving(served) as (url, requests):
+        monkeypatch.setenv("VAE_MNIST_MIRROR", url)
         yield SimpleNamespace(url=url, dir=served, requests=requests, cache=isolated_env / "mnist")
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,15 +12,13 @@ import gzip
 import hashlib
 import os
 import shutil
-import threading
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from http_support import serving
 
 from vae_service.core import from_spec
 from vae_service.core.data import (
@@ -85,28 +83,10 @@ def mirror(tmp_path, fake_raw, isolated_env, monkeypatch):
     served.mkdir()
     for name, raw in fake_raw.items():
         (served / f"{name}.gz").write_bytes(gzip.compress(raw))
-    requests: list[str] = []
-
-    class Handler(SimpleHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            requests.append(self.path)
-            super().do_GET()
-
-        def log_message(self, *args):  # keep test output quiet
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(served)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/"
-    monkeypatch.setenv(FASHION_MNIST.mirror_env, url)
-    try:
+    with serving(served) as (url, requests):
+        monkeypatch.setenv(FASHION_MNIST.mirror_env, url)
         yield SimpleNamespace(url=url, dir=served, requests=requests, root=isolated_env,
                               cache=isolated_env / "fashion-mnist")
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def fashion_spec(**data) -> TrainSpec:

@@ -271,10 +271,7 @@ def items_with_paths(data: DataSpec, inspection: Inspection, paths: list[str]) -
     each row also carrying its file's `path` and its `row` in that file."""
     fs = inspection.files.filesystem
     if data.format == "images":
-        size = (data.image_size, data.image_size) if data.image_size else None
-        ds = ray.data.read_images(paths, filesystem=fs, size=size, mode="L" if (data.channels or 1) == 1 else "RGB",
-                                  include_paths=True)
-        ds = ds.map_batches(_images_with_paths, fn_kwargs={"channels": data.channels or 1, "folder_labels": data.label == "folder"},
+        ds = read.image_files(data, fs, paths).map_batches(_images_with_paths, fn_kwargs={"channels": data.channels or 1, "folder_labels": data.label == "folder"},
                             batch_format="numpy")
     else:
         reader = _numpy_rows if data.format == "numpy" else _parquet_rows

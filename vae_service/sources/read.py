@@ -25,10 +25,7 @@ def items(data: DataSpec, inspection: Inspection) -> ray.data.Dataset:
     `split` (core.preprocessing.TRAIN / VAL / TEST)."""
     fs, paths = inspection.files.filesystem, inspection.files.paths
     if data.format == "images":
-        size = (data.image_size, data.image_size) if data.image_size else None
-        ds = ray.data.read_images(paths, filesystem=fs, size=size, mode="L" if (data.channels or 1) == 1 else "RGB",
-                                  include_paths=True)
-        ds = ds.map_batches(images_batch, fn_kwargs={"channels": data.channels or 1, "folder_labels": data.label == "folder"},
+        ds = image_files(data, fs, paths).map_batches(images_batch, fn_kwargs={"channels": data.channels or 1, "folder_labels": data.label == "folder"},
                             batch_format="numpy")
     elif data.format == "numpy":
         ds = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True)
@@ -42,6 +39,13 @@ def items(data: DataSpec, inspection: Inspection) -> ray.data.Dataset:
         ds = ds.limit(data.limit)
     return ds.map_batches(with_split, fn_kwargs={"val_fraction": data.val_fraction, "test_fraction": data.test_fraction},
                           batch_format="numpy")
+
+
+def image_files(data: DataSpec, fs, paths: list[str]) -> ray.data.Dataset:
+    """Ray Data's read_images of `paths`, resized and converted as `data` says: rows image, path."""
+    size = (data.image_size, data.image_size) if data.image_size else None
+    return ray.data.read_images(paths, filesystem=fs, size=size, mode="L" if (data.channels or 1) == 1 else "RGB",
+                                include_paths=True)
 
 
 def with_split(batch: dict, val_fraction: float, test_fraction: float) -> dict:
