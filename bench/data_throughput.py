@@ -6,9 +6,9 @@
    both ways. images/s is the training loop's own rate (steps only), the median of the epochs
    after the first.
 2. Memory: peak memory (PSS, so the object store's shared pages count once) of everything a run
-   uses — the `vae run` process and every process of the Ray cluster it joins — while it trains
-   on generated Parquet tables of float32 vectors 1×, 2× and 4× the cluster's object store
-   memory, streamed and in memory.
+   uses — the `vae run` process and the local Ray it starts (its object store set small through
+   RAY_DEFAULT_OBJECT_STORE_MEMORY_PROPORTION) — while it trains on generated Parquet tables of
+   float32 vectors 1×, 2× and 4× the object store's size, streamed and in memory.
 
     VAE_DATA_DIR=../shared/data python bench/data_throughput.py [--epochs 3] [--object-store-mb 128] [--png-images 20000]
 
@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,8 +36,6 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "data_throughput.json"
-sys.path.insert(0, str(REPO / "tests"))
-from queue_support import ray_head  # noqa: E402  (a head on free ports, token auth, stopped after)
 FEATURES = 256  # float32 per row: 1 KiB
 
 
@@ -52,9 +51,10 @@ def vae_run(spec: dict, env: dict, sampler: "PeakMemory | None" = None) -> dict:
     if sampler is not None:
         sampler.stop()
     os.unlink(handle.name)
-    if process.returncode != 0:
-        raise SystemExit(f"vae run failed ({process.returncode}):\n{err[-3000:]}")
-    return json.loads(out.strip().splitlines()[-1])
+    records = [line for line in out.splitlines() if line.startswith("{")]  # (libraries may print too)
+    if process.returncode != 0 or not records:
+        raise SystemExit(f"vae run failed ({process.returncode}):\n{err[-3000:]}\n{out[-2000:]}")
+    return json.loads(records[-1])
 
 
 def training_rate(record: dict) -> float:
@@ -131,6 +131,13 @@ def write_table(folder: Path, megabytes: int) -> int:
     return rows
 
 
+def object_store_mb(env: dict) -> float:
+    """The object store a local Ray gets under `env` (as `vae run` starts one), in MiB."""
+    probe = "import ray; ray.init(include_dashboard=False); print(ray.cluster_resources()['object_store_memory'])"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    return float(done.stdout.strip().splitlines()[-1]) / 2**20
+
+
 def spec(name: str, data: dict, epochs: int, storage: Path, **model) -> dict:
     return {
         "name": name,
@@ -142,18 +149,9 @@ def spec(name: str, data: dict, epochs: int, storage: Path, **model) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--object-store-mb", type=int, default=128)
-    parser.add_argument("--png-images", type=int, default=20_000)
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="vae-bench-data-"))
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{work}/mlflow.db")
-
-    # 1. throughput on MNIST
-    throughput = []
+def measure_throughput(args, work: Path, env: dict) -> dict:
+    """Part 1: images/s of the same MNIST model on each path."""
+    rows = []
     pngs = work / "mnist-png"
     write_pngs(pngs, args.png_images)
     cases = [
@@ -164,46 +162,63 @@ def main() -> None:
     ]
     for label, data in cases:
         record = vae_run(spec("throughput", data, args.epochs, work / "runs"), env)
-        throughput.append({"case": label, "images_per_s": training_rate(record), "wall_s": record["wall_s"],
-                           "val_neg_elbo": record["metrics"]["val_neg_elbo"]})
-        print(f"  {label}: {throughput[-1]['images_per_s']:,.0f} img/s", file=sys.stderr)
+        rows.append({"case": label, "images_per_s": training_rate(record), "wall_s": record["wall_s"],
+                     "val_neg_elbo": record["metrics"]["val_neg_elbo"]})
+        print(f"  {label}: {rows[-1]['images_per_s']:,.0f} img/s", file=sys.stderr)
+    return {"throughput": rows, "streaming_vs_memory_mnist": rows[1]["images_per_s"] / rows[0]["images_per_s"],
+            "epochs": args.epochs}
 
-    # 2. peak memory against the object store's size, on a cluster with a small object store
-    memory = []
-    with ray_head(num_cpus=2, object_store_mb=args.object_store_mb) as head:
-        cluster_env = dict(env, RAY_ADDRESS=head.gcs_address, **head.client_env())
-        idle = cluster_pss()
-        sampler = PeakMemory()
-        for multiple in (1, 2, 4):
-            table = work / f"table-{multiple}x"
-            rows = write_table(table, args.object_store_mb * multiple)
-            for loading in ("streaming", "memory"):
-                data = {"source": str(table), "format": "parquet", "loading": loading}
-                record = vae_run(spec("memory", data, 1, work / "runs", likelihood="gaussian", hidden=[64], latent_dim=8),
-                                 cluster_env, sampler)
-                memory.append({"data_mb": args.object_store_mb * multiple, "rows": rows, "loading": loading,
-                               "peak_mb": sampler.peak / 2**20, "idle_cluster_mb": idle / 2**20,
-                               "images_per_s": training_rate(record)})
-                print(f"  {multiple}× ({rows:,} rows) {loading}: peak {memory[-1]['peak_mb']:,.0f} MiB", file=sys.stderr)
 
-    base = throughput[0]["images_per_s"]
-    print(f"\n{'case':<34}{'images/s':>12}{'vs memory':>11}{'val −ELBO':>11}")
-    for row in throughput:
-        print(f"{row['case']:<34}{row['images_per_s']:>12,.0f}{row['images_per_s'] / base:>10.2f}×{row['val_neg_elbo']:>11.1f}")
-    print(f"\nobject store {args.object_store_mb} MiB; idle cluster {memory[0]['idle_cluster_mb']:,.0f} MiB (PSS)")
-    print(f"{'data':>10}{'rows':>10}{'loading':>12}{'peak MiB':>11}{'rows/s':>10}")
-    for row in memory:
-        print(f"{row['data_mb']:>7} MiB{row['rows']:>10,}{row['loading']:>12}{row['peak_mb']:>11,.0f}{row['images_per_s']:>10,.0f}")
+def measure_memory(args, work: Path, env: dict) -> dict:
+    """Part 2: peak memory on data 1×, 2×, 4× the object store. Each `vae run` starts its own
+    local Ray (the embedded default), its object store made small through the environment."""
+    proportion = (args.object_store_mb << 20) / psutil.virtual_memory().total
+    store_env = dict(env, RAY_DEFAULT_OBJECT_STORE_MEMORY_PROPORTION=f"{proportion:.6f}")
+    rows, sampler = [], PeakMemory()
+    for multiple in (1, 2, 4):
+        table = work / f"table-{multiple}x"
+        count = write_table(table, args.object_store_mb * multiple)
+        for loading in ("streaming", "memory"):
+            data = {"source": str(table), "format": "parquet", "loading": loading}
+            record = vae_run(spec("memory", data, 1, work / "runs", likelihood="gaussian", hidden=[64], latent_dim=8),
+                             store_env, sampler)
+            rows.append({"data_mb": args.object_store_mb * multiple, "rows": count, "loading": loading,
+                         "peak_mb": sampler.peak / 2**20, "images_per_s": training_rate(record)})
+            print(f"  {multiple}× ({count:,} rows) {loading}: peak {rows[-1]['peak_mb']:,.0f} MiB", file=sys.stderr)
+        shutil.rmtree(table)
+    return {"memory": rows, "object_store_mb": object_store_mb(store_env)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--object-store-mb", type=int, default=128)
+    parser.add_argument("--png-images", type=int, default=20_000)
+    parser.add_argument("--only", choices=("throughput", "memory"), help="Measure one part; the other's results are kept.")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="vae-bench-data-"))
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{work}/mlflow.db")
+    results = json.loads(args.output.read_text()) if args.only and args.output.exists() else {}
+    if args.only in (None, "throughput"):
+        results.update(measure_throughput(args, work, env))
+    if args.only in (None, "memory"):
+        results.update(measure_memory(args, work, env))
+    results.update(machine={"cpus": os.cpu_count(), "platform": platform.platform()}, when=time.strftime("%Y-%m-%d %H:%M:%S"))
+    shutil.rmtree(work, ignore_errors=True)
+
+    if "throughput" in results:
+        base = results["throughput"][0]["images_per_s"]
+        print(f"\n{'case':<34}{'images/s':>12}{'vs memory':>11}{'val −ELBO':>11}")
+        for row in results["throughput"]:
+            print(f"{row['case']:<34}{row['images_per_s']:>12,.0f}{row['images_per_s'] / base:>10.2f}×{row['val_neg_elbo']:>11.1f}")
+    if "memory" in results:
+        print(f"\nRay object store {results['object_store_mb']:,.0f} MiB; peak PSS of the vae process, its Ray and their children")
+        print(f"{'data':>10}{'rows':>10}{'loading':>12}{'peak MiB':>11}{'rows/s':>10}")
+        for row in results["memory"]:
+            print(f"{row['data_mb']:>7} MiB{row['rows']:>10,}{row['loading']:>12}{row['peak_mb']:>11,.0f}{row['images_per_s']:>10,.0f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({
-        "throughput": throughput,
-        "streaming_vs_memory_mnist": throughput[1]["images_per_s"] / base,
-        "memory": memory,
-        "object_store_mb": args.object_store_mb,
-        "epochs": args.epochs,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }, indent=2))
+    args.output.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.output.relative_to(REPO) if args.output.is_relative_to(REPO) else args.output}")
 
 

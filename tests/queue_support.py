@@ -87,7 +87,6 @@ class RayHead:
     temp_dir: Path
     process: subprocess.Popen
     num_cpus: int
-    gcs_address: str = ""  # host:port, what RAY_ADDRESS names for a driver that joins the cluster
 
     def client_env(self) -> dict:
         """What a process that talks to this head needs (never set on the test process itself:
@@ -96,7 +95,7 @@ class RayHead:
 
 
 @contextmanager
-def ray_head(num_cpus: int = 2, object_store_mb: Optional[int] = None) -> Iterator[RayHead]:
+def ray_head(num_cpus: int = 2) -> Iterator[RayHead]:
     """`ray start --head --block` on free ports with token auth; stopped (its process group
     only, never a global `ray stop`) at the end."""
     temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths are limited
@@ -118,7 +117,7 @@ def ray_head(num_cpus: int = 2, object_store_mb: Optional[int] = None) -> Iterat
          "--metrics-export-port", str(metrics), "--node-manager-port", str(node_manager),
          "--object-manager-port", str(object_manager),
          "--num-cpus", str(num_cpus), "--num-gpus", "0", "--temp-dir", str(temp_dir), "--include-dashboard", "true",
-         "--disable-usage-stats", *(["--object-store-memory", str(object_store_mb << 20)] if object_store_mb else [])],
+         "--disable-usage-stats"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard_port}"
@@ -135,7 +134,7 @@ def ray_head(num_cpus: int = 2, object_store_mb: Optional[int] = None) -> Iterat
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"ray head did not start: {(temp_dir / 'head.log').read_text()[-2000:]}")
             time.sleep(0.5)
-        yield RayHead(address, token, token_path, temp_dir, process, num_cpus, f"127.0.0.1:{gcs}")
+        yield RayHead(address, token, token_path, temp_dir, process, num_cpus)
     finally:
         stop_ray_head(process, temp_dir)
         log.close()

@@ -13,11 +13,12 @@ from typing import Optional
 import torch
 from pydantic import ValidationError
 
-from vae_service.core.data import DataError, Dataset, binarize_static, load_idx, locate_idx
-from vae_service.core.dsprites import DSprites, find_dsprites, load_dsprites
+from vae_service.core.data import DataError, Dataset, binarize_static, idx_dataset, load_idx, locate_idx
+from vae_service.core.dsprites import SHAPES, DSprites, find_dsprites, load_dsprites
 from vae_service.core.model import ModelConfig
 from vae_service.core.objective import Objective
-from vae_service.core.spec import TrainSpec
+from vae_service.core.preprocessing import Preprocessing
+from vae_service.core.spec import IMAGE_SHAPES, TrainSpec
 
 
 def trained_with(config: dict, limit: Optional[int] = None) -> TrainSpec:
@@ -40,6 +41,15 @@ def images(spec: TrainSpec) -> Dataset:
         return load_dsprites(d.root, val_fraction=d.val_fraction, limit=d.limit)
     # mnist, fashion-mnist: the named IDX data sets
     return load_idx(d.dataset, d.root, download=d.download, val_fraction=d.val_fraction, limit=d.limit)
+
+
+def named_preprocessing(spec: TrainSpec) -> Preprocessing:
+    """A named data set's input shape and label names, without loading it."""
+    d = spec.data
+    if d.dataset == "dsprites":
+        return Preprocessing(input_shape=IMAGE_SHAPES[d.dataset], label_kind="shape", label_names=SHAPES)
+    idx = idx_dataset(d.dataset)
+    return Preprocessing(input_shape=IMAGE_SHAPES[d.dataset], label_kind=idx.label_kind, label_names=idx.label_names)
 
 
 def check_data(spec: TrainSpec) -> None:

@@ -111,9 +111,3 @@ def _parquet(data: DataSpec, files: SourceFiles) -> Inspection:
 def _rows(files: SourceFiles, path: str) -> int:
     with files.filesystem.open_input_file(path) as handle:
         return pq.ParquetFile(handle).metadata.num_rows
-
-
-def steps_per_epoch(items: int, data: DataSpec, batch_size: int) -> int:
-    """About how many steps an epoch over the training share of `items` takes (for progress)."""
-    train = items * (1.0 - data.val_fraction - data.test_fraction)
-    return max(1, int(train // batch_size))

@@ -38,7 +38,7 @@ MEMORY, STREAMING = "memory", "streaming"
 class Prepared:
     preprocessing: Preprocessing
     pipeline: str  # MEMORY or STREAMING
-    items: int  # how many items (estimated for some sources) the data holds
+    train_items: int  # items in the train split (an estimate when streamed; 0: not counted, loaded by each worker)
     description: str  # one line for the run's log
     in_memory: Optional[Dataset] = None  # your own data, read here (named data sets load on each worker)
     streams: dict[str, ray.data.Dataset] = field(default_factory=dict)  # train / val / test: rows x, h[, label]
@@ -46,7 +46,7 @@ class Prepared:
     def steps_per_epoch(self, spec: TrainSpec) -> int:
         """About how many steps each worker's epoch takes (for its progress bar)."""
         batch = max(1, spec.optim.batch_size // spec.resources.num_workers) * spec.resources.num_workers
-        return check.steps_per_epoch(self.items, spec.data, batch)
+        return max(1, self.train_items // batch)
 
 
 def prepare(spec: TrainSpec) -> Prepared:
@@ -65,11 +65,12 @@ def prepare(spec: TrainSpec) -> Prepared:
     if pipeline == MEMORY:
         data, prep = _in_memory(spec, items, inspection)
         description = f"in memory: {where} ({len(data.train):,} train / {len(data.val):,} val / {len(data.test):,} test)"
-        return Prepared(prep, MEMORY, len(data.train) + len(data.val) + len(data.test), description, in_memory=data)
+        return Prepared(prep, MEMORY, len(data.train), description, in_memory=data)
     prep = _streamed_preprocessing(spec, items, inspection)
     streams = {name: _split(items, split, prep) for name, split in (("train", TRAIN), ("val", VAL), ("test", TEST))}
     streams["train"] = streams["train"].randomize_block_order()  # a new file order every epoch
-    return Prepared(prep, STREAMING, inspection.items, f"streaming (Ray Data): {where}", streams=streams)
+    train_share = 1.0 - spec.data.val_fraction - spec.data.test_fraction
+    return Prepared(prep, STREAMING, int(inspection.items * train_share), f"streaming (Ray Data): {where}", streams=streams)
 
 
 def test_items(prepared: Prepared, spec: TrainSpec, limit: int = FIGURE_ITEMS) -> ImageSplit:
@@ -87,14 +88,15 @@ def test_items(prepared: Prepared, spec: TrainSpec, limit: int = FIGURE_ITEMS) -
 
 def _named(spec: TrainSpec) -> Prepared:
     """mnist, fashion-mnist, dsprites: in memory on each worker, or streamed when asked."""
+    prep = from_spec.named_preprocessing(spec)
+    if spec.data.loading != STREAMING:  # each worker loads it (core.from_spec), as before streaming existed
+        return Prepared(prep, MEMORY, 0, f"in memory: {spec.data.dataset}")
     data = from_spec.training_data(spec)
-    prep = Preprocessing(input_shape=data.image_shape, label_kind=data.test.label_kind, label_names=data.test.label_names)
     items = len(data.train) + len(data.val) + len(data.test)
-    if spec.data.loading != STREAMING:
-        return Prepared(prep, MEMORY, items, f"in memory: {spec.data.dataset}, {items:,} images")
     streams = {name: read.of_arrays(getattr(data, name).images.numpy()) for name in ("train", "val", "test")}
     streams["train"] = streams["train"].randomize_block_order()
-    return Prepared(prep, STREAMING, items, f"streaming (Ray Data): {spec.data.dataset}, {items:,} images", streams=streams)
+    return Prepared(prep, STREAMING, len(data.train), f"streaming (Ray Data): {spec.data.dataset}, {items:,} images",
+                    streams=streams)
 
 
 def _in_memory(spec: TrainSpec, items: ray.data.Dataset, inspection: check.Inspection) -> tuple[Dataset, Preprocessing]:

@@ -3,7 +3,7 @@
 Ray only prepares the model (DDP), tells each worker its rank, and persists what rank 0
 reports. Data in memory is sharded by us: every rank takes a disjoint 1/N of a seeded
 permutation. Streamed data is sharded by Ray Data (`get_dataset_shard`): equal shares, read
-batch by batch, shuffled within a buffer.
+chunk by chunk, each chunk shuffled and cut into batches.
 """
 
 from __future__ import annotations
