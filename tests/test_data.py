@@ -409,3 +409,10 @@ def test_binarize_static_is_deterministic_per_seed(small):
     assert torch.all(a[images == 0] == 0) and torch.all(a[images == 255] == 255)
     # roughly the grey level on average
     assert abs(float(to_unit_float(a).mean()) - float(to_unit_float(images).mean())) < 0.01
+
+
+def test_float_items_are_model_inputs_already():
+    """Standardised vectors (core.preprocessing) pass through; only uint8 images are scaled."""
+    vectors = torch.tensor([[-1.5, 0.0, 2.0]])
+    assert torch.equal(to_unit_float(vectors), vectors) and torch.equal(batch_inputs(vectors, "none"), vectors)
+    assert torch.equal(to_unit_float(torch.tensor([[0, 255]], dtype=torch.uint8)), torch.tensor([[0.0, 1.0]]))

@@ -217,10 +217,12 @@ def test_numpy_blobs_train_with_standardisation_from_the_train_split(ray_cluster
     assert "figures/latent_scatter.png" in figures
     assert np.isfinite(result.metrics[M.TEST_NEG_ELBO])
     # `vae eval` reads the model's own test items again (same content-hash split, same statistics)
-    done = CliRunner().invoke(app, ["eval", result.model_dir, "-k", "20", "--images", "40", "--json", "--no-record"])
+    done = CliRunner().invoke(app, ["eval", result.model_dir, "-k", "20", "--images", "1000", "--json", "--no-record"])
     assert done.exit_code == 0, done.output
     evaluated = json.loads(done.stdout.strip().splitlines()[-1])
-    assert evaluated["dataset"] == str(tmp_path / "cells.npz") and 0 < evaluated["n_images"] <= 40
+    assert evaluated["dataset"] == str(tmp_path / "cells.npz") and evaluated["n_images"] == len(x[~train]) - int((split_of(row_hashes(x), 0.1, 0.1) == VAL).sum())
+    # the same test items, standardised the same way, as the run's own test −ELBO (not divided by 255 as images are)
+    assert evaluated["neg_elbo"] == pytest.approx(result.metrics[M.TEST_NEG_ELBO], rel=0.1)
     assert np.isfinite(evaluated["nll"]) and evaluated["nll"] <= evaluated["neg_elbo"] + 0.05 * abs(evaluated["neg_elbo"])
 
 

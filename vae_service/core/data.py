@@ -288,6 +288,10 @@ def load_mnist(
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """Model inputs: uint8 images scaled to [0, 1]; float items (standardised vectors,
+    core.preprocessing) are model inputs already."""
+    if images.is_floating_point():
+        return images.to(torch.float32)
     return images.to(torch.float32).div_(255.0)
 
 
@@ -300,10 +304,7 @@ def binarize_static(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 
 def batch_inputs(images: torch.Tensor, binarize: str, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """uint8 batch → float inputs in [0, 1]; `dynamic` draws fresh Bernoulli pixels. Float items
-    (standardised vectors, core.preprocessing) are already model inputs."""
-    if images.is_floating_point():
-        return images.to(torch.float32)
+    """A batch of items → model inputs (`to_unit_float`); `dynamic` draws fresh Bernoulli pixels."""
     x = to_unit_float(images)
     if binarize == "dynamic":
         x = torch.bernoulli(x, generator=generator)

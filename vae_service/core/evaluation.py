@@ -43,7 +43,7 @@ def check_request(metrics: Sequence[str], has_factors: bool, dataset: str = "dat
 
 
 def posterior_means(vae: VAE) -> Callable[[torch.Tensor], np.ndarray]:
-    """The representation the disentanglement metrics score: E_q[z|x] for uint8 images."""
+    """The representation the disentanglement metrics score: E_q[z|x] for items (uint8 images)."""
     device = next(vae.parameters()).device
 
     @torch.no_grad()
