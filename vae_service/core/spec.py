@@ -433,8 +433,8 @@ class TrainSpec(StrictModel):
         count = self.model.parameter_count(shape)
         if count > MAX_PARAMETERS:
             field = "hidden" if self.model.arch == "mlp" else "channels"
-            return (f"model.{field}: the model would have {count:,} parameters for inputs of shape {tuple(shape)}, "
-                    f"over the limit of {MAX_PARAMETERS:,}; use fewer or narrower layers")
+            return (f"model.{field}: the model would have {count:,} parameters, over the limit of "
+                    f"{MAX_PARAMETERS:,} (inputs of shape {tuple(shape)}); use fewer or narrower layers")
         return None
 
     def with_absolute_data_root(self) -> "TrainSpec":
