@@ -1,4 +1,5 @@
-"""A real HTTP server for download tests (mirrors of data set files), no network needed."""
+"""Download tests without the network: a real HTTP server (a mirror of data set files) and an
+environment that finds no data set anywhere else."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
+
+from vae_service.core.data import IDX_DATASETS
 
 
 @contextlib.contextmanager
@@ -32,3 +35,16 @@ def serving(folder: Path) -> Iterator[tuple[str, list[str]]]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def isolated_download_env(tmp_path: Path, monkeypatch) -> Path:
+    """No VAE_DATA_DIR, no mirror overrides, an empty download cache under tmp_path (returned),
+    no proxies for 127.0.0.1."""
+    for var in ("VAE_DATA_DIR", *(d.mirror_env for d in IDX_DATASETS.values())):
+        monkeypatch.delenv(var, raising=False)
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VAE_CACHE_DIR", str(cache))
+    return cache

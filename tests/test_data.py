@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from http_support import serving
+from http_support import isolated_download_env, serving
 
 from vae_service.core.data import (
     MNIST_FILES,
@@ -77,15 +77,7 @@ def small(mnist_dir):
 
 @pytest.fixture
 def isolated_env(tmp_path, monkeypatch) -> Path:
-    """No VAE_DATA_DIR, an empty download cache under tmp_path, no proxies for 127.0.0.1."""
-    monkeypatch.delenv("VAE_DATA_DIR", raising=False)
-    monkeypatch.delenv("VAE_MNIST_MIRROR", raising=False)
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("VAE_CACHE_DIR", str(cache))
-    return cache
+    return isolated_download_env(tmp_path, monkeypatch)
 
 
 def copy_gz(src: Path, dst: Path) -> Path:

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from http_support import serving
+from http_support import isolated_download_env, serving
 
 from vae_service.core import from_spec
 from vae_service.core.data import (
@@ -64,15 +64,7 @@ def trust_fake(fake_raw, monkeypatch):
 
 @pytest.fixture
 def isolated_env(tmp_path, monkeypatch) -> Path:
-    """No VAE_DATA_DIR, no mirror overrides, an empty download cache, no proxies for 127.0.0.1."""
-    for var in ("VAE_DATA_DIR", "VAE_MNIST_MIRROR", FASHION_MNIST.mirror_env):
-        monkeypatch.delenv(var, raising=False)
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("VAE_CACHE_DIR", str(cache))
-    return cache
+    return isolated_download_env(tmp_path, monkeypatch)
 
 
 @pytest.fixture
