@@ -85,7 +85,7 @@ def test_interrupt_runs_callbacks_once_asked_and_for_late_registrations():
 def test_first_ctrl_c_requests_a_stop_second_one_raises():
     interrupt = Interrupt()
     before = signal.getsignal(signal.SIGINT)
-    with interrupt.catching_sigint():
+    with interrupt.catching_stop_signals():
         os.kill(os.getpid(), signal.SIGINT)
         assert interrupt.requested
         with pytest.raises(KeyboardInterrupt):

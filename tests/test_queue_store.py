@@ -8,8 +8,10 @@ import subprocess
 import sys
 import threading
 import time
+import itertools
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
+from typing import Optional
 
 import pytest
 import sqlalchemy
@@ -19,7 +21,7 @@ from vae_service.queue import scheduling
 from vae_service.queue.db import current_revision, make_engine, upgrade
 from vae_service.queue.leader import leadership_for
 from vae_service.queue.models import Base
-from vae_service.queue.states import TRANSITIONS, IllegalTransition, State, check
+from vae_service.queue.states import ACTIVE, TRANSITIONS, IllegalTransition, State, check
 from vae_service.queue.store import NewJob, Store, UnknownJob
 
 
@@ -46,7 +48,7 @@ def test_migrations_build_the_models_schema_and_can_run_again(db_url):
     engine = make_engine(db_url)
     upgrade(engine)
     upgrade(engine)  # a restarted server migrates again: nothing to do, no error
-    assert current_revision(engine) == "0003"
+    assert current_revision(engine) == "0004"
     inspector = sqlalchemy.inspect(engine)
     columns = {c["name"]: c["nullable"] for c in inspector.get_columns("jobs")}
     model = {c.name: c.nullable for c in Base.metadata.tables["jobs"].columns}
@@ -129,6 +131,39 @@ def test_cancel_requests(store):
     store.transition(running.id, State.CANCELLED)
     with pytest.raises(IllegalTransition, match="cancelled: it cannot become cancelling"):
         store.request_cancel(running.id)
+
+
+def test_a_preempted_job_goes_back_in_line_and_counts_its_preemptions(store):
+    job, _ = store.add(new("long"))
+    store.transition(job.id, State.SUBMITTED, ray_submission_id=job.id)
+    first = store.transition(job.id, State.RUNNING)
+    assert first.running_since == first.started_at and first.preemptions == 0 and first.preemptible
+    store.transition(job.id, State.PREEMPTING, only_from=[State.RUNNING])
+    preempted = store.transition(job.id, State.PREEMPTED)
+    assert preempted.preemptions == 1 and preempted.finished_at is None  # not over: it will resume
+    assert store.counts()["preempted"] == 1 and store.preemptions() == 1
+    store.transition(job.id, State.QUEUED, only_from=[State.PREEMPTED])
+    assert [j.id for j in store.queued_in_order()] == [job.id]
+    store.transition(job.id, State.SUBMITTED, ray_submission_id=f"{job.id}-1")
+    again = store.transition(job.id, State.RUNNING)
+    assert again.started_at == first.started_at and again.running_since > first.running_since  # the thrash guard's clock
+    with pytest.raises(IllegalTransition):
+        store.transition(job.id, State.PREEMPTED)  # only a job asked to stop ends preempted
+    # A cancel while it waits in the queue as preempted ends it at once; while it stops, it wins.
+    store.transition(job.id, State.PREEMPTING)
+    assert store.request_cancel(job.id).state == "cancelling"
+    other, _ = store.add(new("other"))
+    for state in (State.SUBMITTED, State.RUNNING, State.PREEMPTING, State.PREEMPTED):
+        store.transition(other.id, state)
+    assert store.request_cancel(other.id).state == "cancelled"
+
+
+def test_priority_changes_and_not_after_the_end(store):
+    job, _ = store.add(new("p", priority=1))
+    assert store.set_priority(job.id, 7).priority == 7
+    store.request_cancel(job.id)
+    with pytest.raises(IllegalTransition):
+        store.set_priority(job.id, 9)
 
 
 def _waiting_for_a_lock(engine) -> bool:
@@ -246,7 +281,7 @@ def test_counts_latency_and_admitted_resources(store):
     buckets, count, total = store.latency_histogram()
     assert count == 2 and total >= 0 and buckets[-1][1] == 2
     assert [n for _, n in buckets] == sorted(n for _, n in buckets)  # cumulative
-    assert store.admitted_resources() == {"CPU": 3.0, "GPU": 0.0}
+    assert scheduling.summed(store.in_states(ACTIVE)) == {"CPU": 3.0, "GPU": 0.0}
 
 
 def test_idempotency_keys_are_unique_per_submitter(store):
@@ -337,52 +372,78 @@ def test_one_dispatcher_at_a_time_and_a_killed_holder_frees_the_lock(db_url):
 # admission policy (no database)
 
 
+_created = itertools.count()
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+
+
 @dataclass
 class Fake:
+    """A job as scheduling sees one (queued, or admitted when `state` says so)."""
+
     id: str
     cpus: float
     gpus: float = 0.0
+    priority: int = 0
+    submitted_by: str = "u"
+    state: str = "queued"
+    preemptible: bool = True
+    running_for_s: Optional[float] = None  # running: since NOW minus this
     resource_request: dict = field(init=False)
+    created_at: datetime = field(init=False)
+    running_since: Optional[datetime] = field(init=False)
 
     def __post_init__(self):
         self.resource_request = {"CPU": self.cpus, "GPU": self.gpus}
+        self.created_at = NOW - timedelta(hours=1) + timedelta(seconds=next(_created))
+        self.running_since = NOW - timedelta(seconds=self.running_for_s) if self.running_for_s is not None else None
+
+
+def held(cpus: float = 0.0, gpus: float = 0.0) -> list[Fake]:
+    """Admitted jobs holding that much (someone else's, at top priority: never preempted)."""
+    return [Fake("held", cpus, gpus, priority=10**6, submitted_by="other", state="running", running_for_s=10**6)]
 
 
 def ids(jobs):
     return [j.id for j in jobs]
 
 
+def admit(queue, totals, active, **rules):
+    """(jobs admitted now, the job the room is reserved for)."""
+    plan = scheduling.plan(queue, totals, active, scheduling.Rules(**rules), now=NOW)
+    return plan.chosen, plan.reserved_for
+
+
 def test_admit_in_order_while_there_is_room():
     queue = [Fake("a", 1), Fake("b", 1), Fake("c", 1)]
-    chosen, reserved = scheduling.admit(queue, {"CPU": 2, "GPU": 0}, {"CPU": 0})
+    chosen, reserved = admit(queue, {"CPU": 2, "GPU": 0}, held(cpus=0))
     assert ids(chosen) == ["a", "b"] and reserved.id == "c"
-    chosen, _ = scheduling.admit(queue, {"CPU": 2, "GPU": 0}, {"CPU": 2})
+    chosen, _ = admit(queue, {"CPU": 2, "GPU": 0}, held(cpus=2))
     assert chosen == []
 
 
 def test_a_large_job_reserves_room_small_ones_cannot_overtake_it():
     queue = [Fake("big", 4), Fake("small", 1)]
-    chosen, reserved = scheduling.admit(queue, {"CPU": 4, "GPU": 0}, {"CPU": 2})  # 2 free
+    chosen, reserved = admit(queue, {"CPU": 4, "GPU": 0}, held(cpus=2))  # 2 free
     assert chosen == [] and reserved.id == "big"
-    chosen, reserved = scheduling.admit(queue, {"CPU": 4, "GPU": 0}, {"CPU": 0})
+    chosen, reserved = admit(queue, {"CPU": 4, "GPU": 0}, held(cpus=0))
     assert ids(chosen) == ["big"] and reserved.id == "small"
 
 
 def test_backfill_uses_only_what_the_reservation_does_not_need():
     queue = [Fake("gpu", 1, gpus=1), Fake("cpu", 1)]  # the GPU is busy; CPUs are free
-    chosen, reserved = scheduling.admit(queue, {"CPU": 4, "GPU": 1}, {"CPU": 1, "GPU": 1})
+    chosen, reserved = admit(queue, {"CPU": 4, "GPU": 1}, held(cpus=1, gpus=1))
     assert ids(chosen) == ["cpu"] and reserved.id == "gpu"
 
 
 def test_a_job_larger_than_the_cluster_blocks_nobody():
     queue = [Fake("huge", 64), Fake("small", 1)]
-    chosen, reserved = scheduling.admit(queue, {"CPU": 2, "GPU": 0}, {})
+    chosen, reserved = admit(queue, {"CPU": 2, "GPU": 0}, [])
     assert ids(chosen) == ["small"] and reserved is None
 
 
 def test_why_a_job_waits_with_the_numbers():
     queue = [Fake("big", 4), Fake("mid", 2), Fake("huge", 64), Fake("gpu", 1, gpus=1), Fake("tiny", 0.5)]
-    plan = scheduling.plan(queue, {"CPU": 4, "GPU": 0}, {"CPU": 2})  # 2 of 4 in use
+    plan = scheduling.plan(queue, {"CPU": 4, "GPU": 0}, held(cpus=2))  # 2 of 4 in use
     assert ids(plan.chosen) == [] and plan.reserved_for.id == "big"
     assert plan.reasons == {
         "big": "waiting for 4 CPUs to be free (2 of 4 CPUs in use)",
@@ -392,10 +453,10 @@ def test_why_a_job_waits_with_the_numbers():
                "(or set resources.use_gpu: false)",
         "tiny": "waiting for 0.5 CPUs to be free (2 of 4 CPUs in use, the rest held for job big, ranked ahead)",
     }
-    plan = scheduling.plan([Fake("a", 2), Fake("b", 1)], {"CPU": 2, "GPU": 0}, {"CPU": 1})
+    plan = scheduling.plan([Fake("a", 2), Fake("b", 1)], {"CPU": 2, "GPU": 0}, held(cpus=1))
     assert plan.reasons == {"a": "waiting for 2 CPUs to be free (1 of 2 CPUs in use)",
                             "b": "waiting for 1 CPU to be free (1 of 2 CPUs in use, the rest held for job a, ranked ahead)"}
-    plan = scheduling.plan([Fake("a", 1), Fake("b", 1)], {"CPU": 2, "GPU": 0}, {})
+    plan = scheduling.plan([Fake("a", 1), Fake("b", 1)], {"CPU": 2, "GPU": 0}, [])
     assert ids(plan.chosen) == ["a", "b"] and plan.reasons == {}  # admitted jobs have no reason
 
 
@@ -406,3 +467,92 @@ def test_a_job_short_of_two_resources_names_both():
                       "(or set resources.use_gpu: false)")
     assert scheduling.waiting_for_room({"CPU": 2.0, "GPU": 1.0}, {"CPU": 4.0, "GPU": 1.0}, {"CPU": 1.0, "GPU": 0.0}) == \
         "waiting for 2 CPUs and 1 GPU to be free (3 of 4 CPUs, 1 of 1 GPU in use)"
+
+
+# ---- the team queue: preemption, quotas, fair share -------------------------------------------
+
+CLUSTER = {"CPU": 4.0, "GPU": 0.0}
+
+
+def running(name, cpus, priority=1, for_s=600.0, user="u", state="running", **fields):
+    return Fake(name, cpus, priority=priority, submitted_by=user, state=state, running_for_s=for_s, **fields)
+
+
+def test_an_urgent_job_preempts_the_fewest_lowest_priority_most_recent_jobs():
+    active = [running("old-low", 2, priority=1, for_s=900), running("new-low", 2, priority=1, for_s=300),
+              running("mid", 2, priority=5), running("one", 1, priority=1, for_s=130)]
+    totals = {"CPU": 7.0, "GPU": 0.0}  # all 7 in use
+    plan = scheduling.plan([Fake("urgent", 2, priority=10)], totals, active, now=NOW)
+    # Two CPUs: one 2-CPU job is enough (not "one" + another); of the two at priority 1, the
+    # one started last loses the least work.
+    assert ids(plan.preempt) == ["new-low"] and plan.chosen == [] and plan.reserved_for.id == "urgent"
+    assert plan.reasons["urgent"] == "waiting for preempted job new-low to checkpoint and stop"
+    plan = scheduling.plan([Fake("urgent", 4, priority=10)], totals, active, now=NOW)
+    assert ids(plan.preempt) == ["new-low", "old-low"]  # 4 CPUs: two jobs, both at the lowest priority
+    plan = scheduling.plan([Fake("urgent", 5, priority=10)], totals, active, now=NOW)
+    assert sorted(ids(plan.preempt)) == ["new-low", "old-low", "one"]  # never "mid" while lower ones do
+
+
+def test_preemption_never_touches_equal_priority_protected_or_young_jobs():
+    totals = {"CPU": 2.0, "GPU": 0.0}
+    for blocker in (running("same", 2, priority=10), running("pinned", 2, preemptible=False),
+                    running("young", 2, for_s=5), Fake("starting", 2, state="submitted")):
+        plan = scheduling.plan([Fake("urgent", 2, priority=10)], totals, [blocker], now=NOW,
+                               rules=scheduling.Rules(preempt_min_run_s=60))
+        assert plan.preempt == [], blocker.id
+        assert plan.reasons["urgent"] == "waiting for 2 CPUs to be free (2 of 2 CPUs in use)"
+    # Not more than once: while the victim is stopping, no second victim is chosen for the same room.
+    stopping = running("low", 2, state="preempting")
+    plan = scheduling.plan([Fake("urgent", 2, priority=10)], {"CPU": 4.0, "GPU": 0.0}, [stopping, running("other", 2)], now=NOW)
+    assert plan.preempt == [] and plan.reasons["urgent"] == "waiting for preempted job low to checkpoint and stop"
+
+
+def test_the_room_freed_for_an_urgent_job_is_not_taken_by_others():
+    queue = [Fake("urgent", 2, priority=10), Fake("small", 1, priority=1)]
+    chosen, reserved = admit(queue, {"CPU": 3.0, "GPU": 0.0}, [running("low", 2)])
+    assert chosen == [] and reserved.id == "urgent"  # 1 CPU free, but it is held for urgent
+
+
+def test_exact_search_falls_back_to_greedy_on_many_candidates(monkeypatch):
+    from vae_service.queue import preemption
+
+    monkeypatch.setattr(preemption, "SEARCH_LIMIT", 3)
+    active = [running(f"r{i}", 1, for_s=100 + i) for i in range(6)]
+    plan = scheduling.plan([Fake("urgent", 3, priority=10)], {"CPU": 6.0, "GPU": 0.0}, active, now=NOW)
+    assert ids(plan.preempt) == ["r0", "r1", "r2"]  # the three started last, no more
+
+
+def test_a_job_over_its_users_quota_waits_with_the_reason_and_blocks_nobody():
+    quota = scheduling.Quota(gpus=2, cpus=8, jobs=3)
+    totals = {"CPU": 16.0, "GPU": 4.0}
+    active = [running("a1", 1, user="alice", gpus=2)]
+    queue = [Fake("a2", 1, gpus=1, submitted_by="alice"), Fake("b1", 1, gpus=1, submitted_by="bob")]
+    plan = scheduling.plan(queue, totals, active, scheduling.Rules(quota=quota), now=NOW)
+    assert ids(plan.chosen) == ["b1"] and plan.reserved_for is None
+    assert plan.reasons == {"a2": "user quota of 2 GPUs in use (2 held, this job asks for 1)"}
+    jobs_quota = scheduling.Rules(quota=scheduling.Quota(jobs=1))
+    plan = scheduling.plan([Fake("a2", 1, submitted_by="alice")], totals, active, jobs_quota, now=NOW)
+    assert plan.reasons == {"a2": "user quota of 1 running job in use"}
+    # Counted as the pass admits: alice's third and fourth CPU job of 3 CPUs each pass 8 CPUs.
+    queue = [Fake(f"c{i}", 3, submitted_by="carol") for i in range(3)]
+    plan = scheduling.plan(queue, totals, [], scheduling.Rules(quota=quota), now=NOW)
+    assert ids(plan.chosen) == ["c0", "c1"] and plan.reasons == {"c2": "user quota of 8 CPUs in use (6 held, this job asks for 3)"}
+    assert quota.never_fits({"CPU": 1.0, "GPU": 3.0}) == "asks for 3 GPUs, more than the user quota of 2 GPUs"
+    assert quota.never_fits({"CPU": 8.0, "GPU": 2.0}) is None
+
+
+def test_fair_share_equal_priority_goes_to_the_user_holding_least():
+    totals = {"CPU": 4.0, "GPU": 0.0}
+    active = [running("a-running", 2, user="alice")]
+    # alice's jobs are older, but she holds half the cluster and bob holds nothing.
+    queue = [Fake("a1", 1, submitted_by="alice"), Fake("a2", 1, submitted_by="alice"), Fake("b1", 1, submitted_by="bob"),
+             Fake("b2", 1, submitted_by="bob"), Fake("b3", 1, submitted_by="bob")]
+    plan = scheduling.plan(queue, totals, active, now=NOW)
+    assert ids(plan.chosen) == ["b1", "b2"]  # bob 0 → 1/4; still below alice's 2/4 → b2; then full
+    # Priority still comes first: a higher-priority job of the bigger user goes before.
+    queue = [Fake("a-high", 1, priority=5, submitted_by="alice"), Fake("b-low", 1, submitted_by="bob")]
+    assert ids(scheduling.plan(queue, totals, active, now=NOW).chosen) == ["a-high", "b-low"]
+    # Equal shares: the older job goes first; shares alternate between users as jobs are admitted.
+    queue = [Fake("x1", 1, submitted_by="x"), Fake("x2", 1, submitted_by="x"), Fake("y1", 1, submitted_by="y"),
+             Fake("y2", 1, submitted_by="y")]
+    assert ids(scheduling.plan(queue, totals, [], now=NOW).chosen) == ["x1", "y1", "x2", "y2"]

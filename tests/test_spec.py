@@ -386,6 +386,7 @@ SET_EVERY_FIELD = {
     "resources.cpus_per_worker": ("0.5", 0.5),
     "resources.gpus_per_worker": ("0", 0.0),
     "resources.placement": ("spread", "spread"),
+    "resources.preemptible": ("false", False),
     "storage.uri": ("/tmp/runs", "/tmp/runs"),
     "storage.keep_checkpoints": ("5", 5),
     "storage.max_failures": ("-1", -1),

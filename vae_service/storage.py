@@ -193,6 +193,14 @@ def exists(location: Location) -> bool:
     return location.filesystem.get_file_info(location.path).type != pafs.FileType.NotFound
 
 
+def delete_file(location: Location) -> None:
+    """Removes one file; nothing happens when it is not there."""
+    try:
+        location.filesystem.delete_file(location.path)
+    except FileNotFoundError:
+        pass
+
+
 def is_dir(location: Location) -> bool:
     return location.filesystem.get_file_info(location.path).type == pafs.FileType.Directory
 

@@ -47,6 +47,8 @@ def server(
     from vae_service.queue.dispatcher import Dispatcher
     from vae_service.queue.leader import leadership_for
     from vae_service.queue.policy import Policy
+    from vae_service.queue.quotas import Quota
+    from vae_service.queue.scheduling import Rules
     from vae_service.queue.ray_jobs import RayJobs, ray_token
     from vae_service.queue.store import Store
     from vae_service.tracking.mlflow_run import prepare_local_store
@@ -67,11 +69,14 @@ def server(
     if not no_dispatcher:
         prepare_local_store()
     ray = RayJobs(settings.ray_address, ray_token(), timeout_s=settings.ray_timeout_s)
-    dispatcher = None if no_dispatcher else Dispatcher(store, ray, python=settings.job_python)
+    quota = Quota.from_settings(settings)
+    rules = Rules(quota=quota, preempt_min_run_s=settings.preempt_min_run_s)
+    dispatcher = None if no_dispatcher else Dispatcher(store, ray, python=settings.job_python, rules=rules,
+                                                      grace_s=settings.preempt_grace_s)
     leadership = None if no_dispatcher else leadership_for(engine)
     say(f"vae server: API on http://{host}:{port} (docs at /docs), store {redact(url)}, "
         f"Ray {redact(settings.ray_address)}, dispatcher {'off' if no_dispatcher else 'on'}, tokens from {tokens.source}")
     application = create_app(store, tokens, ray=ray, dispatcher=dispatcher, leadership=leadership,
                              storage_uri=settings.storage_uri, policy=Policy.from_settings(settings),
-                             max_grid_points=settings.max_grid_points)
+                             max_grid_points=settings.max_grid_points, quota=quota)
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)

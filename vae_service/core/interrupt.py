@@ -1,9 +1,11 @@
-"""Ctrl-C for a whole job, caught in one place.
+"""Ctrl-C (and SIGTERM) for a whole job, caught in one place.
 
-The job layer installs the handler once (`catching_sigint`); the Ray Train and Ray Tune
+The job layer installs the handler once (`catching_stop_signals`); the Ray Train and Ray Tune
 adapters only register what "stop gracefully" means for them (`on_request`): abort the Train
 controller, end the Tune experiment. The first Ctrl-C asks for that graceful stop (checkpoints
 are kept, the run can be resumed); a second one raises KeyboardInterrupt to stop waiting.
+SIGTERM is how Ray stops a queued job the queue cancels or preempts: the same graceful stop
+(Ray sends SIGKILL after the grace period, VAE_PREEMPT_GRACE_S, if it has not ended by then).
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ class Interrupt:
             callback()
 
     @contextlib.contextmanager
-    def catching_sigint(self) -> Iterator["Interrupt"]:
-        """SIGINT requests a graceful stop while the block runs. Signal handlers exist only in
-        the main thread: elsewhere (a test, a sweep trial) the block runs without one."""
+    def catching_stop_signals(self) -> Iterator["Interrupt"]:
+        """SIGINT and SIGTERM request a graceful stop while the block runs. Signal handlers exist
+        only in the main thread: elsewhere (a test, a sweep trial) the block runs without one."""
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
@@ -43,8 +45,13 @@ class Interrupt:
                 raise KeyboardInterrupt
             self.request()
 
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        def on_sigterm(signum, frame):  # repeated: still graceful; Ray's SIGKILL ends the wait
+            if not self.requested:
+                self.request()
+
+        previous = signal.signal(signal.SIGINT, on_sigint), signal.signal(signal.SIGTERM, on_sigterm)
         try:
             yield self
         finally:
-            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGINT, previous[0])
+            signal.signal(signal.SIGTERM, previous[1])

@@ -38,6 +38,12 @@ def requested_resources(spec) -> dict[str, float]:
     raise TypeError(f"unknown spec type {type(spec).__name__}")
 
 
+def preemptible(spec) -> bool:
+    """Whether the queue may stop this job for a higher-priority one (resources.preemptible;
+    a sweep's is its base train spec's)."""
+    return (spec.train if isinstance(spec, SweepSpec) else spec).resources.preemptible
+
+
 def workers_that_fit(bundle: Mapping[str, float], nodes: Sequence[Mapping[str, float]]) -> int:
     """How many identical worker bundles the nodes hold at once. Each bundle must sit on one
     node (a Ray placement-group bundle never spans nodes), so this counts per node."""

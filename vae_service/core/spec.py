@@ -314,6 +314,13 @@ class ResourcesSpec(StrictModel):
         description="pack: workers fill one node first (fast collectives); spread: one worker per "
         "node where possible (a multi-node run; it falls back to fewer nodes when some are gone).",
     )
+    # Default true: every job checkpoints each epoch and resumes from there, so a preempted job
+    # loses at most the epoch in progress, and priority means something for long jobs.
+    preemptible: bool = Field(
+        True,
+        description="Queued jobs: a higher-priority job may stop this one (it keeps its checkpoints and "
+        "resumes later from the latest). false: it runs to the end once admitted.",
+    )
 
     @property
     def gpus(self) -> float:

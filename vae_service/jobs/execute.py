@@ -3,7 +3,8 @@
   1. the run directory: new under the spec's storage, or the one given to continue (--resume)
   2. the inputs checked before any run starts: the data can be found, the cluster can hold
      the workers (else Ray Train would wait for them forever)
-  3. the job kind runs under one Ctrl-C handler (core.interrupt): train, sweep or compare
+  3. the job kind runs under one handler for Ctrl-C and SIGTERM (core.interrupt: how the queue
+     stops a job it cancels or preempts): train, sweep or compare
   4. however it ends, the Outcome is returned and written beside the run as outcome.json
 
 Job errors never escape as exceptions: they become the Outcome's error (bad input, job failed,
@@ -21,7 +22,7 @@ from vae_service.core.errors import BadInput, JobError, JobFailed, one_line
 from vae_service.core.interrupt import Interrupt
 from vae_service.jobs.lifecycle import RUN_ID_FILE, existing_run_dir, new_run_dir
 from vae_service.jobs.locations import run_name, storage_uri, train_specs
-from vae_service.jobs.outcome import Outcome, write_outcome
+from vae_service.jobs.outcome import Outcome, clear_outcome, write_outcome
 from vae_service.jobs.reporter import Reporter
 from vae_service.sources.check import inspect
 
@@ -42,12 +43,13 @@ def execute(job: Job, *, resume: Optional[str] = None, reporter: Optional[Report
     try:
         if resume:
             run_dir = existing_run_dir(resume, "sweep" if job.kind == "sweep" else "run")
+            clear_outcome(run_dir)
         else:
             run_dir = new_run_dir(storage_uri(job), run_name(job.name, job_id))
         check_data(job)
         check_fits(job)
         tags = {"vae.job_id": job_id} if job_id else None
-        with Interrupt().catching_sigint() as interrupt:
+        with Interrupt().catching_stop_signals() as interrupt:
             outcome = job_function(job.kind)(_absolute_paths(job), run_dir, resume=bool(resume), reporter=reporter,
                                              interrupt=interrupt, tags=tags)
     except JobError as exc:

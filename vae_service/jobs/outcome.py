@@ -71,6 +71,12 @@ def write_outcome(run_dir: storage.Location, outcome: Outcome) -> None:
     storage.write_text(run_dir.join(OUTCOME_FILE), json.dumps(outcome.to_json(), indent=2, default=str))
 
 
+def clear_outcome(run_dir: storage.Location) -> None:
+    """Removes an earlier attempt's outcome from a run being continued: until this attempt
+    writes its own, the queue must not read how the last one ended."""
+    storage.delete_file(run_dir.join(OUTCOME_FILE))
+
+
 def read_outcome(run_dir: storage.Location) -> Optional[Outcome]:
     """The outcome a job wrote beside its run, or None when it wrote none (killed first)."""
     location = run_dir.join(OUTCOME_FILE)

@@ -13,13 +13,16 @@
                                ?follow=true streams until the job ends; 503 at once when Ray is
                                slow (4 log reads per server wait on Ray at most, each ≤ its timeout)
     POST /jobs/{id}/cancel     queued → cancelled; submitted/running → cancelling (then Ray stops it)
+    POST /jobs/{id}/priority   ?priority=N: admins only (403 for others); a queued job moves in
+                               line, a running one may now preempt or be preempted
     GET  /healthz              no token; 200 when the store answers
     GET  /metrics              Prometheus text
+    GET  /ui                   a web page over these routes (ui.py; no token to load it, the page asks)
 
 Who may do what (policy.py): a job is seen, cancelled and its logs read by its owner or an admin
 (anyone else gets 404, as for a job that does not exist); a submission is checked against the
-server's limits (priority: 403; protected alias, register names, storage and data locations: 422
-naming the field) before anything is stored.
+server's limits (priority: 403; protected alias, register names, storage and data locations, a
+request larger than the user quota: 422 naming the field) before anything is stored.
 """
 
 from __future__ import annotations
@@ -38,17 +41,19 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from vae_service.core.errors import one_line
-from vae_service.core.resources import requested_resources
+from vae_service.core.resources import preemptible, requested_resources
 from vae_service.core.spec_loading import MAX_SPEC_BYTES, SpecError, dump_spec, load_spec_text
 from vae_service.core.sweep_spec import MAX_GRID_POINTS
 from vae_service.jobs.locations import with_default_storage
 from vae_service.queue import metrics
 from vae_service.queue.auth import Identity, TokenSet
 from vae_service.queue.policy import Policy
+from vae_service.queue.quotas import Quota
 from vae_service.queue.ray_jobs import RayJobs, RayUnavailable
 from vae_service.queue.settings import Settings
 from vae_service.queue.states import TERMINAL, IllegalTransition, State
 from vae_service.queue.store import NewJob, Store, UnknownJob
+from vae_service.queue.ui import job_links, mount_ui
 
 log = logging.getLogger("vae_service.queue.api")
 
@@ -104,12 +109,13 @@ def problems_response(problems) -> JSONResponse:
 
 def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, dispatcher=None,
                leadership=None, storage_uri: Optional[str] = None, policy: Optional[Policy] = None,
-               max_grid_points: int = MAX_GRID_POINTS) -> FastAPI:
+               max_grid_points: int = MAX_GRID_POINTS, quota: Optional[Quota] = None) -> FastAPI:
     """The API over `store`. With a `dispatcher` (and its `leadership`), the app runs it in a
     thread for its lifetime; `ray` serves the logs; `storage_uri` is where jobs whose spec names
     no storage keep their runs; `policy` who may do what (default: from the VAE_ settings)."""
     wake = dispatcher.wake if dispatcher is not None else threading.Event()
     policy = policy or Policy.from_settings(Settings())
+    quota = quota or Quota.from_settings(Settings())
 
     def visible_job(job_id: str, identity: Identity):
         """The job, if this identity may see it; else UnknownJob, as if it did not exist."""
@@ -137,6 +143,8 @@ def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, di
                   description="Queue VAE training jobs (YAML job specs) to run on a Ray cluster.")
     app.state.store, app.state.tokens, app.state.ray = store, tokens, ray
     authed = [Depends(require_token)]
+    settings = Settings(ray_address=ray.address) if ray is not None else Settings()  # the Ray it really uses
+    mount_ui(app, settings)
 
     @app.exception_handler(UnknownJob)
     async def _unknown(request: Request, exc: UnknownJob):
@@ -196,9 +204,14 @@ def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, di
         problems = policy.spec_problems(spec, identity)
         if problems:
             return problems_response(problems)
+        too_large = quota.never_fits(resources)
+        if too_large:
+            return JSONResponse({"detail": [{"loc": ["resources"], "path": "resources", "msg": too_large, "line": None}]},
+                                status_code=422)
         job, created = store.add(NewJob(
             name=spec.name, kind=spec.kind, priority=priority, submitted_by=identity.name, spec_submitted=spec_text,
-            spec_normalised=dump_spec(spec), resources=resources, overrides=tuple(overrides), idempotency_key=key))
+            spec_normalised=dump_spec(spec), resources=resources, overrides=tuple(overrides), idempotency_key=key,
+            preemptible=preemptible(spec)))
         if created:
             wake.set()
         return JSONResponse(job.to_dict(), status_code=201 if created else 200, headers={"Location": f"/jobs/{job.id}"})
@@ -219,12 +232,24 @@ def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, di
         job = visible_job(job_id, identity)
         out = job.to_dict(with_spec=True)
         out["position"] = store.position(job) if job.state == State.QUEUED.value else None
+        out["links"] = job_links(job, settings)
         return out
 
     @app.post("/jobs/{job_id}/cancel", status_code=202, summary="Cancel a job")
     def cancel(job_id: str, identity: Identity = Depends(require_token)):
         visible_job(job_id, identity)
         job = store.request_cancel(job_id)
+        wake.set()
+        return job.to_dict()
+
+    @app.post("/jobs/{job_id}/priority", summary="Change a job's priority (admins)",
+              responses={403: {"description": "The caller is not an admin."}})
+    def change_priority(job_id: str, priority: int = Query(..., ge=-1_000_000, le=1_000_000),
+                        identity: Identity = Depends(require_token)):
+        visible_job(job_id, identity)
+        if not identity.admin:
+            return JSONResponse({"detail": "priority: only admins may change a job's priority"}, status_code=403)
+        job = store.set_priority(job_id, priority)
         wake.set()
         return job.to_dict()
 

@@ -4,18 +4,27 @@ One loop, one thread, one active dispatcher per store (see leader.py); every ste
 repeat, so a dispatcher killed at any point and started again finishes the work instead of
 doing it twice:
 
-  admit    queued jobs in priority order that fit the free resources (scheduling.py) are
-           committed as `submitted` first, then handed to Ray with submission_id = job id.
+  admit    preempted jobs go back to `queued`; queued jobs in the order scheduling.py gives
+           (priority, fair share, quotas) that fit the free resources are committed as
+           `submitted` first, then handed to Ray with submission id = the job id (its first
+           attempt) or `<job id>-<n>` (the attempt after its n-th preemption); running jobs
+           the plan preempts become `preempting` and are stopped on Ray (SIGTERM to the
+           driver: it checkpoints and ends; Ray kills it after VAE_PREEMPT_GRACE_S).
   follow   every admitted job is compared with what Ray reports:
              Ray has no record, store says submitted → submit (we died before Ray got it)
              Ray has no record, store says running   → failed ("lost": the head restarted)
              Ray has no record, store says cancelling → cancelled (it never ran)
              PENDING / RUNNING                       → submitted / running
-             cancelling and not finished on Ray      → stop_job (again, harmlessly)
+             Ray has no record, store says preempting → preempted (resumed when admitted)
+             cancelling/preempting, not ended on Ray → stop_job (again, harmlessly)
              SUCCEEDED / FAILED / STOPPED            → succeeded / failed / cancelled, as the
                                                        job's outcome.json says (its MLflow run,
                                                        its error's kind and message); Ray's own
                                                        status when the job wrote none (killed)
+             preempting, then ended                  → preempted: stopped by the signal, or
+                                                       killed after the grace period (both
+                                                       resume from the latest checkpoint);
+                                                       succeeded / failed if it got there first
   reconcile (at start-up, then follow) a job Ray knows but the store still calls queued
            (someone reset the row) is adopted as submitted, never submitted again.
 
@@ -47,12 +56,13 @@ from vae_service import storage
 from vae_service.core.errors import one_line
 from vae_service.core.spec_loading import SpecError, load_spec_text
 from vae_service.jobs.locations import queued_run_dir
-from vae_service.jobs.outcome import OUTCOME_FILE, SUCCEEDED, Outcome, read_outcome
+from vae_service.jobs.outcome import INTERRUPTED, OUTCOME_FILE, SUCCEEDED, Outcome, read_outcome
 from vae_service.queue import scheduling
 from vae_service.queue.job_env import job_env
 from vae_service.queue.leader import Leadership
 from vae_service.queue.models import Job
 from vae_service.queue.ray_jobs import RayJob, RayJobs, RayRejected, RayUnavailable
+from vae_service.queue.scheduling import Rules
 from vae_service.queue.states import ACTIVE, IllegalTransition, State
 from vae_service.queue.store import Store, UnknownJob
 
@@ -62,15 +72,20 @@ POLL_S = 0.5  # between ticks when nothing wakes the loop
 LEADER_CHECK_S = 5.0
 LEADER_TIMEOUT_RAY_CALLS = 3  # the leadership timeout, in Ray timeouts
 YIELD_S = 2.0  # after giving up the lock: long enough for a standby (they poll every 0.05-0.5 s)
+PREEMPT_GRACE_S = 30
 OUTCOME = {"SUCCEEDED": State.SUCCEEDED, "FAILED": State.FAILED, "STOPPED": State.CANCELLED}
+STOPPING = (State.CANCELLING, State.PREEMPTING)  # asked to stop on Ray
 
 
 class Dispatcher:
     def __init__(self, store: Store, ray: RayJobs, *, python: Optional[str] = None, poll_s: float = POLL_S,
-                 wake: Optional[threading.Event] = None, leader_timeout_s: Optional[float] = None):
+                 wake: Optional[threading.Event] = None, leader_timeout_s: Optional[float] = None,
+                 rules: Rules = Rules(), grace_s: int = PREEMPT_GRACE_S):
         self.store = store
         self.ray = ray
         self.python = python
+        self.rules = rules  # quotas and the preemption thrash guard
+        self.grace_s = grace_s  # how long a stopped job has to checkpoint and end
         self.poll_s = poll_s
         self.wake = wake or threading.Event()
         self.leader_timeout_s = leader_timeout_s or LEADER_TIMEOUT_RAY_CALLS * ray.timeout_s
@@ -153,9 +168,9 @@ class Dispatcher:
     def reconcile(self) -> None:
         known = self.ray.list()
         for job in self.store.in_states([State.QUEUED]):
-            if job.id in known:
+            if submission_id(job) in known:
                 log.warning("dispatcher: job %s is queued in the store but Ray has it: adopting it", job.id)
-                self._transition(job.id, State.SUBMITTED, only_from=[State.QUEUED], ray_submission_id=job.id,
+                self._transition(job.id, State.SUBMITTED, only_from=[State.QUEUED], ray_submission_id=submission_id(job),
                                  attempts=max(job.attempts, 1))
         admitted = len(self.store.in_states(ACTIVE))
         log.info("dispatcher: reconciled with Ray (%d job(s) admitted, %d known to Ray)", admitted, len(known))
@@ -172,7 +187,7 @@ class Dispatcher:
         for job in active:
             if self._out_of_time():
                 break  # the rest next tick
-            ended |= self._follow_one(job, known.get(job.id))
+            ended |= self._follow_one(job, known.get(job.ray_submission_id or job.id))
         return ended
 
     def _out_of_time(self) -> bool:
@@ -186,6 +201,8 @@ class Dispatcher:
                 return False
             if state is State.CANCELLING:
                 self._transition(job.id, State.CANCELLED, only_from=[State.CANCELLING])
+            elif state is State.PREEMPTING:
+                self._transition(job.id, State.PREEMPTED, only_from=[State.PREEMPTING])
             else:
                 self._transition(job.id, State.FAILED, only_from=[state],
                                  error="lost: Ray has no record of this job (was the Ray head restarted?)")
@@ -193,24 +210,25 @@ class Dispatcher:
         if info.status in OUTCOME:
             self._finish(job, info)
             return True
-        if state is State.CANCELLING:
-            if job.id not in self._stop_sent:
-                log.info("dispatcher: stopping job %s on Ray", job.id)
-                self.ray.stop(job.id)
-                self._stop_sent.add(job.id)
+        if state in STOPPING:
+            self._stop(job)
         elif info.status == "RUNNING" and state is State.SUBMITTED:
             self._transition(job.id, State.RUNNING, only_from=[State.SUBMITTED])
         return False
 
     def admit(self) -> None:
+        for job in self.store.in_states([State.PREEMPTED]):  # back in line, to resume
+            self._transition(job.id, State.QUEUED, only_from=[State.PREEMPTED])
         queued = self.store.queued_in_order()
         if not queued:
             self._reserved_for = None
             self._waiting = {}
             return
         totals = self.ray.totals()
-        plan = scheduling.plan(queued, totals, self.store.admitted_resources())
+        plan = scheduling.plan(queued, totals, self.store.in_states(ACTIVE), self.rules)
         chosen, reserved = plan.chosen, plan.reserved_for
+        for victim in plan.preempt:
+            self._preempt(victim, reserved)
         self._store_waiting_reasons(queued, plan.reasons)
         reserved_id = reserved.id if reserved is not None else None
         if reserved_id and reserved_id != self._reserved_for:
@@ -221,7 +239,8 @@ class Dispatcher:
             if self._out_of_time():
                 break  # still queued: admitted next tick
             try:
-                self.store.transition(job.id, State.SUBMITTED, only_from=[State.QUEUED], ray_submission_id=job.id)
+                self.store.transition(job.id, State.SUBMITTED, only_from=[State.QUEUED],
+                                      ray_submission_id=submission_id(job))
             except (IllegalTransition, UnknownJob):
                 continue  # cancelled meanwhile
             self._submit(job.id)
@@ -245,25 +264,46 @@ class Dispatcher:
         if State(job.state) is not State.SUBMITTED:
             return
         self.store.update(job.id, attempts=job.attempts + 1)
+        env = job_env(job.id, job.spec_normalised, resume=job.preemptions > 0, grace_s=self.grace_s)
         try:
-            created = self.ray.submit(job.id, job_env(job.id, job.spec_normalised), self.python)
+            created = self.ray.submit(job.ray_submission_id or job.id, env, self.python)
         except RayRejected as exc:
             self._transition(job.id, State.FAILED, only_from=ACTIVE, error=f"Ray refused the job: {exc}")
             return
-        log.info("dispatcher: job %s %s Ray (priority %d)", job.id, "submitted to" if created else "already on", job.priority)
+        log.info("dispatcher: job %s %s Ray (priority %d%s)", job.id, "submitted to" if created else "already on",
+                 job.priority, f", resuming after {job.preemptions} preemption(s)" if job.preemptions else "")
         if State(self.store.get(job.id).state) is State.CANCELLING:  # cancelled during the call: stop it now
+            self._stop(job)
+
+    def _preempt(self, victim: Job, reserved: Job) -> None:
+        """Asks a running job to make room for `reserved` (scheduling.plan chose it)."""
+        try:
+            self.store.transition(victim.id, State.PREEMPTING, only_from=[State.RUNNING])
+        except (IllegalTransition, UnknownJob):
+            return  # it ended or was cancelled meanwhile: the next plan sees the room
+        log.info("dispatcher: preempting job %s (priority %d) for job %s (priority %d)",
+                 victim.id, victim.priority, reserved.id, reserved.priority)
+        self._stop(victim)
+
+    def _stop(self, job: Job) -> None:
+        """Asks Ray to stop the job's current attempt (once per attempt; repeating is harmless)."""
+        attempt = job.ray_submission_id or job.id
+        if attempt not in self._stop_sent:
             log.info("dispatcher: stopping job %s on Ray", job.id)
-            self.ray.stop(job.id)
-            self._stop_sent.add(job.id)
+            self.ray.stop(attempt)
+            self._stop_sent.add(attempt)
 
     def _finish(self, job: Job, info: RayJob) -> None:
         """Records how the job ended: from the outcome.json it wrote beside its run, or, when it
-        wrote none (its driver was killed, or its storage was unwritable), from Ray's status."""
+        wrote none (its driver was killed, or its storage was unwritable), from Ray's status.
+        A job being preempted that did not get to succeed or fail on its own is `preempted`."""
         job = self.store.get(job.id)  # with its spec: where its outcome is
         outcome = read_job_outcome(job)
         new = OUTCOME[info.status]
         if outcome is not None and new is not State.CANCELLED:
             new = State.SUCCEEDED if outcome.state == SUCCEEDED else State.FAILED
+        if State(job.state) is State.PREEMPTING and (outcome is None or outcome.state == INTERRUPTED):
+            new = State.PREEMPTED
         fields = {"mlflow_run_id": (outcome.mlflow_run_id if outcome else None) or mlflow_run_id_for(job.id)}
         if outcome is not None and outcome.nodes:
             fields["nodes"] = json.dumps(outcome.nodes)
@@ -272,7 +312,7 @@ class Dispatcher:
         elif new is State.CANCELLED and State(job.state) is not State.CANCELLING:
             fields["error"] = "stopped on Ray (not through the queue)"
         self._transition(job.id, new, only_from=ACTIVE, **fields)
-        self._stop_sent.discard(job.id)
+        self._stop_sent.discard(job.ray_submission_id or job.id)
         log.info("dispatcher: job %s %s", job.id, new)
 
     def _transition(self, job_id: str, new: State, **kwargs) -> None:
@@ -280,6 +320,12 @@ class Dispatcher:
             self.store.transition(job_id, new, **kwargs)
         except IllegalTransition as exc:  # someone (the API) moved it first: fine, next tick sees it
             log.info("dispatcher: %s", exc)
+
+
+def submission_id(job: Job) -> str:
+    """The Ray submission id of the job's next attempt: its id, then `<id>-<n>` after the n-th
+    preemption (Ray keeps one job per submission id, so each attempt needs its own)."""
+    return job.id if not job.preemptions else f"{job.id}-{job.preemptions}"
 
 
 def outcome_location(job: Job) -> Optional[storage.Location]:

@@ -4,7 +4,11 @@ Reads the spec from VAE_JOB_SPEC, moves to VAE_JOB_CWD (the server's working dir
 relative paths in the spec mean what they mean to `vae run` there) and runs it with
 `vae_service.jobs.execute` as the job VAE_JOB_ID: the run directory is `<name>-<job id>` under
 the spec's storage, where the Outcome lands as outcome.json for the dispatcher to read. The
-exit code is the Outcome's: 0 done, 1 the job failed, 2 bad input, 130 interrupted.
+exit code is the Outcome's: 0 done, 1 the job failed, 2 bad input, 130 interrupted (stopped).
+
+With VAE_JOB_RESUME=1 (an attempt after a preemption) the job continues that run directory —
+its latest checkpoint, its MLflow run — as `vae run --resume` would; a directory the earlier
+attempt did not get to create is started afresh.
 """
 
 from __future__ import annotations
@@ -37,10 +41,26 @@ def main() -> int:
     except SpecError as exc:  # the server validated it; a different version on the cluster may not
         print(f"bad input: {exc}", file=sys.stderr)
         return 2
-    outcome = execute(spec, reporter=Reporter(progress=False), job_id=job_id)
+    outcome = execute(spec, reporter=Reporter(progress=False), job_id=job_id, resume=_resume_dir(spec, job_id))
     facts = [f"MLflow run {outcome.mlflow_run_id}" if outcome.mlflow_run_id else "", outcome.model_uri or "", outcome.run_dir or ""]
     print(f"outcome: {outcome.state}; {'; '.join(f for f in facts if f)}" + (f"\n{outcome.error}" if outcome.error else ""), file=sys.stderr)
     return outcome.exit_code
+
+
+def _resume_dir(spec, job_id: str):
+    """The run directory an earlier attempt of this job left (VAE_JOB_RESUME=1), if it has one."""
+    if os.environ.get("VAE_JOB_RESUME") != "1":
+        return None
+    from vae_service import storage
+    from vae_service.jobs.lifecycle import SPEC_FILE
+    from vae_service.jobs.locations import queued_run_dir
+
+    try:
+        run_dir = queued_run_dir(spec, job_id)
+        return run_dir.uri if storage.exists(run_dir.join(SPEC_FILE)) else None
+    except (storage.StorageError, OSError) as exc:
+        print(f"note: cannot look for the earlier attempt's run ({exc}); starting afresh", file=sys.stderr)
+        return None
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@ server's disk, and the store stays the only copy that matters. Relative paths in
 `vae run`: the job starts in VAE_JOB_CWD (the server's working directory) when that directory
 exists on the node. MLFLOW_TRACKING_URI and VAE_DATA_DIR/VAE_CACHE_DIR are made absolute.
 
+A resumed attempt (after a preemption) gets VAE_JOB_RESUME=1: the entrypoint continues the
+job's run directory from its latest checkpoint. RAY_JOB_STOP_SIGNAL / RAY_JOB_STOP_WAIT_TIME_S
+are read by Ray's job supervisor, which runs with the job's environment: stopping the job sends
+its driver SIGTERM (a graceful stop, core/interrupt.py) and SIGKILL after the grace period.
+
 The env vars are visible to whoever can read the Ray job (the dashboard behind Ray's token);
 this service never logs them and never returns them from its API.
 """
@@ -18,9 +23,13 @@ from pathlib import Path
 from vae_service.environment import forwarded_env
 
 
-def job_env(job_id: str, spec_yaml: str) -> dict[str, str]:
+def job_env(job_id: str, spec_yaml: str, *, resume: bool = False, grace_s: int = 30) -> dict[str, str]:
     env = forwarded_env()
     env["VAE_JOB_ID"] = job_id
     env["VAE_JOB_SPEC"] = spec_yaml
     env["VAE_JOB_CWD"] = str(Path.cwd())
+    if resume:
+        env["VAE_JOB_RESUME"] = "1"
+    env["RAY_JOB_STOP_SIGNAL"] = "SIGTERM"
+    env["RAY_JOB_STOP_WAIT_TIME_S"] = str(int(grace_s))
     return env

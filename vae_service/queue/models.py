@@ -7,7 +7,7 @@ import json
 from datetime import datetime, timezone
 from typing import Optional
 
-from sqlalchemy import DateTime, Float, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -61,6 +61,9 @@ class Job(Base):
     dispatch_latency_s: Mapped[Optional[float]] = mapped_column(Float)  # created → first submitted
     nodes: Mapped[Optional[str]] = mapped_column(Text)  # JSON list: the hosts its ranks ran on, by rank
     waiting_reason: Mapped[Optional[str]] = mapped_column(Text)  # why a queued job is not admitted yet
+    preemptible: Mapped[bool] = mapped_column(Boolean, default=True)  # the spec's resources.preemptible
+    preemptions: Mapped[int] = mapped_column(Integer, default=0)  # times it was stopped for another job
+    running_since: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)  # this attempt's start (thrash guard)
 
     __table_args__ = (Index("ix_jobs_state_priority_created", "state", "priority", "created_at"),
                       UniqueConstraint("submitted_by", "idempotency_key", name="uq_jobs_submitted_by_idempotency_key"))
@@ -86,8 +89,10 @@ class Job(Base):
             "dispatch_latency_s": self.dispatch_latency_s,
             "nodes": json.loads(self.nodes) if self.nodes else [],
             "waiting_reason": self.waiting_reason if self.state == "queued" else None,
+            "preemptible": self.preemptible,
+            "preemptions": self.preemptions,
         }
-        for name in ("created_at", "updated_at", "submitted_at", "started_at", "finished_at"):
+        for name in ("created_at", "updated_at", "submitted_at", "started_at", "running_since", "finished_at"):
             value = getattr(self, name)
             out[name] = value.isoformat() if value else None
         if with_spec:

@@ -1,18 +1,27 @@
-"""Which queued jobs to admit now: priority, then age, within the cluster's free resources.
+"""Which queued jobs to admit now, which running jobs to preempt for them, and why the others
+wait: priority, quotas, fair share, within the cluster's free resources.
 
-Free = Ray's total resources − what the admitted jobs (submitted, running, cancelling) asked
-for; Ray's live usage is not consulted, so a job that has not yet started its workers still
-counts.
+Free = Ray's total resources − what the admitted jobs (submitted, running, cancelling,
+preempting) asked for; Ray's live usage is not consulted, so a job that has not yet started its
+workers still counts.
 
-Starvation: head-of-line *reservation*. Jobs are considered in order (priority desc, then
-oldest first). The first job that does not fit is not skipped and forgotten: what it asks for
-is reserved out of the free resources, and later (lower-ranked) jobs may only use what is left
-beyond that reservation (backfill). As admitted jobs finish, the reservation is the first thing
-that fits, so a large job waits at most for the jobs already running — small jobs behind it
-cannot overtake it forever. One reservation at a time (the highest-ranked blocked job); a job
-that asks for more than the whole cluster has is never reserved for (it would block everything)
-and simply waits for the cluster to grow. Priorities are strict: a low-priority job waits as
-long as higher-priority jobs keep arriving — that is what priority means here (no aging).
+Order: priority first (strict: a low-priority job waits as long as higher-priority jobs keep
+arriving; no aging). Among jobs of equal priority, fair share (quotas.py): the job of the user
+who holds the smallest share of the cluster goes next — counting what this pass has just
+admitted — then the oldest. A job that would take its user past their quota waits ("user quota
+of 2 GPUs in use") without holding anything up.
+
+Starvation: head-of-line *reservation*. The first job (in that order) that does not fit is not
+skipped and forgotten: what it asks for is reserved out of the free resources, and later jobs may
+only use what is left beyond that reservation (backfill). As admitted jobs finish, the
+reservation is the first thing that fits, so a large job waits at most for the jobs already
+running. One reservation at a time; a job that asks for more than the whole cluster has is never
+reserved for (it would block everything) and simply waits for the cluster to grow.
+
+Preemption (preemption.py): the reserved job may also have running jobs of strictly lower
+priority stopped to make room — the fewest that do. They are asked to stop at once (the
+dispatcher), keep holding their resources until they have (`preempting`), and are not asked
+again; no new victims are chosen while those already stopping would make room.
 
 Every job left waiting gets a reason with the numbers (`waiting_reason`), which the dispatcher
 stores and `vae status` shows: "asks for 4 CPUs, the cluster has 2: lower …" for a job that can
@@ -21,10 +30,17 @@ never fit, "waiting for 2 CPUs to be free (1 of 2 in use)" for one waiting for r
 
 from __future__ import annotations
 
+from collections import OrderedDict, defaultdict, deque
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Mapping, Optional, Protocol, Sequence
 
-EPSILON = 1e-9
+from vae_service.queue import preemption
+from vae_service.queue.capacity import EPSILON, add, amount, fits, subtract, summed
+from vae_service.queue.quotas import Quota, Usage
+
+__all__ = ["Plan", "Quota", "Rules", "plan", "summed", "too_large", "waiting_for_room"]
+
 # What to lower in a spec when a job asks for more than the cluster has.
 LOWER = {"CPU": "resources.cpus_per_worker or resources.num_workers",
          "GPU": "resources.gpus_per_worker or resources.num_workers (or set resources.use_gpu: false)"}
@@ -32,24 +48,19 @@ LOWER = {"CPU": "resources.cpus_per_worker or resources.num_workers",
 
 class Candidate(Protocol):
     id: str
+    priority: int
+    submitted_by: str
 
     @property
     def resource_request(self) -> dict[str, float]: ...
 
 
-def fits(request: Mapping[str, float], free: Mapping[str, float]) -> bool:
-    return all(amount <= free.get(name, 0.0) + EPSILON for name, amount in request.items() if amount > 0)
+@dataclass(frozen=True)
+class Rules:
+    """The server's scheduling settings: quotas and the preemption thrash guard."""
 
-
-def subtract(free: Mapping[str, float], request: Mapping[str, float]) -> dict[str, float]:
-    out = dict(free)
-    for name, amount in request.items():
-        out[name] = out.get(name, 0.0) - amount
-    return out
-
-
-def free_resources(totals: Mapping[str, float], admitted: Mapping[str, float]) -> dict[str, float]:
-    return subtract(totals, admitted)
+    quota: Quota = Quota()
+    preempt_min_run_s: float = 120.0
 
 
 @dataclass
@@ -57,40 +68,73 @@ class Plan:
     chosen: list = field(default_factory=list)  # to admit now, in order
     reserved_for: Optional[object] = None  # the highest-ranked job that waits for room
     reasons: dict[str, str] = field(default_factory=dict)  # job id → why it waits (every job not chosen)
+    preempt: list = field(default_factory=list)  # running jobs to stop now, for `reserved_for`
 
 
-def plan(queued_in_order: Sequence[Candidate], totals: Mapping[str, float], admitted: Mapping[str, float]) -> Plan:
-    """Which jobs to admit now, which one the room is reserved for, and why each other one waits."""
+def usage_by_user(active: Sequence) -> dict[str, Usage]:
+    usage: dict[str, Usage] = defaultdict(Usage)
+    for job in active:
+        usage[job.submitted_by].add(job.resource_request)
+    return usage
+
+
+def fair_order(queued_in_order: Sequence[Candidate], usage: dict[str, Usage], totals: Mapping[str, float]):
+    """Yields the queued jobs in admission order (module docstring); `usage` is read at each
+    step, so the caller's updates (a job just admitted) count for the next pick."""
+    by_priority: "OrderedDict[int, OrderedDict[str, deque]]" = OrderedDict()
+    for job in queued_in_order:  # priority desc, then oldest first: each user's jobs stay in age order
+        by_priority.setdefault(job.priority, OrderedDict()).setdefault(job.submitted_by, deque()).append(job)
+    for users in by_priority.values():
+        while users:
+            user = min(users, key=lambda u: (usage[u].share(totals), usage[u].jobs, users[u][0].created_at, users[u][0].id))
+            yield users[user].popleft()
+            if not users[user]:
+                del users[user]
+
+
+def plan(queued_in_order: Sequence[Candidate], totals: Mapping[str, float], active: Sequence,
+         rules: Rules = Rules(), now: Optional[datetime] = None) -> Plan:
+    """Which jobs to admit now, which one the room is reserved for, which running jobs to
+    preempt for it, and why each other queued job waits. `active`: the admitted jobs."""
+    now = now or datetime.now(timezone.utc)
     out = Plan()
-    free = free_resources(totals, admitted)  # what later jobs may use (less the reservation)
+    usage = usage_by_user(active)
+    free = subtract(totals, summed(active))  # what later jobs may use (less the reservation)
     unreserved = dict(free)  # what is free at all
-    for job in queued_in_order:
+    stopping = [job for job in active if job.state == "preempting"]
+    for job in fair_order(queued_in_order, usage, totals):
         request = job.resource_request
-        if fits(request, free):
+        over_quota = rules.quota.exceeded(usage[job.submitted_by], request)
+        if over_quota:
+            out.reasons[job.id] = over_quota
+        elif fits(request, free):
             out.chosen.append(job)
             free, unreserved = subtract(free, request), subtract(unreserved, request)
+            usage[job.submitted_by].add(request)
         elif not fits(request, totals):
             out.reasons[job.id] = too_large(request, totals)
+        elif out.reserved_for is None:
+            out.reserved_for = job
+            out.reasons[job.id] = _make_room(out, job, request, totals, unreserved, stopping, active, rules, now)
+            free = subtract(free, request)  # may go negative: nothing behind it fits until it runs
         else:
             out.reasons[job.id] = waiting_for_room(request, totals, unreserved, out.reserved_for)
-            if out.reserved_for is None:
-                out.reserved_for = job
-                free = subtract(free, request)  # may go negative: nothing behind it fits until it runs
     return out
 
 
-def admit(queued_in_order: Sequence[Candidate], totals: Mapping[str, float], admitted: Mapping[str, float]) -> tuple[list, object]:
-    """Returns (jobs to admit now, in order; the job holding the reservation or None)."""
-    result = plan(queued_in_order, totals, admitted)
-    return result.chosen, result.reserved_for
+def _make_room(out: Plan, job, request, totals, unreserved, stopping, active, rules: Rules, now: datetime) -> str:
+    """For the reserved job: preempt what is needed (into out.preempt); returns why it waits."""
+    if stopping and fits(request, add(unreserved, summed(stopping))):
+        return waiting_for_stop(stopping)
+    ranked = preemption.candidates(active, job.priority, now, rules.preempt_min_run_s)
+    victims = preemption.choose_victims(request, add(unreserved, summed(stopping)), ranked)
+    if victims:
+        out.preempt.extend(victims)
+        return waiting_for_stop(stopping + victims)
+    return waiting_for_room(request, totals, unreserved)
 
 
 # ---- why a job waits (one line, with the numbers) ----------------------------------------------
-
-
-def amount(value: float, name: str) -> str:
-    """`1 CPU`, `2 CPUs`, `0.5 CPUs`."""
-    return f"{value:g} {name}" + ("" if value == 1 else "s")
 
 
 def _asked(request: Mapping[str, float]) -> dict[str, float]:
@@ -117,3 +161,9 @@ def waiting_for_room(request: Mapping[str, float], totals: Mapping[str, float], 
         held = f", the rest held for job {reserved_for.id}, ranked ahead"
     wanted = " and ".join(amount(request[name], name) for name in short)
     return f"waiting for {wanted} to be free ({in_use} in use{held})"
+
+
+def waiting_for_stop(stopping: Sequence) -> str:
+    """The reserved job waits for preempted jobs to checkpoint and end."""
+    ids = ", ".join(job.id for job in stopping)
+    return f"waiting for preempted job{'s' if len(stopping) > 1 else ''} {ids} to checkpoint and stop"

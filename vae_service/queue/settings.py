@@ -12,6 +12,8 @@
     VAE_STORAGE_URI     where queued jobs keep their runs when their spec names no storage.uri
                         (default: the spec's own default, runs/ in the server's directory)
     VAE_MAX_GRID_POINTS the most trials an all-grid sweep may make (default and ceiling 10,000)
+    VAE_MLFLOW_UI_URL   the MLflow UI that the web page (/ui) links runs to (default:
+                        MLFLOW_TRACKING_URI when that is an http(s) URL, else no links)
 
 Who may do what (queue/policy.py; the server reads these):
 
@@ -28,10 +30,21 @@ Who may do what (queue/policy.py; the server reads these):
                         directory)
     VAE_ALLOWED_DATA    where a spec's data.root may point, the same way (default: VAE_DATA_DIR
                         and the download cache, VAE_CACHE_DIR or ~/.cache/vae-service)
+
+The team queue (queue/scheduling.py; unset quotas: no limit):
+
+    VAE_QUOTA_CPUS      the most CPUs one user's admitted jobs may hold at once (everyone, admins too)
+    VAE_QUOTA_GPUS      the same for GPUs
+    VAE_QUOTA_JOBS      the most jobs one user may have on the cluster at once
+    VAE_PREEMPT_MIN_RUN_S  a running job is not preempted before it has run this long in its
+                        current attempt (default 120: the thrash guard)
+    VAE_PREEMPT_GRACE_S how long a stopped job (preempted or cancelled) has to checkpoint and end
+                        before Ray kills it (default 30)
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -63,6 +76,12 @@ class Settings(BaseSettings):
     allowed_storage: Optional[str] = None
     allowed_data: Optional[str] = None
     max_grid_points: int = Field(MAX_GRID_POINTS, ge=1, le=MAX_GRID_POINTS)
+    quota_cpus: Optional[float] = Field(None, gt=0)
+    quota_gpus: Optional[float] = Field(None, ge=0)
+    quota_jobs: Optional[int] = Field(None, ge=1)
+    preempt_min_run_s: float = Field(120.0, ge=0)
+    preempt_grace_s: int = Field(30, ge=1, le=3600)
+    mlflow_ui_url: Optional[str] = Field(default_factory=lambda: _http_url(os.environ.get("MLFLOW_TRACKING_URI")))
 
     @property
     def home_dir(self) -> Path:
@@ -81,6 +100,11 @@ class Settings(BaseSettings):
     def token_file(self) -> Path:
         """The explicit token file, else the one `vae server` generates under VAE_HOME."""
         return (self.api_token_file or self.home_dir / TOKEN_FILE_NAME).expanduser()
+
+
+def _http_url(value: Optional[str]) -> Optional[str]:
+    """`value` when it is an http(s) URL (a tracking server, whose UI it also serves), else None."""
+    return value if value and value.lower().startswith(("http://", "https://")) else None
 
 
 def split_list(value: Optional[str]) -> list[str]:

@@ -1,11 +1,18 @@
 """Job states and the one table of legal transitions.
 
     queued ──▶ submitted ──▶ running ──▶ succeeded | failed | cancelled
-      │            │            │
-      │            └──────┬─────┘
-      │                   ▼
-      │              cancelling ──▶ cancelled (or succeeded | failed, if it finished first)
-      └──▶ cancelled (never reached Ray)
+      ▲  │         │            │  │
+      │  │         └──────┬─────┘  └──▶ preempting ──▶ preempted ──▶ queued (again)
+      │  │                ▼                 │              │
+      │  │           cancelling ◀───────────┘              └──▶ cancelled
+      │  │                └──▶ cancelled (or succeeded | failed, if it finished first)
+      │  └──▶ cancelled (never reached Ray)
+      └── preempted
+
+Preemption (scheduling.py decides, the dispatcher acts): a running job of lower priority is
+asked to stop (`preempting`: Ray sends its driver SIGTERM; it still holds its resources), ends
+with its checkpoints kept (`preempted`: the attempt's outcome), and goes back to `queued` with
+its run directory, to be resumed from its latest checkpoint when it is admitted again.
 
 `submitted` means "handed to Ray (or about to be)": the dispatcher commits it *before* calling
 Ray, with submission_id = the job id, so a crash in between is repaired by submitting again
@@ -25,6 +32,8 @@ class State(str, Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PREEMPTING = "preempting"
+    PREEMPTED = "preempted"
 
     def __str__(self) -> str:
         return self.value
@@ -32,13 +41,18 @@ class State(str, Enum):
 
 TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED})
 # Admitted to the cluster: these hold the resources their spec asks for.
-ACTIVE = frozenset({State.SUBMITTED, State.RUNNING, State.CANCELLING})
+ACTIVE = frozenset({State.SUBMITTED, State.RUNNING, State.CANCELLING, State.PREEMPTING})
+# Not on the cluster, waiting for it: a cancel ends these at once.
+WAITING = frozenset({State.QUEUED, State.PREEMPTED})
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.QUEUED: frozenset({State.SUBMITTED, State.CANCELLED}),
     State.SUBMITTED: frozenset({State.RUNNING, State.CANCELLING} | TERMINAL),
-    State.RUNNING: frozenset({State.CANCELLING} | TERMINAL),
+    State.RUNNING: frozenset({State.CANCELLING, State.PREEMPTING} | TERMINAL),
     State.CANCELLING: TERMINAL,
+    # It may finish (or fail) before the stop lands; a cancel wins over the requeue.
+    State.PREEMPTING: frozenset({State.PREEMPTED, State.CANCELLING} | TERMINAL),
+    State.PREEMPTED: frozenset({State.QUEUED, State.CANCELLED}),
     State.SUCCEEDED: frozenset(),
     State.FAILED: frozenset(),
     State.CANCELLED: frozenset(),

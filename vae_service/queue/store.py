@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, defer
 
 from vae_service.queue.db import session_factory
 from vae_service.queue.models import Job, utcnow
-from vae_service.queue.states import ACTIVE, TERMINAL, IllegalTransition, State, check
+from vae_service.queue.states import TERMINAL, WAITING, IllegalTransition, State, check
 
 MAX_ERROR_CHARS = 4000
 # Buckets of the dispatch-latency histogram (seconds, created → handed to Ray).
@@ -48,6 +48,7 @@ class NewJob:
     resources: dict[str, float]
     overrides: tuple[str, ...] = ()
     idempotency_key: Optional[str] = None
+    preemptible: bool = True
 
 
 def new_job_id() -> str:
@@ -81,7 +82,7 @@ class Store:
             attempts=0, submitted_by=new.submitted_by, spec_submitted=new.spec_submitted,
             overrides=json.dumps(list(new.overrides)), spec_normalised=new.spec_normalised,
             resources=json.dumps(new.resources, sort_keys=True), idempotency_key=new.idempotency_key,
-            created_at=now, updated_at=now,
+            preemptible=new.preemptible, preemptions=0, created_at=now, updated_at=now,
         )
         try:
             with self.session() as session:
@@ -148,8 +149,9 @@ class Store:
         """Moves a job to `new` (refusing what the table forbids) and sets `fields`.
 
         `only_from`: the states the caller saw; if the job has moved on since, IllegalTransition
-        is raised instead of acting on stale information. Timestamps follow the state:
-        submitted_at (first time), started_at, finished_at.
+        is raised instead of acting on stale information. Timestamps and counts follow the
+        state: submitted_at (first time), started_at (first time), running_since (each attempt),
+        finished_at, preemptions (each time it is preempted).
         """
         new = State(new)
         with self.session() as session:
@@ -163,8 +165,11 @@ class Store:
             if new is State.SUBMITTED and job.submitted_at is None:
                 job.submitted_at = now
                 job.dispatch_latency_s = (now - job.created_at).total_seconds()
-            if new is State.RUNNING and job.started_at is None:
-                job.started_at = now
+            if new is State.RUNNING:
+                job.started_at = job.started_at or now
+                job.running_since = now
+            if new is State.PREEMPTED:
+                job.preemptions += 1
             if new in TERMINAL:
                 job.finished_at = now
             if "error" in fields and fields["error"]:
@@ -186,6 +191,17 @@ class Store:
             job.updated_at = utcnow()
             return job
 
+    def set_priority(self, job_id: str, priority: int) -> Job:
+        """A new priority (admins, through the API); a finished job raises IllegalTransition."""
+        with self.session() as session:
+            job = session.get(Job, job_id, with_for_update=True)
+            if job is None:
+                raise UnknownJob(job_id)
+            if State(job.state) in TERMINAL:
+                raise IllegalTransition(job_id, State(job.state), State(job.state))
+            job.priority, job.updated_at = priority, utcnow()
+            return job
+
     def set_waiting_reasons(self, reasons: dict[str, Optional[str]]) -> None:
         """Why each queued job waits (scheduling.plan), in one transaction; a job that has left
         `queued` meanwhile is not touched. The dispatcher calls this only with what changed."""
@@ -195,8 +211,9 @@ class Store:
                                 .values(waiting_reason=reason))
 
     def request_cancel(self, job_id: str) -> Job:
-        """queued → cancelled at once; submitted/running → cancelling (the dispatcher stops it on
-        Ray); cancelling stays as it is. A finished job raises IllegalTransition."""
+        """queued/preempted → cancelled at once; submitted/running/preempting → cancelling (the
+        dispatcher stops it on Ray); cancelling stays as it is. A finished job raises
+        IllegalTransition."""
         with self.session() as session:
             job = session.get(Job, job_id, with_for_update=True)
             if job is None:
@@ -204,7 +221,7 @@ class Store:
             state = State(job.state)
             if state is State.CANCELLING:
                 return job
-            new = State.CANCELLED if state is State.QUEUED else State.CANCELLING
+            new = State.CANCELLED if state in WAITING else State.CANCELLING
             check(job_id, state, new)
             now = utcnow()
             job.state, job.updated_at = new.value, now
@@ -230,10 +247,7 @@ class Store:
         buckets = list(zip(LATENCY_BUCKETS, (int(n) for n in row[: len(LATENCY_BUCKETS)])))
         return buckets, int(row[-2]), float(row[-1])
 
-    def admitted_resources(self) -> dict[str, float]:
-        """What the jobs holding the cluster asked for, summed."""
-        total: dict[str, float] = {}
-        for job in self.in_states(ACTIVE):
-            for name, amount in job.resource_request.items():
-                total[name] = total.get(name, 0.0) + amount
-        return total
+    def preemptions(self) -> int:
+        """How many times jobs were preempted, in all (a counter for /metrics)."""
+        with self.session() as session:
+            return int(session.scalar(select(func.coalesce(func.sum(Job.preemptions), 0))))
