@@ -517,7 +517,7 @@ def test_exact_search_falls_back_to_greedy_on_many_candidates(monkeypatch):
     from vae_service.queue import preemption
 
     monkeypatch.setattr(preemption, "SEARCH_LIMIT", 3)
-    active = [running(f"r{i}", 1, for_s=100 + i) for i in range(6)]
+    active = [running(f"r{i}", 1, for_s=200 + i) for i in range(6)]
     plan = scheduling.plan([Fake("urgent", 3, priority=10)], {"CPU": 6.0, "GPU": 0.0}, active, now=NOW)
     assert ids(plan.preempt) == ["r0", "r1", "r2"]  # the three started last, no more
 

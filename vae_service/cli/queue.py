@@ -23,14 +23,16 @@ from rich.table import Table
 from rich.text import Text
 
 from vae_service.cli.common import SET_HELP, app, err, fail, load_or_exit, say
+from vae_service.queue.states import State
 
 PANEL = "Queue"
-STATES = ("queued", "submitted", "running", "cancelling", "succeeded", "failed", "cancelled")
+STATES = tuple(state.value for state in State)
 FINAL = {"succeeded": 0, "failed": 1, "cancelled": 1}
-STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan", "cancelling": "yellow"}
+STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan", "cancelling": "yellow",
+         "preempting": "magenta", "preempted": "magenta"}
 WAIT_POLL_S = 1.0
 LOG_PAGE_BYTES = 8 * 1024 * 1024  # vae logs --all: the server's largest page
-WIDTHS = {"id": 16, "name": 4, "state": 10, "prio": 4, "tries": 5, "by": 5, "created": 14, "mlflow run": 12, "waiting": 20}
+WIDTHS = {"id": 16, "name": 4, "state": 10, "prio": 4, "tries": 5, "pre": 3, "by": 5, "created": 14, "mlflow run": 12, "waiting": 20}
 out = Console()  # tables are data: stdout
 
 
@@ -136,16 +138,16 @@ def jobs(
         return
     table = Table(title=f"{page['total']} job(s)" + (f" {state}" if state else ""), title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    columns = ["id", "name", "state", "prio", "tries", "by", "created", "mlflow run"]
+    columns = ["id", "name", "state", "prio", "tries", "pre", "by", "created", "mlflow run"]  # pre: preemptions
     waiting = any(job.get("waiting_reason") for job in page["jobs"])
     if waiting:
         columns.append("waiting")  # the whole reason: vae status ID
     for column in columns:
-        table.add_column(column, justify="right" if column in ("prio", "tries") else "left", no_wrap=True,
+        table.add_column(column, justify="right" if column in ("prio", "tries", "pre") else "left", no_wrap=True,
                          overflow="ellipsis", min_width=WIDTHS.get(column))
     for job in page["jobs"]:
         row = [job["id"], job["name"], Text(job["state"], style=STYLE.get(job["state"], "")), str(job["priority"]),
-               str(job["attempts"]), job["submitted_by"], _when(job["created_at"], short=True), (job["mlflow_run_id"] or "")[:12]]
+               str(job["attempts"]), str(job.get("preemptions", 0)), job["submitted_by"], _when(job["created_at"], short=True), (job["mlflow_run_id"] or "")[:12]]
         table.add_row(*row, *([job.get("waiting_reason") or ""] if waiting else []))
     out.print(table)
     shown = offset + len(page["jobs"])
@@ -170,10 +172,13 @@ def status(
     rows = [("name", job["name"]), ("kind", job["kind"]), ("state", job["state"]), ("priority", str(job["priority"])),
             ("queue position", "" if job.get("position") is None else f"{job['position']} ahead"),
             ("waiting", job.get("waiting_reason") or ""),
-            ("attempts", str(job["attempts"])), ("submitted by", job["submitted_by"]),
+            ("attempts", str(job["attempts"])), ("preemptions", str(job.get("preemptions") or "")),
+            ("preemptible", "" if job.get("preemptible", True) else "no (resources.preemptible: false)"),
+            ("submitted by", job["submitted_by"]),
             ("resources", ", ".join(f"{k} {v:g}" for k, v in job["resources"].items() if v)),
             ("created", _when(job["created_at"])), ("handed to Ray", _when(job["submitted_at"])),
-            ("started", _when(job["started_at"])), ("finished", _when(job["finished_at"])),
+            ("started", _when(job["started_at"])), ("this attempt running since", _when(job.get("running_since"))),
+            ("finished", _when(job["finished_at"])),
             ("Ray submission id", job["ray_submission_id"] or ""), ("MLflow run", job["mlflow_run_id"] or ""),
             ("nodes", ", ".join(job.get("nodes") or [])), ("error", job["error"] or "")]
     for name, value in rows:
@@ -222,6 +227,18 @@ def logs(
             fail(str(exc), exc.code)
         except KeyboardInterrupt:
             raise typer.Exit(130)
+
+
+@app.command(rich_help_panel=PANEL)
+def priority(
+    job_id: str = typer.Argument(..., metavar="ID", help="Job id."),
+    value: int = typer.Argument(..., metavar="PRIORITY", help="The new priority (higher runs first)."),
+) -> None:
+    """Change a job's priority (admins): a queued job moves in line; a running one may now
+    preempt lower-priority jobs, or be preempted by higher ones."""
+    with _client() as client:
+        job = _call(client.set_priority, job_id, value)
+    say(f"job {job['id']}: priority {job['priority']} ({job['state']})")
 
 
 @app.command(rich_help_panel=PANEL)

@@ -39,6 +39,7 @@ def server(
         fail(f"error: settings: {one_line(exc, 300)}", 2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per call to Ray, twice a second
     import uvicorn
 
     from vae_service.queue.api import create_app

@@ -281,11 +281,12 @@ def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, di
             return StreamingResponse(_follow(job_id), media_type="text/plain; charset=utf-8")
         text_ = ""
         if job.submitted_at is not None:
+            attempt = job.ray_submission_id or job_id  # the current attempt's (see dispatcher.submission_id)
             async with ray_slot():
                 if tail is not None:
-                    text_ = await run_in_threadpool(ray.tail_lines, job_id, tail)
+                    text_ = await run_in_threadpool(ray.tail_lines, attempt, tail)
                 else:
-                    text_ = await run_in_threadpool(ray.logs, job_id)
+                    text_ = await run_in_threadpool(ray.logs, attempt)
             if text_ is None:
                 raise HTTPException(404, f"Ray has no logs for job {job_id}")
         if tail is not None:  # lines from the end: no byte offsets to page by
@@ -293,13 +294,15 @@ def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, di
         return log_page(text_.encode("utf-8"), offset, limit)
 
     async def _follow(job_id: str) -> AsyncIterator[str]:
-        # Wait until Ray has the job (or it ends without ever running), then stream its output.
+        # Wait until Ray has the job (or it ends without ever running), then stream its output
+        # (the current attempt's: a job resumed after a preemption is a new Ray job).
         while True:
             job = await run_in_threadpool(store.get, job_id)
+            attempt = job.ray_submission_id or job_id
             if job.submitted_at is not None and not ray_slots.locked():
                 try:
                     async with ray_slots:
-                        if await run_in_threadpool(ray.info, job_id) is not None:
+                        if await run_in_threadpool(ray.info, attempt) is not None:
                             break
                 except RayUnavailable:
                     pass
@@ -307,7 +310,7 @@ def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, di
                 return
             await asyncio.sleep(LOG_POLL_S)
         try:
-            async for chunk in ray.tail(job_id):
+            async for chunk in ray.tail(attempt):
                 yield chunk
         except Exception as exc:  # the head went away mid-stream: say so in the stream
             yield f"\n[log stream ended: {one_line(exc, 200)}]\n"

@@ -90,6 +90,9 @@ class Client:
     def cancel(self, job_id: str) -> dict:
         return self._request("POST", f"/jobs/{job_id}/cancel").json()
 
+    def set_priority(self, job_id: str, priority: int) -> dict:
+        return self._request("POST", f"/jobs/{job_id}/priority", params={"priority": priority}).json()
+
     def logs(self, job_id: str) -> str:
         return self._request("GET", f"/jobs/{job_id}/logs").text
 

@@ -111,6 +111,9 @@ def fit(
     resume_from = latest_checkpoint(run_dir) if resume else None
     if resume and resume_from is None:
         console.print(f"[yellow]No checkpoint in {run_dir} yet: starting from epoch 1.")
+    elif resume_from is not None:  # a preempted queued job's log says what it continues from
+        epoch = storage.read_json(resume_from.join(STATE_FILE)).get("epoch", -1)
+        console.print(f"resuming from {resume_from.name} (epoch {epoch + 1} of {spec.optim.epochs} done)", markup=False)
     ensure_ray()
     board = ProgressBoard.options(scheduling_strategy=on_this_node()).remote()
     try:
