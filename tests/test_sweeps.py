@@ -73,9 +73,10 @@ def knee_of(trials: list[dict]) -> set[str]:
     return {i for i, d in distance.items() if d <= nearest + 1e-12}
 
 
-def interrupt_sweep(path: str, cwd: Path, ready) -> tuple[Path, str]:
-    """Starts a real `vae run` of the sweep, sends it Ctrl-C (SIGINT) once `ready(trials_dir)`
-    holds, and returns (the sweep directory, its stderr); the run must end with exit code 130."""
+def interrupt_sweep(path: str, cwd: Path, ready, sig: int = signal.SIGINT) -> tuple[Path, str]:
+    """Starts a real `vae run` of the sweep, sends it Ctrl-C (SIGINT; or SIGTERM, how the queue
+    stops a job it preempts) once `ready(trials_dir)` holds, and returns (the sweep directory,
+    its stderr); the run must end with exit code 130."""
     vae = str(Path(sys.executable).with_name("vae"))
     first = subprocess.Popen([vae, "run", path, "--quiet"], stderr=subprocess.PIPE, text=True, cwd=cwd, env=os.environ.copy())
     trials_dir = None
@@ -89,7 +90,7 @@ def interrupt_sweep(path: str, cwd: Path, ready) -> tuple[Path, str]:
     if trials_dir is None:
         first.kill()
         pytest.fail(f"the sweep never got to the point of interruption: {first.communicate()[1][-2000:]}")
-    first.send_signal(signal.SIGINT)
+    first.send_signal(sig)
     _, stderr = first.communicate(timeout=180)
     assert first.returncode == 130, stderr
     return trials_dir.parent, stderr
@@ -224,8 +225,9 @@ def test_asha_stops_poor_trials_kills_their_runs_and_gives_back_their_resources(
 
 
 def test_an_interrupted_optuna_sweep_resumes_with_only_the_remaining_trials(ray_cluster, tmp_path):
-    """An Optuna (TPE) sweep stopped by Ctrl-C while its second trial runs: `--resume` keeps the
-    finished trial, continues the cut one and samples only what is left (num_samples in all)."""
+    """An Optuna (TPE) sweep stopped by SIGTERM (as the queue preempts it) while its second trial
+    runs: `--resume` (what a preempted queued job does when admitted again) keeps the finished
+    trial, continues the cut one and samples only what is left (num_samples in all)."""
     space = {"objective.beta": {"loguniform": [0.5, 4.0]}}
     path = write_sweep(tmp_path, "optuna-resume", space, ["val_neg_elbo"], samples=3, optim={"epochs": 5})
     set_sweep(path, max_concurrent=1, sampler="tpe")
@@ -234,7 +236,7 @@ def test_an_interrupted_optuna_sweep_resumes_with_only_the_remaining_trials(ray_
         return any(trials.glob("*/outcome.json")) and any(
             not (d / "outcome.json").exists() for d in trials.glob("*") if any(d.glob("checkpoint_*")))
 
-    sweep_dir, _ = interrupt_sweep(path, tmp_path, second_trial_running)
+    sweep_dir, _ = interrupt_sweep(path, tmp_path, second_trial_running, signal.SIGTERM)
     earlier = {d.name: d for d in (sweep_dir / "trials").iterdir() if (d / "mlflow_run_id").exists()}
     ended = {i for i, d in earlier.items() if (d / "outcome.json").exists()}
     assert len(earlier) == 2 and len(ended) == 1  # one finished, one cut short

@@ -4,7 +4,8 @@ One loop, one thread, one active dispatcher per store (see leader.py); every ste
 repeat, so a dispatcher killed at any point and started again finishes the work instead of
 doing it twice:
 
-  admit    preempted jobs go back to `queued`; queued jobs in the order scheduling.py gives
+  requeue  jobs preempted during the last tick go back to `queued`
+  admit    queued jobs in the order scheduling.py gives
            (priority, fair share, quotas) that fit the free resources are committed as
            `submitted` first, then handed to Ray with submission id = the job id (its first
            attempt) or `<job id>-<n>` (the attempt after its n-th preemption); running jobs
@@ -158,7 +159,8 @@ class Dispatcher:
 
     def tick(self) -> None:
         # Admit first: a new job waits for no Ray round trips; admit again when a job that
-        # held resources has just finished.
+        # held resources has just finished. Jobs preempted last tick rejoin the queue first.
+        self.requeue_preempted()
         self.admit()
         if self.follow():
             self.admit()
@@ -216,9 +218,12 @@ class Dispatcher:
             self._transition(job.id, State.RUNNING, only_from=[State.SUBMITTED])
         return False
 
-    def admit(self) -> None:
-        for job in self.store.in_states([State.PREEMPTED]):  # back in line, to resume
+    def requeue_preempted(self) -> None:
+        """Preempted jobs go back in line, to resume from their checkpoints when admitted."""
+        for job in self.store.in_states([State.PREEMPTED]):
             self._transition(job.id, State.QUEUED, only_from=[State.PREEMPTED])
+
+    def admit(self) -> None:
         queued = self.store.queued_in_order()
         if not queued:
             self._reserved_for = None
