@@ -8,6 +8,7 @@ dispatcher in-process where the test steps it tick by tick), real trainings, a r
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -76,17 +77,13 @@ def test_an_urgent_job_preempts_a_long_one_which_resumes_from_its_checkpoint(hea
         wait_for(lambda: list(run_dir.glob("checkpoint_*/state.json")), 180, "the long job's first checkpoint", interval=0.2)
         run_id = (run_dir / "mlflow_run_id").read_text().strip()  # the store has it when the job ends
 
-        urgent = bob.post("/jobs", params={"priority": 10}, content=tiny_spec_text("urgent", cpus=2))
-        decided = time.monotonic()
-        urgent_id = urgent.json()["id"]
+        urgent_id = bob.post("/jobs", params={"priority": 10}, content=tiny_spec_text("urgent", cpus=2)).json()["id"]
+        # Preempted within seconds (the next dispatcher tick).
         wait_for(lambda: job_state(alice, long_id)["state"] in ("preempting", "preempted", "queued"), 10, "the preemption")
-        assert time.monotonic() - decided < 10
         stopped = wait_for(lambda: (j := job_state(alice, long_id))["state"] in ("preempted", "queued") and j, 90,
                            "the long job to checkpoint and stop")
         logged_before = epochs_logged(run_id)
         assert stopped["preemptions"] == 1 and 1 <= len(logged_before) < EPOCHS
-        waiting = job_state(alice, long_id)
-        assert waiting["state"] == "queued" or waiting["state"] == "preempted"
 
         # bob is at his quota (one running job): a second job of his waits and says why.
         second = bob.post("/jobs", params={"priority": 10}, content=tiny_spec_text("second", cpus=2)).json()["id"]
@@ -162,6 +159,64 @@ def test_fair_share_between_two_users_on_a_real_cluster(head, tmp_path):
                 store.request_cancel(job.id)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and store.in_states([State.CANCELLING, State.SUBMITTED, State.RUNNING]):
+            dispatcher.tick()
+            time.sleep(0.5)
+        engine.dispose()
+
+
+def driver_pid(job_id: str) -> int | None:
+    """The pid of a queued job's Ray driver (`python -m vae_service.queue.entry`) on this machine."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if (entry.name.isdigit() and b"vae_service.queue.entry" in (entry / "cmdline").read_bytes()
+                    and f"VAE_JOB_ID={job_id}".encode() in (entry / "environ").read_bytes().split(b"\0")):
+                return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
+def test_a_job_that_does_not_stop_within_its_grace_period_is_killed_and_still_resumes(head, tmp_path):
+    """In-process dispatcher with a 1 s grace period. The long job's driver is frozen (SIGSTOP)
+    before it is preempted, so it cannot stop gracefully: Ray kills it after the grace period,
+    it writes no outcome, and it still resumes from its latest checkpoint and finishes."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'queue.db'}")
+    upgrade(engine)
+    store = Store(engine)
+    dispatcher = Dispatcher(store, RayJobs(head.address, head.token), python=sys.executable,
+                            rules=Rules(preempt_min_run_s=0), grace_s=1)
+    spec = tiny_spec_text("hard", cpus=2) + "storage: {uri: %s}\n" % (tmp_path / "runs")
+
+    def add(user, priority, overrides=()):
+        parsed = load_spec_text(spec, "<test>", list(overrides))
+        return store.add(NewJob(name="hard", kind="train", priority=priority, submitted_by=user, spec_submitted=spec,
+                                spec_normalised=dump_spec(parsed), resources=requested_resources(parsed)))[0]
+
+    def tick_until(predicate, timeout, what):
+        return wait_for(lambda: dispatcher.tick() or predicate(), timeout, what, interval=0.3)
+
+    long = add("alice", 1, [*LONG[1:], "optim.epochs=4"])
+    run_dir = tmp_path / "runs" / f"hard-{long.id}"
+    try:
+        tick_until(lambda: list(run_dir.glob("checkpoint_*/state.json")), 180, "the long job's first checkpoint")
+        pid = driver_pid(long.id)
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # deaf to SIGTERM from now on
+        urgent = add("bob", 10)
+        tick_until(lambda: store.get(long.id).state in ("preempted", "queued"), 60, "the long job to be killed")
+        assert not (run_dir / "outcome.json").exists()  # it never got to write how it ended
+        tick_until(lambda: store.get(urgent.id).state == "succeeded", 240, "the urgent job")
+        tick_until(lambda: store.get(long.id).state in ("succeeded", "failed"), 300, "the long job to resume and finish")
+        finished = store.get(long.id)
+        assert finished.state == "succeeded", finished.error
+        assert (finished.preemptions, finished.attempts) == (1, 2)
+        assert epochs_logged(finished.mlflow_run_id) == list(range(4))
+        assert "resuming from checkpoint_" in RayJobs(head.address, head.token).logs(f"{long.id}-1")
+    finally:
+        for job in store.in_states([State.QUEUED, State.SUBMITTED, State.RUNNING]):
+            store.request_cancel(job.id)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and store.in_states([State.CANCELLING, State.PREEMPTING]):
             dispatcher.tick()
             time.sleep(0.5)
         engine.dispose()
