@@ -15,7 +15,7 @@ with its own cores. Prints a table and writes bench/results/queue_load.json.
   first step    a tiny 1-epoch job on a warm cluster (one job has already run), broken down:
                 queue (created → handed to Ray), Ray job start (→ `vae run` calls the trainer,
                 i.e. driver process start and imports), worker start (→ the first training step,
-                Ray Train's start-up), from `vae run --json`'s startup_s and first_step_at
+                Ray Train's start-up), from the run's metrics.json (startup_s, first_step_at)
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def dispatch_latency(server, jobs: int) -> dict:
             "max_s": max(latencies), "each_handed_to_ray_once": all(a == 1 for a in attempts)}
 
 
-def first_step(server, runs: int) -> dict:
+def first_step(server, runs_dir: Path, runs: int) -> dict:
     client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     rows = []
     for i in range(runs + 1):  # the first one warms the cluster and is not counted
@@ -107,8 +107,8 @@ def first_step(server, runs: int) -> dict:
         job = wait_state(client, job_id, {"succeeded", "failed"}, 300)
         if job["state"] != "succeeded":
             raise SystemExit(f"job {job_id} failed: {job['error']}")
-        logs = client.get(f"/jobs/{job_id}/logs").text
-        outcome = next(json.loads(line) for line in reversed(logs.splitlines()) if line.startswith("{") and "first_step_at" in line)
+        # The run's own record (jobs/train.py RunResult), beside it under the server's runs/.
+        outcome = json.loads((runs_dir / f"{job['name']}-{job_id}" / "metrics.json").read_text())
         created = datetime.fromisoformat(job["created_at"]).timestamp()
         handed = datetime.fromisoformat(job["submitted_at"]).timestamp()
         trainer_called = outcome["first_step_at"] - outcome["startup_s"]
@@ -158,7 +158,7 @@ def main() -> None:
                     dispatch = dispatch_latency(server, args.dispatch_jobs)
                     print(f"  {backend}: dispatch p95 {dispatch['p95_s']:.3f} s", file=sys.stderr)
                     if backend == "sqlite":
-                        results["first_step"] = first_step(server, args.first_step_runs)
+                        results["first_step"] = first_step(server, folder / "runs", args.first_step_runs)
                 finally:
                     server.stop()
             results[backend] = {"submit": load, "dispatch": dispatch}
