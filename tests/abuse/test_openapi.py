@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 
 
 OPEN = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PAGE = {"/ui", "/ui/app.js", "/ui/style.css"}  # the web page's static files: no data in them (tests/test_queue_ui.py)
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +51,10 @@ def test_no_operation_answers_a_server_error(app, token):
     assert calls >= 100
 
 
-def test_every_route_but_healthz_and_the_docs_needs_a_valid_token(app, token):
+def test_every_route_but_healthz_the_docs_and_the_page_needs_a_valid_token(app, token):
     routes = [(method, route.path.replace("{job_id}", "some-job")) for route in app.routes
-              if isinstance(route, APIRoute) and route.path not in OPEN for method in route.methods]
+              if isinstance(route, APIRoute) and route.path not in OPEN | PAGE for method in route.methods]
+    assert PAGE <= {route.path for route in app.routes if isinstance(route, APIRoute)}
     assert len(routes) >= 6  # the jobs routes and /metrics, at least
     with TestClient(app) as client:
         for method, path in routes:
@@ -62,3 +64,6 @@ def test_every_route_but_healthz_and_the_docs_needs_a_valid_token(app, token):
         assert client.get("/healthz").status_code == 200
         assert client.get("/openapi.json").json()["info"]["title"] == "vae-service job queue"
         assert "swagger" in client.get("/docs").text.lower()
+        for path in PAGE:  # static: the same bytes for anyone, no job data and no token in them
+            response = client.get(path)
+            assert response.status_code == 200 and token not in response.text and "some-job" not in response.text
