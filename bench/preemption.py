@@ -137,10 +137,7 @@ def main() -> None:
     mlflow().search_experiments()  # MLflow imported and its store created before anything is timed
     rounds = []
     with ray_head(num_cpus=2) as head:
-        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-        env.update(head.client_env(), VAE_API_TOKEN=TOKEN, VAE_RAY_ADDRESS=head.address, VAE_HOME=str(work / ".vae"),
-                   VAE_DB_URL=f"sqlite:///{work}/queue.db", VAE_PREEMPT_MIN_RUN_S="0")
-        server = start_server(work, env)
+        server = start_server(work, head.server_env(work, VAE_API_TOKEN=TOKEN, VAE_PREEMPT_MIN_RUN_S="0"))
         client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
         try:
             baseline(client, -1)  # warms the cluster (imports, the data cache); not counted

@@ -137,8 +137,7 @@ def main() -> None:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work}/mlflow.db"  # benchmark runs are not experiments
     results = {}
     with ray_head(num_cpus=8) as head:  # 8 logical CPUs: room for every dispatch-latency job
-        base_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-        base_env.update(head.client_env(), VAE_API_TOKEN=TOKEN, VAE_RAY_ADDRESS=head.address)
+        base_env = head.server_env(VAE_API_TOKEN=TOKEN)
         for backend in ("sqlite", "postgresql"):
             folder = work / backend
             folder.mkdir()

@@ -93,6 +93,18 @@ class RayHead:
         the session's `ray.init()` clusters must not pick up token mode)."""
         return {"RAY_AUTH_TOKEN_PATH": str(self.token_path)}
 
+    def server_env(self, workdir: Optional[Path] = None, db_url: Optional[str] = None, **settings: str) -> dict:
+        """The environment of a `vae server` (or a queue client) on this head: this process's,
+        less any other Ray address or token mode, plus the head's token and address;
+        with `workdir`, its state there (VAE_HOME, a SQLite store unless `db_url`); `settings`
+        on top (VAE_API_TOKEN=…, quotas …)."""
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+        env.update(self.client_env(), VAE_RAY_ADDRESS=self.address)
+        if workdir is not None:
+            env.update(VAE_HOME=str(workdir / ".vae"), VAE_DB_URL=db_url or f"sqlite:///{workdir / 'queue.db'}")
+        env.update(settings)
+        return env
+
 
 @contextmanager
 def ray_head(num_cpus: int = 2) -> Iterator[RayHead]:

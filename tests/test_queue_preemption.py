@@ -41,11 +41,8 @@ def head():
 
 
 def server_env(head, workdir: Path, **settings) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    env.update(head.client_env(), VAE_API_TOKEN=f"alice:{ALICE},bob:{BOB},admin:{ADMIN}", VAE_ADMINS="admin",
-               VAE_HOME=str(workdir / ".vae"), VAE_DB_URL=f"sqlite:///{workdir / 'queue.db'}", VAE_RAY_ADDRESS=head.address,
-               VAE_PREEMPT_MIN_RUN_S="3", VAE_PREEMPT_GRACE_S="60", **settings)
-    return env
+    return head.server_env(workdir, VAE_API_TOKEN=f"alice:{ALICE},bob:{BOB},admin:{ADMIN}", VAE_ADMINS="admin",
+                           VAE_PREEMPT_MIN_RUN_S="3", VAE_PREEMPT_GRACE_S="60", **settings)
 
 
 def cli(env: dict, server, *args, token: str) -> subprocess.CompletedProcess:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -41,10 +40,7 @@ def head():
 
 
 def server_env(head, workdir: Path, db_url: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    env.update(head.client_env(), VAE_API_TOKEN=TOKEN, VAE_HOME=str(workdir / ".vae"), VAE_DB_URL=db_url,
-               VAE_RAY_ADDRESS=head.address)
-    return env
+    return head.server_env(workdir, db_url, VAE_API_TOKEN=TOKEN)
 
 
 def cli(env: dict, server, *args, cwd=None, token=TOKEN, timeout=60) -> subprocess.CompletedProcess:

@@ -18,9 +18,11 @@ import sqlalchemy
 from queue_support import BACKENDS, temporary_database
 
 from vae_service.queue import scheduling
+from vae_service.queue.capacity import summed
 from vae_service.queue.db import current_revision, make_engine, upgrade
 from vae_service.queue.leader import leadership_for
 from vae_service.queue.models import Base
+from vae_service.queue.quotas import Quota
 from vae_service.queue.states import ACTIVE, TRANSITIONS, IllegalTransition, State, check
 from vae_service.queue.store import NewJob, Store, UnknownJob
 
@@ -281,7 +283,7 @@ def test_counts_latency_and_admitted_resources(store):
     buckets, count, total = store.latency_histogram()
     assert count == 2 and total >= 0 and buckets[-1][1] == 2
     assert [n for _, n in buckets] == sorted(n for _, n in buckets)  # cumulative
-    assert scheduling.summed(store.in_states(ACTIVE)) == {"CPU": 3.0, "GPU": 0.0}
+    assert summed(store.in_states(ACTIVE)) == {"CPU": 3.0, "GPU": 0.0}
 
 
 def test_idempotency_keys_are_unique_per_submitter(store):
@@ -523,14 +525,14 @@ def test_exact_search_falls_back_to_greedy_on_many_candidates(monkeypatch):
 
 
 def test_a_job_over_its_users_quota_waits_with_the_reason_and_blocks_nobody():
-    quota = scheduling.Quota(gpus=2, cpus=8, jobs=3)
+    quota = Quota(gpus=2, cpus=8, jobs=3)
     totals = {"CPU": 16.0, "GPU": 4.0}
     active = [running("a1", 1, user="alice", gpus=2)]
     queue = [Fake("a2", 1, gpus=1, submitted_by="alice"), Fake("b1", 1, gpus=1, submitted_by="bob")]
     plan = scheduling.plan(queue, totals, active, scheduling.Rules(quota=quota), now=NOW)
     assert ids(plan.chosen) == ["b1"] and plan.reserved_for is None
     assert plan.reasons == {"a2": "user quota of 2 GPUs in use (2 held, this job asks for 1)"}
-    jobs_quota = scheduling.Rules(quota=scheduling.Quota(jobs=1))
+    jobs_quota = scheduling.Rules(quota=Quota(jobs=1))
     plan = scheduling.plan([Fake("a2", 1, submitted_by="alice")], totals, active, jobs_quota, now=NOW)
     assert plan.reasons == {"a2": "user quota of 1 running job in use"}
     # Counted as the pass admits: alice's third and fourth CPU job of 3 CPUs each pass 8 CPUs.

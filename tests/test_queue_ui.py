@@ -106,17 +106,14 @@ def head():
 @pytest.fixture(scope="module")
 def server(head, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ui-server")
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    env.update(head.client_env(), VAE_API_TOKEN=f"{USER}:{TOKEN}", VAE_HOME=str(workdir / ".vae"),
-               VAE_DB_URL=f"sqlite:///{workdir / 'queue.db'}", VAE_RAY_ADDRESS=head.address, VAE_MLFLOW_UI_URL=MLFLOW_UI)
-    started = start_server(workdir, env)
+    started = start_server(workdir, head.server_env(workdir, VAE_API_TOKEN=f"{USER}:{TOKEN}", VAE_MLFLOW_UI_URL=MLFLOW_UI))
     yield started
     started.stop()
 
 
 @pytest.fixture
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api  # a test dependency: missing, this fails rather than skips
     executable = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(executable).exists():
         pytest.skip("no chromium: infra/machine-setup.sh installs Debian's")

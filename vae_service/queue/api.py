@@ -281,7 +281,7 @@ def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, di
             return StreamingResponse(_follow(job_id), media_type="text/plain; charset=utf-8")
         text_ = ""
         if job.submitted_at is not None:
-            attempt = job.ray_submission_id or job_id  # the current attempt's (see dispatcher.submission_id)
+            attempt = job.ray_job_id  # the current attempt's: a resumed job is a new Ray job
             async with ray_slot():
                 if tail is not None:
                     text_ = await run_in_threadpool(ray.tail_lines, attempt, tail)
@@ -298,7 +298,7 @@ def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, di
         # (the current attempt's: a job resumed after a preemption is a new Ray job).
         while True:
             job = await run_in_threadpool(store.get, job_id)
-            attempt = job.ray_submission_id or job_id
+            attempt = job.ray_job_id
             if job.submitted_at is not None and not ray_slots.locked():
                 try:
                     async with ray_slots:

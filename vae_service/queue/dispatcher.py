@@ -189,7 +189,7 @@ class Dispatcher:
         for job in active:
             if self._out_of_time():
                 break  # the rest next tick
-            ended |= self._follow_one(job, known.get(job.ray_submission_id or job.id))
+            ended |= self._follow_one(job, known.get(job.ray_job_id))
         return ended
 
     def _out_of_time(self) -> bool:
@@ -271,7 +271,7 @@ class Dispatcher:
         self.store.update(job.id, attempts=job.attempts + 1)
         env = job_env(job.id, job.spec_normalised, resume=job.preemptions > 0, grace_s=self.grace_s)
         try:
-            created = self.ray.submit(job.ray_submission_id or job.id, env, self.python)
+            created = self.ray.submit(job.ray_job_id, env, self.python)
         except RayRejected as exc:
             self._transition(job.id, State.FAILED, only_from=ACTIVE, error=f"Ray refused the job: {exc}")
             return
@@ -292,7 +292,7 @@ class Dispatcher:
 
     def _stop(self, job: Job) -> None:
         """Asks Ray to stop the job's current attempt (once per attempt; repeating is harmless)."""
-        attempt = job.ray_submission_id or job.id
+        attempt = job.ray_job_id
         if attempt not in self._stop_sent:
             log.info("dispatcher: stopping job %s on Ray", job.id)
             self.ray.stop(attempt)
@@ -317,7 +317,7 @@ class Dispatcher:
         elif new is State.CANCELLED and State(job.state) is not State.CANCELLING:
             fields["error"] = "stopped on Ray (not through the queue)"
         self._transition(job.id, new, only_from=ACTIVE, **fields)
-        self._stop_sent.discard(job.ray_submission_id or job.id)
+        self._stop_sent.discard(job.ray_job_id)
         log.info("dispatcher: job %s %s", job.id, new)
 
     def _transition(self, job_id: str, new: State, **kwargs) -> None:

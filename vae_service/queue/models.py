@@ -72,6 +72,12 @@ class Job(Base):
     def resource_request(self) -> dict[str, float]:
         return json.loads(self.resources)
 
+    @property
+    def ray_job_id(self) -> str:
+        """The Ray submission id of its current (or last) attempt; the job id until one is set
+        (dispatcher.submission_id names each attempt)."""
+        return self.ray_submission_id or self.id
+
     def to_dict(self, with_spec: bool = False) -> dict:
         out = {
             "id": self.id,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
-from vae_service.queue.capacity import EPSILON, amount
+from vae_service.queue.capacity import EPSILON, add, amount
 from vae_service.queue.settings import Settings
 
 RESOURCES = (("CPU", "cpus"), ("GPU", "gpus"))  # Ray's resource name, the quota's field
@@ -30,8 +30,7 @@ class Usage:
     jobs: int = 0
 
     def add(self, request: Mapping[str, float]) -> None:
-        for name, value in request.items():
-            self.resources[name] = self.resources.get(name, 0.0) + value
+        self.resources = add(self.resources, request)
         self.jobs += 1
 
     def share(self, totals: Mapping[str, float]) -> float:
@@ -64,8 +63,7 @@ class Quota:
         if self.jobs is not None and usage.jobs + 1 > self.jobs:
             return f"user quota of {self.jobs} running job{'' if self.jobs == 1 else 's'} in use"
         for name, limit in self._limits():
-            asked = request.get(name, 0.0)
-            if asked > 0 and usage.resources.get(name, 0.0) + asked > limit + EPSILON:
-                held = usage.resources.get(name, 0.0)
+            asked, held = request.get(name, 0.0), usage.resources.get(name, 0.0)
+            if asked > 0 and held + asked > limit + EPSILON:
                 return f"user quota of {amount(limit, name)} in use ({held:g} held, this job asks for {asked:g})"
         return None

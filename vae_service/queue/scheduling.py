@@ -39,8 +39,6 @@ from vae_service.queue import preemption
 from vae_service.queue.capacity import EPSILON, add, amount, fits, subtract, summed
 from vae_service.queue.quotas import Quota, Usage
 
-__all__ = ["Plan", "Quota", "Rules", "plan", "summed", "too_large", "waiting_for_room"]
-
 # What to lower in a spec when a job asks for more than the cluster has.
 LOWER = {"CPU": "resources.cpus_per_worker or resources.num_workers",
          "GPU": "resources.gpus_per_worker or resources.num_workers (or set resources.use_gpu: false)"}
@@ -124,10 +122,11 @@ def plan(queued_in_order: Sequence[Candidate], totals: Mapping[str, float], acti
 
 def _make_room(out: Plan, job, request, totals, unreserved, stopping, active, rules: Rules, now: datetime) -> str:
     """For the reserved job: preempt what is needed (into out.preempt); returns why it waits."""
-    if stopping and fits(request, add(unreserved, summed(stopping))):
+    after_stops = add(unreserved, summed(stopping))  # free once the jobs already stopping have ended
+    if stopping and fits(request, after_stops):
         return waiting_for_stop(stopping)
     ranked = preemption.candidates(active, job.priority, now, rules.preempt_min_run_s)
-    victims = preemption.choose_victims(request, add(unreserved, summed(stopping)), ranked)
+    victims = preemption.choose_victims(request, after_stops, ranked)
     if victims:
         out.preempt.extend(victims)
         return waiting_for_stop(stopping + victims)
