@@ -64,6 +64,7 @@ from vae_service.queue.leader import Leadership
 from vae_service.queue.models import Job
 from vae_service.queue.ray_jobs import RayJob, RayJobs, RayRejected, RayUnavailable
 from vae_service.queue.scheduling import Rules
+from vae_service.queue.settings import PREEMPT_GRACE_S
 from vae_service.queue.states import ACTIVE, IllegalTransition, State
 from vae_service.queue.store import Store, UnknownJob
 
@@ -73,7 +74,6 @@ POLL_S = 0.5  # between ticks when nothing wakes the loop
 LEADER_CHECK_S = 5.0
 LEADER_TIMEOUT_RAY_CALLS = 3  # the leadership timeout, in Ray timeouts
 YIELD_S = 2.0  # after giving up the lock: long enough for a standby (they poll every 0.05-0.5 s)
-PREEMPT_GRACE_S = 30
 OUTCOME = {"SUCCEEDED": State.SUCCEEDED, "FAILED": State.FAILED, "STOPPED": State.CANCELLED}
 STOPPING = (State.CANCELLING, State.PREEMPTING)  # asked to stop on Ray
 

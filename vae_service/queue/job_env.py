@@ -21,9 +21,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from vae_service.environment import forwarded_env
+from vae_service.queue.settings import PREEMPT_GRACE_S
 
 
-def job_env(job_id: str, spec_yaml: str, *, resume: bool = False, grace_s: int = 30) -> dict[str, str]:
+def job_env(job_id: str, spec_yaml: str, *, resume: bool = False, grace_s: int = PREEMPT_GRACE_S) -> dict[str, str]:
     env = forwarded_env()
     env["VAE_JOB_ID"] = job_id
     env["VAE_JOB_SPEC"] = spec_yaml

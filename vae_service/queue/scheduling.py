@@ -38,6 +38,7 @@ from typing import Mapping, Optional, Protocol, Sequence
 from vae_service.queue import preemption
 from vae_service.queue.capacity import EPSILON, add, amount, fits, subtract, summed
 from vae_service.queue.quotas import Quota, Usage
+from vae_service.queue.settings import PREEMPT_MIN_RUN_S
 
 # What to lower in a spec when a job asks for more than the cluster has.
 LOWER = {"CPU": "resources.cpus_per_worker or resources.num_workers",
@@ -58,7 +59,7 @@ class Rules:
     """The server's scheduling settings: quotas and the preemption thrash guard."""
 
     quota: Quota = Quota()
-    preempt_min_run_s: float = 120.0
+    preempt_min_run_s: float = PREEMPT_MIN_RUN_S
 
 
 @dataclass

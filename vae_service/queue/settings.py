@@ -56,6 +56,8 @@ from vae_service.core.sweep_spec import MAX_GRID_POINTS
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 DEFAULT_RAY_ADDRESS = "http://127.0.0.1:8265"
 TOKEN_FILE_NAME = "api_token"
+PREEMPT_MIN_RUN_S = 120.0  # the thrash guard
+PREEMPT_GRACE_S = 30  # from SIGTERM to SIGKILL when Ray stops a job
 
 
 class Settings(BaseSettings):
@@ -79,8 +81,8 @@ class Settings(BaseSettings):
     quota_cpus: Optional[float] = Field(None, gt=0)
     quota_gpus: Optional[float] = Field(None, ge=0)
     quota_jobs: Optional[int] = Field(None, ge=1)
-    preempt_min_run_s: float = Field(120.0, ge=0)
-    preempt_grace_s: int = Field(30, ge=1, le=3600)
+    preempt_min_run_s: float = Field(PREEMPT_MIN_RUN_S, ge=0)
+    preempt_grace_s: int = Field(PREEMPT_GRACE_S, ge=1, le=3600)
     mlflow_ui_url: Optional[str] = Field(default_factory=lambda: _http_url(os.environ.get("MLFLOW_TRACKING_URI")))
 
     @property
