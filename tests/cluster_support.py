@@ -2,31 +2,37 @@
 
 On a machine that reaches package registries but no container registry (CI's), everything is
 built here: the base image with debootstrap (Debian's Python 3.11), the project image on it, and
-the offline stand-ins of infra/compose.offline.yml. Each step is skipped when its result exists
-(the base image is kept between runs, by tag); the engine is stopped only if we started it.
+the offline stand-ins of infra/compose.offline.yml. Each step is skipped when its result exists:
+the base image is kept between runs by tag, and an image is rebuilt only when its build context
+(the files its Dockerfile copies, the Dockerfile, the base image) changed — each image carries
+the hash of its context as a label. The engine is stopped only if we started it. Every run is
+its own compose project, so two runs (or a user's stack) never share containers or volumes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import hashlib
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from queue_support import free_ports
+
 REPO = Path(__file__).resolve().parents[1]
-PROJECT = "vaeclustertest"
+PROJECT = f"vaeclustertest{uuid.uuid4().hex[:8]}"  # unique per run: `down -v` removes only ours
 IMAGE_TAG = "cluster-test"
 BASE_IMAGE = "vae-base:bookworm"
 BUILD_EXTRA = REPO / "infra" / "build-extra"
+PORT_NAMES = ("VAE_API_PORT", "MLFLOW_PORT", "RAY_DASHBOARD_PORT", "S3_PORT")
 COMPOSE_FILES = ["-f", str(REPO / "docker-compose.yml"), "-f", str(REPO / "infra" / "compose.offline.yml")]
 
 
@@ -35,12 +41,6 @@ def sh(*cmd: str, timeout: float = 600, env: dict | None = None, check: bool = T
     if check and done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:6])} … exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def engine_answers() -> bool:
@@ -106,12 +106,47 @@ def prepare_build_extra() -> None:
         shutil.copyfile(cert, BUILD_EXTRA / "ca.crt")
 
 
-def build_images() -> None:
+CONTEXT_LABEL = "vae.build-context"
+
+
+def context_hash(dockerfile: str, *inputs: str) -> str:
+    """A hash of what an image is built from: the Dockerfile, every file under `inputs` (paths
+    relative to the repository; caches left out) and the base image's id."""
+    digest = hashlib.sha256()
+    base_id = sh("docker", "image", "inspect", "-f", "{{.Id}}", BASE_IMAGE).stdout.strip()
+    digest.update(base_id.encode())
+    for name in (dockerfile, *inputs):
+        root = REPO / name
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for path in files:
+            if "__pycache__" in path.parts or path.suffix == ".pyc":
+                continue
+            digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def build_if_changed(tag: str, dockerfile: str, *inputs: str, timeout: float) -> bool:
+    """Builds `tag` unless an image of that tag was built from the same context; True if built."""
+    wanted = context_hash(dockerfile, *inputs)
+    found = sh("docker", "image", "inspect", "-f", f'{{{{index .Config.Labels "{CONTEXT_LABEL}"}}}}', tag, check=False)
+    if found.returncode == 0 and found.stdout.strip() == wanted:
+        return False
+    sh("docker", "build", "-f", dockerfile, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
+       "--label", f"{CONTEXT_LABEL}={wanted}", "-t", tag, ".", timeout=timeout)
+    return True
+
+
+def build_images() -> list[str]:
+    """The project image and the offline PostgreSQL image, each built only if its context
+    changed; returns the tags that were built."""
     prepare_build_extra()
-    sh("docker", "build", "-f", "infra/Dockerfile", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
-       "-t", f"vae-service:{IMAGE_TAG}", ".", timeout=1800)
-    sh("docker", "build", "-f", "infra/offline/postgres.Dockerfile", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
-       "-t", "vae-postgres:offline", ".", timeout=900)
+    built = []
+    if build_if_changed(f"vae-service:{IMAGE_TAG}", "infra/Dockerfile", "infra/requirements.lock", "infra/build-extra",
+                        "pyproject.toml", "README.md", "vae_service", timeout=1800):
+        built.append(f"vae-service:{IMAGE_TAG}")
+    if build_if_changed("vae-postgres:offline", "infra/offline/postgres.Dockerfile", "infra/offline", timeout=900):
+        built.append("vae-postgres:offline")
+    return built
 
 
 @dataclass
@@ -122,7 +157,7 @@ class Stack:
     secrets: dict = field(default_factory=lambda: {
         "POSTGRES_PASSWORD": secrets.token_hex(16), "S3_SECRET_KEY": secrets.token_hex(16),
         "RAY_AUTH_TOKEN": secrets.token_hex(32), "VAE_API_TOKEN": secrets.token_hex(16)})
-    ports: dict = field(default_factory=lambda: {name: free_port() for name in ("VAE_API_PORT", "MLFLOW_PORT", "RAY_DASHBOARD_PORT", "S3_PORT")})
+    ports: dict = field(default_factory=lambda: dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)))))
 
     @property
     def env(self) -> dict:
@@ -182,7 +217,3 @@ def leftovers() -> dict[str, list[str]]:
     label = f"label=com.docker.compose.project={PROJECT}"
     return {kind: sh("docker", kind, "ls", "-q", "--filter", label, *(["-a"] if kind == "container" else [])).stdout.split()
             for kind in ("container", "network", "volume")}
-
-
-def write_timings(path: Path, timings: dict) -> None:
-    path.write_text(json.dumps(timings, indent=2))

@@ -1,4 +1,6 @@
-"""Shared fixtures: one real local Ray cluster per test session, MNIST from ../shared/data."""
+"""Shared fixtures: one real local Ray cluster per test session (per xdist worker), one Ray head
+with token auth for the queue modules, moto's S3 server, MNIST from ../shared/data. How the
+suite is scheduled and timed: tests/suite_plan.py."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import suite_plan
 
 from vae_service.environment import applied, apply_process_defaults
 
@@ -14,10 +17,18 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("VAE_DATA_DIR", str(REPO.parent / "shared" / "data"))
 # README's command passes ../shared/data; tests change directories, so make it absolute.
 os.environ["VAE_DATA_DIR"] = str(Path(os.environ["VAE_DATA_DIR"]).resolve())
-# Runs log to a throw-away local MLflow store unless a test points them at a server.
-os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='vae-tests-mlflow-')}/mlflow.db")
+# Runs log to a throw-away local MLflow store unless a test points them at a server: one per
+# process, so that pytest-xdist's workers (which inherit this process's environment) never share
+# a SQLite file. A store the user set is kept.
+if os.environ.get("MLFLOW_TRACKING_URI", "") == os.environ.get("VAE_TESTS_OWN_MLFLOW_URI", ""):
+    os.environ["MLFLOW_TRACKING_URI"] = os.environ["VAE_TESTS_OWN_MLFLOW_URI"] = \
+        f"sqlite:///{tempfile.mkdtemp(prefix='vae-tests-mlflow-')}/mlflow.db"
 # The test process is an entry point, like the `vae` CLI: MLflow's process defaults, set once.
 apply_process_defaults()
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(suite_plan, "suite_plan")  # xdist groups, order, time limits
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +39,24 @@ def ray_cluster():
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_cluster) -> str:
+    """The session cluster's address: a `vae run` subprocess given it as RAY_ADDRESS joins this
+    cluster instead of starting a local Ray of its own (10–20 s of every such test)."""
+    return ray_cluster.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="session")
+def queue_head():
+    """`ray start --head` with token auth and 2 CPUs, shared by the queue's end-to-end modules
+    (test_queue_ray, test_queue_preemption, test_queue_ui: one xdist group, so one worker runs
+    them one after the other). Each module takes it through `head`, once it is idle."""
+    from queue_support import ray_head
+
+    with ray_head(num_cpus=2) as head:
+        yield head
 
 
 @pytest.fixture

@@ -105,6 +105,16 @@ class RayHead:
         env.update(settings)
         return env
 
+    def wait_idle(self, timeout: float = 120) -> "RayHead":
+        """Returns once no job on this head is pending or running: a test that shares the head
+        starts with all of its CPUs free, whatever the test before it left behind."""
+        from vae_service.queue.ray_jobs import RayJobs
+
+        ray = RayJobs(self.address, self.token)
+        wait_for(lambda: not [i for i, job in ray.list().items() if job.status in ("PENDING", "RUNNING")],
+                 timeout, "the shared Ray head's jobs to end")
+        return self
+
 
 @contextmanager
 def ray_head(num_cpus: int = 2) -> Iterator[RayHead]:

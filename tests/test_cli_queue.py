@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from queue_support import VAE, api, free_port, job_state, start_server, tiny_spec_text, wait_for
 
+pytestmark = pytest.mark.slow  # a real `vae server` process and `vae` subprocesses
 ADMIN, ALICE = "admin-token-0123456789", "alice-token-0123456789"
 
 

@@ -44,9 +44,9 @@ def _checkpoint_epochs(runs: Path) -> list[int]:
     return sorted(epochs)
 
 
-def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_with_json(tmp_path):
+def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_with_json(tmp_path, ray_address):
     spec = _write_spec(tmp_path, epochs=200)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_ADDRESS=ray_address)  # the session's cluster
     proc = subprocess.Popen(VAE + ["run", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 240
     while not _checkpoint_epochs(tmp_path / "runs") and time.monotonic() < deadline and proc.poll() is None:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from queue_support import VAE, api, job_state, ray_head, start_server, tiny_spec_text, wait_for
+from queue_support import VAE, api, job_state, start_server, tiny_spec_text, wait_for
 
 from vae_service.core.resources import requested_resources
 from vae_service.core.spec_loading import dump_spec, load_spec_text
@@ -35,9 +35,9 @@ LONG = ["optim.epochs=6", "data.limit=8192", "optim.batch_size=32", "model.hidde
 
 
 @pytest.fixture(scope="module")
-def head():
-    with ray_head(num_cpus=2) as started:
-        yield started
+def head(queue_head):
+    """The session's token-auth head (2 CPUs), shared with the other queue modules."""
+    return queue_head.wait_idle()
 
 
 def server_env(head, workdir: Path, **settings) -> dict:

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from queue_support import VAE, api, job_state, ray_head, start_server, temporary_database, tiny_spec_text, wait_for
+from queue_support import VAE, api, job_state, start_server, temporary_database, tiny_spec_text, wait_for
 
 from vae_service.queue.db import make_engine, upgrade
 from vae_service.queue.dispatcher import Dispatcher
@@ -34,9 +34,9 @@ DIVERGES = ["--set", "optim.lr=1e30", "--set", "model.likelihood=gaussian"]  # f
 
 
 @pytest.fixture(scope="module")
-def head():
-    with ray_head(num_cpus=2) as started:
-        yield started
+def head(queue_head):
+    """The session's token-auth head (2 CPUs), shared with the other queue modules."""
+    return queue_head.wait_idle()
 
 
 def server_env(head, workdir: Path, db_url: str) -> dict:
@@ -142,8 +142,10 @@ def test_priority_order_one_at_a_time_and_cancel_running(head, tmp_path):
                 response = http.post("/jobs", params={"priority": priority}, content=tiny_spec_text(name, cpus=2))
                 assert response.status_code == 201
                 ids[name] = response.json()["id"]
-            time.sleep(1.0)
+            # Nothing to await: this server has no dispatcher, so nothing can move them.
+            assert "dispatcher off" in front.log()
             assert all(job_state(http, i)["state"] == "queued" for i in ids.values())  # no dispatcher yet
+            assert not set(ids.values()) & set(ray_jobs_for(head)), "a job reached Ray with no dispatcher running"
             dispatcher = start_server(tmp_path, env, name="dispatcher")
 
             for current, waiting in (("high", ["mid", "low"]), ("mid", ["low"]), ("low", [])):
@@ -154,8 +156,8 @@ def test_priority_order_one_at_a_time_and_cancel_running(head, tmp_path):
                     held = f", the rest held for job {ids[waiting[0]]}, ranked ahead" if rank else ""
                     reason = f"waiting for 2 CPUs to be free (2 of 2 CPUs in use{held})"
                     wait_for(lambda: job_state(http, ids[other])["waiting_reason"] == reason, 10, f"{other}: {reason}")
-                time.sleep(2.0)  # it is really running on Ray, not just admitted
-                assert ray_jobs_for(head)[ids[current]].status == "RUNNING"
+                # It is really running on Ray, not just admitted.
+                wait_for(lambda: ray_jobs_for(head)[ids[current]].status == "RUNNING", 30, f"Ray to run {current}")
                 response = http.post(f"/jobs/{ids[current]}/cancel")
                 assert response.status_code == 202 and response.json()["state"] == "cancelling"
                 wait_for(lambda: job_state(http, ids[current])["state"] == "cancelled", 60, f"{current} to be cancelled")
@@ -187,8 +189,8 @@ def test_dispatcher_killed_mid_job_is_reconciled_not_resubmitted(head, tmp_path)
             job_id = http.post("/jobs", content=tiny_spec_text("survivor")).json()["id"]
             wait_for(lambda: job_state(http, job_id)["state"] == "running", 90, "the job to run")
             standby = start_server(tmp_path, env, name="standby")
-            time.sleep(2.0)
-            assert "dispatcher: waiting for the PostgreSQL advisory lock" in standby.log()
+            wait_for(lambda: "dispatcher: waiting for the PostgreSQL advisory lock" in standby.log(), 30,
+                     "the standby to wait for the advisory lock")
             assert "dispatcher: active" not in standby.log()  # a second dispatcher waits
             before = ray_jobs_for(head)
 
@@ -225,7 +227,14 @@ def test_reconcile_repairs_each_kind_of_disagreement(head, tmp_path, caplog):
     engine = make_engine(f"sqlite:///{tmp_path / 'queue.db'}")
     upgrade(engine)
     store = Store(engine)
-    ray = RayJobs(head.address, head.token)
+    class SeenByReconcile(RayJobs):  # the real Ray client; keeps the last listing it returned
+        seen: dict = {}
+
+        def list(self):
+            self.seen = super().list()
+            return self.seen
+
+    ray = SeenByReconcile(head.address, head.token)
     dispatcher = Dispatcher(store, ray, python=sys.executable)
     spec = tiny_spec_text("reconcile") + f"storage: {{uri: {UNWRITABLE}}}\n"
 
@@ -256,9 +265,17 @@ def test_reconcile_repairs_each_kind_of_disagreement(head, tmp_path, caplog):
     assert never_sent.id not in known and lost.id not in known and doomed.id not in known
 
     dispatcher.reconcile()
+    seen_by_reconcile = dict(ray.seen)  # reconcile lists Ray once and follows every job from that listing
     assert store.get(lost.id).state == "failed" and "lost" in store.get(lost.id).error
     assert store.get(doomed.id).state == "cancelled"
-    assert store.get(adopted.id).state in ("submitted", "running", "failed")
+    # Adopted: `submitted` (attempt 1, Ray's id), then brought up to what Ray said of it in
+    # that same listing: still pending → submitted, running → running, already over → failed
+    # (its storage is unwritable, so Ray's FAILED is all there is).
+    ray_status = seen_by_reconcile[adopted.id].status
+    expected = {"PENDING": "submitted", "RUNNING": "running", "FAILED": "failed"}
+    assert ray_status in expected, f"Ray reported {ray_status} for a job that can only fail"
+    after = store.get(adopted.id)
+    assert (after.state, after.attempts, after.ray_submission_id) == (expected[ray_status], 1, adopted.id), ray_status
     assert f"dispatcher: job {adopted.id} is queued in the store but Ray has it: adopting it" in caplog.text
     assert never_sent.id in ray.list()
     assert [m.split(" (")[0] for m in hand_offs(never_sent.id)] == [f"dispatcher: job {never_sent.id} submitted to Ray"]

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
-from queue_support import api, job_state, ray_head, start_server, tiny_spec_text, wait_for
+from queue_support import api, job_state, start_server, tiny_spec_text, wait_for
 
 from vae_service.queue.api import create_app
 from vae_service.queue.auth import TokenSet
@@ -25,6 +25,7 @@ from vae_service.queue.db import make_engine, upgrade
 from vae_service.queue.settings import Settings
 from vae_service.queue.store import Store
 from vae_service.queue.ui import job_links
+from vae_service.tracking.mlflow_run import client as mlflow_client
 
 pytestmark = pytest.mark.slow
 USER, TOKEN = "alice", "ui-test-token-5f0c2a9e1b"
@@ -98,9 +99,9 @@ def test_ui_routes_headers_and_job_links(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def head():
-    with ray_head(num_cpus=2) as started:
-        yield started
+def head(queue_head):
+    """The session's token-auth head (2 CPUs), shared with the other queue modules."""
+    return queue_head.wait_idle()
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +116,8 @@ def server(head, tmp_path_factory):
 def browser():
     from playwright import sync_api  # a test dependency: missing, this fails rather than skips
     executable = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(executable).exists():
-        pytest.skip("no chromium: infra/machine-setup.sh installs Debian's")
+    if not Path(executable).exists():  # a test dependency too: missing, this fails rather than skips
+        pytest.fail("no chromium: infra/machine-setup.sh installs Debian's")
     with sync_api.sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])  # tests run as root
         yield launched
@@ -187,7 +188,10 @@ def test_the_page_in_a_browser(head, server, browser, tmp_path):
     expect(row.locator('[data-field="attempts"]')).to_have_text("1")
     other = page.locator(f'tr[data-job-id="{waiting_id}"]')
     expect(other.locator('[data-field="state"]')).to_have_text("queued")
-    expect(other.locator('[data-field="waiting_reason"]')).not_to_be_empty(timeout=30_000)
+    # The scheduler's reason, word for word: the running job holds both CPUs of the head.
+    reason = "waiting for 2 CPUs to be free (2 of 2 CPUs in use)"
+    expect(other.locator('[data-field="waiting_reason"]')).to_have_text(reason, timeout=30_000)
+    assert job_state(client, waiting_id)["waiting_reason"] == reason
     screenshot(page, tmp_path, "jobs-table.png")
 
     # The waiting job's page: its spec as text (no markup from it), then cancelled from the page.
@@ -196,7 +200,7 @@ def test_the_page_in_a_browser(head, server, browser, tmp_path):
     expect(page.locator("#job-spec")).to_contain_text(HTML)
     expect(page.locator('#job-fields [data-field="overrides"]')).to_contain_text(HTML)
     assert page.locator("#injected").count() == 0
-    expect(page.locator('#job-fields [data-field="waiting_reason"]')).not_to_be_empty()
+    expect(page.locator('#job-fields [data-field="waiting_reason"]')).to_have_text(reason)
     expect(page.locator("#link-ray")).to_have_text("—")  # never submitted to Ray
     page.click("#cancel")
     expect(page.locator('#job-state-badge [data-field="state"]')).to_have_text("cancelled")
@@ -221,15 +225,20 @@ def test_the_page_in_a_browser(head, server, browser, tmp_path):
     assert ray_id
     expect(page.locator("#link-ray")).to_have_attribute("href", f"{head.address}/#/jobs/{ray_id}")
     expect(page.locator("#link-mlflow")).to_have_text("—")  # the run id is recorded when the job ends
+    # The job opens its MLflow run (tagged with its id) before it trains: wait for it, so that
+    # the cancel below comes after it and the job must end with that run id.
+    mlflow = mlflow_client()
+    experiment = wait_for(lambda: mlflow.get_experiment_by_name("queue-tests"), 120, "the job's MLflow experiment")
+    run = wait_for(lambda: mlflow.search_runs([experiment.experiment_id], f"tags.\"vae.job_id\" = '{job_id}'"), 120,
+                   "the job's MLflow run")[0]
     expect(page.locator('#job-state-badge [data-field="state"]')).to_have_text("running")
     screenshot(page, tmp_path, "job-page.png")
     page.click("#cancel")
     expect(page.locator('#job-state-badge [data-field="state"]')).to_have_text("cancelled", timeout=120_000)
     expect(page.locator("#cancel")).to_be_hidden()
     assert dialogs == [f"Cancel job {waiting_id}?"] * 2 + [f"Cancel job {job_id}?"]
-    run_id = job_state(client, job_id)["mlflow_run_id"]
-    if run_id:  # found by its tag once the job ended
-        expect(page.locator("#link-mlflow")).to_have_attribute("href", f"http://127.0.0.1:5999/mlflow/#/runs/{run_id}")
+    assert job_state(client, job_id)["mlflow_run_id"] == run.info.run_id  # recorded when the job ended
+    expect(page.locator("#link-mlflow")).to_have_attribute("href", f"http://127.0.0.1:5999/mlflow/#/runs/{run.info.run_id}")
     screenshot(page, tmp_path, "job-cancelled.png")
     page.click("text=← all jobs")
     expect(row.locator('[data-field="state"]')).to_have_text("cancelled")

@@ -20,6 +20,7 @@ import pytest
 import torch
 from artifact_checks import assert_no_pickles, file_names
 from mlflow.store.entities.paged_list import PagedList
+from png_checks import picture
 
 from vae_service.environment import MLFLOW_PROCESS_DEFAULTS, apply_process_defaults
 from vae_service.tracking.mlflow_run import client, fluent_tracking
@@ -123,6 +124,7 @@ def trained(ray_cluster, tmp_path_factory):
     return spec, outcome.result
 
 
+@pytest.mark.slow
 def test_nothing_a_run_leaves_is_a_pickle(trained, tmp_path):
     """By content: every file of the run directory (checkpoints, model/, JSON), every artifact of
     its MLflow run (figures, spec), and every file of the registered model as MLflow hands it
@@ -141,6 +143,7 @@ def test_nothing_a_run_leaves_is_a_pickle(trained, tmp_path):
     assert_no_pickles([run_dir, run_artifacts, model_files])
 
 
+@pytest.mark.slow
 def test_the_run_logs_exactly_the_readme_figures(trained, tmp_path):
     """README, Tracking: these 8 figures for a latent space that is not 2-D; no more, no fewer."""
     _, result = trained
@@ -149,9 +152,10 @@ def test_the_run_logs_exactly_the_readme_figures(trained, tmp_path):
     local = Path(mlflow.artifacts.download_artifacts(run_id=result.mlflow_run_id, artifact_path="figures",
                                                      dst_path=str(tmp_path)))
     for path in local.iterdir():
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+        picture(path)  # decodes, and holds a drawing (tests/png_checks.py)
 
 
+@pytest.mark.slow
 def test_active_units_equal_an_independent_recount(trained):
     """active_units (reported, and logged to MLflow) is the number of dimensions j with
     Cov_x(E_q[z_j | x]) > 0.01 over the validation images, recounted here from the saved model."""
@@ -172,6 +176,7 @@ def test_active_units_equal_an_independent_recount(trained):
     assert json.loads((Path(result.run_dir) / "metrics.json").read_text())["metrics"]["active_units"] == recount
 
 
+@pytest.mark.slow
 def test_the_registered_pyfunc_predicts_the_models_own_mu_and_logvar(trained):
     """mlflow.pyfunc.load_model(models:/NAME/N).predict(images) returns, value by value, the
     trained encoder's μ and log σ² on the same images ((N, 784) in [0, 1], or grey levels 0–255)."""
@@ -194,6 +199,7 @@ def test_the_registered_pyfunc_predicts_the_models_own_mu_and_logvar(trained):
     np.testing.assert_allclose(grey_levels.to_numpy(), encoded.to_numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_logged_model_has_a_signature_and_an_input_example_that_it_accepts(trained):
     """MLflow warned at the end of every run without them; the example is what predict takes."""
     _, result = trained

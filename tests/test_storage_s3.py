@@ -164,6 +164,7 @@ def test_the_region_is_aws_region_then_aws_default_region_then_us_east_1(s3_serv
 # --- training on S3 ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_run_lands_in_the_bucket_and_resumes_from_it(ray_cluster, s3_server, tiny_spec, tmp_path, run_job):
     from vae_service.core.checkpoint import load_model, read_state
     from vae_service.environment import forwarded_env

@@ -73,12 +73,13 @@ def knee_of(trials: list[dict]) -> set[str]:
     return {i for i, d in distance.items() if d <= nearest + 1e-12}
 
 
-def interrupt_sweep(path: str, cwd: Path, ready, sig: int = signal.SIGINT) -> tuple[Path, str]:
-    """Starts a real `vae run` of the sweep, sends it Ctrl-C (SIGINT; or SIGTERM, how the queue
-    stops a job it preempts) once `ready(trials_dir)` holds, and returns (the sweep directory,
-    its stderr); the run must end with exit code 130."""
+def interrupt_sweep(path: str, cwd: Path, ready, ray_address: str, sig: int = signal.SIGINT) -> tuple[Path, str]:
+    """Starts a real `vae run` of the sweep on the session's cluster, sends it Ctrl-C (SIGINT; or
+    SIGTERM, how the queue stops a job it preempts) once `ready(trials_dir)` holds, and returns
+    (the sweep directory, its stderr); the run must end with exit code 130."""
     vae = str(Path(sys.executable).with_name("vae"))
-    first = subprocess.Popen([vae, "run", path, "--quiet"], stderr=subprocess.PIPE, text=True, cwd=cwd, env=os.environ.copy())
+    first = subprocess.Popen([vae, "run", path, "--quiet"], stderr=subprocess.PIPE, text=True, cwd=cwd,
+                             env=dict(os.environ, RAY_ADDRESS=ray_address))
     trials_dir = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and first.poll() is None:
@@ -155,13 +156,13 @@ def test_a_failing_trial_is_errored_and_the_sweep_finishes_the_rest(ray_cluster,
     assert statuses == {states[1.0e30]["trial_id"]: "FAILED", states[1.0e-3]["trial_id"]: "FINISHED"}
 
 
-def test_an_interrupted_sweep_resumes_with_only_the_remaining_trials(ray_cluster, tmp_path):
+def test_an_interrupted_sweep_resumes_with_only_the_remaining_trials(ray_cluster, ray_address, tmp_path):
     """Ctrl-C (SIGINT) to a real `vae run` mid-sweep, then `--resume`: trials that ended are
     kept, a trial cut short continues in its own directory and MLflow run, the rest run."""
     space = {"objective.beta": {"grid": [0.5, 4.0]}}
     path = write_sweep(tmp_path, "resume-sweep", space, ["val_neg_elbo"], optim={"epochs": 8})
     set_sweep(path, max_concurrent=1)  # one trial at a time: the interruption finds one running
-    sweep_dir, stderr = interrupt_sweep(path, tmp_path, lambda trials: any(trials.glob("*/checkpoint_*")))
+    sweep_dir, stderr = interrupt_sweep(path, tmp_path, lambda trials: any(trials.glob("*/checkpoint_*")), ray_address)
     trials_dir = sweep_dir / "trials"
     assert f"--resume {sweep_dir}" in stderr
     started = {d.name: (d / "mlflow_run_id").read_text() for d in trials_dir.iterdir() if (d / "mlflow_run_id").exists()}
@@ -224,7 +225,7 @@ def test_asha_stops_poor_trials_kills_their_runs_and_gives_back_their_resources(
     assert not left, f"placement groups still reserved after the sweep: {left}"
 
 
-def test_an_interrupted_optuna_sweep_resumes_with_only_the_remaining_trials(ray_cluster, tmp_path):
+def test_an_interrupted_optuna_sweep_resumes_with_only_the_remaining_trials(ray_cluster, ray_address, tmp_path):
     """An Optuna (TPE) sweep stopped by SIGTERM (as the queue preempts it) while its second trial
     runs: `--resume` (what a preempted queued job does when admitted again) keeps the finished
     trial, continues the cut one and samples only what is left (num_samples in all)."""
@@ -236,7 +237,7 @@ def test_an_interrupted_optuna_sweep_resumes_with_only_the_remaining_trials(ray_
         return any(trials.glob("*/outcome.json")) and any(
             not (d / "outcome.json").exists() for d in trials.glob("*") if any(d.glob("checkpoint_*")))
 
-    sweep_dir, _ = interrupt_sweep(path, tmp_path, second_trial_running, signal.SIGTERM)
+    sweep_dir, _ = interrupt_sweep(path, tmp_path, second_trial_running, ray_address, signal.SIGTERM)
     earlier = {d.name: d for d in (sweep_dir / "trials").iterdir() if (d / "mlflow_run_id").exists()}
     ended = {i for i, d in earlier.items() if (d / "outcome.json").exists()}
     assert len(earlier) == 2 and len(ended) == 1  # one finished, one cut short

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from artifact_checks import pickles_in_bytes
 
 from vae_service.core.checkpoint import save_model
 from vae_service.core.model import VAE, ModelConfig
@@ -97,6 +98,12 @@ def test_training_run_lands_artifacts_and_checkpoints_in_the_bucket(ray_cluster,
     assert any(k.endswith("MLmodel") for k in artifact_keys)
     assert not any(k.endswith(".pkl") for k in artifact_keys)
     checkpoint_keys = _keys(s3_server, checkpoints)
+    # Pickle-free, by content (tests/artifact_checks.py): every object of both buckets, read back.
+    found = [hit for bucket, keys in ((mlflow_server["bucket"], artifact_keys), (checkpoints, checkpoint_keys))
+             for key in keys
+             for hit in pickles_in_bytes(f"s3://{bucket}/{key}",
+                                         s3_server["client"].get_object(Bucket=bucket, Key=key)["Body"].read())]
+    assert artifact_keys and checkpoint_keys and found == [], found
     for name in ("model.safetensors", "optimizer.safetensors", "state.json"):
         assert any("/checkpoint_" in k and k.endswith(name) for k in checkpoint_keys), name
     assert client().get_model_version_by_alias("served", "candidate").run_id == result.mlflow_run_id
@@ -123,6 +130,7 @@ def _drop_database(name: str) -> None:
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_postgresql_backed_server_records_runs_and_registry(s3_server, tmp_path, monkeypatch):
     database = _postgres_database()
     bucket = s3_server["make_bucket"]()
@@ -151,6 +159,7 @@ def test_postgresql_backed_server_records_runs_and_registry(s3_server, tmp_path,
         _drop_database(database)
 
 
+@pytest.mark.slow
 def test_unreachable_artifact_store_fails_the_run_and_registers_nothing(s3_server, tmp_path, monkeypatch):
     """The server's S3 bucket is missing: uploads fail after bounded retries, the run is marked
     FAILED with the reason, and no model version exists."""

@@ -33,12 +33,18 @@ def _committed_checkpoints(runs: Path) -> int:
 
 
 def _train_worker_pids() -> set[int]:
-    """Processes Ray has turned into Ray Train workers (their title is `ray::RayTrainWorker…`)."""
+    """The Ray Train workers of the session's own cluster: `ray.init` started its raylet as a
+    child of this process, and the raylet starts the workers, so they are among this process's
+    descendants (whose title is `ray::RayTrainWorker…`). A process of another Ray cluster on this
+    machine never is."""
     import psutil
 
     pids = set()
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info.get("cmdline") or []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            cmdline = process.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
         if cmdline and cmdline[0].startswith("ray::RayTrainWorker"):
             pids.add(process.pid)
     return pids
