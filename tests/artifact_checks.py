@@ -4,7 +4,8 @@ A file is a pickle when `pickletools` can read it as pickle opcodes from its fir
 STOP, and it either opens with PROTO (protocols 2–5: b"\\x80" + protocol byte) or that STOP is its
 last byte (protocols 0 and 1 have no header). Zip files are opened and every member is checked the
 same way, and a member named *.pkl counts on its own: `torch.save` writes a zip whose
-`archive/data.pkl` is a pickle.
+`archive/data.pkl` is a pickle. A file that starts like a zip but cannot be read whole is
+reported too: what it holds cannot be checked.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 import pickletools
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterable
 
@@ -43,8 +45,10 @@ def pickles_in_bytes(name: str, data: bytes) -> list[str]:
                 for member in archive.namelist():
                     if member.endswith((".pkl", ".pickle")) or is_pickle(archive.read(member)):
                         found.append(f"{name}!{member}")
-        except zipfile.BadZipFile:
-            pass
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError) as exc:
+            # It starts like a zip and cannot be read whole: what it holds is unknown, so it
+            # counts as found (a truncated torch.save file is one), never as clean.
+            found.append(f"{name} (a zip that cannot be read: {exc.__class__.__name__}: {exc})")
     return found
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from artifact_checks import assert_no_pickles, file_names, pickles_under
+from png_checks import picture, strip_tiles
 from typer.testing import CliRunner
 
 from vae_service.cli import app
@@ -95,9 +96,9 @@ def _mlflow_client(store):
 
 
 def _png(path: Path) -> bytes:
-    data = path.read_bytes()
-    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
-    return data
+    """The file's bytes, once its pixels are decoded and hold a drawing (tests/png_checks.py)."""
+    picture(path)
+    return path.read_bytes()
 
 
 def _expect_user_error(result, *fragments: str) -> str:
@@ -178,9 +179,11 @@ def test_commands_ignore_mlflows_process_wide_registry_uri(cli, store, tmp_path,
 
 def test_the_pickle_check_finds_pickles_by_content(tmp_path):
     """The check below can fail: it finds pickles of every protocol, torch.save files (zip and
-    legacy) whatever they are called, and passes safetensors, JSON and PNG."""
+    legacy) whatever they are called, and damaged zips it cannot read; it passes safetensors,
+    JSON and PNG."""
     import io
     import pickle
+    import zipfile
 
     from safetensors.torch import save_file
 
@@ -199,6 +202,23 @@ def test_the_pickle_check_finds_pickles_by_content(tmp_path):
     (clean / "config.json").write_text(json.dumps({"latent_dim": 2}))
     (clean / "grid.png").write_bytes(PNG_SIGNATURE + bytes(range(256)))
     assert pickles_under(clean) == []
+    # A damaged zip (a torch.save file cut short, one with a corrupted member) is reported, not passed as clean.
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    whole = buffer.getvalue()
+    (damaged / "cut.safetensors").write_bytes(whole[: len(whole) // 2])
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("weights.json", json.dumps({"w": [0.0] * 64}))
+    corrupted = bytearray(zipped.getvalue())
+    start = corrupted.index(b'{"w"')  # the member's stored bytes
+    corrupted[start : start + 8] = b"\xff" * 8  # its CRC no longer matches
+    (damaged / "crc.bin").write_bytes(bytes(corrupted))
+    found = pickles_under(damaged)
+    assert len(found) == 2 and all("a zip that cannot be read" in hit for hit in found), found
+    assert found[0].startswith(f"{damaged / 'crc.bin'} (") and found[1].startswith(f"{damaged / 'cut.safetensors'} (")
+    with pytest.raises(AssertionError, match="cannot be read"):
+        assert_no_pickles([damaged])
 
 
 def test_model_artifacts_hold_no_pickle(store, tmp_path):
@@ -279,13 +299,65 @@ def test_sample_mistakes_exit_2(cli, tmp_path):
     assert not out.exists()
 
 
+def _path_between(mu_a: torch.Tensor, mu_b: torch.Tensor, steps: int, method: str) -> torch.Tensor:
+    """The codes from μ_A to μ_B, t = 0 … 1, written out here (not the service's helper)."""
+    t = torch.linspace(0.0, 1.0, steps)[:, None]
+    if method == "linear":
+        return mu_a + t * (mu_b - mu_a)
+    omega = torch.arccos(torch.clamp(torch.dot(mu_a / mu_a.norm(), mu_b / mu_b.norm()), -1.0, 1.0))
+    return (torch.sin((1 - t) * omega) * mu_a + torch.sin(t * omega) * mu_b) / torch.sin(omega)
+
+
 def test_interpolate_writes_a_strip(cli, store, tmp_path):
-    for method, uri in (("linear", str(store["dirs"][0])), ("slerp", "models:/tiny@candidate")):
-        out = tmp_path / f"{method}.png"
-        result = cli("interpolate", uri, "--from-index", "0", "--to-index", "1", "--steps", "6",
+    """The PNG, read back pixel by pixel: input A, --steps decoded codes, input B, left to right,
+    equal square tiles; A and B are MNIST test images 0 and 1, and the tiles between them are
+    σ(decoder(z)) along the path from μ_A to μ_B (computed here with the model's own encoder
+    and decoder), to within the grey scale's 8-bit steps."""
+    from vae_service.core.checkpoint import save_model
+    from vae_service.core.data import load_mnist, to_unit_float
+    from vae_service.core.model import VAE, ModelConfig
+
+    x = to_unit_float(load_mnist(None, download=False, val_fraction=0.0).test.images[:2])
+    # The registry's untrained models decode any code to nearly the same grey: a model with its
+    # weights tripled draws ends that differ by many grey levels, so the tiles' order is checked too.
+    torch.manual_seed(7)
+    sharp = VAE(ModelConfig(latent_dim=2, hidden=(32,))).eval()
+    with torch.no_grad():
+        for parameter in sharp.parameters():
+            parameter.mul_(3.0)
+    sharp_dir = save_model(tmp_path / "sharp", sharp)
+    cases = [(6, "linear", str(store["dirs"][0]), store["vaes"][0]), (4, "slerp", "models:/tiny@candidate", store["vaes"][1]),
+             (5, "linear", sharp_dir, sharp), (7, "slerp", sharp_dir, sharp)]
+    for case, (steps, method, uri, vae) in enumerate(cases):
+        out = tmp_path / f"{case}-{method}.png"
+        result = cli("interpolate", uri, "--from-index", "0", "--to-index", "1", "--steps", str(steps),
                      "--method", method, "-o", out)
         assert result.exit_code == 0, result.output
-        _png(out)
+        rgb = picture(out)
+        tiles, boxes = strip_tiles(rgb)
+        assert len(tiles) == steps + 2, (method, boxes)
+        widths = [x1 - x0 + 1 for x0, _, x1, _ in boxes]
+        height = boxes[0][3] - boxes[0][1] + 1
+        # Equal squares, to within their frames (the inputs' is 2 pt, the others' 0.8 pt: 3 px more).
+        assert max(widths) - min(widths) <= 4 and all(abs(w - height) <= 4 for w in widths), boxes
+        assert height >= 28 * 3, boxes  # at least 3 pixels a cell: the cells below are read apart
+        pitch = np.diff([(x0 + x1) / 2 for x0, _, x1, _ in boxes])
+        assert pitch.max() - pitch.min() <= 3 and pitch.min() > max(widths), boxes  # evenly spaced, side by side
+        assert rgb.shape[0] > height and rgb.shape[1] > (steps + 2) * min(widths), (rgb.shape, boxes)
+        assert vae.config.likelihood == "bernoulli"  # so E[x | z] = σ(decoder(z))
+        with torch.no_grad():
+            mu, _ = vae.eval().encode(x)
+            decoded = torch.sigmoid(vae.decode(_path_between(mu[0], mu[1], steps, method)))[:, 0].numpy()
+        grey_step = 2 / 255  # 0–1 → 256 grey levels, and back
+        # The inputs' frames (2 pt, red) cover part of their outer cells: those are left out.
+        np.testing.assert_allclose(tiles[0][1:-1, 1:-1], x[0, 0, 1:-1, 1:-1].numpy(), atol=grey_step)
+        np.testing.assert_allclose(tiles[-1][1:-1, 1:-1], x[1, 0, 1:-1, 1:-1].numpy(), atol=grey_step)
+        np.testing.assert_allclose(tiles[1], decoded[0], atol=grey_step)  # t = 0: the decoded μ_A
+        np.testing.assert_allclose(tiles[-2], decoded[-1], atol=grey_step)  # t = 1: the decoded μ_B
+        for i in range(steps):
+            np.testing.assert_allclose(tiles[i + 1], decoded[i], atol=grey_step, err_msg=f"{method} step {i}")
+        if vae is sharp:  # its ends differ: the check above tells them apart
+            assert np.abs(decoded[0] - decoded[-1]).max() > 20 * grey_step
 
 
 def test_interpolate_mistakes_exit_2(cli, tmp_path):

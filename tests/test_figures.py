@@ -16,8 +16,7 @@ from vae_service.viz import canvas as C
 from vae_service.viz import figures as F
 from vae_service.viz import latents as L
 from vae_service.viz.sweep_figures import active_units_map
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from png_checks import picture, strip_tiles
 
 
 def _model(seed: int, **config) -> VAE:
@@ -60,17 +59,24 @@ def n_images(fig: Figure) -> int:
     return sum(len(ax.images) for ax in fig.axes)
 
 
+def bernoulli_mean(model: VAE, z: torch.Tensor) -> np.ndarray:
+    """E[x | z] written out here, not through the model's or the figures' helpers: σ(decoder(z))
+    for these Bernoulli models, (N, H, W) for one channel."""
+    assert model.config.likelihood == "bernoulli", model.config.likelihood
+    with torch.no_grad():
+        return torch.sigmoid(model.decode(z))[:, 0].numpy()
+
+
 def decode_mu(model: VAE, x: torch.Tensor) -> np.ndarray:
     """E[x | z = μ(x)] as imshow gets it: (N, H, W) for one channel."""
     with torch.no_grad():
         mu, _ = model.eval().encode(x)
-        return model.mean_image(mu)[:, 0].numpy()
+    return bernoulli_mean(model, mu)
 
 
 def assert_valid_png(path) -> None:
-    data = path.read_bytes()
-    assert data[:8] == PNG_SIGNATURE
-    assert len(data) > 1024
+    """A PNG whose pixels decode (PIL) and hold a drawing: not blank, not one colour."""
+    picture(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,8 +150,7 @@ def test_latent_manifold_decodes_gaussian_quantiles(mlp2):
     assert grid.shape == (n * 28, n * 28)
     values = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
     # top-left cell: smallest z1, largest z2; bottom-right: largest z1, smallest z2
-    with torch.no_grad():
-        corners = mlp2.mean_image(torch.tensor([[values[0], values[-1]], [values[-1], values[0]]]))[:, 0].numpy()
+    corners = bernoulli_mean(mlp2, torch.tensor([[values[0], values[-1]], [values[-1], values[0]]]))
     np.testing.assert_allclose(grid[:28, :28], corners[0], atol=1e-6)
     np.testing.assert_allclose(grid[-28:, -28:], corners[1], atol=1e-6)
     tick_text = " ".join(t.get_text() for t in ax.get_xticklabels())
@@ -361,6 +366,16 @@ def test_every_figure_saves_as_a_png(name, mlp2, images, labels, tmp_path):
     path = C.save_png(FIGURES[name](mlp2, images, labels), tmp_path / f"{name}.png")
     assert path == tmp_path / f"{name}.png"
     assert_valid_png(path)
+    if name == "interpolation":  # one read back pixel by pixel: inputs at the ends, decoded μ_A and μ_B next to them
+        tiles, boxes = strip_tiles(picture(path))
+        assert len(tiles) == 10 + 2, boxes  # the default 10 steps
+        x = to_unit_float(images[:2])
+        ends = decode_mu(mlp2, x)
+        grey_step = 2 / 255  # 0–1 → 256 grey levels, and back
+        np.testing.assert_allclose(tiles[0][1:-1, 1:-1], x[0, 0, 1:-1, 1:-1].numpy(), atol=grey_step)  # inside the frame
+        np.testing.assert_allclose(tiles[-1][1:-1, 1:-1], x[1, 0, 1:-1, 1:-1].numpy(), atol=grey_step)
+        np.testing.assert_allclose(tiles[1], ends[0], atol=grey_step)
+        np.testing.assert_allclose(tiles[-2], ends[1], atol=grey_step)
 
 
 def test_save_png_writes_a_png_and_closes_the_figure(tmp_path):
@@ -371,6 +386,29 @@ def test_save_png_writes_a_png_and_closes_the_figure(tmp_path):
     assert path.is_file()
     assert_valid_png(path)
     assert number not in plt.get_fignums()
+
+
+def test_the_png_check_refuses_a_blank_a_damaged_and_a_tiny_picture(tmp_path):
+    """assert_valid_png can fail: it reads the pixels, not the first bytes."""
+    blank = Figure(figsize=(3, 3))
+    blank.add_subplot().set_axis_off()  # an axes that draws nothing: a white page
+    C.save_png(blank, tmp_path / "blank.png")
+    with pytest.raises(AssertionError, match="blank"):
+        assert_valid_png(tmp_path / "blank.png")
+    fig = Figure(figsize=(3, 3))
+    fig.add_subplot().imshow(np.random.default_rng(0).random((28, 28)), cmap="gray")
+    good = C.save_png(fig, tmp_path / "good.png")
+    assert_valid_png(good)
+    damaged = tmp_path / "damaged.png"
+    damaged.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])  # the signature, half the pixels
+    with pytest.raises(OSError):  # PIL: truncated image data
+        assert_valid_png(damaged)
+    tiny = Figure(figsize=(0.3, 0.3))
+    ax = tiny.add_subplot()
+    ax.imshow(np.random.default_rng(0).random((28, 28)), cmap="gray")
+    ax.set_axis_off()  # nothing but the picture: 45 px and the margin
+    with pytest.raises(AssertionError, match="px"):
+        assert_valid_png(C.save_png(tiny, tmp_path / "tiny.png"))
 
 
 def test_figures_do_not_pile_up_in_pyplot(mlp2, images):

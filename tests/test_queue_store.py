@@ -189,13 +189,27 @@ def test_concurrent_outcomes_one_wins(store, first, second):
     job, _ = store.add(new())
     store.transition(job.id, State.SUBMITTED)
     store.transition(job.id, State.RUNNING)
-    written, release = threading.Event(), threading.Event()
+    written, release, trying = threading.Event(), threading.Event(), threading.Event()
     holder: list[threading.Thread] = []
+    racers: list[threading.Thread] = []
+    order: list[str] = []  # "first commits" / "second locked", in the order they happened
 
     def pause_before_commit(session, _context):  # the first transition's UPDATE is sent, uncommitted
         if threading.current_thread() in holder:
             written.set()
             assert release.wait(30), "the test never released the first transaction"
+            order.append("first commits")  # its COMMIT comes next: nobody can lock before it
+
+    # The second's first statement is the one that takes the lock (SQLite: BEGIN IMMEDIATE, on
+    # the whole file; PostgreSQL: SELECT … FOR UPDATE, on the row): it must not return before
+    # the first commits.
+    def second_tries(conn, cursor, statement, parameters, context, executemany):
+        if threading.current_thread() in racers and not trying.is_set():
+            trying.set()  # the second is about to ask for the lock
+
+    def second_locked(conn, cursor, statement, parameters, context, executemany):
+        if threading.current_thread() in racers and "second locked" not in order:
+            order.append("second locked")
 
     results: dict[State, object] = {}
 
@@ -206,28 +220,39 @@ def test_concurrent_outcomes_one_wins(store, first, second):
             results[target] = exc
 
     event.listen(store._sessions, "after_flush", pause_before_commit)
+    event.listen(store.engine, "before_cursor_execute", second_tries)
+    event.listen(store.engine, "after_cursor_execute", second_locked)
     try:
         holder.append(threading.Thread(target=attempt, args=(first,)))
         holder[0].start()
         assert written.wait(30), "the first transition never wrote"
-        racer = threading.Thread(target=attempt, args=(second,))
+        racers.append(threading.Thread(target=attempt, args=(second,)))
+        racer = racers[0]
         racer.start()
-        # The second is blocked by the first's lock: it has not finished, and on PostgreSQL the
-        # server says it is waiting for a lock.
+        # The second really is trying: it is about to send the statement that takes the lock.
+        assert trying.wait(30), "the second transition never asked for the lock"
+        # And it is blocked there by the first's lock: on PostgreSQL the server says it is
+        # waiting for a lock; SQLite has no such view, so give it a second it would not need.
         if store.engine.dialect.name == "postgresql":
             deadline = time.monotonic() + 10
             while not _waiting_for_a_lock(store.engine):
                 assert time.monotonic() < deadline, "the second transition never waited for the row lock"
                 time.sleep(0.05)
         else:
-            time.sleep(1.0)
-        assert racer.is_alive() and second not in results, f"the second transition did not wait: {results}"
+            racer.join(1.0)
+        assert racer.is_alive() and second not in results and order == [], \
+            f"the second transition did not wait: {results} {order}"
         release.set()
         holder[0].join(30)
         racer.join(30)
+        assert not holder[0].is_alive() and not racer.is_alive(), "a transition is still stuck after the commit"
     finally:
         release.set()
         event.remove(store._sessions, "after_flush", pause_before_commit)
+        event.remove(store.engine, "before_cursor_execute", second_tries)
+        event.remove(store.engine, "after_cursor_execute", second_locked)
+    # The second got the lock only once the first was let go to commit.
+    assert order == ["first commits", "second locked"], order
     assert results[first] == first.value  # the first one applied
     assert isinstance(results[second], IllegalTransition), results[second]  # the second saw it and refused
     assert (results[second].old, results[second].new) == (first, second)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import ray
 import torch
+from artifact_checks import assert_no_pickles
 from safetensors.torch import load_file
 
 from vae_service import storage
@@ -117,9 +118,11 @@ def test_two_worker_ddp_shards_are_disjoint_and_weights_stay_identical(ray_clust
     assert model.config.latent_dim == 4
     mu, logvar = model.encode(torch.zeros(3, 1, 28, 28))
     assert mu.shape == logvar.shape == (3, 4)
-    # Pickle-free: nothing the run left behind is a pickle.
+    # Pickle-free: nothing the run left behind is a pickle, by content (tests/artifact_checks.py),
+    # whatever the file is called.
     leftovers = [p for p in Path(result.run_dir).rglob("*") if p.suffix in (".pkl", ".pt", ".pth")]
     assert leftovers == []
+    assert_no_pickles([Path(result.run_dir)])
 
     # Tracked: params, metrics, figures, and a registered pickle-free model with its alias.
     mlflow = client()
@@ -140,6 +143,7 @@ def test_two_worker_ddp_shards_are_disjoint_and_weights_stay_identical(ray_clust
     names = {p.name for p in local.rglob("*")}
     assert {"MLmodel", "pyfunc_model.py", "model.safetensors", "config.json"} <= names
     assert not [n for n in names if n.endswith(".pkl")]
+    assert_no_pickles([local])  # the registered model's files, by content
     encoded = mlflow_module.pyfunc.load_model(result.model_uri).predict(torch.zeros(2, 784).numpy())
     assert list(encoded.columns[:2]) == ["mu_1", "mu_2"] and len(encoded) == 2
 
