@@ -11,9 +11,15 @@
    float32 vectors 1×, 2× and 4× the object store's size, streamed and in memory.
 
     VAE_DATA_DIR=../shared/data python bench/data_throughput.py [--epochs 3] [--object-store-mb 128] [--png-images 20000]
+                                                                [--limit N] [--multiples 1,2,4] [--only PART]
+    VAE_DATA_DIR=../shared/data python bench/data_throughput.py --tiny [--output PATH]
 
 Prints tables and writes bench/results/data_throughput.json. Target: streaming ≥ 0.8× the
 in-memory rate on MNIST-sized images, and streaming's peak memory flat as the data grows.
+
+--tiny (CI's smoke run, tests/test_benches.py): both parts, every case, 1 epoch: 512 MNIST IDX
+images, 256 PNGs, one Parquet table 0.1× the object store; the JSON goes to --output (default: a
+temporary directory), never to bench/results/.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "data_throughput.json"
 FEATURES = 256  # float32 per row: 1 KiB
+TINY = {"epochs": 1, "png_images": 256, "limit": 512, "multiples": "0.1"}
+sys.path.insert(0, str(REPO / "bench"))
+import _tiny  # noqa: E402
 
 
 def vae_run(spec: dict, env: dict, sampler: "PeakMemory | None" = None) -> dict:
@@ -63,7 +72,7 @@ def training_rate(record: dict) -> float:
 
 
 class PeakMemory:
-    """Samples the summed PSS of a process tree plus every Ray process every 0.25 s."""
+    """Samples the summed PSS of a process tree (a `vae run` and its local Ray) every 0.25 s."""
 
     def __init__(self):
         self.peak = 0
@@ -84,20 +93,19 @@ class PeakMemory:
             time.sleep(0.25)
 
 
-def cluster_pss(pid: int | None = None) -> int:
-    tree = set()
-    if pid is not None:
-        try:
-            root = psutil.Process(pid)
-            tree = {root.pid, *(child.pid for child in root.children(recursive=True))}
-        except psutil.NoSuchProcess:
-            pass
+def cluster_pss(pid: int) -> int:
+    """The summed PSS of process `pid` and all its descendants: a `vae run` and every process of
+    the local Ray it started (GCS, raylet, its agents and workers are all descendants). Not every
+    process named ray on the machine: other Ray clusters may run here, and they are not the run's."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
     total = 0
-    for process in psutil.process_iter(["pid", "name", "cmdline"]):
+    for process in processes:
         try:
-            text = " ".join(process.info["cmdline"] or []) + " " + (process.info["name"] or "")
-            if process.info["pid"] in tree or "ray" in text:
-                total += process.memory_full_info().pss
+            total += process.memory_full_info().pss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return total
@@ -154,9 +162,10 @@ def measure_throughput(args, work: Path, env: dict) -> dict:
     rows = []
     pngs = work / "mnist-png"
     write_pngs(pngs, args.png_images)
+    idx = {"limit": args.limit} if args.limit else {}
     cases = [
-        ("MNIST idx, in memory", {"loading": "memory"}),
-        ("MNIST idx, streaming", {"loading": "streaming"}),
+        ("MNIST idx, in memory", {"loading": "memory", **idx}),
+        ("MNIST idx, streaming", {"loading": "streaming", **idx}),
         (f"MNIST {args.png_images:,} PNGs, in memory", {"source": str(pngs), "format": "images", "loading": "memory"}),
         (f"MNIST {args.png_images:,} PNGs, streaming", {"source": str(pngs), "format": "images", "loading": "streaming"}),
     ]
@@ -170,21 +179,23 @@ def measure_throughput(args, work: Path, env: dict) -> dict:
 
 
 def measure_memory(args, work: Path, env: dict) -> dict:
-    """Part 2: peak memory on data 1×, 2×, 4× the object store. Each `vae run` starts its own
-    local Ray (the embedded default), its object store made small through the environment."""
+    """Part 2: peak memory on data 1×, 2×, 4× the object store (--multiples). Each `vae run`
+    starts its own local Ray (the embedded default), its object store made small through the
+    environment."""
     proportion = (args.object_store_mb << 20) / psutil.virtual_memory().total
     store_env = dict(env, RAY_DEFAULT_OBJECT_STORE_MEMORY_PROPORTION=f"{proportion:.6f}")
     rows, sampler = [], PeakMemory()
-    for multiple in (1, 2, 4):
-        table = work / f"table-{multiple}x"
-        count = write_table(table, args.object_store_mb * multiple)
+    for multiple in args.multiples:
+        table = work / f"table-{multiple:g}x"
+        megabytes = max(1, round(args.object_store_mb * multiple))
+        count = write_table(table, megabytes)
         for loading in ("streaming", "memory"):
             data = {"source": str(table), "format": "parquet", "loading": loading}
             record = vae_run(spec("memory", data, 1, work / "runs", likelihood="gaussian", hidden=[64], latent_dim=8),
                              store_env, sampler)
-            rows.append({"data_mb": args.object_store_mb * multiple, "rows": count, "loading": loading,
+            rows.append({"data_mb": megabytes, "rows": count, "loading": loading,
                          "peak_mb": sampler.peak / 2**20, "images_per_s": training_rate(record)})
-            print(f"  {multiple}× ({count:,} rows) {loading}: peak {rows[-1]['peak_mb']:,.0f} MiB", file=sys.stderr)
+            print(f"  {multiple:g}× ({count:,} rows) {loading}: peak {rows[-1]['peak_mb']:,.0f} MiB", file=sys.stderr)
         shutil.rmtree(table)
     return {"memory": rows, "object_store_mb": object_store_mb(store_env)}
 
@@ -194,9 +205,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--object-store-mb", type=int, default=128)
     parser.add_argument("--png-images", type=int, default=20_000)
+    parser.add_argument("--limit", type=int, default=0, help="MNIST IDX training images of part 1 (0: all).")
+    parser.add_argument("--multiples", type=lambda s: [float(v) for v in s.split(",")], default=[1, 2, 4],
+                        help="Part 2's table sizes, as multiples of the object store.")
     parser.add_argument("--only", choices=("throughput", "memory"), help="Measure one part; the other's results are kept.")
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = _tiny.parse_args(parser, RESULTS, TINY)
     work = Path(tempfile.mkdtemp(prefix="vae-bench-data-"))
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{work}/mlflow.db")
     results = json.loads(args.output.read_text()) if args.only and args.output.exists() else {}
@@ -204,7 +217,8 @@ def main() -> None:
         results.update(measure_throughput(args, work, env))
     if args.only in (None, "memory"):
         results.update(measure_memory(args, work, env))
-    results.update(machine={"cpus": os.cpu_count(), "platform": platform.platform()}, when=time.strftime("%Y-%m-%d %H:%M:%S"))
+    results.update(machine={"cpus": os.cpu_count(), "platform": platform.platform()}, when=time.strftime("%Y-%m-%d %H:%M:%S"),
+                   tiny=args.tiny)
     shutil.rmtree(work, ignore_errors=True)
 
     if "throughput" in results:
@@ -219,7 +233,7 @@ def main() -> None:
             print(f"{row['data_mb']:>7} MiB{row['rows']:>10,}{row['loading']:>12}{row['peak_mb']:>11,.0f}{row['images_per_s']:>10,.0f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {args.output.relative_to(REPO) if args.output.is_relative_to(REPO) else args.output}")
+    print(f"\nwrote {_tiny.shown(args.output)}")
 
 
 if __name__ == "__main__":

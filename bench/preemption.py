@@ -1,7 +1,8 @@
 """Preemption: how long an urgent job waits when the cluster is full of lower-priority work, and
 how much work each preemption costs the job it stops.
 
-    python bench/preemption.py [--rounds 3] [--long-epochs 6]
+    python bench/preemption.py [--rounds 3] [--long-epochs 6] [--warm-up 1]
+    python bench/preemption.py --tiny [--output PATH]
 
 Everything runs on this machine: a Ray head with token auth and 2 CPUs (`ray start --head`), one
 `vae server` with its dispatcher (VAE_PREEMPT_MIN_RUN_S=0), real trainings. Each round:
@@ -20,6 +21,11 @@ Everything runs on this machine: a Ray head with token auth and 2 CPUs (`ray sta
 
 The ratio reported is (submit → first step, preempting) / (submit → first step, idle): what
 preemption adds to an urgent job's start. Prints a table and writes bench/results/preemption.json.
+
+--tiny (CI's smoke run, tests/test_benches.py): the same cluster and both measurements, 1 round,
+a 5-epoch long job (still training when the urgent job arrives, and epochs enough for a median
+epoch time), no warm-up job; the JSON goes to --output (default: a temporary directory), never to
+bench/results/.
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ TOKEN = "bench-token"
 POLL_S = 0.05
 RUNS = Path()  # the server's runs/ folder (set in main)
 LONG = ["data.limit=8192", "optim.batch_size=32", "model.hidden=[256]"]
+TINY = {"rounds": 1, "long_epochs": 5, "warm_up": 0}
+sys.path.insert(0, str(REPO / "bench"))
+import _tiny  # noqa: E402
 
 
 def wait_state(client: httpx.Client, job_id: str, states: set, timeout: float) -> tuple[dict, float]:
@@ -124,8 +133,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--long-epochs", type=int, default=6)
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    parser.add_argument("--warm-up", type=int, default=1, help="Uncounted idle jobs run first (imports, the data cache).")
+    args = _tiny.parse_args(parser, RESULTS, TINY)
 
     work = Path(tempfile.mkdtemp(prefix="vae-preemption-bench-"))
     os.environ["VAE_DATA_DIR"] = str(Path(os.environ.get("VAE_DATA_DIR", REPO.parent / "shared" / "data")).resolve())
@@ -140,7 +149,8 @@ def main() -> None:
         server = start_server(work, head.server_env(work, VAE_API_TOKEN=TOKEN, VAE_PREEMPT_MIN_RUN_S="0"))
         client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
         try:
-            baseline(client, -1)  # warms the cluster (imports, the data cache); not counted
+            for i in range(args.warm_up):
+                baseline(client, -1 - i)  # warms the cluster (imports, the data cache); not counted
             for i in range(args.rounds):
                 idle = baseline(client, i)
                 row = preempted_round(client, i, args.long_epochs)
@@ -165,13 +175,14 @@ def main() -> None:
         "benchmark": "preemption",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": False},
+        "tiny": args.tiny,
         "setup": {"rounds": args.rounds, "long_job": f"priority 1, 2 CPUs, {args.long_epochs} epochs, " + ", ".join(LONG),
                   "urgent_job": "priority 10, 2 CPUs, tiny: 256 images, MLP 784-32-2, 1 epoch",
                   "cluster": "Ray head, 2 CPUs; server, Ray and jobs share the machine's 2 cores",
                   "times": "seconds from the urgent job's submission; states polled every 50 ms"},
         "median": median, "rounds": rounds,
     }, indent=2))
-    print(f"\nwrote {args.output.relative_to(REPO) if args.output.is_relative_to(REPO) else args.output}")
+    print(f"\nwrote {_tiny.shown(args.output)}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ disentanglement for β ∈ {1, 4, 8} × seeds, and the article's figures.
     python bench/quality.py [--iwae-epochs 30] [--default-epochs 10] [--nll-samples 5000]
                             [--nll-images 10000] [--dsprites-steps 3000] [--betas 1,4,8]
                             [--seeds 0,1,2] [--points 3000] [--dci-points 1000] [--only SECTION]
+    python bench/quality.py --tiny [--output PATH]
 
 Training is the service's own arithmetic (core.loop.train_epoch, core.objective.compute_loss)
 in one plain PyTorch process, without Ray: the point is the numbers, not the plumbing. Each
@@ -19,6 +20,12 @@ section's result is saved to bench/results/quality.json as soon as it is done (r
             score, DCI disentanglement
   figures   the article's pictures: latent scatter AE vs KL-only vs VAE, the 2-D manifold,
             inspecting latent dimensions, traversals on dSprites labelled by factor
+
+--tiny (CI's smoke run, tests/test_benches.py): every section and the report, at the smallest
+sizes (512 MNIST training images, 1 epoch, K = 8 on 64 test images, 5 dSprites steps for one β
+and seed, images rendered on demand instead of the cached grid, 300 / 100 metric points); the
+JSON goes to --output (default: a temporary directory), the report and figures beside it
+(<output>.md, figures/): never bench/results/ nor docs/.
 """
 
 from __future__ import annotations
@@ -57,6 +64,11 @@ from vae_service.viz.canvas import save_png  # noqa: E402
 from vae_service.viz.comparison import scatter_figure  # noqa: E402
 from vae_service.viz.latents import encode_means  # noqa: E402
 
+TINY = {"iwae_epochs": 1, "default_epochs": 1, "nll_samples": 8, "nll_images": 64, "dsprites_steps": 5, "betas": "4",
+        "seeds": "0", "points": 300, "dci_points": 100, "figure_epochs": 1, "train_images": 512}
+sys.path.insert(0, str(REPO / "bench"))
+import _tiny  # noqa: E402
+
 IWAE_PAPER_NLL = 86.76  # Burda et al. (2015), Table 1: VAE, 1 stochastic layer, k = 1, MNIST
 IWAE_PAPER_EPOCHS = 3280
 # β-VAE on dSprites in Locatello et al. (2019), Figure 13 / disentanglement_lib's 300k steps:
@@ -72,9 +84,11 @@ def log(message: str) -> None:
 # MNIST: IS-NLL
 
 
-def train_mnist(config: ModelConfig, *, epochs: int, batch_size: int, lr: float, seed: int = 0) -> tuple[VAE, float]:
-    """A VAE on all 60,000 MNIST training images (dynamic binarisation); returns it and the seconds."""
-    data = load_mnist(None, download=False, val_fraction=0.0)
+def train_mnist(config: ModelConfig, *, epochs: int, batch_size: int, lr: float, seed: int = 0,
+                limit: int = 0) -> tuple[VAE, float]:
+    """A VAE on all 60,000 MNIST training images (the first `limit`, when given; dynamic
+    binarisation); returns it and the seconds."""
+    data = load_mnist(None, download=False, val_fraction=0.0, limit=limit or None)
     torch.manual_seed(seed)
     vae = VAE(config)
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
@@ -86,14 +100,15 @@ def train_mnist(config: ModelConfig, *, epochs: int, batch_size: int, lr: float,
     return vae.eval(), time.perf_counter() - started
 
 
-def mnist_nll(name: str, config: ModelConfig, *, epochs: int, batch_size: int, lr: float, k: int, images: int) -> dict:
+def mnist_nll(name: str, config: ModelConfig, *, epochs: int, batch_size: int, lr: float, k: int, images: int,
+              limit: int = 0) -> dict:
     log(f"{name}: training {epochs} epochs")
-    vae, train_s = train_mnist(config, epochs=epochs, batch_size=batch_size, lr=lr)
+    vae, train_s = train_mnist(config, epochs=epochs, batch_size=batch_size, lr=lr, limit=limit)
     test = load_mnist(None, download=False, val_fraction=0.0).test.images[:images]
     log(f"{name}: IS-NLL with K = {k} on {len(test)} test images")
     report = evaluate_likelihood(vae, test, binarize="dynamic", k=k, seed=0)
     return {"architecture": _describe(config), "epochs": epochs, "batch_size": batch_size, "lr": lr,
-            "train_seconds": round(train_s, 1), **report.to_dict()}
+            "train_images": limit or 60_000, "train_seconds": round(train_s, 1), **report.to_dict()}
 
 
 def _describe(config: ModelConfig) -> str:
@@ -104,7 +119,8 @@ def _describe(config: ModelConfig) -> str:
 
 def section_iwae(args) -> dict:
     config = ModelConfig(hidden=(200, 200), latent_dim=50)
-    return mnist_nll("iwae", config, epochs=args.iwae_epochs, batch_size=20, lr=1e-3, k=args.nll_samples, images=args.nll_images)
+    return mnist_nll("iwae", config, epochs=args.iwae_epochs, batch_size=20, lr=1e-3, k=args.nll_samples, images=args.nll_images,
+                     limit=args.train_images)
 
 
 def section_default(args) -> dict:
@@ -112,7 +128,7 @@ def section_default(args) -> dict:
     config = from_spec.model_config(spec, (1, 28, 28))
     o = spec.optim
     return mnist_nll("default", config, epochs=args.default_epochs or o.epochs, batch_size=o.batch_size, lr=o.lr,
-                     k=args.nll_samples, images=args.nll_images)
+                     k=args.nll_samples, images=args.nll_images, limit=args.train_images)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,7 +161,10 @@ def train_dsprites(data: DSprites, beta: float, seed: int, steps: int) -> tuple[
 
 
 def section_dsprites(args) -> dict:
-    data = DSprites.from_grid(progress=lambda done, total: done % 65536 == 0 and log(f"  rendering the grid: {done:,}/{total:,}"))
+    if args.tiny:  # a few hundred images: rendered on demand, not the whole grid rendered and cached (377 MB)
+        data = DSprites()
+    else:
+        data = DSprites.from_grid(progress=lambda done, total: done % 65536 == 0 and log(f"  rendering the grid: {done:,}/{total:,}"))
     runs = []
     for beta in args.betas:
         for seed in args.seeds:
@@ -166,15 +185,17 @@ def section_dsprites(args) -> dict:
                          "dci_informativeness": dci[disentanglement.DCI_INFORMATIVENESS_TEST]})
             log(f"  MIG {runs[-1][M.MIG]:.3f}  FactorVAE {runs[-1][M.FACTORVAE]:.3f}  DCI {runs[-1][M.DCI]:.3f}")
             if beta == max(args.betas) and seed == args.seeds[0]:
-                save_png(factor_traversals(vae, data, seed), FIGURES / "dsprites_traversals.png")
+                traversals = factor_traversals(vae, data, seed, args.points if args.tiny else 5000)
+                save_png(traversals, args.figures / "dsprites_traversals.png")
     return {"points": args.points, "dci_points": args.dci_points, "runs": runs}
 
 
-def factor_traversals(vae: VAE, data: DSprites, seed: int):
+def factor_traversals(vae: VAE, data: DSprites, seed: int, points: int = 5000):
     """Traversals of the dimensions of largest KL, each row named by the factor it shares the
-    most information with (MIG's mutual information between the discretised code and a factor)."""
+    most information with (MIG's mutual information between the discretised code and a factor,
+    on `points` codes)."""
     rng = np.random.default_rng(seed)
-    codes, factors = disentanglement.sample_codes(data, posterior_means(vae), 5000, rng)
+    codes, factors = disentanglement.sample_codes(data, posterior_means(vae), points, rng)
     info = disentanglement.mutual_info(disentanglement.discretize(codes, 20), factors)  # (dims, factors)
     with torch.no_grad():
         kl_per_dim = compute_loss(vae, to_unit_float(data.observations(factors[:1000])), Objective()).kl_dims.mean(dim=0)
@@ -192,7 +213,7 @@ def section_figures(args) -> dict:
     models = {}
     for kind in ("ae", "kl_only", "vae"):
         log(f"figures: 2-D {kind}, {args.figure_epochs} epochs")
-        models[kind] = train_2d(kind, args.figure_epochs)
+        models[kind] = train_2d(kind, args.figure_epochs, args.train_images)
     images, labels = test.images[:5000], test.labels[:5000]
     codes = {kind: encode_means(vae, images)[0] for kind, vae in models.items()}
     made = {
@@ -201,12 +222,12 @@ def section_figures(args) -> dict:
         "latent_dimensions.png": figures.latent_dimensions(models["vae"], images[:8]),
     }
     for name, fig in made.items():
-        save_png(fig, FIGURES / name)
+        save_png(fig, args.figures / name)
     return {"epochs": args.figure_epochs, "files": sorted(made) + ["dsprites_traversals.png"]}
 
 
-def train_2d(kind: str, epochs: int) -> VAE:
-    data = load_mnist(None, download=False, val_fraction=0.0)
+def train_2d(kind: str, epochs: int, limit: int = 0) -> VAE:
+    data = load_mnist(None, download=False, val_fraction=0.0, limit=limit or None)
     torch.manual_seed(0)
     vae = VAE(ModelConfig(hidden=(512,), latent_dim=2))
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
@@ -220,13 +241,13 @@ def train_2d(kind: str, epochs: int) -> VAE:
 # the report
 
 
-def write_report(results: dict) -> None:
+def write_report(results: dict, report: Path = REPORT) -> None:
     lines = ["# Results: where our models stand against the papers", "",
              "Written by `python bench/quality.py` from `bench/results/quality.json` "
              f"({results.get('machine', '?')}, {results.get('updated', '?')}). Every number here was measured in that run; "
              "the papers' numbers are quoted with their sources.", ""]
     lines += _report_mnist(results) + _report_dsprites(results) + _report_figures(results)
-    REPORT.write_text("\n".join(lines) + "\n")
+    report.write_text("\n".join(lines) + "\n")
 
 
 def _report_mnist(results: dict) -> list[str]:
@@ -330,10 +351,15 @@ def main() -> None:
     parser.add_argument("--figure-epochs", type=int, default=10)
     parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="Run only these sections (repeatable).")
     parser.add_argument("--report-only", action="store_true", help="Rewrite docs/RESULTS.md from quality.json.")
-    args = parser.parse_args()
+    parser.add_argument("--train-images", type=int, default=0,
+                        help="MNIST training images of the iwae, default and figures models (0: all 60,000).")
+    args = _tiny.parse_args(parser, RESULTS, TINY)
+    # A tiny run's report and figures go beside its JSON, never to docs/.
+    args.report = args.output.with_suffix(".md") if args.tiny else REPORT
+    args.figures = args.output.parent / "figures" if args.tiny else FIGURES
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    args.figures.mkdir(parents=True, exist_ok=True)
+    results = json.loads(args.output.read_text()) if args.output.exists() else {}
     if not args.report_only:
         for name in args.only or list(SECTIONS):
             started = time.perf_counter()
@@ -341,11 +367,13 @@ def main() -> None:
             results[name]["section_seconds"] = round(time.perf_counter() - started, 1)
             results.update(machine=f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} threads, torch {torch.__version__}, "
                            f"{'CUDA' if torch.cuda.is_available() else 'CPU only'}",
-                           updated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
-            RESULTS.write_text(json.dumps(results, indent=2) + "\n")  # after each section: nothing lost on a crash
+                           updated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), tiny=args.tiny)
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps(results, indent=2) + "\n")  # after each section: nothing lost on a crash
             log(f"{name} done in {results[name]['section_seconds']:.0f} s")
-    write_report(results)
-    print(REPORT.read_text())
+    write_report(results, args.report)
+    print(args.report.read_text())
+    log(f"wrote {_tiny.shown(args.output)} and {_tiny.shown(args.report)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Job queue under load: the API's submission rate and latency on SQLite and PostgreSQL, the
 dispatch latency when the cluster has room, and submit → first training step on a warm cluster.
 
-    python bench/queue_load.py [--submissions 2000] [--concurrency 32] [--dispatch-jobs 20]
+    python bench/queue_load.py [--submissions 2000] [--concurrency 32] [--dispatch-jobs 20] [--first-step-runs 2]
+    python bench/queue_load.py --tiny [--output PATH]
 
 Everything runs on this machine: a Ray head with token auth on free ports (`ray start --head`),
 `vae server` processes, and the load generator (one asyncio process, httpx). On 2 cores the
@@ -16,6 +17,10 @@ with its own cores. Prints a table and writes bench/results/queue_load.json.
                 queue (created → handed to Ray), Ray job start (→ `vae run` calls the trainer,
                 i.e. driver process start and imports), worker start (→ the first training step,
                 Ray Train's start-up), from the run's metrics.json (startup_s, first_step_at)
+
+--tiny (CI's smoke run, tests/test_benches.py): every part on both stores, 20 submissions from 4
+clients, 2 dispatched jobs, 1 counted first-step run (after the warm-up one); the JSON goes to
+--output (default: a temporary directory), never to bench/results/.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ from queue_support import ray_head, start_server, temporary_database, tiny_spec_
 
 TOKEN = "bench-token"
 TARGETS = {"submissions_per_s": 200.0, "dispatch_p95_s": 1.0, "submit_to_first_step_s": 5.0}
+TINY = {"submissions": 20, "concurrency": 4, "dispatch_jobs": 2, "first_step_runs": 1}
+sys.path.insert(0, str(REPO / "bench"))
+import _tiny  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -126,8 +134,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--dispatch-jobs", type=int, default=20)
     parser.add_argument("--first-step-runs", type=int, default=2)
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = _tiny.parse_args(parser, RESULTS, TINY)
 
     import tempfile
 
@@ -183,13 +190,14 @@ def main() -> None:
         "benchmark": "queue_load",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": False},
+        "tiny": args.tiny,
         "setup": {"submissions": args.submissions, "concurrency": args.concurrency, "dispatch_jobs": args.dispatch_jobs,
                   "first_step_runs": args.first_step_runs, "spec": "tiny: 256 images, MLP 784-32-2, 1 epoch, 1 worker",
                   "note": "load generator, API server, Ray head and jobs share the machine's cores"},
         "targets": TARGETS, "reached": reached, "met": met,
         "results": results,
     }, indent=2))
-    print(f"\nwrote {args.output.relative_to(REPO) if args.output.is_relative_to(REPO) else args.output}")
+    print(f"\nwrote {_tiny.shown(args.output)}")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,14 @@ Same model (MLP 784-400-20 VAE), same data (MNIST train split, on the device as 
 `core.loop.train_epoch`, in one run. Each mode runs in its own process, so every start-up cost
 is counted from `python` starting to the first training step.
 
-    python bench/train_throughput.py [--epochs 3] [--repeats 1] [--gpu]
+    python bench/train_throughput.py [--epochs 3] [--repeats 1] [--limit N] [--gpu]
+    python bench/train_throughput.py --tiny [--output PATH]
 
 Prints a table and writes bench/results/train_throughput.json. images/s is the training loop's
 own rate (steps only, no evaluation), averaged over the epochs after the first.
+
+--tiny (CI's smoke run, tests/test_benches.py): every mode, 1 epoch on 512 images; the JSON goes
+to --output (default: a temporary directory), never to bench/results/.
 """
 
 from __future__ import annotations
@@ -24,20 +28,24 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "train_throughput.json"
+TINY = {"epochs": 1, "limit": 512}
+sys.path.insert(0, str(REPO / "bench"))
+import _tiny  # noqa: E402
 
 
-def _spec(epochs: int, workers: int, cpus: float, gpu: bool, storage: str):
+def _spec(epochs: int, workers: int, cpus: float, gpu: bool, storage: str, limit: int = 0):
     from vae_service.core.spec_loading import validate_data
 
     return validate_data({
         "name": f"bench-{workers}w",
+        **({"data": {"limit": limit}} if limit else {}),
         "optim": {"epochs": epochs, "batch_size": 128, "seed": 0},
         "resources": {"num_workers": workers, "cpus_per_worker": cpus, "use_gpu": gpu},
         "storage": {"uri": storage, "keep_checkpoints": 1},
     })
 
 
-def run_plain(epochs: int, gpu: bool, process_start: float) -> dict:
+def run_plain(epochs: int, gpu: bool, process_start: float, limit: int = 0) -> dict:
     import torch
 
     from vae_service.core import from_spec
@@ -46,7 +54,7 @@ def run_plain(epochs: int, gpu: bool, process_start: float) -> dict:
     from vae_service.core.loop import train_epoch
     from vae_service.core.model import VAE
 
-    spec = _spec(epochs, 1, os.cpu_count() or 1, gpu, "/tmp/unused")
+    spec = _spec(epochs, 1, os.cpu_count() or 1, gpu, "/tmp/unused", limit)
     torch.set_num_threads(spec.resources.torch_threads)
     device = torch.device("cuda" if gpu else "cpu")
     data = from_spec.training_data(spec, device)
@@ -63,7 +71,7 @@ def run_plain(epochs: int, gpu: bool, process_start: float) -> dict:
     return {"rates": rates, "startup_s": first_step[0] - process_start}
 
 
-def run_ray(epochs: int, workers: int, gpu: bool, process_start: float) -> dict:
+def run_ray(epochs: int, workers: int, gpu: bool, process_start: float, limit: int = 0) -> dict:
     import tempfile
 
     from vae_service.jobs.execute import execute
@@ -74,21 +82,23 @@ def run_ray(epochs: int, workers: int, gpu: bool, process_start: float) -> dict:
     with tempfile.TemporaryDirectory() as storage:
         # Benchmark runs are not experiments: keep their MLflow records out of ./mlflow.db.
         os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{storage}/mlflow.db")
-        outcome = execute(_spec(epochs, workers, cpus, gpu, storage), reporter=Reporter.quiet())
+        outcome = execute(_spec(epochs, workers, cpus, gpu, storage, limit), reporter=Reporter.quiet())
         if outcome.error:
             sys.exit(str(outcome.error))
         result = outcome.result
     return {"rates": [row["images_per_s"] for row in result.history], "startup_s": result.first_step_at - process_start}
 
 
-def child(mode: str, epochs: int, gpu: bool, process_start: float) -> None:
-    out = run_plain(epochs, gpu, process_start) if mode == "plain" else run_ray(epochs, int(mode[-1]), gpu, process_start)
+def child(mode: str, epochs: int, gpu: bool, process_start: float, limit: int = 0) -> None:
+    out = (run_plain(epochs, gpu, process_start, limit) if mode == "plain"
+           else run_ray(epochs, int(mode[-1]), gpu, process_start, limit))
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def measure(mode: str, epochs: int, gpu: bool) -> dict:
+def measure(mode: str, epochs: int, gpu: bool, limit: int = 0) -> dict:
     start = time.time()
-    cmd = [sys.executable, __file__, "--child", mode, "--epochs", str(epochs), "--start", repr(start)] + (["--gpu"] if gpu else [])
+    cmd = [sys.executable, __file__, "--child", mode, "--epochs", str(epochs), "--limit", str(limit), "--start", repr(start)]
+    cmd += ["--gpu"] if gpu else []
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
     if done.returncode != 0 or line is None:
@@ -106,10 +116,10 @@ def main() -> None:
     parser.add_argument("--modes", default="plain,ray1,ray2", help="Comma-separated subset of plain,ray1,ray2.")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--start", type=float, help=argparse.SUPPRESS)
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    parser.add_argument("--limit", type=int, default=0, help="MNIST training images used (0: the whole train split).")
+    args = _tiny.parse_args(parser, RESULTS, TINY)
     if args.child:
-        child(args.child, args.epochs, args.gpu, args.start)
+        child(args.child, args.epochs, args.gpu, args.start, args.limit)
         return
 
     labels = {"plain": "plain PyTorch loop", "ray1": "Ray Train, 1 worker", "ray2": "Ray Train, 2 workers"}
@@ -119,7 +129,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     for _ in range(args.repeats):
         for mode in modes:  # interleaved, so drift in machine load hits every mode alike
-            runs[mode].append(measure(mode, args.epochs, args.gpu))
+            runs[mode].append(measure(mode, args.epochs, args.gpu, args.limit))
             print(f"  {mode}: {runs[mode][-1]['images_per_s']:,.0f} img/s", file=sys.stderr)
 
     base = statistics.mean(r["images_per_s"] for r in runs["plain"])
@@ -136,13 +146,15 @@ def main() -> None:
         "benchmark": "train_throughput",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": args.gpu},
-        "setup": {"model": "MLP 784-400-20 VAE", "data": "MNIST train split (54,000 images)",
+        "tiny": args.tiny,
+        "setup": {"model": "MLP 784-400-20 VAE",
+                  "data": f"MNIST train split ({args.limit:,} images)" if args.limit else "MNIST train split (54,000 images)",
                   "batch_size": 128, "epochs": args.epochs, "repeats": args.repeats,
                   "images_per_s": "mean over epochs after the first", "startup_s": "python start → first training step"},
         "target": "Ray Train 1 worker >= 0.95x the plain loop",
         "results": rows,
     }, indent=2))
-    print(f"\nwrote {args.output.relative_to(REPO) if args.output.is_relative_to(REPO) else args.output}")
+    print(f"\nwrote {_tiny.shown(args.output)}")
 
 
 if __name__ == "__main__":

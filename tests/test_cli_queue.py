@@ -127,7 +127,7 @@ def test_submit_wait_on_a_job_cancelled_meanwhile_exits_1(server):
         assert process.wait(timeout=30) == 1
     finally:
         process.kill()
-    wait_for(lambda: any(f"job {job_id} cancelled after" in line for line in lines), 10, "the closing line")
+    wait_for(lambda: any(f"job {job_id} cancelled after" in line for line in lines), 60, "the closing line")
 
 
 def test_ctrl_c_during_submit_wait_exits_130_and_the_job_goes_on(server):
@@ -138,6 +138,6 @@ def test_ctrl_c_during_submit_wait_exits_130_and_the_job_goes_on(server):
         assert process.wait(timeout=30) == 130
     finally:
         process.kill()
-    wait_for(lambda: any("stopped waiting; the job goes on" in line for line in lines), 10, "the goodbye line")
+    wait_for(lambda: any("stopped waiting; the job goes on" in line for line in lines), 60, "the goodbye line")
     assert not any("Traceback" in line for line in lines), lines
     assert job_state(api(server, ADMIN), job_id)["state"] == "queued"

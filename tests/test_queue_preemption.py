@@ -76,7 +76,7 @@ def test_an_urgent_job_preempts_a_long_one_which_resumes_from_its_checkpoint(hea
 
         urgent_id = bob.post("/jobs", params={"priority": 10}, content=tiny_spec_text("urgent", cpus=2)).json()["id"]
         # Preempted within seconds (the next dispatcher tick).
-        wait_for(lambda: job_state(alice, long_id)["state"] in ("preempting", "preempted", "queued"), 10, "the preemption")
+        wait_for(lambda: job_state(alice, long_id)["state"] in ("preempting", "preempted", "queued"), 30, "the preemption")
         stopped = wait_for(lambda: (j := job_state(alice, long_id))["state"] in ("preempted", "queued") and j, 90,
                            "the long job to checkpoint and stop")
         logged_before = epochs_logged(run_id)

@@ -155,7 +155,7 @@ def test_priority_order_one_at_a_time_and_cancel_running(head, tmp_path):
                 for rank, other in enumerate(waiting):  # and say why, with the numbers
                     held = f", the rest held for job {ids[waiting[0]]}, ranked ahead" if rank else ""
                     reason = f"waiting for 2 CPUs to be free (2 of 2 CPUs in use{held})"
-                    wait_for(lambda: job_state(http, ids[other])["waiting_reason"] == reason, 10, f"{other}: {reason}")
+                    wait_for(lambda: job_state(http, ids[other])["waiting_reason"] == reason, 60, f"{other}: {reason}")
                 # It is really running on Ray, not just admitted.
                 wait_for(lambda: ray_jobs_for(head)[ids[current]].status == "RUNNING", 30, f"Ray to run {current}")
                 response = http.post(f"/jobs/{ids[current]}/cancel")

@@ -129,8 +129,11 @@ def test_api_stays_responsive_and_a_standby_takes_over(hung, tmp_path):
             assert RAY_TOKEN not in text
         assert any("slow to answer" in text for _, _, text in logs)  # the ones beyond the slots: at once
         assert any("no answer within" in text for _, _, text in logs)  # the ones that asked Ray
-        assert max(took for _, took, text in logs if "slow to answer" in text) < 1.5
-        assert min(took for _, took, text in logs if "no answer within" in text) > SERVER_RAY_TIMEOUT_S * 0.9
+        # Those beyond the slots did not wait for Ray: each came back before any call that did
+        # (an order, not a number of seconds: it holds on a machine busy with other tests too).
+        waited = min(took for _, took, text in logs if "no answer within" in text)
+        assert waited > SERVER_RAY_TIMEOUT_S * 0.9
+        assert max(took for _, took, text in logs if "slow to answer" in text) < waited
 
         # The leader cannot reach Ray for its leadership timeout (6 s): it gives up its lock,
         # and the standby takes it.

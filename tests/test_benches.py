@@ -1,0 +1,195 @@
+"""The benchmarks stay runnable: every bench/*.py in its --tiny mode (every part it measures, the
+smallest sizes), as CI runs it: a subprocess, its JSON written to tmp_path, then checked for the
+bench's own keys with real measurements in them (a part that silently measured nothing fails).
+A tiny run must leave bench/results/ and docs/RESULTS.md as they were."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+# On 2 idle cores a tiny run takes about 1 (quality.py) to 5 minutes (data_throughput.py: seven
+# `vae run`s, each with its own local Ray); the limit leaves room for a machine shared with other
+# test runs (under a load of ~40 data_throughput.py needed over 14 minutes).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+BENCHES = sorted(path.stem for path in BENCH.glob("*.py") if not path.name.startswith("_"))  # _tiny.py: a helper
+RUN_LIMIT_S = 1740  # the subprocess's own limit, under the test's: its output is shown when it hangs
+# What a tiny run must leave untouched: the committed results and the report quality.py writes.
+COMMITTED = [*sorted((BENCH / "results").glob("*")), REPO / "docs" / "RESULTS.md", *sorted((REPO / "docs" / "figures").glob("*"))]
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def assert_positive(record: dict, *keys: str, where: str = "") -> None:
+    for key in keys:
+        assert key in record, f"{where}: no {key!r} in {sorted(record)}"
+        assert positive(record[key]), f"{where}.{key} = {record[key]!r}: not a positive finite number"
+
+
+# ---------------------------------------------------------------------------------------------
+# each bench's results
+
+
+def check_data_throughput(results: dict, output: Path) -> None:
+    assert {"throughput", "streaming_vs_memory_mnist", "memory", "object_store_mb", "machine", "when"} <= set(results)
+    cases = [row["case"] for row in results["throughput"]]
+    assert len(cases) == 4 and sum("streaming" in case for case in cases) == 2 and sum("PNG" in case for case in cases) == 2
+    for row in results["throughput"]:
+        assert_positive(row, "images_per_s", "wall_s", where=row["case"])
+        assert finite(row["val_neg_elbo"])
+    assert positive(results["streaming_vs_memory_mnist"]) and positive(results["object_store_mb"])
+    assert {row["loading"] for row in results["memory"]} == {"streaming", "memory"}
+    for row in results["memory"]:
+        assert_positive(row, "data_mb", "rows", "peak_mb", "images_per_s", where=f"memory {row['loading']}")
+
+
+def check_preemption(results: dict, output: Path) -> None:
+    assert {"benchmark", "median", "rounds", "setup"} <= set(results) and results["benchmark"] == "preemption"
+    assert len(results["rounds"]) == 1
+    timed = ["decision_s", "resources_free_s", "first_step_s", "idle_first_step_s", "ratio", "work_lost_s", "epoch_s",
+             "work_lost_epochs"]
+    for row in results["rounds"]:
+        assert_positive(row, *timed, where="round")
+        assert row["decision_s"] <= row["resources_free_s"]
+        assert row["attempts"] >= 2, "the long job was not preempted and resumed"
+        assert row["every_epoch_logged_once"] and row["same_mlflow_run"]
+    assert_positive(results["median"], *[key for key in timed if key != "epoch_s"], where="median")
+
+
+def check_quality(results: dict, output: Path) -> None:
+    assert {"iwae", "default", "dsprites", "figures", "machine", "updated"} <= set(results)
+    for section in ("iwae", "default"):
+        r = results[section]
+        assert_positive(r, "nll", "neg_elbo", "k", "n_images", "section_seconds", where=section)
+    runs = results["dsprites"]["runs"]
+    assert len(runs) == 1
+    assert_positive(runs[0], "neg_elbo", "steps", where="dsprites run")
+    for key in ("mig", "factorvae", "dci", "kl", "dci_informativeness"):
+        assert finite(runs[0][key]), f"dsprites {key} = {runs[0][key]!r}"
+    figures = output.parent / "figures"
+    for name in results["figures"]["files"]:
+        assert (figures / name).stat().st_size > 0, f"figure {name} not drawn under {figures}"
+    report = output.with_suffix(".md").read_text()
+    assert "IS-NLL" in report and "dSprites" in report and "figures/latent_manifold.png" in report
+
+
+def check_queue_load(results: dict, output: Path) -> None:
+    assert {"benchmark", "targets", "reached", "met", "results"} <= set(results) and results["benchmark"] == "queue_load"
+    measured = results["results"]
+    for backend in ("sqlite", "postgresql"):
+        submit, dispatch = measured[backend]["submit"], measured[backend]["dispatch"]
+        assert submit["errors"] == 0 and submit["submissions"] == 20
+        assert_positive(submit, "submissions_per_s", "wall_s", "p50_ms", "p95_ms", "p99_ms", where=f"{backend} submit")
+        assert_positive(dispatch, "p50_s", "p95_s", "max_s", where=f"{backend} dispatch")
+        assert dispatch["jobs"] == 2 and dispatch["each_handed_to_ray_once"]
+    first = measured["first_step"]  # the part that once read a log line that was gone
+    assert len(first["runs"]) == 1
+    parts = ["queue_s", "ray_job_start_s", "worker_start_s", "total_s"]
+    assert_positive(first, *parts, where="first_step")
+    assert_positive(first["runs"][0], *parts, where="first_step run")
+    assert_positive(results["reached"], "submissions_per_s", "dispatch_p95_s", "submit_to_first_step_s", where="reached")
+
+
+def check_sweep_efficiency(results: dict, output: Path) -> None:
+    assert {"benchmark", "setup", "trial_epochs_ratio", "best_gap", "met", "results"} <= set(results)
+    for kind in ("grid", "asha"):
+        run = results["results"][kind]
+        assert run["kind"] == kind and run["trials"] == 2 and run["finished"] >= 1
+        assert_positive(run, "trial_epochs", "best_val_neg_elbo", "wall_s", where=kind)
+        assert len(run["per_trial"]) == run["trials"]
+    assert positive(results["trial_epochs_ratio"]) and finite(results["best_gap"])
+
+
+def check_train_throughput(results: dict, output: Path) -> None:
+    assert {"benchmark", "setup", "results", "machine"} <= set(results) and results["benchmark"] == "train_throughput"
+    assert [row["mode"] for row in results["results"]] == ["plain", "ray1", "ray2"]
+    for row in results["results"]:
+        assert_positive(row, "images_per_s", "ratio_to_plain", "startup_s", where=row["mode"])
+        assert all(positive(rate) for run in row["runs"] for rate in run["per_epoch"])
+
+
+CHECKS = {name[len("check_"):]: check for name, check in globals().items() if name.startswith("check_")}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_env(tmp_path: Path) -> dict:
+    """This process's environment less any Ray cluster or token to attach to (a bench starts
+    its own), MNIST where the tests find it, MLflow in tmp_path."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env.update(VAE_DATA_DIR=os.environ["VAE_DATA_DIR"], MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
+               PYTHONUNBUFFERED="1")
+    return env
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc): what a bench started (`vae run`s, Ray, servers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def run_bench(command: list[str], env: dict) -> subprocess.CompletedProcess:
+    """`command` to the end, or killed at RUN_LIMIT_S with everything it started (by pid: its
+    `vae run`s would otherwise go on, each with its own Ray, after the test failed)."""
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = process.communicate(timeout=RUN_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        for pid in [process.pid, *descendants(process.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        out, err = process.communicate()
+        pytest.fail(f"{' '.join(command[1:])} ran past {RUN_LIMIT_S} s:\n{err[-4000:]}\n{out[-2000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def test_every_bench_has_its_checks():
+    assert sorted(CHECKS) == BENCHES, "a bench/*.py without a check here (or a check without its bench)"
+
+
+@pytest.mark.parametrize("name", BENCHES)
+def test_bench_tiny(name, tmp_path):
+    before = {path: path.read_bytes() for path in COMMITTED if path.is_file()}
+    output = tmp_path / "x.json"
+    started = time.monotonic()
+    done = run_bench([sys.executable, str(BENCH / f"{name}.py"), "--tiny", "--output", str(output)], bench_env(tmp_path))
+    took = time.monotonic() - started
+    assert done.returncode == 0, f"bench/{name}.py --tiny failed ({done.returncode}) after {took:.0f} s:\n" \
+                                 f"{done.stderr[-6000:]}\n{done.stdout[-3000:]}"
+    assert output.is_file(), f"no JSON at --output:\n{done.stdout[-3000:]}"
+    CHECKS[name](json.loads(output.read_text()), output)
+    assert "wrote" in done.stdout  # its table and where it wrote
+    changed = [str(path.relative_to(REPO)) for path, data in before.items() if not path.is_file() or path.read_bytes() != data]
+    assert not changed, f"a tiny run rewrote committed files: {changed}"
