@@ -81,11 +81,11 @@ async def submit_load(url: str, n: int, concurrency: int) -> dict:
             "p95_ms": 1000 * percentile(latencies, 95), "p99_ms": 1000 * percentile(latencies, 99)}
 
 
-def wait_state(client: httpx.Client, job_id: str, states: set, timeout: float) -> dict:
+def wait_state(client: httpx.Client, job_id: str, states: set, timeout: float, min_attempts: int = 0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.get(f"/jobs/{job_id}").json()
-        if job["state"] in states:
+        if job["state"] in states and job["attempts"] >= min_attempts:
             return job
         time.sleep(0.1)
     raise SystemExit(f"job {job_id} did not reach {states} in {timeout:.0f} s")
@@ -99,9 +99,12 @@ def dispatch_latency(server, jobs: int) -> dict:
     for _ in range(jobs):
         job_id = client.post("/jobs", content=tiny_spec_text("dispatch")).json()["id"]
         handed = wait_state(client, job_id, {"submitted", "running", "failed"}, 60)
-        client.post(f"/jobs/{job_id}/cancel")
         latencies.append(handed["dispatch_latency_s"])
-        attempts.append(handed["attempts"])
+        # `submitted` is committed before the hand-off to Ray counts its attempt: cancel once
+        # Ray has it, and read the attempts when the job has ended.
+        wait_state(client, job_id, {"submitted", "running", "failed"}, 60, min_attempts=1)
+        client.post(f"/jobs/{job_id}/cancel")
+        attempts.append(wait_state(client, job_id, {"cancelled", "failed", "succeeded"}, 60)["attempts"])
         time.sleep(1.0)
     return {"jobs": jobs, "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95),
             "max_s": max(latencies), "each_handed_to_ray_once": all(a == 1 for a in attempts)}

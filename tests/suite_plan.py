@@ -14,9 +14,14 @@ registered by tests/conftest.py.
   a test's own `@pytest.mark.timeout` wins.
 - **The fast tier stays fast.** `pytest -m "not slow"` is the inner loop; a test not marked
   slow that takes longer than UNMARKED_SLOW_S is named at the end of the run.
+- **What workers found reaches the end of the run**: the abuse suite's tally of hostile inputs
+  travels in the tests' reports (user_properties) and is printed here, in the one process that
+  sees every report.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import pytest
 
@@ -36,6 +41,7 @@ SHARED_GROUPS = {
 LONGEST_FIRST = [
     "tests/test_cluster.py",
     "tests/test_queue_ray.py", "tests/test_queue_preemption.py", "tests/test_queue_ui.py",
+    "tests/test_benches.py",
     "tests/test_sweeps.py",
     "tests/test_training_ray.py",
     "tests/test_own_data.py",
@@ -45,7 +51,6 @@ LONGEST_FIRST = [
     "tests/test_compare.py",
     "tests/test_eval_command.py",
     "tests/test_registry.py",
-    "tests/test_benches.py",
 ]
 
 
@@ -63,6 +68,7 @@ def group_of(item: pytest.Item) -> str | None:
     return None
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups into the node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: collection order after
@@ -78,14 +84,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 _unmarked_durations: dict[str, float] = {}
+_abuse_tally: dict[str, Counter] = {}  # the abuse suite's hostile inputs, from the reports (tests/abuse/conftest.py)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if "slow" not in report.keywords:
         _unmarked_durations[report.nodeid] = _unmarked_durations.get(report.nodeid, 0.0) + report.duration
+    for name, value in report.user_properties:
+        if name == "abuse_tally":
+            for surface, outcomes in value.items():
+                _abuse_tally.setdefault(surface, Counter()).update(outcomes)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
+    if _abuse_tally:
+        total = sum(sum(c.values()) for surface, c in _abuse_tally.items() if not surface.startswith("("))
+        terminalreporter.section(f"abuse suite: {total} hostile inputs tried")
+        for surface, outcomes in _abuse_tally.items():
+            detail = ", ".join(f"{outcome}: {count}" for outcome, count in sorted(outcomes.items()))
+            terminalreporter.write_line(f"{surface}: {sum(outcomes.values())} ({detail})")
     slow = sorted(((s, n) for n, s in _unmarked_durations.items() if s > UNMARKED_SLOW_S), reverse=True)
     if slow:
         terminalreporter.section(f"tests not marked slow that took over {UNMARKED_SLOW_S:.0f} s (mark them slow)")

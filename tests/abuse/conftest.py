@@ -1,5 +1,6 @@
 """The abuse suite's shared parts: the queue API over a real SQLite store, and the tally of
-hostile inputs tried and how each ended (printed at the end of the run, -s or not). Also makes
+hostile inputs tried and how each ended (printed at the end of the run, -s or not, by
+tests/suite_plan.py from the tests' reports). Also makes
 the shared test helpers (tests/queue_support.py) importable from this folder."""
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ from abuse_support import TALLY  # noqa: E402 (beside this file)
 TOKEN = "abuse-suite-token-0123456789"
 
 
-def pytest_terminal_summary(terminalreporter):
-    if not TALLY:
-        return
-    total = sum(sum(c.values()) for surface, c in TALLY.items() if not surface.startswith("("))
-    terminalreporter.section(f"abuse suite: {total} hostile inputs tried")
-    for surface, outcomes in TALLY.items():
-        detail = ", ".join(f"{outcome}: {count}" for outcome, count in sorted(outcomes.items()))
-        terminalreporter.write_line(f"{surface}: {sum(outcomes.values())} ({detail})")
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """The tally travels with each test's report (to the xdist controller, which prints it at the
+    end: tests/suite_plan.py), and starts again from nothing for the next test."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and TALLY:
+        report.user_properties.append(("abuse_tally", {surface: dict(c) for surface, c in TALLY.items()}))
+        TALLY.clear()
 
 
 @pytest.fixture(scope="module")
