@@ -474,6 +474,7 @@ def test_interpolate_on_a_vector_model_is_refused(cli, vector_model, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow  # starts the session's Ray cluster
 def test_encode_reads_the_test_split_of_the_models_own_data(cli, vector_model, ray_cluster):
     """`vae encode` on a model of your own data: the item is from the test share of data.source,
     standardised as in training (found by its μ among the test rows' encodings)."""

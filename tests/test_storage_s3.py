@@ -234,6 +234,7 @@ def test_unreachable_endpoint_fails_fast_with_a_clear_error(s3_server, tiny_spec
     assert not Path("s3:").exists() and not Path("vae-nowhere").exists()
 
 
+@pytest.mark.slow  # a real `vae run` that retries the storage with backoff
 def test_cli_prints_the_storage_error_as_one_line_and_exits_1(s3_server, tmp_path):
     spec = tmp_path / "tiny.yaml"
     spec.write_text("kind: train\nname: cli-s3\ndata: {limit: 2000}\nstorage: {uri: 's3://vae-nowhere/runs'}\n")
