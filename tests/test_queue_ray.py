@@ -1,8 +1,9 @@
 """The job queue end to end: a real Ray head with token auth (`ray start --head`), real
 `vae server` processes, real trainings, SQLite and PostgreSQL stores.
 
-One Ray head (2 CPUs) serves the whole module. Jobs that must run one at a time ask for both
-CPUs (`cpus_per_worker: 2`); jobs that only need to reach Ray fail fast on an unwritable storage.
+The session's token-auth Ray head (2 CPUs, shared with the other queue modules) serves it. Jobs
+that must run one at a time ask for both CPUs (`cpus_per_worker: 2`); jobs that only need to
+reach Ray fail fast on an unwritable storage.
 """
 
 from __future__ import annotations
