@@ -98,11 +98,11 @@ def dispatch_latency(server, jobs: int) -> dict:
     latencies, attempts = [], []
     for _ in range(jobs):
         job_id = client.post("/jobs", content=tiny_spec_text("dispatch")).json()["id"]
-        handed = wait_state(client, job_id, {"submitted", "running", "failed"}, 60)
-        latencies.append(handed["dispatch_latency_s"])
         # `submitted` is committed before the hand-off to Ray counts its attempt: cancel once
-        # Ray has it, and read the attempts when the job has ended.
-        wait_state(client, job_id, {"submitted", "running", "failed"}, 60, min_attempts=1)
+        # Ray has it (the latency is the job's stored created → submitted), and read the
+        # attempts when the job has ended.
+        handed = wait_state(client, job_id, {"submitted", "running", "failed"}, 60, min_attempts=1)
+        latencies.append(handed["dispatch_latency_s"])
         client.post(f"/jobs/{job_id}/cancel")
         attempts.append(wait_state(client, job_id, {"cancelled", "failed", "succeeded"}, 60)["attempts"])
         time.sleep(1.0)
