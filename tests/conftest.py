@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -48,15 +49,49 @@ def ray_address(ray_cluster) -> str:
     return ray_cluster.get_runtime_context().gcs_address
 
 
+class SharedHead:
+    """The queue modules' token-auth Ray head (2 CPUs): started when a module first asks for it,
+    stopped after the last test of those modules (`pytest_runtest_teardown` below: they run back
+    to back, one xdist group), so it does not idle through the rest of the session; a later
+    module that asks again gets a new one."""
+
+    def __init__(self):
+        self._stack: ExitStack | None = None
+        self._head = None
+
+    def get(self):
+        """The head, once no job on it is pending or running (each module starts with every CPU free)."""
+        from queue_support import ray_head
+
+        if self._head is None:
+            self._stack = ExitStack()
+            self._head = self._stack.enter_context(ray_head(num_cpus=2))
+        return self._head.wait_idle()
+
+    def stop(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+        self._stack = self._head = None
+
+
+_QUEUE_HEAD = SharedHead()
+
+
 @pytest.fixture(scope="session")
 def queue_head():
-    """`ray start --head` with token auth and 2 CPUs, shared by the queue's end-to-end modules
-    (test_queue_ray, test_queue_preemption, test_queue_ui: one xdist group, so one worker runs
-    them one after the other). Each module takes it through `head`, once it is idle."""
-    from queue_support import ray_head
+    """The head shared by the queue's end-to-end modules (test_queue_ray, test_queue_preemption,
+    test_queue_ui: one xdist group, so one worker runs them one after the other). Each module
+    takes it through its `head` fixture: `queue_head.get()`."""
+    yield _QUEUE_HEAD
+    _QUEUE_HEAD.stop()
 
-    with ray_head(num_cpus=2) as head:
-        yield head
+
+@pytest.hookimpl(trylast=True)  # after pytest's own, which tears down the module's servers on the head
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    # By module, not by fixture: a test of these modules that needs no head may sit between two that do.
+    in_group = lambda test: test is not None and suite_plan.group_of(test) == suite_plan.QUEUE_HEAD_GROUP  # noqa: E731
+    if in_group(item) and not in_group(nextitem):
+        _QUEUE_HEAD.stop()
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ registered by tests/conftest.py.
 
 - **Groups.** `--dist loadgroup` keeps the tests of one xdist group on one worker. A test that
   uses a module-scoped fixture (a trained model, a server) is grouped with its module, so the
-  fixture is built once; the queue's end-to-end modules share one Ray head (`queue_head`) and
-  so one group; the docker compose cluster is a group of its own. Every other test is a unit of
-  its own and goes wherever a worker is free.
+  fixture is built once; the queue's end-to-end modules share one Ray head (`queue_head`,
+  stopped once the group is done) and so one group; the docker compose cluster is a group of its
+  own. Every other test is a unit of its own and goes wherever a worker is free.
 - **Order.** Longest first (LONGEST_FIRST, measured on 2 cores): the compose cluster's image
   build and the long end-to-end modules start at once, and the many short tests fill the gaps.
 - **Time limits** by kind, so that a hung test fails with its name within minutes: the ini's
@@ -30,10 +30,11 @@ CLUSTER_LIMIT_S = 2400
 UNMARKED_SLOW_S = 10.0
 
 # Groups that span modules: the modules of a group share a session fixture that one worker holds.
+QUEUE_HEAD_GROUP = "queue-head"
 SHARED_GROUPS = {
-    "tests/test_queue_ray.py": "queue-head",
-    "tests/test_queue_preemption.py": "queue-head",
-    "tests/test_queue_ui.py": "queue-head",
+    "tests/test_queue_ray.py": QUEUE_HEAD_GROUP,
+    "tests/test_queue_preemption.py": QUEUE_HEAD_GROUP,
+    "tests/test_queue_ui.py": QUEUE_HEAD_GROUP,
     "tests/test_cluster.py": "docker-cluster",
 }
 # Where the time goes (2 cores, one worker): these start first, in this order; the rest keep

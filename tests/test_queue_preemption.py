@@ -37,7 +37,7 @@ LONG = ["optim.epochs=6", "data.limit=8192", "optim.batch_size=32", "model.hidde
 @pytest.fixture(scope="module")
 def head(queue_head):
     """The session's token-auth head (2 CPUs), shared with the other queue modules."""
-    return queue_head.wait_idle()
+    return queue_head.get()
 
 
 def server_env(head, workdir: Path, **settings) -> dict:

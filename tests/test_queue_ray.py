@@ -37,7 +37,7 @@ DIVERGES = ["--set", "optim.lr=1e30", "--set", "model.likelihood=gaussian"]  # f
 @pytest.fixture(scope="module")
 def head(queue_head):
     """The session's token-auth head (2 CPUs), shared with the other queue modules."""
-    return queue_head.wait_idle()
+    return queue_head.get()
 
 
 def server_env(head, workdir: Path, db_url: str) -> dict:

@@ -101,7 +101,7 @@ def test_ui_routes_headers_and_job_links(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def head(queue_head):
     """The session's token-auth head (2 CPUs), shared with the other queue modules."""
-    return queue_head.wait_idle()
+    return queue_head.get()
 
 
 @pytest.fixture(scope="module")
