@@ -1,24 +1,21 @@
 """The local cluster for tests/test_cluster.py, for real: a Docker engine, the images, the stack.
 
-On a machine that reaches package registries but no container registry (CI's), everything is
-built here: the base image with debootstrap (Debian's Python 3.11), the project image on it, and
-the offline stand-ins of infra/compose.offline.yml. Each step is skipped when its result exists:
-the base image is kept between runs by tag, and an image is rebuilt only when its build context
-(the files its Dockerfile copies, the Dockerfile, the base image) changed — each image carries
-the hash of its context as a label. The engine is stopped only if we started it. Every run is
-its own compose project, so two runs (or a user's stack) never share containers or volumes.
+On a machine that reaches package registries but no container registry (CI's), the images are
+built here the way the README tells a user to: infra/offline-build.sh (the base image with
+debootstrap, then the project image and the offline stand-ins of infra/compose.offline.yml, each
+only when its build context changed). Compose is `docker compose` (the CLI plugin
+infra/machine-setup.sh installs), whose exit code is the command's: a failed `up` fails. The
+engine is stopped only if we started it. Every run is its own compose project, so two runs (or a
+user's stack) never share containers or volumes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import secrets
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,8 +27,6 @@ from queue_support import free_ports
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = f"vaeclustertest{uuid.uuid4().hex[:8]}"  # unique per run: `down -v` removes only ours
 IMAGE_TAG = "cluster-test"
-BASE_IMAGE = "vae-base:bookworm"
-BUILD_EXTRA = REPO / "infra" / "build-extra"
 PORT_NAMES = ("VAE_API_PORT", "MLFLOW_PORT", "RAY_DASHBOARD_PORT", "S3_PORT")
 COMPOSE_FILES = ["-f", str(REPO / "docker-compose.yml"), "-f", str(REPO / "infra" / "compose.offline.yml")]
 
@@ -74,79 +69,11 @@ def docker_engine(log_dir: Path) -> Iterator[None]:
         log.close()
 
 
-def image_exists(name: str) -> bool:
-    return subprocess.run(["docker", "image", "inspect", name], capture_output=True).returncode == 0
-
-
-def ensure_base_image() -> None:
-    """Debian bookworm with Python 3.11, from Debian's own packages (no registry needed)."""
-    if image_exists(BASE_IMAGE):
-        return
-    if shutil.which("debootstrap") is None:
-        raise RuntimeError("debootstrap is missing: install it (.ci/run does)")
-    with tempfile.TemporaryDirectory(prefix="vae-base-") as root:
-        sh("debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates", "bookworm", root,
-           "http://deb.debian.org/debian", timeout=900)
-        tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
-        done = subprocess.run(["docker", "import", "-", BASE_IMAGE], stdin=tar.stdout, capture_output=True, text=True)
-        tar.wait()
-        if done.returncode != 0:
-            raise RuntimeError(f"docker import failed: {done.stderr}")
-
-
-def prepare_build_extra() -> None:
-    """torch from this machine's wheel store (the index would give the CUDA build), and pip's CA
-    bundle for the build (TLS is intercepted here): infra/build-extra/, ignored by git."""
-    wheels = BUILD_EXTRA / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    if not list(wheels.glob("torch-*.whl")):
-        sh(sys.executable, "-m", "pip", "download", "torch==2.13.0", "--no-deps", "-d", str(wheels), timeout=900)
-    cert = os.environ.get("PIP_CERT") or sh(sys.executable, "-m", "pip", "config", "get", "global.cert", check=False).stdout.strip()
-    if cert and Path(cert).is_file():
-        shutil.copyfile(cert, BUILD_EXTRA / "ca.crt")
-
-
-CONTEXT_LABEL = "vae.build-context"
-
-
-def context_hash(dockerfile: str, *inputs: str) -> str:
-    """A hash of what an image is built from: the Dockerfile, every file under `inputs` (paths
-    relative to the repository; caches left out) and the base image's id."""
-    digest = hashlib.sha256()
-    base_id = sh("docker", "image", "inspect", "-f", "{{.Id}}", BASE_IMAGE).stdout.strip()
-    digest.update(base_id.encode())
-    for name in (dockerfile, *inputs):
-        root = REPO / name
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        for path in files:
-            if "__pycache__" in path.parts or path.suffix == ".pyc":
-                continue
-            digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
-
-
-def build_if_changed(tag: str, dockerfile: str, *inputs: str, timeout: float) -> bool:
-    """Builds `tag` unless an image of that tag was built from the same context; True if built."""
-    wanted = context_hash(dockerfile, *inputs)
-    found = sh("docker", "image", "inspect", "-f", f'{{{{index .Config.Labels "{CONTEXT_LABEL}"}}}}', tag, check=False)
-    if found.returncode == 0 and found.stdout.strip() == wanted:
-        return False
-    sh("docker", "build", "-f", dockerfile, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
-       "--label", f"{CONTEXT_LABEL}={wanted}", "-t", tag, ".", timeout=timeout)
-    return True
-
-
-def build_images() -> list[str]:
-    """The project image and the offline PostgreSQL image, each built only if its context
-    changed; returns the tags that were built."""
-    prepare_build_extra()
-    built = []
-    if build_if_changed(f"vae-service:{IMAGE_TAG}", "infra/Dockerfile", "infra/requirements.lock", "infra/build-extra",
-                        "pyproject.toml", "README.md", "vae_service", timeout=1800):
-        built.append(f"vae-service:{IMAGE_TAG}")
-    if build_if_changed("vae-postgres:offline", "infra/offline/postgres.Dockerfile", "infra/offline", timeout=900):
-        built.append("vae-postgres:offline")
-    return built
+def build_images() -> str:
+    """The documented offline build, as a user runs it: infra/offline-build.sh (the base image once,
+    then each image only when its build context changed); returns what it said."""
+    done = sh("bash", "infra/offline-build.sh", timeout=2400, env={**os.environ, "VAE_IMAGE_TAG": IMAGE_TAG})
+    return done.stderr
 
 
 @dataclass
@@ -166,7 +93,7 @@ class Stack:
         return {**os.environ, **settings}
 
     def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-        return sh("docker-compose", "-p", PROJECT, *COMPOSE_FILES, *args, timeout=timeout, env=self.env, check=check)
+        return sh("docker", "compose", "-p", PROJECT, *COMPOSE_FILES, *args, timeout=timeout, env=self.env, check=check)
 
     def up(self, workers: int) -> None:
         self.compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "600", "--scale", f"ray-worker={workers}", timeout=900)
