@@ -20,7 +20,7 @@ LABEL=vae.build-context
 say() { echo "offline-build: $*" >&2; }
 
 if ! docker image inspect "$BASE" >/dev/null 2>&1; then
-    say "building $BASE with debootstrap (a few minutes)"
+    say "debootstrap → $BASE (a few minutes)"
     root=$(mktemp -d)
     trap 'rm -rf "$root"' EXIT
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$root" \
