@@ -80,5 +80,18 @@ def test_the_offline_override_replaces_only_what_cannot_be_pulled():
     override = compose("infra/compose.offline.yml")["services"]
     assert set(override) == {"postgres", "s3"}
     base = compose()["services"]
-    pulled = {name for name, service in base.items() if "build" not in service}
+    pulled = {name for name, service in base.items() if "build" not in service and service.get("pull_policy") != "never"}
     assert pulled == {"postgres", "s3"}
+    assert override["s3"]["pull_policy"] == "never"  # our image, built here
+
+
+def test_the_project_image_is_built_by_one_service_and_shared_by_all():
+    """`up --build` builds what has a build section, once per service: one service builds the
+    image, every other service that runs it never pulls it (it is built before they start)."""
+    services = compose()["services"]
+    image = services["buckets"]["image"]
+    builders = [name for name, service in services.items() if service.get("image") == image and "build" in service]
+    assert builders == ["buckets"], builders
+    users = [name for name, service in services.items() if service.get("image") == image]
+    assert {"mlflow", "ray-head", "ray-worker", "api"} <= set(users)
+    assert all(services[name]["pull_policy"] == "never" for name in users)
