@@ -101,10 +101,20 @@ def git_revision() -> str:
 
 
 def experiment_id(mlflow: MlflowClient, name: str) -> str:
+    """The experiment's id, created when it does not exist yet. Jobs that start at once may all
+    find it missing: a create that loses that race uses the experiment the winner made."""
+    from mlflow.exceptions import MlflowException
+
     existing = mlflow.get_experiment_by_name(name)
     if existing is not None:
         return existing.experiment_id
-    return mlflow.create_experiment(name, artifact_location=local_artifact_root(tracking_uri()))
+    try:
+        return mlflow.create_experiment(name, artifact_location=local_artifact_root(tracking_uri()))
+    except MlflowException:
+        existing = mlflow.get_experiment_by_name(name)
+        if existing is None:  # not the race: the create failed for its own reason
+            raise
+        return existing.experiment_id
 
 
 def local_artifact_root(uri: str) -> Optional[str]:
