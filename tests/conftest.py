@@ -88,10 +88,13 @@ def queue_head():
 
 @pytest.hookimpl(trylast=True)  # after pytest's own, which tears down the module's servers on the head
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    # By module, not by fixture: a test of these modules that needs no head may sit between two that do.
-    in_group = lambda test: test is not None and suite_plan.group_of(test) == suite_plan.QUEUE_HEAD_GROUP  # noqa: E731
-    if in_group(item) and not in_group(nextitem):
+    if _in_queue_modules(item) and not _in_queue_modules(nextitem):
         _QUEUE_HEAD.stop()
+
+
+def _in_queue_modules(test: pytest.Item | None) -> bool:
+    # By module, not by fixture: a test of these modules that needs no head may sit between two that do.
+    return test is not None and suite_plan.group_of(test) == suite_plan.QUEUE_HEAD_GROUP
 
 
 @pytest.fixture
