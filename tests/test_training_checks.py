@@ -183,11 +183,11 @@ def test_mlflow_store_and_credentials_reach_rank_0(ray_cluster, tiny_spec, run_j
 
     result = run_job(tiny_spec(optim__epochs=2, tracking__experiment="guarded", tracking__register_as="guarded"))
 
-    # Rank 0 read the run's history and logged its epochs through the proxy, from a Ray Train
-    # worker process, with the credentials (without them: 401, and the run would have failed; with
+    # Rank 0 read the run's history and logged its epochs through the proxy, from a training
+    # worker process (this one-worker run's Ray task), with the credentials (without them: 401, and the run would have failed; with
     # the wrong store, the driver's run would not exist there).
     from_workers = [(method, path.split("?")[0], ok) for method, path, ok, owner in proxy.seen
-                    if owner.startswith("ray::RayTrainWorker")]
+                    if owner.startswith(("ray::RayTrainWorker", "ray::train_one_worker"))]
     assert ("GET", "/api/2.0/mlflow/metrics/get-history", True) in from_workers, proxy.seen
     assert ("POST", "/api/2.0/mlflow/runs/log-batch", True) in from_workers, proxy.seen
     assert all(ok for _, _, ok in from_workers)

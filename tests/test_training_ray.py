@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,10 @@ def max_difference(a: dict, b: dict) -> float:
 def checkpoint_epochs(run_dir: str) -> list[int]:
     """The epoch of every checkpoint_* directory left in a (local) run directory."""
     return sorted(read_state(d)["epoch"] for d in Path(run_dir).glob("checkpoint_*") if d.is_dir())
+
+
+def timeless(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != M.IMAGES_PER_S}
 
 
 def comparable(record: dict) -> dict:
@@ -183,12 +188,43 @@ def test_resumed_run_matches_an_uninterrupted_one_and_old_checkpoints_are_pruned
     assert again.metrics["val_neg_elbo"] == resumed.metrics["val_neg_elbo"]
 
 
-def test_seeded_single_worker_run_is_reproducible(ray_cluster, tiny_spec, run_job):
-    a = run_job(tiny_spec(optim__seed=7))
-    b = run_job(tiny_spec(optim__seed=7))
-    c = run_job(tiny_spec(optim__seed=8))
-    assert a.metrics["val_neg_elbo"] == b.metrics["val_neg_elbo"]
-    assert a.metrics["train_loss"] == b.metrics["train_loss"]
+def one_worker_pids(job) -> tuple:
+    """Runs `job`; returns its result and the pids of the single-worker tasks' processes seen
+    while it ran (among this process's descendants: the session cluster's workers)."""
+    import psutil
+
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.02):
+            for process in psutil.Process().children(recursive=True):
+                try:
+                    if process.cmdline()[:1] and process.cmdline()[0].startswith("ray::train_one_worker"):
+                        seen.add(process.pid)
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        return job(), seen
+    finally:
+        done.set()
+        watcher.join()
+
+
+def test_seeded_single_worker_runs_are_reproducible_in_one_warm_process(ray_cluster, tiny_spec, run_job):
+    # One worker: a Ray task whose process Ray keeps for the next run (training/one_worker.py).
+    # A run between two identical ones, with another seed, model and thread count, must leave
+    # nothing behind in that process that changes the third run's result.
+    a, a_pids = one_worker_pids(lambda: run_job(tiny_spec(optim__seed=7)))
+    c, c_pids = one_worker_pids(lambda: run_job(tiny_spec(optim__seed=8, model__latent_dim=6, resources__cpus_per_worker=2)))
+    b, b_pids = one_worker_pids(lambda: run_job(tiny_spec(optim__seed=7)))
+    assert len(a_pids) == 1 and a_pids == b_pids == c_pids, (a_pids, c_pids, b_pids)  # the same warm process
+    assert [timeless(r) for r in a.history] == [timeless(r) for r in b.history]
+    assert timeless(a.metrics) == timeless(b.metrics)
+    assert max_difference(load_file(Path(a.model_dir, MODEL_FILE)), load_file(Path(b.model_dir, MODEL_FILE))) == 0
     assert a.metrics["val_neg_elbo"] != c.metrics["val_neg_elbo"]
 
 

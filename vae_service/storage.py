@@ -201,6 +201,14 @@ def delete_file(location: Location) -> None:
         pass
 
 
+def delete_dir(location: Location) -> None:
+    """Removes a directory and everything under it; nothing happens when it is not there."""
+    try:
+        location.filesystem.delete_dir(location.path)
+    except FileNotFoundError:
+        pass
+
+
 def is_dir(location: Location) -> bool:
     return location.filesystem.get_file_info(location.path).type == pafs.FileType.Directory
 

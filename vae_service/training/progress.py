@@ -1,7 +1,8 @@
 """Live progress from the workers to the driver's terminal.
 
 Rank 0 pushes step updates to a tiny Ray actor (fire and forget); a driver thread polls it
-and draws a rich progress bar. Per-epoch results come from Ray Train's own reports.
+and draws a rich progress bar. Per-epoch results come from Ray Train's own reports; a
+single-worker run (one_worker.py) reports its metrics and checkpoints to the same actor.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class ProgressBoard:
         self.failure: Optional[str] = None
         self.first_step_at: Optional[float] = None  # unix time of the first training step
         self.nodes: dict[int, str] = {}  # rank → the host it runs on
+        self.metrics: dict = {}  # a single-worker run's last report, and its last checkpoint's URI
+        self.checkpoint: Optional[str] = None
 
     def update(self, snapshot: dict) -> None:
         if self.first_step_at is None:
@@ -39,13 +42,21 @@ class ProgressBoard:
     def node(self, rank: int, host: str) -> None:
         self.nodes[rank] = host
 
+    def report(self, metrics: dict, checkpoint: Optional[str]) -> None:
+        self.metrics = metrics
+        self.checkpoint = checkpoint or self.checkpoint
+
+    def last_checkpoint(self) -> Optional[str]:
+        return self.checkpoint
+
     def fail(self, reason: str) -> None:
         """A failure that retrying cannot fix (e.g. a non-finite loss): the run must fail."""
         self.failure = reason
 
     def read(self) -> dict:
         return {"latest": self.latest, "epochs": self.epochs, "failure": self.failure, "first_step_at": self.first_step_at,
-                "nodes": [self.nodes[rank] for rank in sorted(self.nodes)]}
+                "nodes": [self.nodes[rank] for rank in sorted(self.nodes)], "metrics": self.metrics,
+                "checkpoint": self.checkpoint}
 
 
 class ProgressDisplay:

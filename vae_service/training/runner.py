@@ -1,4 +1,5 @@
-"""The Ray Train adapter: fits one spec on a TorchTrainer and hands back the trained model.
+"""The Ray Train adapter: fits one spec on a TorchTrainer (or, for one worker, a single Ray task:
+one_worker.py) and hands back the trained model.
 
 What a run *is* (its directory, its MLflow run, its outcome) belongs to `vae_service.jobs`; this
 module only knows how to get it trained on Ray. Embedded default: a local Ray started for the
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import ray
 import ray.train
@@ -26,6 +27,7 @@ from vae_service.core.resources import shortfall
 from vae_service.core.spec import ResourcesSpec, TrainSpec
 from vae_service.environment import forwarded_env
 from vae_service.sources.prepare import Prepared
+from vae_service.training import one_worker
 from vae_service.training.progress import ProgressBoard, ProgressDisplay
 from vae_service.training.ray_internals import AbortableTorchTrainer
 from vae_service.training.worker import train_loop_per_worker
@@ -116,66 +118,80 @@ def fit(
         console.print(f"resuming from {resume_from.name} (epoch {epoch + 1} of {spec.optim.epochs} done)", markup=False)
     ensure_ray()
     board = ProgressBoard.options(scheduling_strategy=on_this_node()).remote()
+    config = {
+        "spec": spec.model_dump(mode="json"),
+        "progress_board": board,
+        "resume_from": resume_from.uri if resume_from else None,
+        "mlflow_run_id": mlflow_run_id,
+        "data": {
+            "pipeline": data.pipeline,
+            "preprocessing": data.preprocessing.to_dict(),
+            "steps_per_epoch": data.steps_per_epoch(spec),
+            # your own data read on the driver, handed to every worker through the object store
+            "in_memory": ray.put(data.in_memory) if data.in_memory is not None else None,
+        },
+    }
     try:
-        trainer = AbortableTorchTrainer(
-            train_loop_per_worker,
-            interrupt=interrupt,
-            train_loop_config={
-                "spec": spec.model_dump(mode="json"),
-                "progress_board": board,
-                "resume_from": resume_from.uri if resume_from else None,
-                "mlflow_run_id": mlflow_run_id,
-                "data": {
-                    "pipeline": data.pipeline,
-                    "preprocessing": data.preprocessing.to_dict(),
-                    "steps_per_epoch": data.steps_per_epoch(spec),
-                    # your own data read on the driver, handed to every worker through the object store
-                    "in_memory": ray.put(data.in_memory) if data.in_memory is not None else None,
-                },
-            },
-            datasets=data.streams or None,
-            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=spec.resources.num_workers,
-                use_gpu=spec.resources.use_gpu,
-                resources_per_worker={"CPU": spec.resources.cpus_per_worker, "GPU": spec.resources.gpus},
-                placement_strategy=spec.resources.placement.upper(),
-            ),
-            run_config=ray.train.RunConfig(
-                name=run_dir.name,
-                storage_path=run_dir.parent.path,  # for S3: bucket/prefix, on the filesystem below
-                storage_filesystem=None if run_dir.is_local else run_dir.filesystem,
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.storage.keep_checkpoints),
-                failure_config=ray.train.FailureConfig(max_failures=spec.storage.max_failures),
-                worker_runtime_env={"env_vars": forwarded_env()},
-                callbacks=list(callbacks),
-            ),
-        )
-        result, board_state = _run(trainer, board, spec, run_dir, interrupt, console, show_progress)
+        if one_worker.suits(spec, callbacks):
+            def train() -> None:
+                one_worker.run(spec, config, run_dir, data.streams or {}, forwarded_env(), interrupt)
+        else:
+            train = _trainer(spec, config, run_dir, data, interrupt, callbacks).fit
+        result, board_state = _run(train, board, spec, run_dir, interrupt, console, show_progress)
     finally:
         ray.kill(board)
-    with result.checkpoint.as_directory() as directory:
+    checkpoint = result.checkpoint if result is not None else storage.checkpoint_from_uri(board_state["checkpoint"])
+    metrics = result.metrics if result is not None else board_state["metrics"]
+    with checkpoint.as_directory() as directory:
         state = read_state(directory)
         model = VAE(ModelConfig.from_dict(state["model_config"]))
         load_checkpoint(directory, model)
     return Fitted(
         model=model,
-        metrics=dict(result.metrics or {}),
-        checkpoint=run_dir.at(result.checkpoint.path).uri,
+        metrics=dict(metrics or {}),
+        checkpoint=run_dir.at(checkpoint.path).uri,
         history=board_state["epochs"],
         first_step_at=board_state["first_step_at"] or 0.0,
         nodes=board_state["nodes"],
     )
 
 
-def _run(trainer: AbortableTorchTrainer, board, spec: TrainSpec, run_dir: storage.Location, interrupt: Interrupt,
-         console: Console, show_progress: bool):
-    """Runs the trainer with the live display; returns (Ray's result, the board's state)."""
+def _trainer(spec: TrainSpec, config: dict, run_dir: storage.Location, data: Prepared, interrupt: Interrupt,
+             callbacks: tuple) -> AbortableTorchTrainer:
+    """Ray Train's TorchTrainer for a run of several workers (DDP), or one with callbacks."""
+    return AbortableTorchTrainer(
+        train_loop_per_worker,
+        interrupt=interrupt,
+        train_loop_config=config,
+        datasets=data.streams or None,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=spec.resources.num_workers,
+            use_gpu=spec.resources.use_gpu,
+            resources_per_worker={"CPU": spec.resources.cpus_per_worker, "GPU": spec.resources.gpus},
+            placement_strategy=spec.resources.placement.upper(),
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_dir.name,
+            storage_path=run_dir.parent.path,  # for S3: bucket/prefix, on the filesystem below
+            storage_filesystem=None if run_dir.is_local else run_dir.filesystem,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.storage.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=spec.storage.max_failures),
+            worker_runtime_env={"env_vars": forwarded_env()},
+            callbacks=list(callbacks),
+        ),
+    )
+
+
+def _run(train: Callable[[], Optional[ray.train.Result]], board, spec: TrainSpec, run_dir: storage.Location,
+         interrupt: Interrupt, console: Console, show_progress: bool):
+    """Trains with the live display; returns (Ray Train's result, or None for a single-worker
+    task, whose result is on the board; the board's state)."""
     try:
         with ProgressDisplay(board, spec.optim.epochs, console, enabled=show_progress):
-            result = trainer.fit()
+            result = train()
         board_state = ray.get(board.read.remote())
-    except ray.train.TrainingFailedError as exc:
+    except (ray.train.TrainingFailedError, ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError) as exc:
         if interrupt.requested:
             raise Interrupted(run_dir.uri) from None
         cause = _root_cause(exc)
@@ -191,7 +207,7 @@ def _run(trainer: AbortableTorchTrainer, board, spec: TrainSpec, run_dir: storag
         raise Interrupted(run_dir.uri)
     if board_state["failure"]:
         raise JobFailed(board_state["failure"])
-    if result.checkpoint is None:
+    if (result.checkpoint if result is not None else board_state["checkpoint"]) is None:
         raise JobFailed("training finished without a checkpoint")
     return result, board_state
 

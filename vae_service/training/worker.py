@@ -1,9 +1,11 @@
-"""What each Ray Train worker runs: ordinary PyTorch around the core loop.
+"""What each training worker runs: ordinary PyTorch around the core loop.
 
-Ray only prepares the model (DDP), tells each worker its rank, and persists what rank 0
-reports. Data in memory is sharded by us: every rank takes a disjoint 1/N of a seeded
-permutation. Streamed data is sharded by Ray Data (`get_dataset_shard`): equal shares, read
-chunk by chunk, each chunk shuffled and cut into batches.
+Whoever runs the worker (Ray Train's worker group, or a single-worker job's Ray task,
+`training/one_worker.py`) is its `Session`: it says the worker's rank and device, prepares the
+model (DDP), hands back the checkpoint to continue from and persists what rank 0 reports. Data in
+memory is sharded by us: every rank takes a disjoint 1/N of a seeded permutation. Streamed data is
+sharded by Ray Data (`dataset_shard`): equal shares, read chunk by chunk, each chunk shuffled and
+cut into batches.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 import socket
 import tempfile
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Protocol
 
 import ray.train
 import ray.train.torch
@@ -35,6 +37,46 @@ PROGRESS_INTERVAL_S = 0.5
 SHARD_SAMPLE = 65_536  # item hashes per rank and epoch compared across ranks (streamed data)
 SHUFFLE_CHUNK = 4096  # streamed items fetched at once and shuffled among themselves
 EVAL_BATCH = 1000
+
+
+class Session(Protocol):
+    """What the worker loop asks of whoever runs it."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def restored(self) -> Optional[ray.train.Checkpoint]:
+        """The checkpoint this run last reported, after a restart (None on a first start)."""
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module: ...
+
+    def report(self, metrics: dict, checkpoint_dir: Optional[str] = None) -> None:
+        """One epoch's metrics, with rank 0's checkpoint (a local directory to persist)."""
+
+    def dataset_shard(self, name: str) -> Any:
+        """This rank's iterator over the named Ray Dataset (streamed data)."""
+
+
+class RayTrainSession:
+    """A worker of Ray Train's worker group."""
+
+    def __init__(self) -> None:
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def restored(self) -> Optional[ray.train.Checkpoint]:
+        return ray.train.get_checkpoint()
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return ray.train.torch.prepare_model(model)
+
+    def report(self, metrics: dict, checkpoint_dir: Optional[str] = None) -> None:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+
+    def dataset_shard(self, name: str) -> Any:
+        return ray.train.get_dataset_shard(name)
 
 
 def seed_everything(seed: Optional[int], epoch: int, rank: int) -> None:
@@ -101,11 +143,14 @@ def _gather_check(world_size: int, shard: torch.Tensor, model: torch.nn.Module) 
 
 
 def train_loop_per_worker(config: dict) -> None:
+    """The function Ray Train runs on each worker of its group."""
+    train_loop(config, RayTrainSession())
+
+
+def train_loop(config: dict, session: Session) -> None:
     spec = TrainSpec.model_validate(config["spec"])
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
+    rank, world_size, device = session.rank, session.world_size, session.device
     torch.set_num_threads(spec.resources.torch_threads)
-    device = ray.train.torch.get_device()
     seed = spec.optim.seed
     board = config.get("progress_board")
     if board is not None:  # which machine each rank runs on (a multi-node run should say so)
@@ -120,7 +165,7 @@ def train_loop_per_worker(config: dict) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.optim.lr)
 
     start_epoch = 0
-    checkpoint = _latest_of(ray.train.get_checkpoint(), _explicit_resume(config))
+    checkpoint = _latest_of(session.restored(), _explicit_resume(config))
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(directory, model, optimizer, device)
@@ -131,12 +176,12 @@ def train_loop_per_worker(config: dict) -> None:
         # published): hand that checkpoint back so the driver can finish the run.
         if rank == 0:
             with checkpoint.as_directory() as directory:
-                ray.train.report(state["metrics"], checkpoint=ray.train.Checkpoint.from_directory(directory))
+                session.report(state["metrics"], directory)
         else:
-            ray.train.report(state["metrics"])
+            session.report(state["metrics"])
         return
 
-    model = ray.train.torch.prepare_model(model)
+    model = session.prepare_model(model)
     objective = from_spec.objective(spec)
     per_worker_batch = max(1, spec.optim.batch_size // world_size)
     rank_mean = _rank_mean(world_size)
@@ -151,7 +196,7 @@ def train_loop_per_worker(config: dict) -> None:
             steps = math.ceil(len(shard) / per_worker_batch)
         else:
             seen: list[torch.Tensor] = []  # item hashes: the shard check compares them across ranks
-            batches = _streamed(ray.train.get_dataset_shard("train"), per_worker_batch, (seed or 0) * 100_003 + epoch, seen)
+            batches = _streamed(session.dataset_shard("train"), per_worker_batch, (seed or 0) * 100_003 + epoch, seen)
             steps = source["steps_per_epoch"]
         try:
             stats = train_batches(
@@ -170,20 +215,20 @@ def train_loop_per_worker(config: dict) -> None:
         checks = _gather_check(world_size, shard, model)
         if rank == 0:
             last = epoch == spec.optim.epochs - 1
-            val = evaluate_batches(model, _items(data, "val"), binarize=spec.data.binarize)
-            test = evaluate_batches(model, _items(data, "test"), binarize=spec.data.binarize) if last else None
+            val = evaluate_batches(model, _items(session, data, "val"), binarize=spec.data.binarize)
+            test = evaluate_batches(model, _items(session, data, "test"), binarize=spec.data.binarize) if last else None
             metrics = M.epoch_record(epoch, train, checks, val, test)
             requested = spec.evaluation.metrics
-            metrics.update(M.evaluation_entries(requested, _final_evaluation(model, spec, data) if last and requested else None))
+            metrics.update(M.evaluation_entries(requested, _final_evaluation(session, model, spec, data) if last and requested else None))
             if board is not None:
                 board.finish_epoch.remote(metrics)
             if epoch_logger is not None:
                 epoch_logger.log(metrics)
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(tmp, model, optimizer, {"epoch": epoch, "metrics": metrics, "spec": spec.model_dump(mode="json")})
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+                session.report(metrics, tmp)
         else:
-            ray.train.report(M.epoch_record(epoch, train, checks))
+            session.report(M.epoch_record(epoch, train, checks))
 
 
 def _in_memory(spec: TrainSpec, source: dict, device: torch.device) -> Optional[Dataset]:
@@ -223,23 +268,23 @@ def _streamed(shard, batch_size: int, shuffle_seed: int, seen: list) -> Iterator
         carry_x, carry_h = x[order[whole:]], h[order[whole:]]
 
 
-def _items(data: Optional[Dataset], split: str) -> Iterator[torch.Tensor]:
+def _items(session: Session, data: Optional[Dataset], split: str) -> Iterator[torch.Tensor]:
     """Every item of the validation or test split, in batches: from memory, or read whole from
     its stream (these splits are not sharded)."""
     if data is not None:
         images = getattr(data, split).images
         yield from (images[i : i + EVAL_BATCH] for i in range(0, len(images), EVAL_BATCH))
         return
-    for batch in ray.train.get_dataset_shard(split).iter_torch_batches(batch_size=EVAL_BATCH):
+    for batch in session.dataset_shard(split).iter_torch_batches(batch_size=EVAL_BATCH):
         yield batch["x"]
 
 
-def _test_split(data: Optional[Dataset]) -> torch.Tensor:
+def _test_split(session: Session, data: Optional[Dataset]) -> torch.Tensor:
     """The test items the final evaluation uses (at most FIGURE_ITEMS of a stream)."""
     if data is not None:
         return data.test.images
     kept, count = [], 0
-    for batch in _items(None, "test"):
+    for batch in _items(session, None, "test"):
         kept.append(batch)
         count += len(batch)
         if count >= FIGURE_ITEMS:
@@ -247,10 +292,10 @@ def _test_split(data: Optional[Dataset]) -> torch.Tensor:
     return torch.cat(kept)[:FIGURE_ITEMS] if kept else torch.zeros(0)
 
 
-def _final_evaluation(model: torch.nn.Module, spec: TrainSpec, data: Optional[Dataset]) -> dict:
+def _final_evaluation(session: Session, model: torch.nn.Module, spec: TrainSpec, data: Optional[Dataset]) -> dict:
     """The spec's `evaluation` on the test split (and on the data's factors), as `vae eval` does."""
     e = spec.evaluation
-    return evaluation.evaluate(unwrap(model), e.metrics, test_images=_test_split(data), binarize=spec.data.binarize,
+    return evaluation.evaluate(unwrap(model), e.metrics, test_images=_test_split(session, data), binarize=spec.data.binarize,
                                factors=from_spec.factor_data(spec), nll_samples=e.nll_samples, points=e.points,
                                seed=spec.optim.seed or 0)
 
