@@ -1,12 +1,13 @@
 """Gives back the cluster resources of trials that Tune stops early.
 
-When ASHA stops a trial, Tune ends the trial's actor; the Train controller it owns dies with
-it, but the controller's placement group belongs to the sweep's Ray job and stays reserved. Ray
-Train's own cleaner for this case needs the state API (a dashboard, and a machine with a single
-Ray instance), which a local cluster may not have. So each trial's controller reports its
-placement groups here, and the sweep driver removes a trial's groups once the trial has ended.
+When ASHA stops a trial of several workers, Tune ends the trial's actor; the Train controller it
+owns dies with it, but the controller's placement group belongs to the sweep's Ray job and stays
+reserved. Ray Train's own cleaner for this case needs the state API (a dashboard, and a machine
+with a single Ray instance), which a local cluster may not have. So each trial's controller
+reports its placement groups here, and the sweep driver removes a trial's groups once the trial
+has ended. (A single-worker trial holds no placement group: its training task dies with the
+trial's actor, which owns it, and Ray frees its CPUs then.)
 """
-
 from __future__ import annotations
 
 import logging

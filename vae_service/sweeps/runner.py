@@ -93,7 +93,7 @@ def run_trials(spec: SweepSpec, sweep_dir: storage.Location, parent_run_id: str,
     ledger = PlacementGroupLedger.options(scheduling_strategy=on_this_node()).remote()
     progress = SweepProgress(f"sweep {sweep_dir.name}", list(spec.sweep.space), search.metrics(spec), spec.train.optim.epochs, console, enabled=show_progress)
     callbacks = [progress, ReleaseEndedTrials(ledger), records.RecordOutcomes(sweep_dir, interrupt)]
-    # The trial function itself only waits on its TorchTrainer, so it asks for no CPU (Tune
+    # The trial function itself only waits on its workers, so it asks for no CPU (Tune
     # refuses an empty request: 1 MiB of memory stands in); the concurrency limit keeps the
     # trials' Train workers within the cluster.
     trainable = tune.with_resources(

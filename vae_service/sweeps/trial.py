@@ -1,8 +1,9 @@
-"""One sweep trial: a Tune function trainable that runs a whole Ray Train run.
+"""One sweep trial: a Tune function trainable that runs a whole training run.
 
-Each trial is an ordinary train job (its own TorchTrainer and workers, its own nested MLflow
-run), run by the `train_trial` function the job layer hands in; its per-epoch reports reach
-Tune through `TuneReportCallback`, so ASHA and Optuna see every epoch. Its directory
+Each trial is an ordinary train job (its own workers — Ray Train's, or for one worker a Ray task
+whose process the next trial reuses —, its own nested MLflow run), run by the `train_trial`
+function the job layer hands in; its per-epoch reports reach Tune through `TuneReportCallback`,
+so ASHA and Optuna see every epoch. Its directory
 (`trials/<id>/` of the sweep) holds its checkpoints: a trial that is continued after an
 interruption picks up from its latest one.
 """

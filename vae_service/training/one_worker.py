@@ -14,7 +14,9 @@ What Ray Train does for a run, done here for this one:
   checkpoint: see runner.latest_checkpoint), and the newest `storage.keep_checkpoints` are kept;
 - failures: the task is retried up to `storage.max_failures` times, each attempt continuing from
   the last checkpoint this run reported (the progress board remembers it);
-- Ctrl-C and the queue's stop: the task is cancelled and its process ended; the checkpoints stay.
+- Ctrl-C and the queue's stop: the task is cancelled and its process ended; the checkpoints stay;
+- the run's Ray Train callbacks (`ray.train.UserCallback`, a sweep trial's report to Tune): each
+  report is handed to their `after_report` here, in the driver, as the controller would.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from vae_service.core.spec import TrainSpec
 from vae_service.training.worker import train_loop
 
 
-def suits(spec: TrainSpec, callbacks: tuple) -> bool:
-    """One worker, and no Ray Train callbacks to run (a sweep trial's report to Tune)."""
-    return spec.resources.num_workers == 1 and not callbacks
+REPORT_POLL_S = 0.2  # how often the driver hands new reports to the callbacks
+
+
+def suits(spec: TrainSpec) -> bool:
+    return spec.resources.num_workers == 1
 
 
 class TaskSession:
@@ -90,14 +94,25 @@ def train_one_worker(config: dict, run_dir: str, keep: int, datasets: dict) -> N
 
 
 def run(spec: TrainSpec, config: dict, run_dir: storage.Location, datasets: dict, env: dict[str, str],
-        interrupt: Interrupt) -> None:
-    """Runs the task to its end (raises Ray's error when its last attempt failed)."""
+        interrupt: Interrupt, callbacks: tuple = ()) -> None:
+    """Runs the task to its end (raises Ray's error when its last attempt failed). Callbacks that
+    are not `UserCallback`s concern a worker group (its placement group): this run has none."""
     task = train_one_worker.options(
         num_cpus=spec.resources.cpus_per_worker,
         num_gpus=spec.resources.gpus,
         max_retries=spec.storage.max_failures,
         retry_exceptions=True,
         runtime_env={"env_vars": env},
+        scheduling_strategy="DEFAULT",  # not inside a caller's placement group (a Tune trial's holds no CPU)
     ).remote(config, run_dir.uri, spec.storage.keep_checkpoints, datasets)
     interrupt.on_request(lambda: ray.cancel(task, force=True))
+    user_callbacks = [c for c in callbacks if isinstance(c, ray.train.UserCallback)]
+    board, passed, done = config["progress_board"], 0, not user_callbacks
+    while not done:
+        done = bool(ray.wait([task], timeout=REPORT_POLL_S)[0])
+        for metrics, uri in ray.get(board.reports_since.remote(passed)):
+            checkpoint = storage.checkpoint_from_uri(uri) if uri else None
+            for callback in user_callbacks:
+                callback.after_report(run_context=None, metrics=[metrics], checkpoint=checkpoint)
+            passed += 1
     ray.get(task)

@@ -28,8 +28,7 @@ class ProgressBoard:
         self.failure: Optional[str] = None
         self.first_step_at: Optional[float] = None  # unix time of the first training step
         self.nodes: dict[int, str] = {}  # rank → the host it runs on
-        self.metrics: dict = {}  # a single-worker run's last report, and its last checkpoint's URI
-        self.checkpoint: Optional[str] = None
+        self.reports: list[tuple[dict, Optional[str]]] = []  # a single-worker run's: (metrics, checkpoint URI)
 
     def update(self, snapshot: dict) -> None:
         if self.first_step_at is None:
@@ -43,11 +42,13 @@ class ProgressBoard:
         self.nodes[rank] = host
 
     def report(self, metrics: dict, checkpoint: Optional[str]) -> None:
-        self.metrics = metrics
-        self.checkpoint = checkpoint or self.checkpoint
+        self.reports.append((metrics, checkpoint))
+
+    def reports_since(self, count: int) -> list[tuple[dict, Optional[str]]]:
+        return self.reports[count:]
 
     def last_checkpoint(self) -> Optional[str]:
-        return self.checkpoint
+        return next((uri for _, uri in reversed(self.reports) if uri), None)
 
     def fail(self, reason: str) -> None:
         """A failure that retrying cannot fix (e.g. a non-finite loss): the run must fail."""
@@ -55,8 +56,8 @@ class ProgressBoard:
 
     def read(self) -> dict:
         return {"latest": self.latest, "epochs": self.epochs, "failure": self.failure, "first_step_at": self.first_step_at,
-                "nodes": [self.nodes[rank] for rank in sorted(self.nodes)], "metrics": self.metrics,
-                "checkpoint": self.checkpoint}
+                "nodes": [self.nodes[rank] for rank in sorted(self.nodes)],
+                "metrics": self.reports[-1][0] if self.reports else {}, "checkpoint": self.last_checkpoint()}
 
 
 class ProgressDisplay:

@@ -132,9 +132,9 @@ def fit(
         },
     }
     try:
-        if one_worker.suits(spec, callbacks):
+        if one_worker.suits(spec):
             def train() -> None:
-                one_worker.run(spec, config, run_dir, data.streams or {}, forwarded_env(), interrupt)
+                one_worker.run(spec, config, run_dir, data.streams or {}, forwarded_env(), interrupt, callbacks)
         else:
             train = _trainer(spec, config, run_dir, data, interrupt, callbacks).fit
         result, board_state = _run(train, board, spec, run_dir, interrupt, console, show_progress)
@@ -158,7 +158,7 @@ def fit(
 
 def _trainer(spec: TrainSpec, config: dict, run_dir: storage.Location, data: Prepared, interrupt: Interrupt,
              callbacks: tuple) -> AbortableTorchTrainer:
-    """Ray Train's TorchTrainer for a run of several workers (DDP), or one with callbacks."""
+    """Ray Train's TorchTrainer for a run of several workers (DDP)."""
     return AbortableTorchTrainer(
         train_loop_per_worker,
         interrupt=interrupt,
