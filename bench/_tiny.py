@@ -10,6 +10,7 @@ Options given explicitly still override the tiny sizes.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -48,3 +49,14 @@ def shown(path: Path) -> str:
     """`path` relative to the repository when it is inside it."""
     path = path.resolve()
     return str(path.relative_to(BENCH.parent)) if path.is_relative_to(BENCH.parent) else str(path)
+
+
+def start_shared_ray(num_cpus: int = 2, object_store_mb: int | None = None) -> None:
+    """One Ray for every run a tiny bench starts (each would otherwise start a local Ray of its
+    own); it ends with this process. The runs join it through RAY_ADDRESS, set here beside the
+    token settings that Ray's start put in this process's environment (the runs inherit both)."""
+    import ray
+
+    ray.init(num_cpus=num_cpus, object_store_memory=object_store_mb << 20 if object_store_mb else None,
+             include_dashboard=False, log_to_driver=False, configure_logging=False)
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address

@@ -206,17 +206,6 @@ def measure_memory(args, work: Path, env: dict) -> dict:
     return {"memory": rows, "object_store_mb": object_store_mb(store_env)}
 
 
-def start_shared_ray(object_store_mb: int) -> None:
-    """--tiny: one Ray for every `vae run`, its object store the memory part's size; it ends with
-    this process. The runs join it through RAY_ADDRESS, set here beside the token settings that
-    Ray's start put in this process's environment (the runs inherit both)."""
-    import ray
-
-    ray.init(num_cpus=2, object_store_memory=object_store_mb << 20, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
-    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3)
@@ -229,7 +218,7 @@ def main() -> None:
     args = _tiny.parse_args(parser, RESULTS, TINY)
     work = Path(tempfile.mkdtemp(prefix="vae-bench-data-"))
     if args.tiny:
-        start_shared_ray(args.object_store_mb)
+        _tiny.start_shared_ray(object_store_mb=args.object_store_mb)  # its object store: the memory part's size
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{work}/mlflow.db")
     results = json.loads(args.output.read_text()) if args.only and args.output.exists() else {}
     if args.only in (None, "throughput"):

@@ -10,8 +10,9 @@ is counted from `python` starting to the first training step.
 Prints a table and writes bench/results/train_throughput.json. images/s is the training loop's
 own rate (steps only, no evaluation), averaged over the epochs after the first.
 
---tiny (CI's smoke run, tests/test_benches.py): every mode, 1 epoch on 512 images; the JSON goes
-to --output (default: a temporary directory), never to bench/results/.
+--tiny (CI's smoke run, tests/test_benches.py): every mode, 1 epoch on 512 images, the Ray modes
+joining one Ray the bench starts; the JSON goes to --output (default: a temporary directory),
+never to bench/results/.
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ def main() -> None:
     modes = {m: labels[m] for m in args.modes.split(",")}
     if "plain" not in modes:
         parser.error("--modes must include plain (the baseline)")
+    if args.tiny:
+        _tiny.start_shared_ray()  # the runs' start-up then leaves out Ray's own: a tiny run's numbers mean nothing
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     for _ in range(args.repeats):
         for mode in modes:  # interleaved, so drift in machine load hits every mode alike
