@@ -94,9 +94,10 @@ def train_one_worker(config: dict, run_dir: str, keep: int, datasets: dict) -> N
 
 
 def run(spec: TrainSpec, config: dict, run_dir: storage.Location, datasets: dict, env: dict[str, str],
-        interrupt: Interrupt, callbacks: tuple = ()) -> None:
-    """Runs the task to its end (raises Ray's error when its last attempt failed). Callbacks that
-    are not `UserCallback`s concern a worker group (its placement group): this run has none."""
+        interrupt: Interrupt, callbacks: tuple = ()) -> tuple[Optional[ray.train.Checkpoint], dict]:
+    """Runs the task to its end; returns its last checkpoint and last metrics, as Ray Train's
+    Result has them (raises Ray's error when its last attempt failed). Callbacks that are not
+    `UserCallback`s concern a worker group (its placement group): this run has none."""
     task = train_one_worker.options(
         num_cpus=spec.resources.cpus_per_worker,
         num_gpus=spec.resources.gpus,
@@ -116,3 +117,5 @@ def run(spec: TrainSpec, config: dict, run_dir: storage.Location, datasets: dict
                 callback.after_report(run_context=None, metrics=[metrics], checkpoint=checkpoint)
             passed += 1
     ray.get(task)
+    metrics, uri = ray.get(board.result.remote())
+    return (storage.checkpoint_from_uri(uri) if uri else None), metrics

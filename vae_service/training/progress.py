@@ -50,14 +50,17 @@ class ProgressBoard:
     def last_checkpoint(self) -> Optional[str]:
         return next((uri for _, uri in reversed(self.reports) if uri), None)
 
+    def result(self) -> tuple[dict, Optional[str]]:
+        """What Ray Train's Result holds: the last metrics reported, the last checkpoint."""
+        return (self.reports[-1][0] if self.reports else {}), self.last_checkpoint()
+
     def fail(self, reason: str) -> None:
         """A failure that retrying cannot fix (e.g. a non-finite loss): the run must fail."""
         self.failure = reason
 
     def read(self) -> dict:
         return {"latest": self.latest, "epochs": self.epochs, "failure": self.failure, "first_step_at": self.first_step_at,
-                "nodes": [self.nodes[rank] for rank in sorted(self.nodes)],
-                "metrics": self.reports[-1][0] if self.reports else {}, "checkpoint": self.last_checkpoint()}
+                "nodes": [self.nodes[rank] for rank in sorted(self.nodes)]}
 
 
 class ProgressDisplay:

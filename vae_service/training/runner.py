@@ -133,15 +133,15 @@ def fit(
     }
     try:
         if one_worker.suits(spec):
-            def train() -> None:
-                one_worker.run(spec, config, run_dir, data.streams or {}, forwarded_env(), interrupt, callbacks)
+            def train() -> tuple[Optional[ray.train.Checkpoint], dict]:
+                return one_worker.run(spec, config, run_dir, data.streams or {}, forwarded_env(), interrupt, callbacks)
         else:
-            train = _trainer(spec, config, run_dir, data, interrupt, callbacks).fit
-        result, board_state = _run(train, board, spec, run_dir, interrupt, console, show_progress)
+            def train() -> tuple[Optional[ray.train.Checkpoint], dict]:
+                result = _trainer(spec, config, run_dir, data, interrupt, callbacks).fit()
+                return result.checkpoint, result.metrics
+        (checkpoint, metrics), board_state = _run(train, board, spec, run_dir, interrupt, console, show_progress)
     finally:
         ray.kill(board)
-    checkpoint = result.checkpoint if result is not None else storage.checkpoint_from_uri(board_state["checkpoint"])
-    metrics = result.metrics if result is not None else board_state["metrics"]
     with checkpoint.as_directory() as directory:
         state = read_state(directory)
         model = VAE(ModelConfig.from_dict(state["model_config"]))
@@ -183,13 +183,12 @@ def _trainer(spec: TrainSpec, config: dict, run_dir: storage.Location, data: Pre
     )
 
 
-def _run(train: Callable[[], Optional[ray.train.Result]], board, spec: TrainSpec, run_dir: storage.Location,
-         interrupt: Interrupt, console: Console, show_progress: bool):
-    """Trains with the live display; returns (Ray Train's result, or None for a single-worker
-    task, whose result is on the board; the board's state)."""
+def _run(train: Callable[[], tuple[Optional[ray.train.Checkpoint], dict]], board, spec: TrainSpec,
+         run_dir: storage.Location, interrupt: Interrupt, console: Console, show_progress: bool):
+    """Trains with the live display; returns ((the last checkpoint, the last metrics), the board's state)."""
     try:
         with ProgressDisplay(board, spec.optim.epochs, console, enabled=show_progress):
-            result = train()
+            checkpoint, metrics = train()
         board_state = ray.get(board.read.remote())
     except (ray.train.TrainingFailedError, ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError) as exc:
         if interrupt.requested:
@@ -207,9 +206,9 @@ def _run(train: Callable[[], Optional[ray.train.Result]], board, spec: TrainSpec
         raise Interrupted(run_dir.uri)
     if board_state["failure"]:
         raise JobFailed(board_state["failure"])
-    if (result.checkpoint if result is not None else board_state["checkpoint"]) is None:
+    if checkpoint is None:
         raise JobFailed("training finished without a checkpoint")
-    return result, board_state
+    return (checkpoint, metrics), board_state
 
 
 def _root_cause(exc: BaseException) -> str:
