@@ -99,6 +99,26 @@ def test_a_two_worker_job_trains_across_two_worker_containers(stack, tmp_path):
     picture(out)  # decodes, and holds a drawing (tests/png_checks.py)
 
 
+def test_no_secret_in_rays_logs_its_jobs_api_or_a_containers_log(stack):
+    """The job above ran with the S3 secret in every Ray container's environment (the nodes' own
+    credentials): it is in none of Ray's files on any node, nor in Ray's job listing (each job's
+    runtime environment), nor in any container's log; nor are the other secrets."""
+    import httpx
+
+    held = {name: stack.secrets[name] for name in ("S3_SECRET_KEY", "POSTGRES_PASSWORD", "VAE_API_TOKEN")}
+    listing = httpx.get(f"http://127.0.0.1:{stack.ports['RAY_DASHBOARD_PORT']}/api/jobs/", timeout=30,
+                        headers={"Authorization": f"Bearer {stack.secrets['RAY_AUTH_TOKEN']}"}).text
+    assert "VAE_JOB_SPEC" in listing  # the runtime environments are there
+    logs = stack.compose("logs", "--no-color").stdout
+    for container in stack.containers("ray-head") + stack.containers("ray-worker"):
+        patterns = [arg for secret in held.values() for arg in ("-e", secret)]
+        found = sh("docker", "exec", container, "grep", "-rlF", "-D", "skip", *patterns, "/tmp/ray", check=False)
+        assert (found.returncode, found.stdout) == (1, ""), f"a secret in {found.stdout or found.stderr} of {container[:12]}"
+    for name, secret in held.items():
+        assert secret not in listing, f"{name} is in Ray's job listing"
+        assert secret not in logs, f"{name} is in a container's log"
+
+
 def test_a_killed_worker_container_does_not_lose_the_job(stack):
     from mlflow.tracking import MlflowClient
 

@@ -15,9 +15,11 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 
+import httpx
 import pytest
 from queue_support import VAE, api, job_state, start_server, temporary_database, tiny_spec_text, wait_for
 
@@ -66,8 +68,11 @@ def test_ray_refuses_a_client_without_the_token(head):
 
 
 def test_submit_wait_succeeds_with_mlflow_run_and_live_logs(head, tmp_path):
-    """SQLite store. One job trains (1 CPU) while another fails fast, side by side."""
+    """SQLite store. One job trains (1 CPU) while another fails fast, side by side. The server
+    holds an S3 secret and an MLflow password: neither reaches Ray (its Jobs API, its logs)."""
     env = server_env(head, tmp_path, f"sqlite:///{tmp_path / 'queue.db'}")
+    held = {"AWS_SECRET_ACCESS_KEY": f"s3-secret-{uuid.uuid4().hex}", "MLFLOW_TRACKING_PASSWORD": f"mlflow-pw-{uuid.uuid4().hex}"}
+    env.update(held)
     server = start_server(tmp_path, env)
     (tmp_path / "tiny.yaml").write_text(tiny_spec_text("e2e-ok"))
     try:
@@ -125,6 +130,16 @@ def test_submit_wait_succeeds_with_mlflow_run_and_live_logs(head, tmp_path):
         assert refused.returncode == 2 and "refused the token" in refused.stderr
         unknown = cli(env, server, "status", "0000000000000000")
         assert unknown.returncode == 2 and "no job" in unknown.stderr
+
+        # Ray lists each job's runtime environment (this one's is there) and its runtime-env
+        # agent logs them: no secret of the server's is in either.
+        listing = httpx.get(f"{head.address}/api/jobs/", headers={"Authorization": f"Bearer {head.token}"}, timeout=30).text
+        assert job_id in listing and "VAE_JOB_SPEC" in listing
+        logs = {path: path.read_bytes() for path in head.temp_dir.rglob("*") if path.is_file() and not path.is_symlink()}
+        assert any(b"VAE_JOB_SPEC" in text for text in logs.values()), "no runtime environment found in Ray's logs"
+        for name, secret in held.items():
+            assert secret not in listing, f"{name} is in Ray's job listing"
+            assert [path.name for path, text in logs.items() if secret.encode() in text] == [], f"{name} is in Ray's logs"
     finally:
         server.stop()
 

@@ -1,5 +1,6 @@
-"""The settings handed to Ray Train workers (environment.forwarded_env) reach them: checked on the
-wire, against a real `mlflow server` behind a proxy that demands HTTP basic auth.
+"""The settings handed to training workers (environment.forwarded_env) reach them: checked on the
+wire, against a real `mlflow server` behind a proxy that demands HTTP basic auth. The password
+travels without a Ray runtime environment (environment.sealed_secrets), so Ray never logs it.
 
 MLflow's own basic-auth app needs Flask-WTF, which this project does not install; the proxy
 below is the stand-in: it refuses every request without the right `Authorization` header (401)
@@ -170,7 +171,7 @@ def guarded_mlflow(tmp_path):
 
 def test_mlflow_store_and_credentials_reach_rank_0(ray_cluster, tiny_spec, run_job, guarded_mlflow, monkeypatch):
     # Ray (the session's cluster, started before this test) never had these settings in its
-    # environment: a worker can only get them from the run's worker_runtime_env.
+    # environment: a worker can only get them from what the run hands it.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", guarded_mlflow["url"])
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", guarded_mlflow["username"])
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", guarded_mlflow["password"])
@@ -196,3 +197,8 @@ def test_mlflow_store_and_credentials_reach_rank_0(ray_cluster, tiny_spec, run_j
     mlflow = client()  # through the proxy, with the credentials
     assert mlflow.get_run(result.mlflow_run_id).info.status == "FINISHED"
     assert sorted(m.step for m in mlflow.get_metric_history(result.mlflow_run_id, "train_loss")) == [0, 1]
+    # The password reached the worker without a runtime environment: none of Ray's logs has it
+    # (its runtime-env agent logs every runtime environment it sets up).
+    logs = Path(ray_cluster._private.worker.global_worker.node.get_logs_dir_path())
+    holding = [path.name for path in logs.rglob("*") if path.is_file() and guarded_mlflow["password"].encode() in path.read_bytes()]
+    assert holding == [], f"the MLflow password is in Ray's logs: {holding}"

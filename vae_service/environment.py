@@ -11,9 +11,13 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator, MutableMapping, Optional
+from typing import TYPE_CHECKING, Iterator, MutableMapping, Optional
 
 from vae_service import storage
+from vae_service.core.errors import SECRET_VARIABLES, redact
+
+if TYPE_CHECKING:
+    import ray
 
 FORWARDED = (
     "VAE_DATA_DIR", "VAE_CACHE_DIR", "VAE_MNIST_MIRROR", "VAE_FASHION_MNIST_MIRROR",
@@ -80,13 +84,36 @@ def quiet_loggers(environ: MutableMapping[str, str] = os.environ) -> None:
 def forwarded_env() -> dict[str, str]:
     """FORWARDED variables and MLflow's process defaults (as this process's entry point applied
     them) that are set, paths made absolute, plus MLFLOW_TRACKING_URI (the default ./mlflow.db
-    made absolute, so every process logs to the same store)."""
+    made absolute, so every process logs to the same store). Holds credentials: never put it in
+    a Ray runtime environment whole (runtime_env_vars)."""
     env = {name: os.environ[name] for name in (*FORWARDED, *MLFLOW_PROCESS_DEFAULTS) if os.environ.get(name)}
     for name in ABSOLUTE_PATHS:
         if name in env:
             env[name] = str(Path(env[name]).expanduser().resolve())
     env["MLFLOW_TRACKING_URI"] = tracking_uri()
     return env
+
+
+def runtime_env_vars() -> dict[str, str]:
+    """forwarded_env() without its secrets: what may go into a Ray runtime environment. Ray's
+    runtime-env agent logs every runtime environment it sets up, and its Jobs API lists each
+    job's, so credentials travel otherwise: the workers of a run get them from sealed_secrets(),
+    a queued job's driver from its own node's environment (a cluster's nodes hold them)."""
+    return {name: value for name, value in forwarded_env().items() if not _secret(name, value)}
+
+
+def sealed_secrets() -> ray.ObjectRef:
+    """This process's secrets (those of forwarded_env()) in Ray's object store, for the workers of
+    a run to apply with `applied(ray.get(ref))`: an object is never logged, and a reference names
+    only its id. Needs Ray to be initialised."""
+    import ray  # only the processes that start runs use Ray here
+
+    return ray.put({name: value for name, value in forwarded_env().items() if _secret(name, value)})
+
+
+def _secret(name: str, value: str) -> bool:
+    """A secret's variable, or a value that carries credentials (a URL with a password in it)."""
+    return name in SECRET_VARIABLES or redact(value) != value
 
 
 @contextlib.contextmanager

@@ -12,20 +12,22 @@ job's run directory from its latest checkpoint. RAY_JOB_STOP_SIGNAL / RAY_JOB_ST
 are read by Ray's job supervisor, which runs with the job's environment: stopping the job sends
 its driver SIGTERM (a graceful stop, core/interrupt.py) and SIGKILL after the grace period.
 
-The env vars are visible to whoever can read the Ray job (the dashboard behind Ray's token);
-this service never logs them and never returns them from its API.
+The env vars are visible to whoever can read the Ray job (the dashboard behind Ray's token) and
+land in Ray's logs, so they hold no secret: the job's driver takes its credentials (S3 keys,
+MLflow password) from its own node's environment, as every node of the compose cluster has them
+(environment.runtime_env_vars).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from vae_service.environment import forwarded_env
+from vae_service.environment import runtime_env_vars
 from vae_service.queue.settings import PREEMPT_GRACE_S
 
 
 def job_env(job_id: str, spec_yaml: str, *, resume: bool = False, grace_s: int = PREEMPT_GRACE_S) -> dict[str, str]:
-    env = forwarded_env()
+    env = runtime_env_vars()
     env["VAE_JOB_ID"] = job_id
     env["VAE_JOB_SPEC"] = spec_yaml
     env["VAE_JOB_CWD"] = str(Path.cwd())

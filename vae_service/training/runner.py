@@ -25,7 +25,7 @@ from vae_service.core.interrupt import Interrupt
 from vae_service.core.model import VAE, ModelConfig
 from vae_service.core.resources import shortfall
 from vae_service.core.spec import ResourcesSpec, TrainSpec
-from vae_service.environment import forwarded_env
+from vae_service.environment import runtime_env_vars, sealed_secrets
 from vae_service.sources.prepare import Prepared
 from vae_service.training import one_worker
 from vae_service.training.progress import ProgressBoard, ProgressDisplay
@@ -123,6 +123,7 @@ def fit(
         "progress_board": board,
         "resume_from": resume_from.uri if resume_from else None,
         "mlflow_run_id": mlflow_run_id,
+        "secrets": sealed_secrets(),  # credentials, out of the runtime environment Ray logs
         "data": {
             "pipeline": data.pipeline,
             "preprocessing": data.preprocessing.to_dict(),
@@ -134,7 +135,7 @@ def fit(
     try:
         if one_worker.suits(spec):
             def train() -> tuple[Optional[ray.train.Checkpoint], dict]:
-                return one_worker.run(spec, config, run_dir, data.streams or {}, forwarded_env(), interrupt, callbacks)
+                return one_worker.run(spec, config, run_dir, data.streams or {}, runtime_env_vars(), interrupt, callbacks)
         else:
             def train() -> tuple[Optional[ray.train.Checkpoint], dict]:
                 result = _trainer(spec, config, run_dir, data, interrupt, callbacks).fit()
@@ -177,7 +178,7 @@ def _trainer(spec: TrainSpec, config: dict, run_dir: storage.Location, data: Pre
             storage_filesystem=None if run_dir.is_local else run_dir.filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.storage.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=spec.storage.max_failures),
-            worker_runtime_env={"env_vars": forwarded_env()},
+            worker_runtime_env={"env_vars": runtime_env_vars()},
             callbacks=list(callbacks),
         ),
     )

@@ -29,6 +29,7 @@ from vae_service.core.loop import EpochStats, NonFiniteLoss, evaluate_batches, t
 from vae_service.core.model import VAE, unwrap
 from vae_service.core.preprocessing import Preprocessing
 from vae_service.core.spec import TrainSpec
+from vae_service.environment import applied
 from vae_service.sources.prepare import FIGURE_ITEMS
 from vae_service.storage import checkpoint_from_uri
 from vae_service.tracking.epoch_logger import EpochLogger
@@ -144,7 +145,8 @@ def _gather_check(world_size: int, shard: torch.Tensor, model: torch.nn.Module) 
 
 def train_loop_per_worker(config: dict) -> None:
     """The function Ray Train runs on each worker of its group."""
-    train_loop(config, RayTrainSession())
+    with applied(ray.get(config["secrets"])):  # credentials, sealed by the driver (environment.sealed_secrets)
+        train_loop(config, RayTrainSession())
 
 
 def train_loop(config: dict, session: Session) -> None:
