@@ -26,6 +26,9 @@ if os.environ.get("MLFLOW_TRACKING_URI", "") == os.environ.get("VAE_TESTS_OWN_ML
         f"sqlite:///{tempfile.mkdtemp(prefix='vae-tests-mlflow-')}/mlflow.db"
 # The test process is an entry point, like the `vae` CLI: MLflow's process defaults, set once.
 apply_process_defaults()
+# The `mlflow server`s tests start run none of MLflow's server jobs (unused here): seven
+# job-queue worker processes and about 45 CPU-s less per server (as docker-compose.yml's).
+os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
 
 
 def pytest_configure(config):

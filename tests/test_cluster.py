@@ -1,6 +1,7 @@
 """The local cluster of docker-compose.yml, brought up for real (with infra/compose.offline.yml,
 since nothing can be pulled here): a 2-worker job trains across two worker containers to a
-registered model, a killed worker container does not lose the job, `down -v` cleans up.
+registered model, no secret reaches Ray's logs, a killed worker container does not lose the job,
+a restarted stack keeps its runs and models, `down -v` cleans up.
 
 Run alone with `pytest -m cluster`; `.ci/run` runs it. Its wall times (image build, stack
 start, each job) are printed at the end; with VAE_CLUSTER_TIMINGS=path they are also written
@@ -148,6 +149,24 @@ def test_a_killed_worker_container_does_not_lose_the_job(stack):
     steps = sorted({m.step for m in mlflow.get_metric_history(job["mlflow_run_id"], "val_neg_elbo")})
     assert steps == list(range(epochs)), steps  # every epoch, the ones after the kill included
     assert len(job["nodes"]) == 2 and victim[:12] not in " ".join(job["nodes"])  # finished without the victim
+
+
+def test_a_restarted_stack_keeps_its_runs_and_models(stack, tmp_path):
+    """`docker compose restart` (every container stopped and started again, the killed worker
+    too), then the README's `up`: nothing is recreated, the runs bucket holds what it held
+    (the offline S3 stand-in keeps its objects on its volume), and the registered model samples."""
+    containers = set(stack.compose("ps", "-aq").stdout.split())
+    runs = set(stack.keys("runs", "runs/"))
+    started = time.monotonic()
+    stack.compose("restart", timeout=600)
+    stack.up(workers=2)
+    timings["stack_restart_s"] = time.monotonic() - started
+    assert set(stack.compose("ps", "-aq").stdout.split()) == containers  # the same containers, none recreated
+    assert set(stack.keys("runs", "runs/")) == runs
+    out = tmp_path / "samples.png"
+    sampled = vae(stack, "sample", "models:/cluster-vae@candidate", "-n", "4", "-o", str(out), timeout=300)
+    assert sampled.returncode == 0, sampled.stderr + stack.logs()[-3000:]
+    picture(out)
 
 
 def test_down_removes_every_container_network_and_volume(stack):
