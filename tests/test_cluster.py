@@ -1,7 +1,7 @@
 """The local cluster of docker-compose.yml, brought up for real (with infra/compose.offline.yml,
 since nothing can be pulled here): a 2-worker job trains across two worker containers to a
-registered model, no secret reaches Ray's logs, a killed worker container does not lose the job,
-a restarted stack keeps its runs and models, `down -v` cleans up.
+registered model, no secret reaches Ray's logs, a killed worker container stalls the README's job
+only until it is back, a restarted stack keeps its runs and models, `down -v` cleans up.
 
 Run alone with `pytest -m cluster`; `.ci/run` runs it. Its wall times (image build, stack
 start, each job) are printed at the end; with VAE_CLUSTER_TIMINGS=path they are also written
@@ -27,6 +27,9 @@ VAE = str(Path(sys.executable).with_name("vae"))
 JOB = ["jobs/mnist-vae.yaml", "--set", "resources.num_workers=2", "--set", "resources.cpus_per_worker=1",
        "--set", "resources.placement=spread", "--set", "storage.max_failures=1",
        "--set", "tracking.register_as=cluster-vae", "--set", "tracking.experiment=cluster"]
+# The README's job, as its "Run a local cluster" section submits it (2 ranks x 2 CPUs, spread).
+README_JOB = ["jobs/mnist-vae.yaml", "--set", "resources.num_workers=2", "--set", "resources.placement=spread",
+              "--set", "tracking.register_as=cluster-vae", "--set", "tracking.experiment=cluster"]
 timings: dict[str, float] = {}
 
 
@@ -120,14 +123,17 @@ def test_no_secret_in_rays_logs_its_jobs_api_or_a_containers_log(stack):
         assert secret not in logs, f"{name} is in a container's log"
 
 
-def test_a_killed_worker_container_does_not_lose_the_job(stack):
+def test_a_killed_worker_container_stalls_the_readme_job_only_until_it_is_back(stack):
+    """The README's job as the README submits it: 2 ranks x 2 CPUs, spread, on two 2-CPU worker
+    containers, no storage.max_failures (the queue's default recovers from worker failures).
+    `docker kill` of one worker is a manual stop (compose does not restart it), and the other
+    cannot hold both ranks: the job keeps running, waiting; once the worker is started again
+    (the README's `up`), it goes on from its latest checkpoint and trains every epoch."""
     from mlflow.tracking import MlflowClient
 
     epochs = 8  # long enough (20,000 images) that the kill lands mid-training
     started = time.monotonic()
-    # Retries to spare: the first restart may be tried before Ray has marked the killed node dead.
-    submitted = vae(stack, "submit", *JOB, "--set", f"optim.epochs={epochs}", "--set", "data.limit=20000",
-                    "--set", "storage.max_failures=3", timeout=120)
+    submitted = vae(stack, "submit", *README_JOB, "--set", f"optim.epochs={epochs}", "--set", "data.limit=20000", timeout=120)
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip().splitlines()[0]
     prefix = f"runs/mnist-vae-{job_id}/"
@@ -139,8 +145,13 @@ def test_a_killed_worker_container_does_not_lose_the_job(stack):
     victim = stack.containers("ray-worker")[0]
     sh("docker", "kill", victim)
 
+    time.sleep(90)  # past Ray Train's 60 s limit on starting a worker group: it tries again, it does not fail
+    assert stack.job(job_id)["state"] == "running", stack.job(job_id)
+    stack.up(workers=2)  # starts the killed container again
+    assert victim in stack.containers("ray-worker")
+
     while stack.job(job_id)["state"] not in ("succeeded", "failed", "cancelled"):
-        assert time.monotonic() < deadline + 600, "the job did not end"
+        assert time.monotonic() < deadline + 900, "the job did not end"
         time.sleep(3)
     timings["job_with_a_killed_worker_s"] = time.monotonic() - started
     job = stack.job(job_id)
@@ -148,7 +159,7 @@ def test_a_killed_worker_container_does_not_lose_the_job(stack):
     mlflow = MlflowClient(tracking_uri=stack.mlflow_url)
     steps = sorted({m.step for m in mlflow.get_metric_history(job["mlflow_run_id"], "val_neg_elbo")})
     assert steps == list(range(epochs)), steps  # every epoch, the ones after the kill included
-    assert len(job["nodes"]) == 2 and victim[:12] not in " ".join(job["nodes"])  # finished without the victim
+    assert len(set(job["nodes"])) == 2, job["nodes"]
 
 
 def test_a_restarted_stack_keeps_its_runs_and_models(stack, tmp_path):

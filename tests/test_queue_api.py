@@ -71,6 +71,22 @@ def test_submit_yaml_then_read_it_back(client):
     assert detail["position"] == 0
 
 
+def test_a_queued_run_recovers_from_worker_failures_unless_its_spec_says_otherwise(client):
+    import yaml
+
+    def max_failures(query: str = "", spec: str = tiny_spec_text()) -> int:
+        response = client.post(f"/jobs{query}", content=spec)
+        assert response.status_code == 201, response.text
+        return yaml.safe_load(client.get(f"/jobs/{response.json()['id']}").json()["spec"])["storage"]["max_failures"]
+
+    assert max_failures() == 3  # the queue's default: a cluster may lose a node mid-run
+    assert max_failures("?set=storage.max_failures=0") == 0  # the spec's own value wins, even the spec default's
+    assert max_failures(spec=tiny_spec_text() + "storage: {max_failures: 1}\n") == 1
+    sweep = client.post("/jobs", content="kind: sweep\nsweep: {space: {optim.lr: {grid: [1e-3, 2e-3]}}}\n" + "train: {optim: {epochs: 1}}\n")
+    assert sweep.status_code == 201, sweep.text
+    assert yaml.safe_load(client.get(f"/jobs/{sweep.json()['id']}").json()["spec"])["train"]["storage"]["max_failures"] == 3
+
+
 def test_submit_json_body_names_the_submitter(client):
     spec = {"name": "from-json", "optim": {"epochs": 1}, "resources": {"num_workers": 2, "cpus_per_worker": 0.5}}
     response = client.post("/jobs", content=json.dumps(spec), headers={"Content-Type": "application/json",

@@ -79,5 +79,5 @@ def server(
         f"Ray {redact(settings.ray_address)}, dispatcher {'off' if no_dispatcher else 'on'}, tokens from {tokens.source}")
     application = create_app(store, tokens, ray=ray, dispatcher=dispatcher, leadership=leadership,
                              storage_uri=settings.storage_uri, policy=Policy.from_settings(settings),
-                             max_grid_points=settings.max_grid_points, quota=quota)
+                             max_grid_points=settings.max_grid_points, quota=quota, max_failures=settings.max_failures)
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)

@@ -33,16 +33,20 @@ def train_specs(job) -> list:
     return [job]
 
 
-def with_default_storage(job, uri: Optional[str]):
-    """The job with `storage.uri` set to `uri` where its spec leaves it at the default (a queue
-    on a cluster keeps runs where every node reaches them, e.g. a bucket)."""
-    if not uri:
-        return job
+def with_queue_defaults(job, uri: Optional[str], max_failures: int):
+    """The job with the queue's defaults where its spec leaves the field unset: `storage.uri`
+    (when `uri`: a queue on a cluster keeps runs where every node reaches them, e.g. a bucket)
+    and `storage.max_failures` (a cluster can lose a node mid-run: the run goes on from its
+    latest checkpoint instead of failing). A spec's own value wins."""
     if job.kind == "sweep":
-        return job.model_copy(update={"train": with_default_storage(job.train, uri)})
-    if "uri" in job.storage.model_fields_set:
+        return job.model_copy(update={"train": with_queue_defaults(job.train, uri, max_failures)})
+    if job.kind == "compare":
         return job
-    return job.model_copy(update={"storage": job.storage.model_copy(update={"uri": uri})})
+    chosen = job.storage.model_fields_set
+    defaults = {"uri": uri} if uri and "uri" not in chosen else {}
+    if "max_failures" not in chosen:
+        defaults["max_failures"] = max_failures
+    return job.model_copy(update={"storage": job.storage.model_copy(update=defaults)})
 
 
 def queued_run_dir(job, job_id: str) -> storage.Location:

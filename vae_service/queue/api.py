@@ -44,13 +44,13 @@ from vae_service.core.errors import one_line
 from vae_service.core.resources import preemptible, requested_resources
 from vae_service.core.spec_loading import MAX_SPEC_BYTES, SpecError, dump_spec, load_spec_text
 from vae_service.core.sweep_spec import MAX_GRID_POINTS
-from vae_service.jobs.locations import with_default_storage
+from vae_service.jobs.locations import with_queue_defaults
 from vae_service.queue import metrics
 from vae_service.queue.auth import Identity, TokenSet
 from vae_service.queue.policy import Policy
 from vae_service.queue.quotas import Quota
 from vae_service.queue.ray_jobs import RayJobs, RayUnavailable
-from vae_service.queue.settings import Settings
+from vae_service.queue.settings import QUEUED_MAX_FAILURES, Settings
 from vae_service.queue.states import TERMINAL, IllegalTransition, State
 from vae_service.queue.store import NewJob, Store, UnknownJob
 from vae_service.queue.ui import job_links, mount_ui
@@ -109,10 +109,12 @@ def problems_response(problems) -> JSONResponse:
 
 def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, dispatcher=None,
                leadership=None, storage_uri: Optional[str] = None, policy: Optional[Policy] = None,
-               max_grid_points: int = MAX_GRID_POINTS, quota: Optional[Quota] = None) -> FastAPI:
+               max_grid_points: int = MAX_GRID_POINTS, quota: Optional[Quota] = None,
+               max_failures: int = QUEUED_MAX_FAILURES) -> FastAPI:
     """The API over `store`. With a `dispatcher` (and its `leadership`), the app runs it in a
     thread for its lifetime; `ray` serves the logs; `storage_uri` is where jobs whose spec names
-    no storage keep their runs; `policy` who may do what (default: from the VAE_ settings)."""
+    no storage keep their runs, `max_failures` the worker failures they recover from when it sets
+    none; `policy` who may do what (default: from the VAE_ settings)."""
     wake = dispatcher.wake if dispatcher is not None else threading.Event()
     policy = policy or Policy.from_settings(Settings())
     quota = quota or Quota.from_settings(Settings())
@@ -193,8 +195,8 @@ def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, di
 
     def _create(spec_text: str, priority: int, overrides: list[str], identity: Identity, key: Optional[str]):
         try:
-            spec = with_default_storage(load_spec_text(spec_text, "<request>", overrides, max_grid_points=max_grid_points),
-                                        storage_uri)
+            spec = with_queue_defaults(load_spec_text(spec_text, "<request>", overrides, max_grid_points=max_grid_points),
+                                       storage_uri, max_failures)
         except SpecError as exc:
             return problems_response(exc.problems)
         try:

@@ -11,6 +11,9 @@
     VAE_JOB_PYTHON      the Python that runs jobs on the cluster (default: this interpreter)
     VAE_STORAGE_URI     where queued jobs keep their runs when their spec names no storage.uri
                         (default: the spec's own default, runs/ in the server's directory)
+    VAE_MAX_FAILURES    worker failures (a lost node, a killed process) a queued run recovers from,
+                        from its latest checkpoint, when its spec sets no storage.max_failures
+                        (default 3)
     VAE_MAX_GRID_POINTS the most trials an all-grid sweep may make (default and ceiling 10,000)
     VAE_MLFLOW_UI_URL   the MLflow UI that the web page (/ui) links runs to (default:
                         MLFLOW_TRACKING_URI when that is an http(s) URL, else no links)
@@ -58,6 +61,7 @@ DEFAULT_RAY_ADDRESS = "http://127.0.0.1:8265"
 TOKEN_FILE_NAME = "api_token"
 PREEMPT_MIN_RUN_S = 120.0  # the thrash guard
 PREEMPT_GRACE_S = 30  # from SIGTERM to SIGKILL when Ray stops a job
+QUEUED_MAX_FAILURES = 3  # a queued run's storage.max_failures unless its spec says
 
 
 class Settings(BaseSettings):
@@ -72,6 +76,7 @@ class Settings(BaseSettings):
     ray_timeout_s: float = Field(10.0, gt=0, le=600)
     job_python: Optional[str] = None
     storage_uri: Optional[str] = None
+    max_failures: int = Field(QUEUED_MAX_FAILURES, ge=-1)
     admins: Optional[str] = None
     max_user_priority: int = 100
     register_names: str = "*"
