@@ -78,6 +78,14 @@ def sync(s3, root: Path, kept: dict[tuple[str, str], str]) -> None:
             del kept[bucket_key]
 
 
+def copy(s3, root: Path, kept: dict[tuple[str, str], str]) -> None:
+    """sync(), where a failure is said and the server keeps serving (the next copy tries again)."""
+    try:
+        sync(s3, root, kept)
+    except (OSError, ClientError) as exc:
+        print(f"s3 stand-in: copying to {root} failed: {exc}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", type=Path)
@@ -98,8 +106,8 @@ def main() -> None:
     print(f"s3 stand-in: {len(kept)} objects restored from {args.dir}", flush=True)
     READY.touch()
     while not stopping.wait(args.sync_every):
-        sync(s3, args.dir, kept)
-    sync(s3, args.dir, kept)
+        copy(s3, args.dir, kept)
+    copy(s3, args.dir, kept)
     print(f"s3 stand-in: {len(kept)} objects kept in {args.dir}", flush=True)
     READY.unlink(missing_ok=True)
     server.stop()
