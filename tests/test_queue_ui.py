@@ -49,6 +49,9 @@ def test_job_links_strip_credentials_and_need_http():
     assert job_links(job, Settings(ray_address="http://[::1]:8265", mlflow_ui_url=None))["ray"] == "http://[::1]:8265/#/jobs/0123abcd"
     not_yet = SimpleNamespace(mlflow_run_id=None, ray_submission_id=None)
     assert job_links(not_yet, settings) == {"mlflow": None, "ray": None}
+    # Where the server reaches Ray by a name a browser cannot (compose's ray-head), VAE_RAY_UI_URL wins.
+    behind = Settings(ray_address="http://ray-head:8265", ray_ui_url="http://127.0.0.1:8266/")
+    assert job_links(job, behind)["ray"] == "http://127.0.0.1:8266/#/jobs/0123abcd"
 
 
 def test_mlflow_ui_url_defaults_to_an_http_tracking_uri(monkeypatch):

@@ -17,6 +17,8 @@
     VAE_MAX_GRID_POINTS the most trials an all-grid sweep may make (default and ceiling 10,000)
     VAE_MLFLOW_UI_URL   the MLflow UI that the web page (/ui) links runs to (default:
                         MLFLOW_TRACKING_URI when that is an http(s) URL, else no links)
+    VAE_RAY_UI_URL      the Ray dashboard that the web page links jobs to, as a browser reaches
+                        it (default: VAE_RAY_ADDRESS, the same server)
 
 Who may do what (queue/policy.py; the server reads these):
 
@@ -89,6 +91,7 @@ class Settings(BaseSettings):
     preempt_min_run_s: float = Field(PREEMPT_MIN_RUN_S, ge=0)
     preempt_grace_s: int = Field(PREEMPT_GRACE_S, ge=1, le=3600)
     mlflow_ui_url: Optional[str] = Field(default_factory=lambda: _http_url(os.environ.get("MLFLOW_TRACKING_URI")))
+    ray_ui_url: Optional[str] = None
 
     @property
     def home_dir(self) -> Path:

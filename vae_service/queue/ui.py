@@ -49,8 +49,9 @@ def mount_ui(app: FastAPI, settings: Settings) -> None:
 def job_links(job, settings: Settings) -> dict:
     """{"mlflow": URL or None, "ray": URL or None}: the job's MLflow run and its Ray job in their
     web UIs. MLflow's `#/runs/<id>` finds the run's experiment itself; Ray's dashboard takes a
-    submission id at `#/jobs/<id>`."""
-    ray = _base_url(settings.ray_address)
+    submission id at `#/jobs/<id>`. The dashboard is the Jobs API's server (VAE_RAY_ADDRESS) unless
+    VAE_RAY_UI_URL names the address a browser reaches it at."""
+    ray = _base_url(settings.ray_ui_url or settings.ray_address)
     mlflow = _base_url(settings.mlflow_ui_url)
     return {
         "mlflow": f"{mlflow}/#/runs/{quote(job.mlflow_run_id, safe='')}" if mlflow and job.mlflow_run_id else None,
