@@ -436,6 +436,7 @@ README_FIGURES = {"reconstructions", "prior_samples", "latent_scatter", "latent_
                   "latent_traversals", "interpolation", "interpolation_slerp"}  # + latent_manifold when 2-D
 
 
+@pytest.mark.slow  # a whole run's figures: 10-26 s
 @pytest.mark.parametrize("name, expected", [("mlp5", README_FIGURES), ("mlp2", README_FIGURES | {"latent_manifold"})])
 def test_a_run_gets_exactly_the_figures_the_readme_lists(name, expected, images, labels, tmp_path, request):
     """render_run_figures writes the README's figures, no more and no fewer: 8, and 9 with a 2-D
@@ -490,6 +491,7 @@ def test_rgb_images_are_drawn_in_colour(rgb, rgb_images):
     assert C.to_picture(torch.zeros(1, 5, 6)).shape == (5, 6)  # grey stays (H, W)
 
 
+@pytest.mark.slow  # a whole run's figures: 10-26 s
 def test_an_rgb_run_gets_colour_figures(rgb, rgb_images, tmp_path):
     from matplotlib.image import imread
 
@@ -506,6 +508,7 @@ def test_an_rgb_run_gets_colour_figures(rgb, rgb_images, tmp_path):
     assert np.abs(picture[..., 0] - picture[..., 1]).max() > 0.1  # red and green differ somewhere: colour
 
 
+@pytest.mark.slow  # a whole run's figures: 10-26 s
 def test_a_vector_model_gets_the_figures_without_pictures(vectors_model, vectors, tmp_path):
     from vae_service.core.data import ImageSplit
     from vae_service.viz.run_figures import render_run_figures

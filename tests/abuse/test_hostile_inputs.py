@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -214,6 +215,7 @@ def expect_named(field: str, raw: bytes, problems: list, code: int) -> None:
 # the suite
 
 
+@pytest.mark.slow  # hundreds of `vae validate` processes: 12-15 s alone, over a minute on a loaded machine
 def test_hostile_specs_through_vae_validate(tmp_path):
     seen: Counter = Counter()
     kinds: Counter = Counter()
@@ -253,6 +255,7 @@ def test_hostile_specs_through_post_jobs(api):
     assert seen["refused (422)"] > EXAMPLES // 2 and seen["queued (201)"] > 0
 
 
+@pytest.mark.slow  # hundreds of `vae validate` processes: 12-15 s alone, over a minute on a loaded machine
 def test_hostile_set_values_through_vae_validate_and_post_jobs(tmp_path, api):
     base = yaml.safe_dump(TRAIN).encode()
 
@@ -276,6 +279,7 @@ def test_hostile_set_values_through_vae_validate_and_post_jobs(tmp_path, api):
     assert seen["refused (exit 2)"] > EXAMPLES // 3
 
 
+@pytest.mark.slow  # hundreds of `vae validate` processes: 12-15 s alone, over a minute on a loaded machine
 def test_garbage_through_vae_validate_and_post_jobs(tmp_path, api):
     seen: Counter = Counter()
     http: Counter = Counter()
