@@ -24,12 +24,11 @@ from png_checks import picture
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(2400)]
 VAE = str(Path(sys.executable).with_name("vae"))
-JOB = ["jobs/mnist-vae.yaml", "--set", "resources.num_workers=2", "--set", "resources.cpus_per_worker=1",
-       "--set", "resources.placement=spread", "--set", "storage.max_failures=1",
-       "--set", "tracking.register_as=cluster-vae", "--set", "tracking.experiment=cluster"]
 # The README's job, as its "Run a local cluster" section submits it (2 ranks x 2 CPUs, spread).
 README_JOB = ["jobs/mnist-vae.yaml", "--set", "resources.num_workers=2", "--set", "resources.placement=spread",
               "--set", "tracking.register_as=cluster-vae", "--set", "tracking.experiment=cluster"]
+# The same at 1 CPU a rank (both ranks fit on one worker), for the checks that need no more.
+JOB = README_JOB + ["--set", "resources.cpus_per_worker=1", "--set", "storage.max_failures=1"]
 timings: dict[str, float] = {}
 
 
@@ -60,6 +59,13 @@ def stack(tmp_path_factory):
 
 def vae(stack: Stack, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run([VAE, *args], capture_output=True, text=True, cwd=REPO, env=stack.client_env(), timeout=timeout)
+
+
+def sample_the_registered_model(stack: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "samples.png"
+    sampled = vae(stack, "sample", "models:/cluster-vae@candidate", "-n", "4", "-o", str(out), timeout=300)
+    assert sampled.returncode == 0, sampled.stderr + stack.logs()[-3000:]
+    picture(out)  # decodes, and holds a drawing (tests/png_checks.py)
 
 
 def test_a_two_worker_job_trains_across_two_worker_containers(stack, tmp_path):
@@ -97,10 +103,7 @@ def test_a_two_worker_job_trains_across_two_worker_containers(stack, tmp_path):
     assert stack.keys("mlflow", "artifacts/")
 
     # The registered model, sampled from this machine against the cluster's MLflow.
-    out = tmp_path / "samples.png"
-    sampled = vae(stack, "sample", "models:/cluster-vae@candidate", "-n", "4", "-o", str(out), timeout=300)
-    assert sampled.returncode == 0, sampled.stderr
-    picture(out)  # decodes, and holds a drawing (tests/png_checks.py)
+    sample_the_registered_model(stack, tmp_path)
 
 
 def test_no_secret_in_rays_logs_its_jobs_api_or_a_containers_log(stack):
@@ -163,8 +166,8 @@ def test_a_killed_worker_container_stalls_the_readme_job_only_until_it_is_back(s
 
 
 def test_a_restarted_stack_keeps_its_runs_and_models(stack, tmp_path):
-    """`docker compose restart` (every container stopped and started again, the killed worker
-    too), then the README's `up`: nothing is recreated, the runs bucket holds what it held
+    """`docker compose restart` (every container stopped and started again), then the README's
+    `up`: nothing is recreated, the runs bucket holds what it held
     (the offline S3 stand-in keeps its objects on its volume), and the registered model samples."""
     containers = set(stack.compose("ps", "-aq").stdout.split())
     runs = set(stack.keys("runs", "runs/"))
@@ -174,10 +177,7 @@ def test_a_restarted_stack_keeps_its_runs_and_models(stack, tmp_path):
     timings["stack_restart_s"] = time.monotonic() - started
     assert set(stack.compose("ps", "-aq").stdout.split()) == containers  # the same containers, none recreated
     assert set(stack.keys("runs", "runs/")) == runs
-    out = tmp_path / "samples.png"
-    sampled = vae(stack, "sample", "models:/cluster-vae@candidate", "-n", "4", "-o", str(out), timeout=300)
-    assert sampled.returncode == 0, sampled.stderr + stack.logs()[-3000:]
-    picture(out)
+    sample_the_registered_model(stack, tmp_path)
 
 
 def test_down_removes_every_container_network_and_volume(stack):

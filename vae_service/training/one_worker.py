@@ -35,7 +35,6 @@ from vae_service import storage
 from vae_service.core.checkpoint import STATE_FILE
 from vae_service.core.interrupt import Interrupt
 from vae_service.core.spec import TrainSpec
-from vae_service.environment import applied
 from vae_service.training.worker import train_loop
 
 
@@ -90,10 +89,8 @@ class TaskSession:
 
 @ray.remote
 def train_one_worker(config: dict, run_dir: str, keep: int, datasets: dict) -> None:
-    """The task (its process shows as `ray::train_one_worker`). Its process may train the next run
-    too: the credentials it is handed are taken back at the end (`applied`)."""
-    with applied(ray.get(config["secrets"])):  # sealed by the driver (environment.sealed_secrets)
-        train_loop(config, TaskSession(config["progress_board"], storage.resolve(run_dir), keep, datasets))
+    """The task (its process shows as `ray::train_one_worker`)."""
+    train_loop(config, TaskSession(config["progress_board"], storage.resolve(run_dir), keep, datasets))
 
 
 def run(spec: TrainSpec, config: dict, run_dir: storage.Location, datasets: dict, env: dict[str, str],

@@ -145,11 +145,18 @@ def _gather_check(world_size: int, shard: torch.Tensor, model: torch.nn.Module) 
 
 def train_loop_per_worker(config: dict) -> None:
     """The function Ray Train runs on each worker of its group."""
-    with applied(ray.get(config["secrets"])):  # credentials, sealed by the driver (environment.sealed_secrets)
-        train_loop(config, RayTrainSession())
+    train_loop(config, RayTrainSession())
 
 
 def train_loop(config: dict, session: Session) -> None:
+    """One worker's training, with the driver's credentials (environment.sealed_secrets) in this
+    process's environment while it runs, and taken back after: the single-worker task's process
+    may train the next run too."""
+    with applied(ray.get(config["secrets"])):
+        _train(config, session)
+
+
+def _train(config: dict, session: Session) -> None:
     spec = TrainSpec.model_validate(config["spec"])
     rank, world_size, device = session.rank, session.world_size, session.device
     torch.set_num_threads(spec.resources.torch_threads)
