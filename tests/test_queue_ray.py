@@ -93,6 +93,7 @@ def test_submit_wait_succeeds_with_mlflow_run_and_live_logs(head, tmp_path):
 
         assert ok.returncode == 0, err
         assert "succeeded" in err and "MLflow run" in err
+        assert re.search(r"^ +epoch 1/1  train −ELBO [\d.]+  val −ELBO", err, re.M), err  # --wait shows the job's epochs
         job = job_state(api(server, TOKEN), job_id)
         assert (job["state"], job["attempts"], job["ray_submission_id"]) == ("succeeded", 1, job_id)
         assert job["mlflow_run_id"] and job["error"] is None
@@ -141,6 +142,37 @@ def test_submit_wait_succeeds_with_mlflow_run_and_live_logs(head, tmp_path):
             assert secret not in listing, f"{name} is in Ray's job listing"
             assert [path.name for path, text in logs.items() if secret.encode() in text] == [], f"{name} is in Ray's logs"
     finally:
+        server.stop()
+
+
+def test_a_running_job_ray_cannot_place_says_why_and_trains_when_room_returns(head, tmp_path):
+    """Both CPUs held outside the queue, as by a Ray job of someone else's (or lost with a worker
+    node): the queue admits the job on its own count, Ray cannot place its worker. The job is
+    `running` with a reason that says so; once the room returns it trains, and the reason goes."""
+    env = server_env(head, tmp_path, f"sqlite:///{tmp_path / 'queue.db'}")
+    server = start_server(tmp_path, env)
+    (tmp_path / "tiny.yaml").write_text(tiny_spec_text("unplaced"))
+    ray_api = httpx.Client(base_url=head.address, headers={"Authorization": f"Bearer {head.token}"}, timeout=30)
+    holder = f"hold-{uuid.uuid4().hex[:8]}"
+    try:
+        held = ray_api.post("/api/jobs/", json={"entrypoint": "sleep 600", "submission_id": holder, "entrypoint_num_cpus": 2})
+        assert held.status_code == 200, held.text
+        wait_for(lambda: ray_api.get(f"/api/jobs/{holder}").json()["status"] == "RUNNING", 60, "the holder to run")
+        job_id = cli(env, server, "submit", "tiny.yaml", cwd=tmp_path).stdout.strip()
+        client = api(server, TOKEN)
+        reason = wait_for(lambda: job_state(client, job_id)["waiting_reason"], 120, "a reason for the unplaced job")
+        job = job_state(client, job_id)
+        assert job["state"] == "running", job
+        assert reason.startswith("waiting for Ray to place its workers (1 × 1 CPU; Ray: "), reason  # one worker: one Ray task
+        assert "); live nodes: 2 CPUs. It goes on" in reason, reason
+        status = cli(dict(env, COLUMNS="400"), server, "status", job_id)
+        assert status.returncode == 0 and "waiting for Ray to place its workers" in " ".join(status.stdout.split())
+        assert ray_api.post(f"/api/jobs/{holder}/stop").status_code == 200
+        wait_for(lambda: job_state(client, job_id)["state"] == "succeeded", 180, "the job to train once room returned")
+        assert job_state(client, job_id)["waiting_reason"] is None
+    finally:
+        ray_api.post(f"/api/jobs/{holder}/stop")
+        ray_api.close()
         server.stop()
 
 

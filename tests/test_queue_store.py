@@ -360,6 +360,20 @@ def test_waiting_reasons_are_written_only_to_queued_jobs(store):
     assert store.get(waiting.id).waiting_reason is None
 
 
+def test_a_reason_belongs_to_one_state_and_a_transition_clears_it(store):
+    job = store.add(new("placed-late"))[0]
+    store.set_waiting_reasons({job.id: "waiting for 2 CPUs to be free (2 of 2 CPUs in use)"})
+    store.transition(job.id, State.SUBMITTED)
+    assert store.get(job.id).waiting_reason is None  # admitted: the queued reason is gone, not shown stale later
+    store.transition(job.id, State.RUNNING)
+    store.set_waiting_reasons({job.id: "stale"})  # only queued jobs by default
+    assert store.get(job.id).waiting_reason is None
+    store.set_waiting_reasons({job.id: "waiting for Ray to place its workers"}, State.RUNNING)
+    assert store.get(job.id).to_dict()["waiting_reason"] == "waiting for Ray to place its workers"
+    store.transition(job.id, State.SUCCEEDED)
+    assert store.get(job.id).to_dict()["waiting_reason"] is None and store.get(job.id).waiting_reason is None
+
+
 LOCK_HOLDER = """
 import sys, time
 from vae_service.queue.db import make_engine

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -77,6 +79,20 @@ def test_apply_process_defaults_fills_only_what_is_unset():
     environ = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "120"}
     apply_process_defaults(environ)
     assert environ == {**MLFLOW_PROCESS_DEFAULTS, "MLFLOW_HTTP_REQUEST_TIMEOUT": "120"}
+
+
+def test_a_run_without_git_on_the_path_logs_no_gitpython_warning(tmp_path):
+    """The compose image has no git: MLflow's three GitPython warnings stayed out of job logs."""
+    venv_bin = Path(sys.executable).parent  # python, and nothing else, on the PATH
+    probe = ("from vae_service.environment import apply_process_defaults; apply_process_defaults(); "
+             "from mlflow.utils.git_utils import get_git_commit; print(get_git_commit('.'))")
+    env = {"PATH": str(venv_bin), "HOME": str(tmp_path)}
+    quiet = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "None"
+    assert "git" not in quiet.stderr.lower(), quiet.stderr
+    loud = subprocess.run([sys.executable, "-c", probe.replace("apply_process_defaults(); ", "")], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert "Failed to import Git" in loud.stderr  # what the default silences, so the check above can fail
 
 
 def test_library_calls_leave_the_environment_alone(monkeypatch):

@@ -41,6 +41,9 @@ MLFLOW_PROCESS_DEFAULTS = {
     "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false",
     # MLflow's INFO lines ("Creating initial MLflow database tables…") are for its developers.
     "MLFLOW_LOGGING_LEVEL": "WARNING",
+    # MLflow tags a run with its git commit; where there is no git (the compose image) GitPython
+    # explains so in three 15-line warnings per run. Without git a run simply has no commit tag.
+    "GIT_PYTHON_REFRESH": "quiet",
 }
 # Loggers whose warnings are notes for developers, not for someone running a job.
 # Ray Data logs each dataset's execution plan and progress at INFO, to stdout.

@@ -94,6 +94,7 @@ def _wait(client, job_id: str) -> int:
 
     spinner = Spinner("dots", text="")
     last_state = None
+    epochs = EpochLines(client, job_id)
     try:
         with Live(spinner, console=err, transient=True, refresh_per_second=8) as live:
             while True:
@@ -106,9 +107,12 @@ def _wait(client, job_id: str) -> int:
                 if job["state"] != last_state:
                     live.console.print(f"job {job_id}: [{STYLE.get(job['state'], 'bold')}]{job['state']}[/]", highlight=False)
                     last_state = job["state"]
+                if job.get("submitted_at"):  # Ray has (or had) it: its finished epochs are in its log
+                    for line in epochs.new():
+                        live.console.print(f"  {line}", markup=False, highlight=False)
                 if job["state"] in FINAL:
                     break
-                spinner.update(text=Text(_describe(job)))
+                spinner.update(text=Text(_describe(job) + (f" · {epochs.latest}" if epochs.latest else "")))
                 time.sleep(WAIT_POLL_S)
     except KeyboardInterrupt:
         say(f"stopped waiting; the job goes on (vae status {job_id} / vae logs {job_id} -f / vae cancel {job_id})")
@@ -118,6 +122,35 @@ def _wait(client, job_id: str) -> int:
     if job.get("error"):
         say(job["error"])
     return FINAL[job["state"]]
+
+
+class EpochLines:
+    """The finished-epoch lines (core.metrics.EPOCH_LINE) a queued job has written to its log
+    since the last call: its log is read on from where the last read ended, whole lines only."""
+
+    def __init__(self, client, job_id: str):
+        self.client, self.job_id = client, job_id
+        self.offset = 0
+        self.latest = ""  # `epoch 3/8`, for the spinner
+
+    def new(self) -> list[str]:
+        from vae_service.core.metrics import EPOCH_LINE
+        from vae_service.queue.client import ApiError
+
+        try:
+            page, start, size = self.client.log_page(self.job_id, offset=self.offset, limit=LOG_PAGE_BYTES)
+        except ApiError:  # no log yet, or Ray is busy: the next poll tries again
+            return []
+        if size is not None and size < self.offset:  # a new attempt (after a preemption) writes a new log
+            self.offset = 0
+            return self.new()
+        whole = page[: page.rfind(b"\n") + 1]
+        self.offset = start + len(whole)
+        lines = [line for line in whole.decode("utf-8", "replace").splitlines() if EPOCH_LINE.match(line)]
+        if lines:
+            done, total = EPOCH_LINE.match(lines[-1]).groups()
+            self.latest = f"epoch {done}/{total}"
+        return lines
 
 
 @app.command(rich_help_panel=PANEL)

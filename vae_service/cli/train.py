@@ -68,7 +68,7 @@ def run(
     from vae_service.jobs.execute import execute
     from vae_service.jobs.reporter import Reporter
 
-    outcome = execute(spec, resume=str(resume) if resume else None, reporter=Reporter(err, progress=not quiet))
+    outcome = execute(spec, resume=str(resume) if resume else None, reporter=Reporter(err, progress="off" if quiet else "bar"))
     if outcome.error is not None and outcome.error.resume_dir:
         fail(f"interrupted: checkpoints are kept; continue with `vae run {spec_path} --resume {outcome.error.resume_dir}`", 130)
     if outcome.error is not None:
@@ -164,7 +164,7 @@ def compare(
         fail(str(exc), 2)
     for note in comparability_warnings(job.specs):
         err.print(f"[yellow]warning:[/] {note}", highlight=False)
-    outcome = execute(job, reporter=Reporter(err, progress=not quiet))
+    outcome = execute(job, reporter=Reporter(err, progress="off" if quiet else "bar"))
     if outcome.error is not None and outcome.error.resume_dir:
         resume_dir = outcome.error.resume_dir
         fail(f"interrupted: {resume_dir} keeps its checkpoints (`vae run SPEC --resume {resume_dir}`); run `vae compare` again to compare", 130)

@@ -12,6 +12,7 @@ dimensions whose posterior mean varies across images (Burda et al. 2016: Cov_x(E
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Mapping, Optional, Sequence
 
 EPOCH = "epoch"  # 0-based; MLflow's step
@@ -105,3 +106,21 @@ def summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """A run's summary: SUMMARY (None where missing), every test_* and every eval_* metric."""
     return {**{k: metrics.get(k) for k in SUMMARY},
             **{k: v for k, v in metrics.items() if k.startswith(("test_", EVAL_PREFIX))}}
+
+
+# A finished epoch's line in a log: `vae submit --wait` follows a queued job's log for these.
+EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)  ", re.MULTILINE)
+
+
+def format_epoch(record: dict, epochs: int) -> str:
+    """One finished epoch: `epoch 3/8  train −ELBO …` (the form `vae submit --wait` looks for)."""
+    parts = [f"epoch {record[EPOCH] + 1}/{epochs}", f"train −ELBO {record[TRAIN_NEG_ELBO]:.2f}"]
+    if VAL_NEG_ELBO in record:
+        parts += [
+            f"val −ELBO {record[VAL_NEG_ELBO]:.2f}",
+            f"recon {record[VAL_RECON]:.2f}",
+            f"KL {record[VAL_KL]:.2f}",
+            f"active {record[ACTIVE_UNITS]}",
+        ]
+    parts.append(f"{record[IMAGES_PER_S]:,.0f} img/s")
+    return "  ".join(parts)

@@ -73,7 +73,7 @@ def sweep_job(spec: SweepSpec, sweep_dir: storage.Location, *, resume: bool, rep
         write_spec(sweep_dir, spec)
     with tracked_run(sweep_dir, spec, spec.train.tracking.experiment, {**(tags or {}), "vae.sweep_dir": sweep_dir.uri}) as parent:
         run_trials(spec, sweep_dir, parent.run_id, train_trial=train_trial, interrupt=interrupt,
-                   console=reporter.console, show_progress=reporter.progress)
+                   console=reporter.console, show_progress=reporter.progress == "bar")
         result = summarise(spec, sweep_dir, parent.run_id, trial_outcomes(spec, sweep_dir))
     result.wall_s = time.perf_counter() - started
     with storage_errors():

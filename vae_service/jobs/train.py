@@ -64,7 +64,7 @@ def train(spec: TrainSpec, run_dir: storage.Location, *, resume: bool, reporter:
     with tracked_run(run_dir, spec, spec.tracking.experiment, tags) as run:
         run.param(PIPELINE_PARAM, data.pipeline)
         fitted = fit(spec, run_dir, run.run_id, data, interrupt=interrupt, resume=resume, console=reporter.console,
-                     show_progress=reporter.progress, callbacks=callbacks)
+                     progress=reporter.progress, callbacks=callbacks)
         run.tag(NODES_TAG, json.dumps(fitted.nodes))
         model_dir = run_dir.join("model")
         # Written locally (a temporary directory for S3, uploaded when the block ends).

@@ -26,6 +26,9 @@ doing it twice:
                                                        killed after the grace period (both
                                                        resume from the latest checkpoint);
                                                        succeeded / failed if it got there first
+  unplaced (with follow, every UNPLACED_CHECK_S) a running job whose workers Ray has not
+           placed for UNPLACED_AFTER_S — its placement group pending, as after a worker node
+           is lost — gets a waiting reason that says so, cleared once Ray places them.
   reconcile (at start-up, then follow) a job Ray knows but the store still calls queued
            (someone reset the row) is adopted as submitted, never submitted again.
 
@@ -70,6 +73,9 @@ from vae_service.queue.store import Store, UnknownJob
 
 log = logging.getLogger("vae_service.queue.dispatcher")
 
+UNPLACED_CHECK_S = 5.0  # how often running jobs are checked for workers Ray has not placed
+UNPLACED_AFTER_S = 10.0  # Ray places a worker group within seconds when there is room
+
 POLL_S = 0.5  # between ticks when nothing wakes the loop
 LEADER_CHECK_S = 5.0
 LEADER_TIMEOUT_RAY_CALLS = 3  # the leadership timeout, in Ray timeouts
@@ -93,6 +99,9 @@ class Dispatcher:
         self._stop_sent: set[str] = set()
         self._reserved_for: Optional[str] = None
         self._waiting: dict[str, str] = {}  # job id → the waiting reason last stored for it
+        self._unplaced_since: dict[str, float] = {}  # running job id → when its workers were first seen unplaced
+        self._unplaced_stored: Optional[dict[str, str]] = None  # the reasons last stored (None: not yet this process)
+        self._unplaced_checked = 0.0
         self._last_error = ""
         self._tick_deadline = float("inf")  # no new Ray call starts after it
 
@@ -190,7 +199,33 @@ class Dispatcher:
             if self._out_of_time():
                 break  # the rest next tick
             ended |= self._follow_one(job, known.get(job.ray_job_id))
+        if time.monotonic() - self._unplaced_checked >= UNPLACED_CHECK_S and not self._out_of_time():
+            self._unplaced_checked = time.monotonic()
+            self.note_unplaced([job for job in active if job.state == State.RUNNING.value], known)
         return ended
+
+    def note_unplaced(self, running: list[Job], known: dict[str, RayJob]) -> None:
+        """A running job that Ray cannot place (its workers' placement group pending: a worker
+        node was lost, or its room is held outside the queue) waits in Ray with no error of its
+        own; its waiting reason says so, with the live nodes, until Ray places it."""
+        groups = self.ray.unplaced() if running else {}
+        now, reasons, nodes = time.monotonic(), {}, None
+        for job in running:
+            info = known.get(job.ray_job_id)
+            waiting = groups.get(info.ray_job_id) if info is not None and info.ray_job_id else None
+            if not waiting:
+                self._unplaced_since.pop(job.id, None)
+                continue
+            if now - self._unplaced_since.setdefault(job.id, now) >= UNPLACED_AFTER_S:
+                nodes = self.ray.nodes() if nodes is None else nodes
+                reasons[job.id] = scheduling.unplaced_in_ray([b for g in waiting for b in g.bundles],
+                                                             waiting[0].scheduling_state, nodes)
+        stored = self._unplaced_stored
+        changed = {job.id: reasons.get(job.id) for job in running
+                   if stored is None or stored.get(job.id) != reasons.get(job.id)}
+        if changed:
+            self.store.set_waiting_reasons(changed, State.RUNNING)
+        self._unplaced_stored = reasons
 
     def _out_of_time(self) -> bool:
         return time.monotonic() > self._tick_deadline

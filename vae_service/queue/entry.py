@@ -41,7 +41,7 @@ def main() -> int:
     except SpecError as exc:  # the server validated it; a different version on the cluster may not
         print(f"bad input: {exc}", file=sys.stderr)
         return 2
-    outcome = execute(spec, reporter=Reporter(progress=False), job_id=job_id, resume=_resume_dir(spec, job_id))
+    outcome = execute(spec, reporter=Reporter(progress="lines"), job_id=job_id, resume=_resume_dir(spec, job_id))
     facts = [f"MLflow run {outcome.mlflow_run_id}" if outcome.mlflow_run_id else "", outcome.model_uri or "", outcome.run_dir or ""]
     print(f"outcome: {outcome.state}; {'; '.join(f for f in facts if f)}" + (f"\n{outcome.error}" if outcome.error else ""), file=sys.stderr)
     return outcome.exit_code

@@ -60,7 +60,7 @@ class Job(Base):
     finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
     dispatch_latency_s: Mapped[Optional[float]] = mapped_column(Float)  # created → first submitted
     nodes: Mapped[Optional[str]] = mapped_column(Text)  # JSON list: the hosts its ranks ran on, by rank
-    waiting_reason: Mapped[Optional[str]] = mapped_column(Text)  # why a queued job is not admitted yet
+    waiting_reason: Mapped[Optional[str]] = mapped_column(Text)  # why a queued job is not admitted yet, or a running one not placed
     preemptible: Mapped[bool] = mapped_column(Boolean, default=True)  # the spec's resources.preemptible
     preemptions: Mapped[int] = mapped_column(Integer, default=0)  # times it was stopped for another job
     running_since: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)  # this attempt's start (thrash guard)
@@ -94,7 +94,7 @@ class Job(Base):
             "error": self.error,
             "dispatch_latency_s": self.dispatch_latency_s,
             "nodes": json.loads(self.nodes) if self.nodes else [],
-            "waiting_reason": self.waiting_reason if self.state == "queued" else None,
+            "waiting_reason": self.waiting_reason if self.state in ("queued", "running") else None,
             "preemptible": self.preemptible,
             "preemptions": self.preemptions,
         }

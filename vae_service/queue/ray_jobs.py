@@ -59,6 +59,16 @@ class RayJob:
     message: str = ""
     exit_code: Optional[int] = None
     driver_node_id: Optional[str] = None  # where its log file is (None until the driver starts)
+    ray_job_id: Optional[str] = None  # Ray's own id of the driver ("02000000"): what its placement groups name
+
+
+@dataclass(frozen=True)
+class Unplaced:
+    """Workers Ray has not placed: a placement group not placed (PENDING) or that lost part of
+    itself (RESCHEDULING, a node died) — a Ray Train run's worker group waits in one until the
+    cluster has room — or a task waiting for a node (a single-worker run is one task)."""
+    bundles: tuple[dict[str, float], ...]
+    scheduling_state: str  # Ray's word for why: NO_RESOURCES, INFEASIBLE, PENDING_NODE_ASSIGNMENT …
 
 
 def ray_token() -> Optional[str]:
@@ -86,7 +96,11 @@ def _ray_error(body: bytes, status: int) -> str:
 
 def _job(details: dict[str, Any]) -> RayJob:
     return RayJob(details["submission_id"], str(details.get("status")), details.get("message") or "",
-                  details.get("driver_exit_code"), details.get("driver_node_id"))
+                  details.get("driver_exit_code"), details.get("driver_node_id"), details.get("job_id"))
+
+
+def _resources(amounts: Optional[dict]) -> dict[str, float]:
+    return {name: float(value) for name, value in (amounts or {}).items()}
 
 
 def last_lines(text: str, lines: int) -> str:
@@ -234,15 +248,39 @@ class RayJobs:
                 if ws.close_code == aiohttp.WSCloseCode.ABNORMAL_CLOSURE:
                     raise RayUnavailable(f"log stream of job {job_id} closed abnormally")
 
-    def totals(self) -> dict[str, float]:
-        """The cluster's total CPU and GPU over its live nodes (Ray's State API)."""
-        status, body = self._call("GET", "/api/v0/nodes", "read the cluster's resources", params={"limit": 10000})
+    def _state(self, kind: str, what: str, **params) -> list[dict]:
+        """One listing of Ray's State API (/api/v0/<kind>)."""
+        status, body = self._call("GET", f"/api/v0/{kind}", what, params={"limit": 10000, **params})
         if status != 200:
-            raise RayUnavailable(f"Ray at {self.address}: nodes: HTTP {status}")
-        nodes = self._json(body, "read the cluster's resources")["data"]["result"]["result"]
-        totals = {"CPU": 0.0, "GPU": 0.0}
-        for node in nodes:
-            if node.get("state") == "ALIVE":
-                for name in totals:
-                    totals[name] += float((node.get("resources_total") or {}).get(name, 0.0))
-        return totals
+            raise RayUnavailable(f"Ray at {self.address}: {kind}: HTTP {status}")
+        return self._json(body, what)["data"]["result"]["result"]
+
+    def nodes(self) -> list[dict[str, float]]:
+        """Each live node's total CPU and GPU (Ray's State API)."""
+        return [{name: float((node.get("resources_total") or {}).get(name, 0.0)) for name in ("CPU", "GPU")}
+                for node in self._state("nodes", "read the cluster's resources") if node.get("state") == "ALIVE"]
+
+    def totals(self) -> dict[str, float]:
+        """The cluster's total CPU and GPU over its live nodes."""
+        nodes = self.nodes()
+        return {name: sum(node[name] for node in nodes) for name in ("CPU", "GPU")}
+
+    def unplaced(self) -> dict[str, list[Unplaced]]:
+        """What waits for room now, by the Ray job id that asked (RayJob.ray_job_id): placement
+        groups PENDING or RESCHEDULING, and tasks that ask for resources and have no node yet.
+        Both are often pending for a moment; the caller decides how long is too long."""
+        groups = self._state("placement_groups", "read the placement groups", detail="true",
+                             filter_keys=["state", "state"], filter_predicates=["!=", "!="],
+                             filter_values=["CREATED", "REMOVED"])
+        tasks = self._state("tasks", "read the pending tasks", filter_keys=["state"], filter_predicates=["="],
+                            filter_values=["PENDING_NODE_ASSIGNMENT"], detail="true")
+        out: dict[str, list[Unplaced]] = {}
+        for group in groups:
+            bundles = tuple(_resources(b.get("unit_resources")) for b in group.get("bundles") or ())
+            why = (group.get("stats") or {}).get("scheduling_state") or group.get("state", "")
+            out.setdefault(group.get("creator_job_id", ""), []).append(Unplaced(bundles, str(why)))
+        for task in tasks:
+            asked = _resources(task.get("required_resources"))
+            if any(amount > 0 for amount in asked.values()):
+                out.setdefault(task.get("job_id", ""), []).append(Unplaced((asked,), str(task.get("state", ""))))
+        return out

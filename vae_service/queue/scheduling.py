@@ -30,7 +30,7 @@ never fit, "waiting for 2 CPUs to be free (1 of 2 in use)" for one waiting for r
 
 from __future__ import annotations
 
-from collections import OrderedDict, defaultdict, deque
+from collections import Counter, OrderedDict, defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Mapping, Optional, Protocol, Sequence
@@ -161,6 +161,17 @@ def waiting_for_room(request: Mapping[str, float], totals: Mapping[str, float], 
         held = f", the rest held for job {reserved_for.id}, ranked ahead"
     wanted = " and ".join(amount(request[name], name) for name in short)
     return f"waiting for {wanted} to be free ({in_use} in use{held})"
+
+
+def unplaced_in_ray(bundles: Sequence[Mapping[str, float]], ray_says: str, nodes: Sequence[Mapping[str, float]]) -> str:
+    """A running job whose workers Ray has not placed (a worker node was lost, or room is held
+    outside the queue): what waits, what the live nodes have, and that it goes on by itself."""
+    kinds = Counter(tuple(sorted(_asked(bundle).items())) for bundle in bundles)
+    waiting = ", ".join(f"{count} × {' + '.join(amount(v, n) for n, v in kind) or 'nothing'}" for kind, count in kinds.items())
+    have = "; ".join(", ".join(amount(node.get(n, 0.0), n) for n in ("CPU", "GPU") if node.get(n) or n == "CPU")
+                     for node in nodes) or "none"
+    return (f"waiting for Ray to place its workers ({waiting}; Ray: {ray_says.lower().replace('_', ' ')}); "
+            f"live nodes: {have}. It goes on from its checkpoint when room returns (a lost node restarting)")
 
 
 def waiting_for_stop(stopping: Sequence) -> str:

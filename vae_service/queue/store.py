@@ -172,6 +172,7 @@ class Store:
                 job.preemptions += 1
             if new in TERMINAL:
                 job.finished_at = now
+            job.waiting_reason = None  # a reason belongs to one stay in a state: the dispatcher sets the new one
             if "error" in fields and fields["error"]:
                 fields["error"] = fields["error"][-MAX_ERROR_CHARS:]
             for name, value in fields.items():
@@ -202,12 +203,13 @@ class Store:
             job.priority, job.updated_at = priority, utcnow()
             return job
 
-    def set_waiting_reasons(self, reasons: dict[str, Optional[str]]) -> None:
-        """Why each queued job waits (scheduling.plan), in one transaction; a job that has left
-        `queued` meanwhile is not touched. The dispatcher calls this only with what changed."""
+    def set_waiting_reasons(self, reasons: dict[str, Optional[str]], state: State = State.QUEUED) -> None:
+        """Why each job in `state` waits — a queued one for admission (scheduling.plan), a
+        running one for Ray to place its workers — in one transaction; a job that has left
+        `state` meanwhile is not touched. The dispatcher calls this only with what changed."""
         with self.session() as session:
             for job_id, reason in reasons.items():
-                session.execute(sql_update(Job).where(Job.id == job_id, Job.state == State.QUEUED.value)
+                session.execute(sql_update(Job).where(Job.id == job_id, Job.state == State(state).value)
                                 .values(waiting_reason=reason))
 
     def request_cancel(self, job_id: str) -> Job:

@@ -1,21 +1,26 @@
-"""Live progress from the workers to the driver's terminal.
+"""Live progress from the workers to the driver's terminal or log.
 
 Rank 0 pushes step updates to a tiny Ray actor (fire and forget); a driver thread polls it
-and draws a rich progress bar. Per-epoch results come from Ray Train's own reports; a
-single-worker run (one_worker.py) reports its metrics and checkpoints to the same actor.
+and draws a rich progress bar ("bar"), or writes one line per finished epoch ("lines": a queued
+job's log, which `vae submit --wait` follows). Per-epoch results come from Ray Train's own
+reports; a single-worker run (one_worker.py) reports its metrics and checkpoints to the same actor.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Optional
+from typing import Literal, Optional
 
 import ray
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vae_service.core import metrics as M
+from vae_service.core.metrics import format_epoch
+
+ProgressMode = Literal["bar", "lines", "off"]  # a live bar (a terminal), a line per epoch (a log), nothing
+LINES_POLL_S = 2.0  # a log needs no more than a line per epoch
 
 
 @ray.remote(num_cpus=0)
@@ -64,11 +69,12 @@ class ProgressBoard:
 
 
 class ProgressDisplay:
-    """Polls a ProgressBoard in a background thread and renders epoch, step, loss, images/s, ETA."""
+    """Polls a ProgressBoard in a background thread and renders epoch, step, loss, images/s, ETA
+    ("bar"), or only a line per finished epoch ("lines")."""
 
-    def __init__(self, board, epochs: int, console: Console, enabled: bool = True, poll_s: float = 0.25):
-        self.board, self.epochs, self.poll_s = board, epochs, poll_s
-        self.enabled = enabled
+    def __init__(self, board, epochs: int, console: Console, mode: ProgressMode = "bar"):
+        self.board, self.epochs, self.mode = board, epochs, mode
+        self.poll_s = LINES_POLL_S if mode == "lines" else 0.25
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._epochs_shown = 0
@@ -86,11 +92,12 @@ class ProgressDisplay:
         )
 
     def __enter__(self) -> "ProgressDisplay":
-        if self.enabled:
+        if self.mode == "bar":
             self._progress.start()
             self._task = self._progress.add_task(
                 "train", total=self.epochs, epoch=0, epochs=self.epochs, step=0, steps=0, loss=float("nan"), rate=0.0
             )
+        if self.mode != "off":
             self._thread = threading.Thread(target=self._poll, daemon=True)
             self._thread.start()
         return self
@@ -100,6 +107,7 @@ class ProgressDisplay:
         if self._thread is not None:
             self._thread.join(timeout=2)
             self._refresh()  # the last epoch's line may have arrived after the last poll
+        if self.mode == "bar":
             self._progress.stop()
 
     def _poll(self) -> None:
@@ -114,9 +122,9 @@ class ProgressDisplay:
             return False
         snap, epochs = state["latest"], state["epochs"]
         for metrics in epochs[self._epochs_shown :]:
-            self._progress.console.print(format_epoch(metrics))
+            self._progress.console.print(format_epoch(metrics, self.epochs), markup=False, highlight=False)
         self._epochs_shown = len(epochs)
-        if snap:
+        if snap and self.mode == "bar":
             done = snap[M.EPOCH] + snap["step"] / max(snap["steps"], 1)
             self._progress.update(
                 self._task,
@@ -128,16 +136,3 @@ class ProgressDisplay:
                 rate=snap[M.IMAGES_PER_S],
             )
         return True
-
-
-def format_epoch(record: dict) -> str:
-    parts = [f"epoch {record[M.EPOCH] + 1}", f"train −ELBO {record[M.TRAIN_NEG_ELBO]:.2f}"]
-    if M.VAL_NEG_ELBO in record:
-        parts += [
-            f"val −ELBO {record[M.VAL_NEG_ELBO]:.2f}",
-            f"recon {record[M.VAL_RECON]:.2f}",
-            f"KL {record[M.VAL_KL]:.2f}",
-            f"active {record[M.ACTIVE_UNITS]}",
-        ]
-    parts.append(f"{record[M.IMAGES_PER_S]:,.0f} img/s")
-    return "  ".join(parts)

@@ -28,7 +28,7 @@ from vae_service.core.spec import ResourcesSpec, TrainSpec
 from vae_service.environment import runtime_env_vars, sealed_secrets
 from vae_service.sources.prepare import Prepared
 from vae_service.training import one_worker
-from vae_service.training.progress import ProgressBoard, ProgressDisplay
+from vae_service.training.progress import ProgressBoard, ProgressMode, ProgressDisplay
 from vae_service.training.ray_internals import AbortableTorchTrainer
 from vae_service.training.worker import train_loop_per_worker
 
@@ -99,7 +99,7 @@ def fit(
     interrupt: Interrupt,
     resume: bool = False,
     console: Optional[Console] = None,
-    show_progress: bool = True,
+    progress: ProgressMode = "bar",
     callbacks: tuple = (),
 ) -> Fitted:
     """Trains `spec` on `data` into `run_dir` (continuing from its latest checkpoint when `resume`);
@@ -140,7 +140,7 @@ def fit(
             def train() -> tuple[Optional[ray.train.Checkpoint], dict]:
                 result = _trainer(spec, config, run_dir, data, interrupt, callbacks).fit()
                 return result.checkpoint, result.metrics
-        (checkpoint, metrics), board_state = _run(train, board, spec, run_dir, interrupt, console, show_progress)
+        (checkpoint, metrics), board_state = _run(train, board, spec, run_dir, interrupt, console, progress)
     finally:
         ray.kill(board)
     with checkpoint.as_directory() as directory:
@@ -185,10 +185,10 @@ def _trainer(spec: TrainSpec, config: dict, run_dir: storage.Location, data: Pre
 
 
 def _run(train: Callable[[], tuple[Optional[ray.train.Checkpoint], dict]], board, spec: TrainSpec,
-         run_dir: storage.Location, interrupt: Interrupt, console: Console, show_progress: bool):
+         run_dir: storage.Location, interrupt: Interrupt, console: Console, progress: ProgressMode):
     """Trains with the live display; returns ((the last checkpoint, the last metrics), the board's state)."""
     try:
-        with ProgressDisplay(board, spec.optim.epochs, console, enabled=show_progress):
+        with ProgressDisplay(board, spec.optim.epochs, console, progress):
             checkpoint, metrics = train()
         board_state = ray.get(board.read.remote())
     except (ray.train.TrainingFailedError, ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError) as exc:

@@ -160,7 +160,7 @@
   function jobRow(job) {
     const cell = (field, ...content) => el("td", { "data-field": field }, ...content);
     const state = cell("state-cell", badge(job.state));
-    if (job.state === "queued" && job.waiting_reason) {
+    if (job.waiting_reason) {  // the API gives one only to a queued job, or a running one Ray has not placed
       state.append(el("small", { class: "reason", "data-field": "waiting_reason" }, job.waiting_reason));
     }
     const number = (field, value) => el("td", { "data-field": field, class: "num" }, String(value ?? 0));
