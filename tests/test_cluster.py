@@ -130,7 +130,7 @@ def test_a_killed_worker_container_stalls_the_readme_job_only_until_it_is_back(s
     """The README's job as the README submits it: 2 ranks x 2 CPUs, spread, on two 2-CPU worker
     containers, no storage.max_failures (the queue's default recovers from worker failures).
     `docker kill` of one worker is a manual stop (compose does not restart it), and the other
-    cannot hold both ranks: the job keeps running, waiting; once the worker is started again
+    cannot hold both ranks: the job keeps running, waiting with a reason; once the worker is started again
     (the README's `up`), it goes on from its latest checkpoint and trains every epoch."""
     from mlflow.tracking import MlflowClient
 
@@ -148,8 +148,14 @@ def test_a_killed_worker_container_stalls_the_readme_job_only_until_it_is_back(s
     victim = stack.containers("ray-worker")[0]
     sh("docker", "kill", victim)
 
-    time.sleep(90)  # past Ray Train's 60 s limit on starting a worker group: it tries again, it does not fail
-    assert stack.job(job_id)["state"] == "running", stack.job(job_id)
+    reasons, waited = set(), time.monotonic() + 90  # past Ray Train's 60 s limit on starting a worker group: it tries again, it does not fail
+    while time.monotonic() < waited:
+        job = stack.job(job_id)
+        assert job["state"] == "running", job
+        reasons.add(job["waiting_reason"])
+        time.sleep(3)
+    said = [r for r in reasons if r and r.startswith("waiting for Ray to place its workers (")]
+    assert said and "2 CPUs" in said[0] and "live nodes:" in said[0], reasons  # `vae status` says why it waits
     stack.up(workers=2)  # starts the killed container again
     assert victim in stack.containers("ray-worker")
 

@@ -164,7 +164,7 @@ def test_a_running_job_ray_cannot_place_says_why_and_trains_when_room_returns(he
         job = job_state(client, job_id)
         assert job["state"] == "running", job
         assert reason.startswith("waiting for Ray to place its workers (1 × 1 CPU; Ray: "), reason  # one worker: one Ray task
-        assert "); live nodes: 2 CPUs. It goes on" in reason, reason
+        assert "); live nodes: 1 × 2 CPUs. It goes on" in reason, reason
         status = cli(dict(env, COLUMNS="400"), server, "status", job_id)
         assert status.returncode == 0 and "waiting for Ray to place its workers" in " ".join(status.stdout.split())
         assert ray_api.post(f"/api/jobs/{holder}/stop").status_code == 200

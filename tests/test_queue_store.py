@@ -501,6 +501,15 @@ def test_why_a_job_waits_with_the_numbers():
     assert ids(plan.chosen) == ["a", "b"] and plan.reasons == {}  # admitted jobs have no reason
 
 
+def test_a_running_job_ray_has_not_placed_is_told_with_its_bundles_and_the_live_nodes():
+    reason = scheduling.unplaced_in_ray([{"CPU": 2.0}, {"CPU": 2.0, "GPU": 0.0}], "NO_RESOURCES",
+                                        [{"CPU": 0.0, "GPU": 0.0}, {"CPU": 2.0, "GPU": 0.0}])
+    assert reason.startswith("waiting for Ray to place its workers (2 × 2 CPUs; Ray: no resources); "
+                             "live nodes: 1 × 0 CPUs, 1 × 2 CPUs. It goes on"), reason
+    gpus = scheduling.unplaced_in_ray([{"CPU": 1.0, "GPU": 1.0}], "PENDING_NODE_ASSIGNMENT", [{"CPU": 8.0, "GPU": 1.0}] * 3)
+    assert "(1 × 1 CPU + 1 GPU; Ray: pending node assignment); live nodes: 3 × 8 CPUs + 1 GPU." in gpus, gpus
+
+
 def test_a_job_short_of_two_resources_names_both():
     reason = scheduling.too_large({"CPU": 8.0, "GPU": 2.0}, {"CPU": 4.0, "GPU": 1.0})
     assert reason == ("asks for 8 CPUs, the cluster has 4 CPUs: lower resources.cpus_per_worker or resources.num_workers; "

@@ -166,12 +166,12 @@ def waiting_for_room(request: Mapping[str, float], totals: Mapping[str, float], 
 def unplaced_in_ray(bundles: Sequence[Mapping[str, float]], ray_says: str, nodes: Sequence[Mapping[str, float]]) -> str:
     """A running job whose workers Ray has not placed (a worker node was lost, or room is held
     outside the queue): what waits, what the live nodes have, and that it goes on by itself."""
-    kinds = Counter(tuple(sorted(_asked(bundle).items())) for bundle in bundles)
-    waiting = ", ".join(f"{count} × {' + '.join(amount(v, n) for n, v in kind) or 'nothing'}" for kind, count in kinds.items())
-    have = "; ".join(", ".join(amount(node.get(n, 0.0), n) for n in ("CPU", "GPU") if node.get(n) or n == "CPU")
-                     for node in nodes) or "none"
-    return (f"waiting for Ray to place its workers ({waiting}; Ray: {ray_says.lower().replace('_', ' ')}); "
-            f"live nodes: {have}. It goes on from its checkpoint when room returns (a lost node restarting)")
+    def counted(requests) -> str:  # "2 × 2 CPUs, 1 × 0 CPUs"
+        kinds = Counter(tuple((n, v) for n, v in sorted(r.items()) if v > 0 or n == "CPU") for r in requests)
+        return ", ".join(f"{count} × {' + '.join(amount(v, n) for n, v in kind)}" for kind, count in kinds.most_common())
+
+    return (f"waiting for Ray to place its workers ({counted(bundles)}; Ray: {ray_says.lower().replace('_', ' ')}); "
+            f"live nodes: {counted(nodes) or 'none'}. It goes on from its checkpoint when room returns (a lost node restarting)")
 
 
 def waiting_for_stop(stopping: Sequence) -> str:
