@@ -5,6 +5,7 @@ training progress. The CLI draws a live bar; a queued job writes a line per epoc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 from rich.console import Console
 
 from vae_service.training.progress import ProgressMode

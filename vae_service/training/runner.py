@@ -28,7 +28,7 @@ from vae_service.core.spec import ResourcesSpec, TrainSpec
 from vae_service.environment import runtime_env_vars, sealed_secrets
 from vae_service.sources.prepare import Prepared
 from vae_service.training import one_worker
-from vae_service.training.progress import ProgressBoard, ProgressMode, ProgressDisplay
+from vae_service.training.progress import ProgressBoard, ProgressDisplay, ProgressMode
 from vae_service.training.ray_internals import AbortableTorchTrainer
 from vae_service.training.worker import train_loop_per_worker
 
