@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vae_service.core.resources import shortfall, workers_that_fit
+from vae_service.core.capacity import workers_that_fit
+from vae_service.core.resources import shortfall
 from vae_service.core.spec import ResourcesSpec
 
 REPO = Path(__file__).resolve().parents[1]

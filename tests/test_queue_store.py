@@ -18,7 +18,7 @@ import sqlalchemy
 from queue_support import BACKENDS, temporary_database
 
 from vae_service.queue import scheduling
-from vae_service.queue.capacity import summed
+from vae_service.core.capacity import summed
 from vae_service.queue.db import current_revision, make_engine, upgrade
 from vae_service.queue.leader import leadership_for
 from vae_service.queue.models import Base

@@ -7,13 +7,12 @@ before Ray Train starts, because an infeasible ScalingConfig makes Ray Train's c
 
 from __future__ import annotations
 
-import math
 from typing import Mapping, Optional, Sequence
 
+from vae_service.core.capacity import EPSILON, amount, workers_that_fit
 from vae_service.core.spec import ResourcesSpec, TrainSpec
 from vae_service.core.sweep_spec import SweepSpec
 
-EPSILON = 1e-9
 FIELD_OF = {"CPU": "resources.cpus_per_worker", "GPU": "resources.gpus_per_worker"}
 
 
@@ -25,7 +24,7 @@ def train_resources(spec: TrainSpec) -> dict[str, float]:
     """One Ray Train run: its workers. The Train controller, the progress actor and a job's
     driver take no CPU in Ray's accounting, so they are not counted."""
     workers = spec.resources.num_workers
-    return {name: workers * amount for name, amount in per_worker(spec.resources).items()}
+    return {name: workers * each for name, each in per_worker(spec.resources).items()}
 
 
 def requested_resources(spec) -> dict[str, float]:
@@ -34,7 +33,7 @@ def requested_resources(spec) -> dict[str, float]:
         return train_resources(spec)
     if isinstance(spec, SweepSpec):  # up to max_concurrent trials at once (fewer if they don't fit)
         trials = min(spec.sweep.max_concurrent, spec.sweep.trial_count())
-        return {name: trials * amount for name, amount in train_resources(spec.train).items()}
+        return {name: trials * each for name, each in train_resources(spec.train).items()}
     raise TypeError(f"unknown spec type {type(spec).__name__}")
 
 
@@ -44,21 +43,6 @@ def preemptible(spec) -> bool:
     return (spec.train if isinstance(spec, SweepSpec) else spec).resources.preemptible
 
 
-def workers_that_fit(bundle: Mapping[str, float], nodes: Sequence[Mapping[str, float]]) -> int:
-    """How many identical worker bundles the nodes hold at once. Each bundle must sit on one
-    node (a Ray placement-group bundle never spans nodes), so this counts per node."""
-    asked = {name: amount for name, amount in bundle.items() if amount > 0}
-    if not asked:
-        return math.inf
-    return sum(min(math.floor(node.get(name, 0.0) / amount + EPSILON) for name, amount in asked.items())
-               for node in nodes)
-
-
-def _amount(value: float, name: str) -> str:
-    unit = name if value == 1 else f"{name}s"
-    return f"{value:g} {unit}"
-
-
 def shortfall(resources: ResourcesSpec, nodes: Sequence[Mapping[str, float]]) -> Optional[str]:
     """None when the nodes (each a {"CPU": n, "GPU": m} of its total resources) can hold the
     run's workers at once; else what it asks for, what the cluster has, and how to fit."""
@@ -66,17 +50,17 @@ def shortfall(resources: ResourcesSpec, nodes: Sequence[Mapping[str, float]]) ->
     fit = workers_that_fit(bundle, nodes)
     if fit >= workers:
         return None
-    asked = ", ".join(f"{_amount(workers * a, n)}" for n, a in bundle.items() if a > 0)
+    asked = ", ".join(f"{amount(workers * a, n)}" for n, a in bundle.items() if a > 0)
     where = "this machine has" if len(nodes) == 1 else f"the Ray cluster ({len(nodes)} nodes) has"
-    have = ", ".join(_amount(sum(node.get(n, 0.0) for node in nodes), n) for n, a in bundle.items() if a > 0)
+    have = ", ".join(amount(sum(node.get(n, 0.0) for node in nodes), n) for n, a in bundle.items() if a > 0)
     largest = {n: max((node.get(n, 0.0) for node in nodes), default=0.0) for n in bundle}
     too_big = [n for n, a in bundle.items() if a > largest[n] + EPSILON]
     if "GPU" in too_big and largest["GPU"] == 0:
         advice = "the cluster has no GPU: set resources.use_gpu: false"
     elif too_big:
         name = too_big[0]
-        advice = (f"one worker asks for {_amount(bundle[name], name)} and no node has more than "
-                  f"{_amount(largest[name], name)}: lower {FIELD_OF[name]}")
+        advice = (f"one worker asks for {amount(bundle[name], name)} and no node has more than "
+                  f"{amount(largest[name], name)}: lower {FIELD_OF[name]}")
     else:
         advice = f"lower resources.num_workers to {fit} or resources.cpus_per_worker"
     return (f"resources: {workers} worker(s) ask for {asked}, {where} {have}; "

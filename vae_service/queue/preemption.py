@@ -20,7 +20,7 @@ import math
 from datetime import datetime, timedelta
 from typing import Mapping, Optional, Protocol, Sequence
 
-from vae_service.queue.capacity import add, fits, summed
+from vae_service.core.capacity import add, fits, summed
 
 SEARCH_LIMIT = 20_000  # candidate sets examined before falling back to the greedy choice
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
-from vae_service.queue.capacity import EPSILON, add, amount
+from vae_service.core.capacity import EPSILON, add, amount
 from vae_service.queue.settings import Settings
 
 RESOURCES = (("CPU", "cpus"), ("GPU", "gpus"))  # Ray's resource name, the quota's field

@@ -28,7 +28,8 @@ from rich.console import Console
 from vae_service import storage
 from vae_service.core.errors import Interrupted, JobFailed
 from vae_service.core.interrupt import Interrupt
-from vae_service.core.resources import per_worker, shortfall, workers_that_fit
+from vae_service.core.capacity import workers_that_fit
+from vae_service.core.resources import per_worker, shortfall
 from vae_service.core import metrics as M
 from vae_service.core.metrics import OBJECTIVE_METRICS, OBJECTIVE_MODES
 from vae_service.core.sweep_spec import SweepSpec

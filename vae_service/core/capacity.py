@@ -1,8 +1,10 @@
-"""Arithmetic on resource requests ({"CPU": 2.0, "GPU": 0.0}), shared by scheduling, quotas
-and preemption, and how an amount is written in a waiting reason."""
+"""Arithmetic on amounts of resources ({"CPU": 2.0, "GPU": 0.0}) — a job's request, the room
+left, a node — and how an amount is written in a message: the one home of both, used by the
+queue's scheduling, quotas and preemption and by `vae run`'s check that a run fits the cluster."""
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 EPSILON = 1e-9  # resources are floats (0.5 CPUs): compare with a little slack
@@ -34,3 +36,13 @@ def summed(jobs: Sequence) -> dict[str, float]:
 def amount(value: float, name: str) -> str:
     """`1 CPU`, `2 CPUs`, `0.5 CPUs`."""
     return f"{value:g} {name}" + ("" if value == 1 else "s")
+
+
+def workers_that_fit(bundle: Mapping[str, float], nodes: Sequence[Mapping[str, float]]) -> int:
+    """How many identical worker bundles the nodes hold at once. Each bundle must sit on one
+    node (a Ray placement-group bundle never spans nodes), so this counts per node."""
+    asked = {name: value for name, value in bundle.items() if value > 0}
+    if not asked:
+        return math.inf
+    return sum(min(math.floor(node.get(name, 0.0) / value + EPSILON) for name, value in asked.items())
+               for node in nodes)
