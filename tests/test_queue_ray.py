@@ -145,6 +145,27 @@ def test_submit_wait_succeeds_with_mlflow_run_and_live_logs(head, tmp_path):
         server.stop()
 
 
+def test_a_job_whose_worker_no_node_can_hold_is_refused_at_submission(head, tmp_path):
+    """Ray never splits a worker across nodes: on the 2-CPU head, a 3-CPU worker (or a GPU one)
+    would wait forever. `vae submit` gets a 422 naming the field and the node size; nothing is queued."""
+    env = server_env(head, tmp_path, f"sqlite:///{tmp_path / 'queue.db'}")
+    server = start_server(tmp_path, env)
+    (tmp_path / "big.yaml").write_text(tiny_spec_text("too-big", cpus=3))
+    (tmp_path / "gpu.yaml").write_text(tiny_spec_text("gpu"))
+    try:
+        big = cli(env, server, "submit", "big.yaml", cwd=tmp_path)
+        assert big.returncode == 2, big.stdout + big.stderr
+        assert "resources.cpus_per_worker" in big.stderr and "no node has more than 2 CPUs" in big.stderr, big.stderr
+        gpu = cli(env, server, "submit", "gpu.yaml", "--set", "resources.use_gpu=true", cwd=tmp_path)
+        assert gpu.returncode == 2 and "the cluster has no GPU: set resources.use_gpu: false" in gpu.stderr, gpu.stderr
+        assert api(server, TOKEN).get("/jobs").json()["total"] == 0  # nothing stored
+        fits = cli(env, server, "submit", "big.yaml", "--set", "resources.cpus_per_worker=2", "--set", "storage.uri=" + UNWRITABLE,
+                   cwd=tmp_path)
+        assert fits.returncode == 0, fits.stderr  # the largest node's size is accepted
+    finally:
+        server.stop()
+
+
 def test_a_running_job_ray_cannot_place_says_why_and_trains_when_room_returns(head, tmp_path):
     """Both CPUs held outside the queue, as by a Ray job of someone else's (or lost with a worker
     node): the queue admits the job on its own count, Ray cannot place its worker. The job is

@@ -40,7 +40,27 @@ def requested_resources(spec) -> dict[str, float]:
 def preemptible(spec) -> bool:
     """Whether the queue may stop this job for a higher-priority one (resources.preemptible;
     a sweep's is its base train spec's)."""
-    return (spec.train if isinstance(spec, SweepSpec) else spec).resources.preemptible
+    return worker_resources(spec).preemptible
+
+
+def worker_resources(spec) -> ResourcesSpec:
+    """The resources section that sizes one worker: a train spec's, a sweep's base train spec's."""
+    return (spec.train if isinstance(spec, SweepSpec) else spec).resources
+
+
+def larger_than_any_node(resources: ResourcesSpec, nodes: Sequence[Mapping[str, float]]) -> Optional[tuple[str, str]]:
+    """(the field to change, why) when one worker asks for more than any of `nodes` has — Ray
+    never splits a worker across nodes, so such a run waits forever — else None."""
+    bundle = per_worker(resources)
+    largest = {n: max((node.get(n, 0.0) for node in nodes), default=0.0) for n in bundle}
+    too_big = [n for n, a in bundle.items() if a > largest[n] + EPSILON]
+    if not too_big:
+        return None
+    if "GPU" in too_big and largest["GPU"] == 0:
+        return "resources.use_gpu", "the cluster has no GPU: set resources.use_gpu: false"
+    name = too_big[0]
+    return FIELD_OF[name], (f"one worker asks for {amount(bundle[name], name)} and no node has more than "
+                            f"{amount(largest[name], name)}: lower {FIELD_OF[name]}")
 
 
 def shortfall(resources: ResourcesSpec, nodes: Sequence[Mapping[str, float]]) -> Optional[str]:
@@ -53,15 +73,7 @@ def shortfall(resources: ResourcesSpec, nodes: Sequence[Mapping[str, float]]) ->
     asked = ", ".join(f"{amount(workers * a, n)}" for n, a in bundle.items() if a > 0)
     where = "this machine has" if len(nodes) == 1 else f"the Ray cluster ({len(nodes)} nodes) has"
     have = ", ".join(amount(sum(node.get(n, 0.0) for node in nodes), n) for n, a in bundle.items() if a > 0)
-    largest = {n: max((node.get(n, 0.0) for node in nodes), default=0.0) for n in bundle}
-    too_big = [n for n, a in bundle.items() if a > largest[n] + EPSILON]
-    if "GPU" in too_big and largest["GPU"] == 0:
-        advice = "the cluster has no GPU: set resources.use_gpu: false"
-    elif too_big:
-        name = too_big[0]
-        advice = (f"one worker asks for {amount(bundle[name], name)} and no node has more than "
-                  f"{amount(largest[name], name)}: lower {FIELD_OF[name]}")
-    else:
-        advice = f"lower resources.num_workers to {fit} or resources.cpus_per_worker"
+    too_big = larger_than_any_node(resources, nodes)
+    advice = too_big[1] if too_big else f"lower resources.num_workers to {fit} or resources.cpus_per_worker"
     return (f"resources: {workers} worker(s) ask for {asked}, {where} {have}; "
             f"they would wait forever: {advice}")

@@ -22,7 +22,10 @@
 Who may do what (policy.py): a job is seen, cancelled and its logs read by its owner or an admin
 (anyone else gets 404, as for a job that does not exist); a submission is checked against the
 server's limits (priority: 403; protected alias, register names, storage and data locations, a
-request larger than the user quota: 422 naming the field) before anything is stored.
+request larger than the user quota: 422 naming the field) before anything is stored. So is a
+job one of whose workers no node of the Ray cluster could ever hold (422 naming the resources
+field and the largest node): "no node" counts the nodes Ray remembers as dead, which may come
+back; without an answer from Ray the job is queued unchecked.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, List, Optional
 
@@ -41,7 +45,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from vae_service.core.errors import one_line
-from vae_service.core.resources import preemptible, requested_resources
+from vae_service.core.resources import larger_than_any_node, preemptible, requested_resources, worker_resources
 from vae_service.core.spec_loading import MAX_SPEC_BYTES, SpecError, dump_spec, load_spec_text
 from vae_service.core.sweep_spec import MAX_GRID_POINTS
 from vae_service.jobs.locations import with_queue_defaults
@@ -63,6 +67,7 @@ LOG_POLL_S = 0.5
 DEFAULT_LOG_BYTES = 1024 * 1024  # GET /jobs/{id}/logs: the last MiB unless asked otherwise
 MAX_LOG_BYTES = 8 * 1024 * 1024
 MAX_TAIL_LINES = 100_000
+NODES_TTL_S = 10.0  # how long a submission trusts the node sizes the last one read from Ray
 RAY_CALLS = 4  # Ray log reads in flight at once, per server
 _bearer = HTTPBearer(auto_error=False, description="An API token (VAE_API_TOKEN or the server's token file).")
 
@@ -118,6 +123,18 @@ def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, di
     wake = dispatcher.wake if dispatcher is not None else threading.Event()
     policy = policy or Policy.from_settings(Settings())
     quota = quota or Quota.from_settings(Settings())
+
+    nodes_read: dict = {"at": -NODES_TTL_S, "nodes": None}
+
+    def node_sizes() -> Optional[list[dict[str, float]]]:
+        """Every node Ray knows, alive or dead (a dead one may be restarting); None without Ray."""
+        if ray is not None and time.monotonic() - nodes_read["at"] > NODES_TTL_S:
+            try:
+                nodes_read["nodes"] = ray.nodes(include_dead=True)
+            except RayUnavailable:
+                nodes_read["nodes"] = None  # queued unchecked: the dispatcher waits for Ray anyway
+            nodes_read["at"] = time.monotonic()
+        return nodes_read["nodes"]
 
     def visible_job(job_id: str, identity: Identity):
         """The job, if this identity may see it; else UnknownJob, as if it did not exist."""
@@ -210,6 +227,12 @@ def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, di
         if too_large:
             return JSONResponse({"detail": [{"loc": ["resources"], "path": "resources", "msg": too_large, "line": None}]},
                                 status_code=422)
+        nodes = node_sizes()
+        too_big = larger_than_any_node(worker_resources(spec), nodes) if nodes else None
+        if too_big:
+            field, why = too_big
+            return JSONResponse({"detail": [{"loc": field.split("."), "path": field, "line": None,
+                                             "msg": f"{why} (the Ray cluster has {len(nodes)} node(s))"}]}, status_code=422)
         job, created = store.add(NewJob(
             name=spec.name, kind=spec.kind, priority=priority, submitted_by=identity.name, spec_submitted=spec_text,
             spec_normalised=dump_spec(spec), resources=resources, overrides=tuple(overrides), idempotency_key=key,

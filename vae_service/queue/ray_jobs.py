@@ -255,10 +255,12 @@ class RayJobs:
             raise RayUnavailable(f"Ray at {self.address}: {kind}: HTTP {status}")
         return self._json(body, what)["data"]["result"]["result"]
 
-    def nodes(self) -> list[dict[str, float]]:
-        """Each live node's total CPU and GPU (Ray's State API)."""
+    def nodes(self, include_dead: bool = False) -> list[dict[str, float]]:
+        """Each live node's total CPU and GPU (Ray's State API); with `include_dead`, also those
+        of the nodes Ray still remembers as dead (one may be restarting)."""
         return [{name: float((node.get("resources_total") or {}).get(name, 0.0)) for name in ("CPU", "GPU")}
-                for node in self._state("nodes", "read the cluster's resources") if node.get("state") == "ALIVE"]
+                for node in self._state("nodes", "read the cluster's resources")
+                if include_dead or node.get("state") == "ALIVE"]
 
     def totals(self) -> dict[str, float]:
         """The cluster's total CPU and GPU over its live nodes."""
