@@ -56,6 +56,7 @@ def epochs_logged(run_id: str) -> list[int]:
     return sorted(m.step for m in client().get_metric_history(run_id, "train_loss"))
 
 
+@pytest.mark.timeout(900)  # three trainings one after another: 130 s alone, past the 8-minute slow limit on a loaded machine
 def test_an_urgent_job_preempts_a_long_one_which_resumes_from_its_checkpoint(head, tmp_path):
     """alice's long job (priority 1, both CPUs) runs; bob's urgent job (priority 10, both CPUs)
     arrives; alice's is stopped within seconds, bob's runs and succeeds, alice's resumes in the
