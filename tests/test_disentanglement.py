@@ -161,6 +161,7 @@ def test_a_representation_of_the_wrong_shape_is_refused():
 
 # --- codes with known disentanglement ----------------------------------------------------------
 
+@pytest.mark.slow  # the full metric suite on dSprites-sized codes: 13-22 s on a loaded 2-core machine
 def test_an_axis_aligned_code_scores_high():
     s = scores("aligned")
     assert s["mig"] > 0.9  # 0.98 at these sizes
@@ -170,6 +171,7 @@ def test_an_axis_aligned_code_scores_high():
     assert s["dci_informativeness_test"] > 0.95
 
 
+@pytest.mark.slow  # the full metric suite on dSprites-sized codes: 13-22 s on a loaded 2-core machine
 def test_an_independent_code_scores_low():
     s = scores("independent")
     assert s["mig"] < 0.1
@@ -178,6 +180,7 @@ def test_an_independent_code_scores_low():
     assert s["dci_disentanglement"] < 0.2
 
 
+@pytest.mark.slow  # the full metric suite on dSprites-sized codes: 13-22 s on a loaded 2-core machine
 def test_a_rotated_code_is_informative_but_entangled():
     rotated, aligned_, independent_ = scores("rotated"), scores("aligned"), scores("independent")
     assert rotated["mig"] < 0.3 < aligned_["mig"] - 0.5
@@ -199,6 +202,7 @@ def test_a_code_with_no_active_dimension():
     assert s["dci_completeness"] == pytest.approx(0.0, abs=1e-9)
 
 
+@pytest.mark.slow  # the full metric suite on dSprites-sized codes: 13-22 s on a loaded 2-core machine
 def test_one_generator_seed_gives_one_score():
     def run():
         rng = np.random.default_rng(11)
