@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Mapping, Optional, Protocol, Sequence
 
-from vae_service.queue import preemption
 from vae_service.core.capacity import EPSILON, add, amount, fits, subtract, summed
+from vae_service.queue import preemption
 from vae_service.queue.quotas import Quota, Usage
 from vae_service.queue.settings import PREEMPT_MIN_RUN_S
 
