@@ -81,7 +81,8 @@ def tiny_spec_text(name: str = "tiny", cpus: float = 1) -> str:
 
 @dataclass
 class RayHead:
-    address: str
+    address: str  # the dashboard's (Jobs and State APIs)
+    gcs_address: str  # what `ray start --address` of another node joins
     token: str
     token_path: Path
     temp_dir: Path
@@ -156,11 +157,53 @@ def ray_head(num_cpus: int = 2) -> Iterator[RayHead]:
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"ray head did not start: {(temp_dir / 'head.log').read_text()[-2000:]}")
             time.sleep(0.5)
-        yield RayHead(address, token, token_path, temp_dir, process, num_cpus)
+        yield RayHead(address, f"127.0.0.1:{gcs}", token, token_path, temp_dir, process, num_cpus)
     finally:
         stop_ray_head(process, temp_dir)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def live_nodes(head: RayHead) -> list[dict]:
+    response = httpx.get(f"{head.address}/api/v0/nodes", headers={"Authorization": f"Bearer {head.token}"}, timeout=10)
+    return [node for node in response.json()["data"]["result"]["result"] if node.get("state") == "ALIVE"]
+
+
+@contextmanager
+def ray_worker_node(head: RayHead, num_cpus: int) -> Iterator[subprocess.Popen]:
+    """Another Ray node on this machine, joined to `head` (`ray start --address … --block`, token
+    auth, free ports); yields its `ray start` process (its raylet is a child in its process
+    group). Stopped by its process group; the head's own stop sweeps whatever is left."""
+    before = len(live_nodes(head))
+    agent_http, agent_grpc, runtime_env, metrics, node_manager, object_manager = free_ports(6)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(head.token_path))
+    log = open(head.temp_dir / f"node-{node_manager}.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--address", head.gcs_address, "--block",
+         "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus), "--num-gpus", "0",
+         "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
+         "--runtime-env-agent-port", str(runtime_env), "--metrics-export-port", str(metrics),
+         "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager), "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        wait_for(lambda: len(live_nodes(head)) > before or process.poll() is not None, 90, "the worker node to join")
+        if process.poll() is not None:
+            pytest.fail(f"ray worker node did not start: {Path(log.name).read_text()[-2000:]}")
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        process.wait()
+        log.close()
 
 
 def stop_ray_head(process: subprocess.Popen, temp_dir: Path) -> None:

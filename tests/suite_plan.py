@@ -44,6 +44,7 @@ LONGEST_FIRST = [
     "tests/test_queue_ray.py", "tests/test_queue_preemption.py", "tests/test_queue_ui.py",
     "tests/test_benches.py",
     "tests/test_sweeps.py",
+    "tests/test_queue_nodes.py",
     "tests/test_training_ray.py",
     "tests/test_own_data.py",
     "tests/faults/test_worker_killed.py",

@@ -17,8 +17,9 @@ import pytest
 import sqlalchemy
 from queue_support import BACKENDS, temporary_database
 
-from vae_service.queue import scheduling
 from vae_service.core.capacity import summed
+from vae_service.core.placement import Bundles, Cluster, Node
+from vae_service.queue import scheduling
 from vae_service.queue.db import current_revision, make_engine, upgrade
 from vae_service.queue.leader import leadership_for
 from vae_service.queue.models import Base
@@ -50,7 +51,7 @@ def test_migrations_build_the_models_schema_and_can_run_again(db_url):
     engine = make_engine(db_url)
     upgrade(engine)
     upgrade(engine)  # a restarted server migrates again: nothing to do, no error
-    assert current_revision(engine) == "0004"
+    assert current_revision(engine) == "0005"
     inspector = sqlalchemy.inspect(engine)
     columns = {c["name"]: c["nullable"] for c in inspector.get_columns("jobs")}
     model = {c.name: c.nullable for c in Base.metadata.tables["jobs"].columns}
@@ -429,6 +430,8 @@ class Fake:
     state: str = "queued"
     preemptible: bool = True
     running_for_s: Optional[float] = None  # running: since NOW minus this
+    workers: int = 1  # its bundles: `workers` equal shares of cpus and gpus
+    strategy: str = "PACK"
     resource_request: dict = field(init=False)
     created_at: datetime = field(init=False)
     running_since: Optional[datetime] = field(init=False)
@@ -437,6 +440,10 @@ class Fake:
         self.resource_request = {"CPU": self.cpus, "GPU": self.gpus}
         self.created_at = NOW - timedelta(hours=1) + timedelta(seconds=next(_created))
         self.running_since = NOW - timedelta(seconds=self.running_for_s) if self.running_for_s is not None else None
+
+    @property
+    def worker_bundles(self) -> Bundles:
+        return Bundles({"CPU": self.cpus / self.workers, "GPU": self.gpus / self.workers}, self.workers, self.strategy)
 
 
 def held(cpus: float = 0.0, gpus: float = 0.0) -> list[Fake]:
@@ -570,6 +577,59 @@ def test_exact_search_falls_back_to_greedy_on_many_candidates(monkeypatch):
     active = [running(f"r{i}", 1, for_s=200 + i) for i in range(6)]
     plan = scheduling.plan([Fake("urgent", 3, priority=10)], {"CPU": 6.0, "GPU": 0.0}, active, now=NOW)
     assert ids(plan.preempt) == ["r0", "r1", "r2"]  # the three started last, no more
+
+
+def two_nodes(cpus: float = 2.0) -> Cluster:
+    return Cluster([Node("n1", {"CPU": cpus, "GPU": 0.0}), Node("n2", {"CPU": cpus, "GPU": 0.0})])
+
+
+def test_a_job_waits_while_its_room_is_split_across_nodes_and_says_so():
+    # The case: X (2 × 1 CPU, spread) runs one worker on each 2-CPU node; C (1 × 2 CPUs)
+    # must wait although 2 CPUs are free in all, and runs once X has ended.
+    x = running("X", 2, workers=2, strategy="SPREAD")
+    for placed in ({"X": ["n1", "n2"]}, None):  # where Ray says X is; or, not yet known, where Ray would put it
+        plan = scheduling.plan([Fake("C", 2)], two_nodes(), [x], now=NOW, placed=placed)
+        assert plan.chosen == [] and plan.reserved_for.id == "C"
+        assert plan.reasons["C"] == ("waiting for room on the nodes for 1 × 2 CPUs: 2 CPUs free in all, "
+                                     "but no node has 2 CPUs free (1 CPU free on each of 2 nodes)")
+    assert ids(scheduling.plan([Fake("C", 2)], two_nodes(), [], now=NOW).chosen) == ["C"]
+    # Packed, X fills one node and C fits on the other.
+    packed = running("X", 2, workers=2)
+    assert ids(scheduling.plan([Fake("C", 2)], two_nodes(), [packed], now=NOW).chosen) == ["C"]
+    # Ray's word wins over where the queue would have put it.
+    assert scheduling.plan([Fake("C", 2)], two_nodes(), [packed], now=NOW, placed={"X": ["n1", "n2"]}).chosen == []
+
+
+def test_a_job_no_node_could_ever_hold_waits_with_the_node_sizes():
+    plan = scheduling.plan([Fake("big", 3), Fake("small", 1)], two_nodes(), [], now=NOW)
+    assert ids(plan.chosen) == ["small"] and plan.reserved_for is None  # never reserved for: it would block all
+    assert plan.reasons["big"] == ("its workers (1 × 3 CPUs) never fit on the cluster's nodes, even empty: "
+                                   "no node has 3 CPUs (2 CPUs free on each of 2 nodes): lower "
+                                   "resources.cpus_per_worker or resources.num_workers")
+
+
+def test_preemption_frees_room_on_a_node_where_the_urgent_job_fits():
+    # Two CPUs on one node are needed. The two most recently started jobs (p, r) free 2 CPUs
+    # in all, but one on each node; the fewest victims that free one node are p and q.
+    active = [running("p", 1, for_s=1000), running("q", 1, for_s=3000), running("r", 1, for_s=2000), running("s", 1, for_s=4000)]
+    placed = {"p": ["n1"], "q": ["n1"], "r": ["n2"], "s": ["n2"]}
+    plan = scheduling.plan([Fake("urgent", 2, priority=10)], two_nodes(), active, now=NOW, placed=placed)
+    assert ids(plan.preempt) == ["p", "q"]
+    one_node = scheduling.plan([Fake("urgent", 2, priority=10)], {"CPU": 4.0, "GPU": 0.0}, active, now=NOW)
+    assert ids(one_node.preempt) == ["p", "r"]  # one pool: the two started last
+
+
+def test_bundles_are_placed_as_ray_places_them():
+    nodes = Cluster([Node("a", {"CPU": 4.0}), Node("b", {"CPU": 2.0}), Node("c", {"CPU": 1.0})])
+    assert nodes.where(Bundles({"CPU": 1.0}, 3)) == ["a", "a", "a"]  # pack: the fewest nodes
+    assert nodes.where(Bundles({"CPU": 1.0}, 3, "SPREAD")) == ["a", "b", "c"]  # spread: one per node
+    assert nodes.where(Bundles({"CPU": 1.0}, 5, "SPREAD")) == ["a", "b", "c", "a", "b"]
+    assert nodes.where(Bundles({"CPU": 2.0}, 4)) is None  # 6 CPUs free, room for three 2-CPU bundles
+    nodes.take(Bundles({"CPU": 1.0}, 3, "SPREAD"))
+    assert [node.free["CPU"] for node in nodes.nodes] == [3.0, 1.0, 0.0]
+    assert nodes.short(Bundles({"CPU": 4.0})) == "no node has 4 CPUs free (3 CPUs free on 1 node, 1 CPU free on 1 node, 0 CPUs free on 1 node)"
+    assert nodes.short(Bundles({"CPU": 1.0}, 5)) == ("the nodes have room for 4 of its 5 workers (3 CPUs free on 1 node, "
+                                                     "1 CPU free on 1 node, 0 CPUs free on 1 node)")
 
 
 def test_a_job_over_its_users_quota_waits_with_the_reason_and_blocks_nobody():

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Mapping, Optional, Sequence
 
 from vae_service.core.capacity import EPSILON, amount, workers_that_fit
+from vae_service.core.placement import Bundles
 from vae_service.core.spec import ResourcesSpec, TrainSpec
 from vae_service.core.sweep_spec import SweepSpec
 
@@ -20,21 +21,24 @@ def per_worker(resources: ResourcesSpec) -> dict[str, float]:
     return {"CPU": resources.cpus_per_worker, "GPU": resources.gpus}
 
 
-def train_resources(spec: TrainSpec) -> dict[str, float]:
-    """One Ray Train run: its workers. The Train controller, the progress actor and a job's
-    driver take no CPU in Ray's accounting, so they are not counted."""
-    workers = spec.resources.num_workers
-    return {name: workers * each for name, each in per_worker(spec.resources).items()}
-
-
 def requested_resources(spec) -> dict[str, float]:
     """Peak Ray resources of a job spec (any kind)."""
+    return requested_bundles(spec).total
+
+
+def requested_bundles(spec) -> Bundles:
+    """A job spec's workers at its peak, as Ray places them: one bundle per worker (a sweep: per
+    worker of each of up to max_concurrent trials at once), packed or spread as the spec says."""
+    # The Train controller, the progress actor and a job's driver take no CPU in Ray's
+    # accounting, so only the workers count.
     if isinstance(spec, TrainSpec):
-        return train_resources(spec)
-    if isinstance(spec, SweepSpec):  # up to max_concurrent trials at once (fewer if they don't fit)
-        trials = min(spec.sweep.max_concurrent, spec.sweep.trial_count())
-        return {name: trials * each for name, each in train_resources(spec.train).items()}
-    raise TypeError(f"unknown spec type {type(spec).__name__}")
+        workers = spec.resources.num_workers
+    elif isinstance(spec, SweepSpec):  # up to max_concurrent trials at once (fewer if they don't fit)
+        workers = min(spec.sweep.max_concurrent, spec.sweep.trial_count()) * spec.train.resources.num_workers
+    else:
+        raise TypeError(f"unknown spec type {type(spec).__name__}")
+    resources = worker_resources(spec)
+    return Bundles(per_worker(resources), workers, resources.placement.upper())
 
 
 def preemptible(spec) -> bool:

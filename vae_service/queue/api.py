@@ -45,7 +45,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from vae_service.core.errors import one_line
-from vae_service.core.resources import larger_than_any_node, preemptible, requested_resources, worker_resources
+from vae_service.core.resources import (larger_than_any_node, preemptible, requested_bundles, requested_resources,
+                                        worker_resources)
 from vae_service.core.spec_loading import MAX_SPEC_BYTES, SpecError, dump_spec, load_spec_text
 from vae_service.core.sweep_spec import MAX_GRID_POINTS
 from vae_service.jobs.locations import with_queue_defaults
@@ -235,7 +236,7 @@ def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, di
                                              "msg": f"{why} (the Ray cluster has {len(nodes)} node(s))"}]}, status_code=422)
         job, created = store.add(NewJob(
             name=spec.name, kind=spec.kind, priority=priority, submitted_by=identity.name, spec_submitted=spec_text,
-            spec_normalised=dump_spec(spec), resources=resources, overrides=tuple(overrides), idempotency_key=key,
+            spec_normalised=dump_spec(spec), resources=resources, bundles=requested_bundles(spec), overrides=tuple(overrides), idempotency_key=key,
             preemptible=preemptible(spec)))
         if created:
             wake.set()

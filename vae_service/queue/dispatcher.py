@@ -98,6 +98,7 @@ class Dispatcher:
         self.leader_timeout_s = leader_timeout_s or LEADER_TIMEOUT_RAY_CALLS * ray.timeout_s
         self._stop_sent: set[str] = set()
         self._reserved_for: Optional[str] = None
+        self._known: dict[str, RayJob] = {}  # what Ray said of the admitted jobs at the last follow
         self._waiting: dict[str, str] = {}  # job id → the waiting reason last stored for it
         self._unplaced_since: dict[str, float] = {}  # running job id → when its workers were first seen unplaced
         self._unplaced_stored: Optional[dict[str, str]] = None  # the reasons last stored (None: not yet this process)
@@ -194,6 +195,7 @@ class Dispatcher:
         if not active:
             return False
         known = self.ray.list() if known is None else known
+        self._known = known
         ended = False
         for job in active:
             if self._out_of_time():
@@ -264,8 +266,8 @@ class Dispatcher:
             self._reserved_for = None
             self._waiting = {}
             return
-        totals = self.ray.totals()
-        plan = scheduling.plan(queued, totals, self.store.in_states(ACTIVE), self.rules)
+        cluster, active = self.ray.cluster(), self.store.in_states(ACTIVE)
+        plan = scheduling.plan(queued, cluster, active, self.rules, placed=self._placed(cluster, active))
         chosen, reserved = plan.chosen, plan.reserved_for
         for victim in plan.preempt:
             self._preempt(victim, reserved)
@@ -284,6 +286,20 @@ class Dispatcher:
             except (IllegalTransition, UnknownJob):
                 continue  # cancelled meanwhile
             self._submit(job.id)
+
+    def _placed(self, cluster, active: list[Job]) -> dict[str, list[str]]:
+        """Where Ray has placed the admitted jobs' workers, by queue job id (node ids). Needed
+        only on a cluster of several nodes; a job Ray has not placed yet is left out (the plan
+        counts it where it would go)."""
+        if len(cluster.nodes) < 2 or not active:
+            return {}
+        by_ray_id = self.ray.placements()
+        out = {}
+        for job in active:
+            info = self._known.get(job.ray_job_id)
+            if info is not None and info.ray_job_id in by_ray_id:
+                out[job.id] = by_ray_id[info.ray_job_id]
+        return out
 
     def _store_waiting_reasons(self, queued: list[Job], reasons: dict[str, str]) -> None:
         """Stores why each queued job waits (none: it is admitted now), only where that changed

@@ -10,6 +10,8 @@ from typing import Optional
 from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from vae_service.core.placement import Bundles
+
 
 class UTCDateTime(TypeDecorator):
     """Timestamps stored as naive UTC and read back as aware UTC on every backend
@@ -49,6 +51,7 @@ class Job(Base):
     overrides: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of --set assignments
     spec_normalised: Mapped[str] = mapped_column(Text)  # every default filled in: what runs
     resources: Mapped[str] = mapped_column(Text)  # JSON {"CPU": x, "GPU": y}: what it asks of Ray
+    bundles: Mapped[Optional[str]] = mapped_column(Text)  # JSON core/placement.Bundles: its workers, node by node
     idempotency_key: Mapped[Optional[str]] = mapped_column(String(200))  # unique per submitter
     ray_submission_id: Mapped[Optional[str]] = mapped_column(String(64))
     mlflow_run_id: Mapped[Optional[str]] = mapped_column(String(64))
@@ -71,6 +74,14 @@ class Job(Base):
     @property
     def resource_request(self) -> dict[str, float]:
         return json.loads(self.resources)
+
+    @property
+    def worker_bundles(self) -> Bundles:
+        """Its workers as Ray places them; a job stored before bundles were recorded: one
+        bundle of everything it asks for."""
+        if self.bundles:
+            return Bundles.from_json(self.bundles)
+        return Bundles(self.resource_request)
 
     @property
     def ray_job_id(self) -> str:

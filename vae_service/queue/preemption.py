@@ -18,9 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 from datetime import datetime, timedelta
-from typing import Mapping, Optional, Protocol, Sequence
-
-from vae_service.core.capacity import add, fits, summed
+from typing import Callable, Optional, Protocol, Sequence
 
 SEARCH_LIMIT = 20_000  # candidate sets examined before falling back to the greedy choice
 
@@ -36,11 +34,6 @@ class Running(Protocol):
     def resource_request(self) -> dict[str, float]: ...
 
 
-def _fits(request: Mapping[str, float], free: Mapping[str, float], victims: Sequence[Running]) -> bool:
-    """Whether `request` fits in `free` once the victims have stopped."""
-    return fits(request, add(free, summed(victims)))
-
-
 def candidates(active: Sequence[Running], priority: int, now: datetime, min_run_s: float) -> list[Running]:
     """The jobs that may be stopped for a job of `priority`, most preferred victim first."""
     guard = timedelta(seconds=min_run_s)
@@ -51,30 +44,31 @@ def candidates(active: Sequence[Running], priority: int, now: datetime, min_run_
     return sorted(eligible, key=lambda job: (job.priority, -job.running_since.timestamp(), job.id))
 
 
-def choose_victims(request: Mapping[str, float], free: Mapping[str, float], ranked: Sequence[Running]) -> list[Running]:
-    """The fewest of `ranked` (most preferred first) whose resources make `request` fit with
-    `free`; [] when even all of them would not."""
-    if not ranked or not _fits(request, free, ranked):
+def choose_victims(room_after: Callable[[Sequence[Running]], bool], ranked: Sequence[Running]) -> list[Running]:
+    """The fewest of `ranked` (most preferred first) once stopped make room — `room_after(victims)`
+    says whether the waiting job then fits, in all and on the nodes where its workers can go;
+    [] when even all of them would not."""
+    if not ranked or not room_after(ranked):
         return []
     examined = 0
     for size in range(1, len(ranked) + 1):
         if examined + math.comb(len(ranked), size) > SEARCH_LIMIT:
-            return _greedy(request, free, ranked)
+            return _greedy(room_after, ranked)
         for victims in itertools.combinations(ranked, size):  # in the ranking's order
             examined += 1
-            if _fits(request, free, victims):
+            if room_after(victims):
                 return list(victims)
     return []  # not reached: all of them fit
 
 
-def _greedy(request: Mapping[str, float], free: Mapping[str, float], ranked: Sequence[Running]) -> list[Running]:
+def _greedy(room_after: Callable[[Sequence[Running]], bool], ranked: Sequence[Running]) -> list[Running]:
     chosen: list[Running] = []
     for job in ranked:
         chosen.append(job)
-        if _fits(request, free, chosen):
+        if room_after(chosen):
             break
     for job in reversed(list(chosen)):  # spare the least preferred victims that are not needed
         rest = [other for other in chosen if other is not job]
-        if _fits(request, free, rest):
+        if room_after(rest):
             chosen = rest
     return chosen

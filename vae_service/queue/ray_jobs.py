@@ -37,6 +37,7 @@ from typing import Any, AsyncIterator, Optional
 import httpx
 
 from vae_service.core.errors import ShownError, one_line
+from vae_service.core.placement import Cluster, Node
 
 TIMEOUT_S = 10.0  # read timeout, and the deadline of a whole call
 CONNECT_TIMEOUT_S = 3.0
@@ -264,8 +265,32 @@ class RayJobs:
 
     def totals(self) -> dict[str, float]:
         """The cluster's total CPU and GPU over its live nodes."""
-        nodes = self.nodes()
-        return {name: sum(node[name] for node in nodes) for name in ("CPU", "GPU")}
+        return self.cluster().totals()
+
+    def cluster(self) -> Cluster:
+        """The live nodes by Ray's node id, each with its total CPU and GPU (nothing placed)."""
+        return Cluster([Node(node["node_id"], {name: float((node.get("resources_total") or {}).get(name, 0.0))
+                                               for name in ("CPU", "GPU")})
+                        for node in self._state("nodes", "read the cluster's resources") if node.get("state") == "ALIVE"])
+
+    def placements(self) -> dict[str, list[str]]:
+        """Where Ray has placed each Ray job's workers, by the Ray job id that asked: the node id
+        of every bundle of its placed placement groups (a Ray Train worker group), and of every
+        running task that holds resources outside a group (a single-worker run is one task)."""
+        groups = self._state("placement_groups", "read the placement groups", detail="true",
+                             filter_keys=["state"], filter_predicates=["="], filter_values=["CREATED"])
+        tasks = self._state("tasks", "read the running tasks", filter_keys=["state"], filter_predicates=["="],
+                            filter_values=["RUNNING"], detail="true")
+        out: dict[str, list[str]] = {}
+        for group in groups:
+            for bundle in group.get("bundles") or ():
+                if bundle.get("node_id") and any(v > 0 for v in _resources(bundle.get("unit_resources")).values()):
+                    out.setdefault(group.get("creator_job_id", ""), []).append(bundle["node_id"])
+        for task in tasks:
+            if task.get("node_id") and not task.get("placement_group_id") and \
+                    any(v > 0 for v in _resources(task.get("required_resources")).values()):
+                out.setdefault(task.get("job_id", ""), []).append(task["node_id"])
+        return out
 
     def unplaced(self) -> dict[str, list[Unplaced]]:
         """What waits for room now, by the Ray job id that asked (RayJob.ray_job_id): placement

@@ -33,9 +33,10 @@ from __future__ import annotations
 from collections import Counter, OrderedDict, defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Mapping, Optional, Protocol, Sequence
+from typing import Mapping, Optional, Protocol, Sequence, Union
 
 from vae_service.core.capacity import EPSILON, add, amount, fits, subtract, summed
+from vae_service.core.placement import Bundles, Cluster
 from vae_service.queue import preemption
 from vae_service.queue.quotas import Quota, Usage
 from vae_service.queue.settings import PREEMPT_MIN_RUN_S
@@ -91,47 +92,81 @@ def fair_order(queued_in_order: Sequence[Candidate], usage: dict[str, Usage], to
                 del users[user]
 
 
-def plan(queued_in_order: Sequence[Candidate], totals: Mapping[str, float], active: Sequence,
-         rules: Rules = Rules(), now: Optional[datetime] = None) -> Plan:
+def bundles_of(job) -> Bundles:
+    """A job's workers as Ray places them (a job without a record of them: one bundle)."""
+    return getattr(job, "worker_bundles", None) or Bundles(job.resource_request)
+
+
+def plan(queued_in_order: Sequence[Candidate], cluster: Union[Cluster, Mapping[str, float]], active: Sequence,
+         rules: Rules = Rules(), now: Optional[datetime] = None,
+         placed: Optional[Mapping[str, Sequence[str]]] = None) -> Plan:
     """Which jobs to admit now, which one the room is reserved for, which running jobs to
-    preempt for it, and why each other queued job waits. `active`: the admitted jobs."""
+    preempt for it, and why each other queued job waits. `cluster`: the nodes and their totals
+    (a mapping of totals: one node); `active`: the admitted jobs; `placed`: where Ray says an
+    active job's bundles are (node ids; the others are counted where they would go)."""
     now = now or datetime.now(timezone.utc)
     out = Plan()
+    nodes = cluster.emptied() if isinstance(cluster, Cluster) else Cluster.one_node(cluster)
+    empty, totals = nodes.copy(), nodes.totals()
+    at = {job.id: nodes.take(bundles_of(job), (placed or {}).get(job.id)) for job in active}  # node ids
     usage = usage_by_user(active)
     free = subtract(totals, summed(active))  # what later jobs may use (less the reservation)
     unreserved = dict(free)  # what is free at all
     stopping = [job for job in active if job.state == "preempting"]
     for job in fair_order(queued_in_order, usage, totals):
-        request = job.resource_request
+        request, bundles = job.resource_request, bundles_of(job)
         over_quota = rules.quota.exceeded(usage[job.submitted_by], request)
+        where = nodes.where(bundles) if not over_quota and fits(request, free) else None
         if over_quota:
             out.reasons[job.id] = over_quota
-        elif fits(request, free):
+        elif where is not None:
             out.chosen.append(job)
+            nodes.take(bundles, where)
             free, unreserved = subtract(free, request), subtract(unreserved, request)
             usage[job.submitted_by].add(request)
-        elif not fits(request, totals):
-            out.reasons[job.id] = too_large(request, totals)
+        elif not fits(request, totals) or empty.where(bundles) is None:
+            out.reasons[job.id] = too_large(request, totals, bundles, empty)
         elif out.reserved_for is None:
             out.reserved_for = job
-            out.reasons[job.id] = _make_room(out, job, request, totals, unreserved, stopping, active, rules, now)
+            room = Room(nodes, at, unreserved, request, bundles)
+            out.reasons[job.id] = _make_room(out, job, room, totals, stopping, active, rules, now)
             free = subtract(free, request)  # may go negative: nothing behind it fits until it runs
         else:
-            out.reasons[job.id] = waiting_for_room(request, totals, unreserved, out.reserved_for)
+            out.reasons[job.id] = waiting_for_room(request, totals, unreserved, out.reserved_for, bundles, nodes)
     return out
 
 
-def _make_room(out: Plan, job, request, totals, unreserved, stopping, active, rules: Rules, now: datetime) -> str:
-    """For the reserved job: preempt what is needed (into out.preempt); returns why it waits."""
-    after_stops = add(unreserved, summed(stopping))  # free once the jobs already stopping have ended
-    if stopping and fits(request, after_stops):
+@dataclass
+class Room:
+    """Whether a job's bundles would fit once some jobs have stopped: in all (`unreserved`,
+    what is free before any reservation) and node by node (their bundles freed where they are)."""
+
+    nodes: Cluster
+    at: Mapping[str, Sequence[str]]  # job id → the node of each of its bundles
+    unreserved: Mapping[str, float]
+    request: Mapping[str, float]
+    bundles: Bundles
+
+    def after(self, stopped: Sequence) -> bool:
+        if not fits(self.request, add(self.unreserved, summed(stopped))):
+            return False
+        view = self.nodes.copy()
+        for job in stopped:
+            view.give(bundles_of(job).each, self.at.get(job.id, ()))
+        return view.where(self.bundles) is not None
+
+
+def _make_room(out: Plan, job, room: Room, totals, stopping, active, rules: Rules, now: datetime) -> str:
+    """For the reserved job: preempt what is needed (into out.preempt); returns why it waits.
+    Victims are chosen so that the room appears on nodes where its bundles can go."""
+    if stopping and room.after(stopping):
         return waiting_for_stop(stopping)
     ranked = preemption.candidates(active, job.priority, now, rules.preempt_min_run_s)
-    victims = preemption.choose_victims(request, after_stops, ranked)
+    victims = preemption.choose_victims(lambda chosen: room.after([*stopping, *chosen]), ranked)
     if victims:
         out.preempt.extend(victims)
         return waiting_for_stop(stopping + victims)
-    return waiting_for_room(request, totals, unreserved)
+    return waiting_for_room(room.request, totals, room.unreserved, None, room.bundles, room.nodes)
 
 
 # ---- why a job waits (one line, with the numbers) ----------------------------------------------
@@ -141,18 +176,28 @@ def _asked(request: Mapping[str, float]) -> dict[str, float]:
     return {name: value for name, value in request.items() if value > 0}
 
 
-def too_large(request: Mapping[str, float], totals: Mapping[str, float]) -> str:
-    """A job that asks for more than the whole cluster has: it waits until the cluster grows."""
+def too_large(request: Mapping[str, float], totals: Mapping[str, float], bundles: Optional[Bundles] = None,
+              empty: Optional[Cluster] = None) -> str:
+    """A job that asks for more than the whole cluster has, or than its nodes could ever hold
+    bundle by bundle: it waits until the cluster grows."""
     over = [name for name, value in _asked(request).items() if value > totals.get(name, 0.0) + EPSILON]
-    return "; ".join(f"asks for {amount(request[name], name)}, the cluster has {amount(totals.get(name, 0.0), name)}: "
-                     f"lower {LOWER.get(name, 'resources')}" for name in over)
+    if over or bundles is None or empty is None:
+        return "; ".join(f"asks for {amount(request[name], name)}, the cluster has {amount(totals.get(name, 0.0), name)}: "
+                         f"lower {LOWER.get(name, 'resources')}" for name in over)
+    return (f"its workers ({bundles.describe()}) never fit on the cluster's nodes, even empty: "
+            f"{empty.short(bundles).replace(' free', '', 1)}: lower resources.cpus_per_worker or resources.num_workers")
 
 
 def waiting_for_room(request: Mapping[str, float], totals: Mapping[str, float], unreserved: Mapping[str, float],
-                     reserved_for: Optional[Candidate] = None) -> str:
+                     reserved_for: Optional[Candidate] = None, bundles: Optional[Bundles] = None,
+                     nodes: Optional[Cluster] = None) -> str:
     """A job that fits the cluster but not what is free now (`unreserved`: free before any
-    reservation); `reserved_for`: the job ranked ahead that holds the room, if it is that."""
+    reservation); `reserved_for`: the job ranked ahead that holds the room, if it is that. When
+    enough is free in all but not on any node its bundles could use (`nodes`), says so."""
     asked = _asked(request)
+    if nodes is not None and bundles is not None and fits(request, unreserved) and nodes.where(bundles) is None:
+        in_all = " and ".join(amount(max(unreserved.get(name, 0.0), 0.0), name) for name in asked)
+        return f"waiting for room on the nodes for {bundles.describe()}: {in_all} free in all, but {nodes.short(bundles)}"
     short = [name for name, value in asked.items() if value > unreserved.get(name, 0.0) + EPSILON] or list(asked)
     in_use = ", ".join(f"{totals.get(n, 0.0) - unreserved.get(n, 0.0):g} of {amount(totals.get(n, 0.0), n)}"
                        for n in short)

@@ -19,6 +19,7 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
+from vae_service.core.placement import Bundles
 from vae_service.queue.db import session_factory
 from vae_service.queue.models import Job, utcnow
 from vae_service.queue.states import TERMINAL, WAITING, IllegalTransition, State, check
@@ -46,6 +47,7 @@ class NewJob:
     spec_submitted: str
     spec_normalised: str
     resources: dict[str, float]
+    bundles: Optional[Bundles] = None  # its workers, node by node (None: one bundle of `resources`)
     overrides: tuple[str, ...] = ()
     idempotency_key: Optional[str] = None
     preemptible: bool = True
@@ -81,7 +83,8 @@ class Store:
             id=new_job_id(), name=new.name, kind=new.kind, priority=new.priority, state=State.QUEUED.value,
             attempts=0, submitted_by=new.submitted_by, spec_submitted=new.spec_submitted,
             overrides=json.dumps(list(new.overrides)), spec_normalised=new.spec_normalised,
-            resources=json.dumps(new.resources, sort_keys=True), idempotency_key=new.idempotency_key,
+            resources=json.dumps(new.resources, sort_keys=True),
+            bundles=new.bundles.to_json() if new.bundles is not None else None, idempotency_key=new.idempotency_key,
             preemptible=new.preemptible, preemptions=0, created_at=now, updated_at=now,
         )
         try:
