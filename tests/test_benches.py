@@ -107,6 +107,21 @@ def check_queue_load(results: dict, output: Path) -> None:
     assert_positive(results["reached"], "submissions_per_s", "dispatch_p95_s", "submit_to_first_step_s", where="reached")
 
 
+def check_queue_tick(results: dict, output: Path) -> None:
+    assert {"benchmark", "setup", "results", "front_growth", "machine", "when"} <= set(results)
+    rows = results["results"]
+    for backend in ("sqlite", "postgresql"):
+        for queued in (0, 300):
+            modes = {row["mode"]: row for row in rows if row["backend"] == backend and row["queued"] == queued}
+            assert set(modes) == {"every row", "front"}, (backend, queued, modes)
+            for row in modes.values():
+                assert_positive(row, "read_ms", "plan_ms", "pass_ms", "pass_max_ms", where=f"{backend} {queued} {row['mode']}")
+            # Every row read in the baseline: the queued jobs and the urgent one.
+            assert modes["every row"]["jobs_read"] == queued + 1
+            assert 1 <= modes["front"]["jobs_read"] <= queued + 1
+        assert positive(results["front_growth"][backend])
+
+
 def check_sweep_efficiency(results: dict, output: Path) -> None:
     assert {"benchmark", "setup", "trial_epochs_ratio", "best_gap", "met", "results"} <= set(results)
     for kind in ("grid", "asha"):

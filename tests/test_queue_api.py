@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from queue_support import BACKENDS, temporary_database, tiny_spec_text
 
+from vae_service.core.placement import Bundles
 from vae_service.queue.api import create_app
 from vae_service.queue.auth import TokenSet, client_token
 from vae_service.queue.db import make_engine, upgrade
@@ -56,7 +57,7 @@ def test_every_route_but_healthz_needs_a_valid_token(app_store, header):
     assert store.list()[1] == 0  # nothing was stored by the refused POST
 
 
-def test_submit_yaml_then_read_it_back(client):
+def test_submit_yaml_then_read_it_back(client, app_store):
     response = client.post("/jobs?priority=7&set=optim.epochs=3", content=tiny_spec_text("first"),
                            headers={"Content-Type": "application/yaml"})
     assert response.status_code == 201, response.text
@@ -68,7 +69,12 @@ def test_submit_yaml_then_read_it_back(client):
     assert detail["spec_submitted"] == tiny_spec_text("first")
     assert detail["overrides"] == ["optim.epochs=3"]
     assert "epochs: 3" in detail["spec"] and "binarize:" in detail["spec"]  # normalised: defaults filled in
-    assert detail["position"] == 0
+    assert detail["position"] == 0 and detail["waiting_reason"] is None
+    # The bundles the queue places node by node: one worker of 1 CPU, packed.
+    assert app_store[1].get(job["id"]).worker_bundles == Bundles({"CPU": 1.0, "GPU": 0.0}, 1, "PACK")
+    second = client.post("/jobs", content=tiny_spec_text("second")).json()
+    # Behind the front of the queue the dispatcher reads, a job's reason is its place in line.
+    assert client.get(f"/jobs/{second['id']}").json()["waiting_reason"] == "in line: 1 queued job(s) are ranked ahead of it"
 
 
 def test_a_queued_run_recovers_from_worker_failures_unless_its_spec_says_otherwise(client):

@@ -241,7 +241,7 @@ def test_a_waiting_jobs_reason_is_shown_while_it_is_queued(app):
     big = submit(client, ALICE, spec(resources={"num_workers": 2, "cpus_per_worker": 2})).json()["id"]
     small = submit(client, ALICE).json()["id"]
     assert client.get(f"/jobs/{big}", headers=as_(ALICE)).json()["waiting_reason"] is None
-    plan = scheduling.plan(store.queued_in_order(), {"CPU": 2.0, "GPU": 0.0}, [])
+    plan = scheduling.plan(store.queue_head(), {"CPU": 2.0, "GPU": 0.0}, [])
     store.set_waiting_reasons(plan.reasons)
     shown = client.get(f"/jobs/{big}", headers=as_(ALICE)).json()["waiting_reason"]
     assert shown == "asks for 4 CPUs, the cluster has 2 CPUs: lower resources.cpus_per_worker or resources.num_workers"

@@ -150,7 +150,7 @@ def test_fair_share_between_two_users_on_a_real_cluster(head, tmp_path):
         waiting = store.get(older.id)
         assert waiting.state == "queued"
         assert waiting.waiting_reason == "waiting for 1 CPU to be free (2 of 2 CPUs in use)"
-        assert [j.id for j in store.queued_in_order()] == [older.id]
+        assert [j.id for j in store.queue_head()] == [older.id]
     finally:
         for job in jobs:
             if store.get(job.id).state not in ("succeeded", "failed", "cancelled"):

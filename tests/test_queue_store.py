@@ -42,8 +42,8 @@ def store(db_url):
     engine.dispose()
 
 
-def new(name="job", priority=0, key=None, cpus=1.0) -> NewJob:
-    return NewJob(name=name, kind="train", priority=priority, submitted_by="tester", spec_submitted=f"name: {name}\n",
+def new(name="job", priority=0, key=None, cpus=1.0, user="tester") -> NewJob:
+    return NewJob(name=name, kind="train", priority=priority, submitted_by=user, spec_submitted=f"name: {name}\n",
                   spec_normalised=f"name: {name}\nkind: train\n", resources={"CPU": cpus, "GPU": 0.0}, idempotency_key=key)
 
 
@@ -146,7 +146,7 @@ def test_a_preempted_job_goes_back_in_line_and_counts_its_preemptions(store):
     assert preempted.preemptions == 1 and preempted.finished_at is None  # not over: it will resume
     assert store.counts()["preempted"] == 1 and store.preemptions() == 1
     store.transition(job.id, State.QUEUED, only_from=[State.PREEMPTED])
-    assert [j.id for j in store.queued_in_order()] == [job.id]
+    assert [j.id for j in store.queue_head()] == [job.id]
     store.transition(job.id, State.SUBMITTED, ray_submission_id=f"{job.id}-1")
     again = store.transition(job.id, State.RUNNING)
     assert again.started_at == first.started_at and again.running_since > first.running_since  # the thrash guard's clock
@@ -268,8 +268,21 @@ def test_queue_order_is_priority_then_age(store):
     c = store.add(new("c", priority=1))[0]
     time.sleep(0.01)
     d = store.add(new("d", priority=5))[0]
-    assert [j.name for j in store.queued_in_order()] == ["b", "d", "a", "c"]
+    assert [j.name for j in store.queue_head()] == ["b", "d", "a", "c"]
     assert [store.position(j) for j in (b, d, a, c)] == [0, 1, 2, 3]
+
+
+def test_the_front_of_the_queue_is_each_users_first_jobs_at_each_priority(store):
+    """What a tick reads (queue_head) is bounded however long the queue: each user's first
+    jobs at each priority, so another user's job is never hidden behind one user's thousands."""
+    many = [store.add(new(f"m{i}", user="many"))[0] for i in range(40)]
+    few = store.add(new("f0", user="few"))[0]
+    urgent = [store.add(new(f"u{i}", priority=5, user="many"))[0] for i in range(2)]
+    head = store.queue_head(per_user=16)
+    assert [j.id for j in head] == [j.id for j in urgent + many[:16] + [few]]
+    assert [j.id for j in store.queue_head(per_user=16, limit=5)] == [j.id for j in urgent + many[:3]]
+    store.transition(many[0].id, State.SUBMITTED)  # admitted: the next one moves up
+    assert [j.id for j in store.queue_head(per_user=16)][2:18] == [j.id for j in many[1:17]]
 
 
 def test_the_per_tick_queries_leave_the_spec_texts_in_the_database(store):
@@ -277,16 +290,18 @@ def test_the_per_tick_queries_leave_the_spec_texts_in_the_database(store):
     reading one from such a row raises instead of quietly querying; `get` has it."""
     job = store.add(NewJob(name="big", kind="train", priority=0, submitted_by="tester", spec_submitted="x" * 200_000,
                            spec_normalised="y" * 200_000, resources={"CPU": 1.0}))[0]
-    statements = []
+    statements, capturing = [], [True]
 
     def seen(conn, cursor, statement, parameters, context, executemany):
-        statements.append(statement)
+        if capturing[0]:
+            statements.append(statement)
 
     sqlalchemy.event.listen(store.engine, "before_cursor_execute", seen)
     try:
-        queued = store.queued_in_order()
+        queued = store.queue_head()
+        capturing[0] = False  # (a transition reads the whole row)
         store.transition(job.id, State.SUBMITTED)
-        statements.clear()
+        capturing[0] = True
         active = store.in_states([State.SUBMITTED])
         listed, _ = store.list()  # GET /jobs, too, shows no spec
     finally:

@@ -258,6 +258,8 @@ def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, di
         job = visible_job(job_id, identity)
         out = job.to_dict(with_spec=True)
         out["position"] = store.position(job) if job.state == State.QUEUED.value else None
+        if out["position"] and not out["waiting_reason"]:  # behind the front of the queue the dispatcher looks at
+            out["waiting_reason"] = f"in line: {out['position']} queued job(s) are ranked ahead of it"
         out["links"] = job_links(job, settings)
         return out
 

@@ -261,7 +261,7 @@ class Dispatcher:
             self._transition(job.id, State.QUEUED, only_from=[State.PREEMPTED])
 
     def admit(self) -> None:
-        queued = self.store.queued_in_order()
+        queued = self.store.queue_head()  # not every queued row: a tick's cost does not grow with the queue
         if not queued:
             self._reserved_for = None
             self._waiting = {}
@@ -302,12 +302,16 @@ class Dispatcher:
         return out
 
     def _store_waiting_reasons(self, queued: list[Job], reasons: dict[str, str]) -> None:
-        """Stores why each queued job waits (none: it is admitted now), only where that changed
-        since this dispatcher last stored it: not a write every tick."""
+        """Stores why each job at the front of the queue waits (none: it is admitted now), only
+        where that changed since this dispatcher last stored it: not a write every tick. A job
+        pushed back out of the front has its reason cleared; the API then says how many jobs
+        are ranked ahead of it."""
+        head = {job.id for job in queued}
         changed = {job.id: reasons.get(job.id) for job in queued if self._waiting.get(job.id) != reasons.get(job.id)}
+        changed |= {job_id: None for job_id in self._waiting if job_id not in head}
         if changed:
             self.store.set_waiting_reasons(changed)
-        self._waiting = dict(reasons)
+        self._waiting = {job_id: reason for job_id, reason in reasons.items() if job_id in head}
 
     # ---- steps -------------------------------------------------------------------------------
 

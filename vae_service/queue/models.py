@@ -69,6 +69,7 @@ class Job(Base):
     running_since: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)  # this attempt's start (thrash guard)
 
     __table_args__ = (Index("ix_jobs_state_priority_created", "state", "priority", "created_at"),
+                      Index("ix_jobs_state_priority_user_created", "state", "priority", "submitted_by", "created_at", "id"),
                       UniqueConstraint("submitted_by", "idempotency_key", name="uq_jobs_submitted_by_idempotency_key"))
 
     @property

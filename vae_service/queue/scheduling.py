@@ -1,9 +1,11 @@
 """Which queued jobs to admit now, which running jobs to preempt for them, and why the others
 wait: priority, quotas, fair share, within the cluster's free resources.
 
-Free = Ray's total resources − what the admitted jobs (submitted, running, cancelling,
-preempting) asked for; Ray's live usage is not consulted, so a job that has not yet started its
-workers still counts.
+Room is counted twice, and a job needs both: in all (Ray's total resources − what the admitted
+jobs — submitted, running, cancelling, preempting — asked for, so a job that has not yet started
+its workers still counts), and node by node (core/placement.py: each worker a bundle whole on
+one node, packed or spread; the admitted jobs where Ray says they are, else where Ray would put
+them). Enough free in all but split across nodes is no room: the job waits and says so.
 
 Order: priority first (strict: a low-priority job waits as long as higher-priority jobs keep
 arriving; no aging). Among jobs of equal priority, fair share (quotas.py): the job of the user
@@ -19,7 +21,8 @@ running. One reservation at a time; a job that asks for more than the whole clus
 reserved for (it would block everything) and simply waits for the cluster to grow.
 
 Preemption (preemption.py): the reserved job may also have running jobs of strictly lower
-priority stopped to make room — the fewest that do. They are asked to stop at once (the
+priority stopped to make room — the fewest that do, where its bundles can then be placed (two
+jobs freeing one CPU on each of two nodes are no room for a 2-CPU worker). They are asked to stop at once (the
 dispatcher), keep holding their resources until they have (`preempting`), and are not asked
 again; no new victims are chosen while those already stopping would make room.
 
@@ -30,6 +33,7 @@ never fit, "waiting for 2 CPUs to be free (1 of 2 in use)" for one waiting for r
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, OrderedDict, defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -80,16 +84,23 @@ def usage_by_user(active: Sequence) -> dict[str, Usage]:
 
 def fair_order(queued_in_order: Sequence[Candidate], usage: dict[str, Usage], totals: Mapping[str, float]):
     """Yields the queued jobs in admission order (module docstring); `usage` is read at each
-    step, so the caller's updates (a job just admitted) count for the next pick."""
+    step, so the caller's updates (a job just admitted) count for the next pick. Only the user
+    just picked can have changed, so the users wait in a heap: a pick costs log(users)."""
     by_priority: "OrderedDict[int, OrderedDict[str, deque]]" = OrderedDict()
     for job in queued_in_order:  # priority desc, then oldest first: each user's jobs stay in age order
         by_priority.setdefault(job.priority, OrderedDict()).setdefault(job.submitted_by, deque()).append(job)
+
+    def turn(user: str, jobs: deque) -> tuple:
+        return usage[user].share(totals), usage[user].jobs, jobs[0].created_at, jobs[0].id, user
+
     for users in by_priority.values():
-        while users:
-            user = min(users, key=lambda u: (usage[u].share(totals), usage[u].jobs, users[u][0].created_at, users[u][0].id))
+        waiting = [turn(user, jobs) for user, jobs in users.items()]
+        heapq.heapify(waiting)
+        while waiting:
+            user = heapq.heappop(waiting)[-1]
             yield users[user].popleft()
-            if not users[user]:
-                del users[user]
+            if users[user]:
+                heapq.heappush(waiting, turn(user, users[user]))
 
 
 def bundles_of(job) -> Bundles:
