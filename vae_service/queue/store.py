@@ -14,10 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
-from sqlalchemy import Engine, and_, case, func, or_, select
+from sqlalchemy import Engine, and_, case, func, or_, select, tuple_
 from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased, defer
+from sqlalchemy.orm import Session, defer
 
 from vae_service.core.placement import Bundles
 from vae_service.queue.db import session_factory
@@ -30,10 +30,10 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 # The dispatcher reads the front of the queue and every active job on every tick; their spec
 # texts (up to 1 MiB each, twice) are not loaded there, and reading one from such a row raises
 # instead of querying. The front of the queue a tick looks at (queue_head): each user's first HEAD_PER_USER jobs at
-# each priority, HEAD_LIMIT in all. A user with more jobs that fit gets them over the next
-# ticks; the rest of the queue costs a tick nothing.
+# each priority (HEAD_LIMIT in all, a safety cap). A user with more jobs that fit gets them
+# over the next ticks; the rest of the queue costs a tick nothing.
 HEAD_PER_USER = 4
-HEAD_LIMIT = 500
+HEAD_LIMIT = 5000
 WITHOUT_SPECS = (defer(Job.spec_submitted, raiseload=True), defer(Job.spec_normalised, raiseload=True))
 
 
@@ -137,20 +137,30 @@ class Store:
 
     def queue_head(self, per_user: int = HEAD_PER_USER, limit: int = HEAD_LIMIT) -> list[Job]:
         """The front of the queue, in queue order: each user's oldest `per_user` queued jobs at
-        each priority, at most `limit` in all. A tick admits or reserves only what the cluster
+        each priority (at most `limit` in all). A tick admits or reserves only what the cluster
         can start at once, and fair share only compares users' next jobs, so this is all it
-        needs: its cost does not grow with the queue (one indexed query, a bounded result)."""
-        rank = func.row_number().over(partition_by=(Job.priority, Job.submitted_by),
-                                      order_by=(Job.created_at.asc(), Job.id.asc())).label("rank")
-        # One scan, no join back to the table: a join makes a planner without statistics (a
-        # table just filled) re-run the window for every row.
-        columns = [column for column in Job.__table__.c if column.key not in ("spec_submitted", "spec_normalised")]
-        ranked = select(*columns, rank).where(Job.state == State.QUEUED.value).subquery()
-        row = aliased(Job, ranked)
+        needs. Its cost does not grow with the queue: the index on (state, priority, user,
+        created) is walked group by group — one seek for the next (priority, user), one for
+        that group's first jobs — so the work is per group, not per queued job."""
+        queued = Job.state == State.QUEUED.value
+        front: list[Job] = []
         with self.session() as session:
-            query = select(row).options(defer(row.spec_submitted, raiseload=True), defer(row.spec_normalised, raiseload=True)) \
-                .where(ranked.c.rank <= per_user).order_by(row.priority.desc(), row.created_at.asc(), row.id.asc()).limit(limit)
-            return list(session.scalars(query))
+            group = None
+            while True:
+                after = select(Job.priority, Job.submitted_by).where(queued)
+                if group is not None:  # the next group in index order (descending on both); a row
+                    # value, which both databases seek to in the index (an OR of the two they scan)
+                    after = after.where(tuple_(Job.priority, Job.submitted_by) < tuple_(group.priority, group.submitted_by))
+                group = session.execute(after.order_by(Job.priority.desc(), Job.submitted_by.desc()).limit(1)).first()
+                if group is None:
+                    break
+                front += session.scalars(
+                    select(Job).options(*WITHOUT_SPECS).where(queued, Job.priority == group.priority,
+                                                              Job.submitted_by == group.submitted_by)
+                    # (the index's own order, so that a planner without statistics picks that index)
+                    .order_by(Job.priority, Job.submitted_by, Job.created_at, Job.id).limit(per_user))
+        front.sort(key=lambda job: (-job.priority, job.created_at, job.id))
+        return front[:limit]
 
     def position(self, job: Job) -> int:
         """How many queued jobs are ahead of this one (0 = next)."""
