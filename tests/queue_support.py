@@ -193,23 +193,12 @@ def ray_worker_node(head: RayHead, num_cpus: int) -> Iterator[subprocess.Popen]:
             pytest.fail(f"ray worker node did not start: {Path(log.name).read_text()[-2000:]}")
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        process.wait()
+        stop_process_group(process)
         log.close()
 
 
-def stop_ray_head(process: subprocess.Popen, temp_dir: Path) -> None:
-    """SIGTERM to `ray start --block` (it stops what it started), then SIGKILL to whatever of
-    this head is left: its process group and every process whose command line names its own
-    temp dir (Ray's daemons all do). Nothing else on the machine is touched."""
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM to `ray start --block` (it stops what it started), then SIGKILL to its process group."""
     process.terminate()
     try:
         process.wait(timeout=5)
@@ -220,6 +209,13 @@ def stop_ray_head(process: subprocess.Popen, temp_dir: Path) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     process.wait()
+
+
+def stop_ray_head(process: subprocess.Popen, temp_dir: Path) -> None:
+    """SIGTERM to `ray start --block` (it stops what it started), then SIGKILL to whatever of
+    this head is left: its process group and every process whose command line names its own
+    temp dir (Ray's daemons all do). Nothing else on the machine is touched."""
+    stop_process_group(process)
     marker = str(temp_dir).encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

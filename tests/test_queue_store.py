@@ -642,6 +642,8 @@ def test_bundles_are_placed_as_ray_places_them():
     assert nodes.where(Bundles({"CPU": 2.0}, 4)) is None  # 6 CPUs free, room for three 2-CPU bundles
     nodes.take(Bundles({"CPU": 1.0}, 3, "SPREAD"))
     assert [node.free["CPU"] for node in nodes.nodes] == [3.0, 1.0, 0.0]
+    # Ray reports one of a job's four bundles (a sweep between trials): the other three count where they would go.
+    assert nodes.copy().take(Bundles({"CPU": 1.0}, 4), ["b"]) == ["b", "a", "a", "a"]
     assert nodes.short(Bundles({"CPU": 4.0})) == "no node has 4 CPUs free (3 CPUs free on 1 node, 1 CPU free on 1 node, 0 CPUs free on 1 node)"
     assert nodes.short(Bundles({"CPU": 1.0}, 5)) == ("the nodes have room for 4 of its 5 workers (3 CPUs free on 1 node, "
                                                      "1 CPU free on 1 node, 0 CPUs free on 1 node)")

@@ -121,6 +121,9 @@ class Cluster:
         returns the node ids. A job already holding room is counted even when this view has no
         room for it (Ray oversubscribed, a node gone): bundle by bundle on the roomiest node, its
         free room going below 0."""
+        if where is not None and len(where) < bundles.count:  # Ray placed some (a sweep between trials)
+            rest = Bundles(bundles.each, bundles.count - len(where), bundles.strategy)
+            return self.take(Bundles(bundles.each, len(where), bundles.strategy), where) + self.take(rest)
         where = list(where) if where is not None else self.where(bundles)
         if where is None:
             where = []

@@ -236,7 +236,8 @@ def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, di
                                              "msg": f"{why} (the Ray cluster has {len(nodes)} node(s))"}]}, status_code=422)
         job, created = store.add(NewJob(
             name=spec.name, kind=spec.kind, priority=priority, submitted_by=identity.name, spec_submitted=spec_text,
-            spec_normalised=dump_spec(spec), resources=resources, bundles=requested_bundles(spec), overrides=tuple(overrides), idempotency_key=key,
+            spec_normalised=dump_spec(spec), resources=resources, bundles=requested_bundles(spec),
+            overrides=tuple(overrides), idempotency_key=key,
             preemptible=preemptible(spec)))
         if created:
             wake.set()

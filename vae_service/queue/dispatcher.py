@@ -5,8 +5,9 @@ repeat, so a dispatcher killed at any point and started again finishes the work 
 doing it twice:
 
   requeue  jobs preempted during the last tick go back to `queued`
-  admit    queued jobs in the order scheduling.py gives
-           (priority, fair share, quotas) that fit the free resources are committed as
+  admit    the front of the queue (Store.queue_head: each user's first jobs at each priority),
+           in the order scheduling.py gives (priority, fair share, quotas); jobs whose workers
+           can be placed on the nodes now (where Ray says the admitted jobs are) are committed as
            `submitted` first, then handed to Ray with submission id = the job id (its first
            attempt) or `<job id>-<n>` (the attempt after its n-th preemption); running jobs
            the plan preempts become `preempting` and are stopped on Ray (SIGTERM to the

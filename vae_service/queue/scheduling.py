@@ -22,9 +22,9 @@ reserved for (it would block everything) and simply waits for the cluster to gro
 
 Preemption (preemption.py): the reserved job may also have running jobs of strictly lower
 priority stopped to make room — the fewest that do, where its bundles can then be placed (two
-jobs freeing one CPU on each of two nodes are no room for a 2-CPU worker). They are asked to stop at once (the
-dispatcher), keep holding their resources until they have (`preempting`), and are not asked
-again; no new victims are chosen while those already stopping would make room.
+jobs freeing one CPU on each of two nodes are no room for a 2-CPU worker). They are asked to
+stop at once (the dispatcher), keep holding their resources until they have (`preempting`), and
+are not asked again; no new victims are chosen while those already stopping would make room.
 
 Every job left waiting gets a reason with the numbers (`waiting_reason`), which the dispatcher
 stores and `vae status` shows: "asks for 4 CPUs, the cluster has 2: lower …" for a job that can
