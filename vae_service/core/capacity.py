@@ -38,11 +38,15 @@ def amount(value: float, name: str) -> str:
     return f"{value:g} {name}" + ("" if value == 1 else "s")
 
 
-def workers_that_fit(bundle: Mapping[str, float], nodes: Sequence[Mapping[str, float]]) -> int:
-    """How many identical worker bundles the nodes hold at once. Each bundle must sit on one
-    node (a Ray placement-group bundle never spans nodes), so this counts per node."""
+def bundles_on_node(bundle: Mapping[str, float], room: Mapping[str, float]) -> int:
+    """How many identical bundles fit in one node's `room` (0 when its room has gone below 0)."""
     asked = {name: value for name, value in bundle.items() if value > 0}
     if not asked:
         return math.inf
-    return sum(min(math.floor(node.get(name, 0.0) / value + EPSILON) for name, value in asked.items())
-               for node in nodes)
+    return max(0, min(math.floor(room.get(name, 0.0) / value + EPSILON) for name, value in asked.items()))
+
+
+def workers_that_fit(bundle: Mapping[str, float], nodes: Sequence[Mapping[str, float]]) -> int:
+    """How many identical worker bundles the nodes hold at once. Each bundle must sit on one
+    node (a Ray placement-group bundle never spans nodes), so this counts per node."""
+    return sum(bundles_on_node(bundle, node) for node in nodes)

@@ -13,11 +13,11 @@ Arithmetic on the amounts themselves lives in capacity.py; this module adds the 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
-from vae_service.core.capacity import EPSILON, add, amount, subtract
+from vae_service.core.capacity import EPSILON, add, amount, bundles_on_node, subtract
+
 
 @dataclass(frozen=True)
 class Bundles:
@@ -57,10 +57,7 @@ class Node:
 
     def holds(self, each: Mapping[str, float]) -> int:
         """How many bundles of `each` fit in what this node has free."""
-        asked = {name: value for name, value in each.items() if value > 0}
-        if not asked:
-            return math.inf
-        return max(0, min(math.floor(self.free.get(name, 0.0) / value + EPSILON) for name, value in asked.items()))
+        return bundles_on_node(each, self.free)
 
 
 class Cluster:
@@ -86,12 +83,6 @@ class Cluster:
         out: dict[str, float] = {}
         for node in self.nodes:
             out = add(out, node.total)
-        return out
-
-    def free(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for node in self.nodes:
-            out = add(out, node.free)
         return out
 
     def where(self, bundles: Bundles) -> Optional[list[str]]:

@@ -29,9 +29,9 @@ MAX_ERROR_CHARS = 4000
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 # The dispatcher reads the front of the queue and every active job on every tick; their spec
 # texts (up to 1 MiB each, twice) are not loaded there, and reading one from such a row raises
-# instead of querying. The front of the queue a tick looks at (queue_head): each user's first HEAD_PER_USER jobs at
-# each priority (HEAD_LIMIT in all, a safety cap). A user with more jobs that fit gets them
-# over the next ticks; the rest of the queue costs a tick nothing.
+# instead of querying. The front (queue_head): each user's first HEAD_PER_USER jobs at each
+# priority (HEAD_LIMIT in all, a safety cap). A user with more jobs that fit gets them over the
+# next ticks; the rest of the queue costs a tick nothing.
 HEAD_PER_USER = 4
 HEAD_LIMIT = 5000
 WITHOUT_SPECS = (defer(Job.spec_submitted, raiseload=True), defer(Job.spec_normalised, raiseload=True))
