@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -72,6 +73,17 @@ def submit_waiting(server, spec: Path) -> tuple[subprocess.Popen, str, list[str]
     return process, job_id, lines
 
 
+def exit_code(process: subprocess.Popen, lines: list[str], timeout: float = 90) -> int:
+    """The exit code of a `vae submit --wait` told to end; a hang fails with what it printed and where it is stuck
+    (CI once saw a 30 s wait run out with the machine at load 13, and nothing to tell why)."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        py_spy = Path(sys.executable).with_name("py-spy")
+        stack = subprocess.run([str(py_spy), "dump", "--pid", str(process.pid)], capture_output=True, text=True).stdout
+        pytest.fail(f"still running after {timeout:.0f} s; its stderr so far: {lines}\nits stack:\n{stack}")
+
+
 def test_an_unreachable_api_is_exit_2_and_one_line(server):
     """Every queue command, with nothing listening at VAE_API_URL: exit 2, one line naming it."""
     nowhere = f"http://127.0.0.1:{free_port()}"
@@ -124,7 +136,7 @@ def test_submit_wait_on_a_job_cancelled_meanwhile_exits_1(server):
     process, job_id, lines = submit_waiting(server, spec_file(server, "waited", tiny_spec_text("waited")))
     try:
         assert vae(server, "cancel", job_id).returncode == 0
-        assert process.wait(timeout=30) == 1
+        assert exit_code(process, lines) == 1
     finally:
         process.kill()
     wait_for(lambda: any(f"job {job_id} cancelled after" in line for line in lines), 60, "the closing line")
@@ -135,7 +147,7 @@ def test_ctrl_c_during_submit_wait_exits_130_and_the_job_goes_on(server):
     process, job_id, lines = submit_waiting(server, spec_file(server, "interrupted", tiny_spec_text("interrupted")))
     try:
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=30) == 130
+        assert exit_code(process, lines) == 130
     finally:
         process.kill()
     wait_for(lambda: any("stopped waiting; the job goes on" in line for line in lines), 60, "the goodbye line")
