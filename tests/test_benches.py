@@ -122,6 +122,17 @@ def check_queue_tick(results: dict, output: Path) -> None:
         assert positive(results["front_growth"][backend])
 
 
+def check_startup(results: dict, output: Path) -> None:
+    for side in ("plain", "vae_run"):
+        assert_positive(results[side], "first_step_s", "steps_s", "fixed_s", "total_s", where=side)
+        assert results[side]["first_step_s"] < results[side]["total_s"], side
+    phases = results["vae_run"]["phases"]
+    assert_positive(phases, "Ray start (local)", "MLflow run opened", "training task (worker start, data, steps, evaluation)",
+                    "figures", "model saved and logged, run closed", where="phases")
+    assert abs(sum(phases.values()) - results["vae_run"]["total_s"]) < 0.5, phases  # the phases account for the wall time
+    assert_positive(results["ratios"], "start", "fixed_cost", "total", where="ratios")
+
+
 def check_sweep_efficiency(results: dict, output: Path) -> None:
     assert {"benchmark", "setup", "trial_epochs_ratio", "best_gap", "met", "results"} <= set(results)
     for kind in ("grid", "asha"):

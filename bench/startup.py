@@ -1,0 +1,222 @@
+"""Where a small job's seconds go: `vae run` on a fresh local Ray against a plain PyTorch script.
+
+Both train the same model (jobs/mnist-vae.yaml: MLP 784-400-20) on the same MNIST images for the
+same epochs, each in a process of its own, timed from the moment it is launched:
+
+- **plain**: what a user would write without the service: import torch, read the IDX files,
+  train, compute the test −ELBO, save the weights (safetensors).
+- **vae run**: `vae run jobs/mnist-vae.yaml --json`, with no model registration; a local Ray of
+  its own (no RAY_ADDRESS), MLflow in a temporary SQLite store. It runs under py-spy (sampling
+  every 10 ms, waiting included), and each sample is put in the first phase whose function is on
+  its stack (PHASES), so the breakdown is of wall time in the `vae` process (--nonblocking: the
+  process is not paused to be sampled; it runs about 8% slower than unprofiled). The training phase
+  includes what the worker does in its own process (start, imports, data, steps, evaluation).
+
+Fixed cost = total − the training steps (each epoch's items / images per second). The issue's
+targets are ratios to the plain script: start (launch → first step) ≤ 1.5×, fixed cost ≤ 3×.
+
+    VAE_DATA_DIR=../shared/data python bench/startup.py [--epochs 1] [--limit 6000] [--repeats 1]
+    VAE_DATA_DIR=../shared/data python bench/startup.py --tiny [--output PATH]
+
+Prints the tables and writes bench/results/startup.json. py-spy must be able to trace the `vae`
+process it starts (root, or ptrace allowed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "startup.json"
+SPEC = REPO / "jobs" / "mnist-vae.yaml"
+TINY = {"epochs": 1, "limit": 512}
+SAMPLE_RATE = 100  # py-spy samples per second
+sys.path.insert(0, str(REPO / "bench"))
+import _tiny  # noqa: E402
+
+# (phase, function, file it is defined in; py-spy names a method Class.method): a sample counts for
+# the first phase on its stack.
+# A phase never seen fails the bench: the code moved, and this list must follow it.
+PHASES = [
+    ("data check", "check_data", "vae_service/jobs/execute.py"),
+    ("Ray start (local)", "ensure_ray", "vae_service/training/runner.py"),
+    ("MLflow run opened", "begin", "vae_service/tracking/tracked_run.py"),
+    ("training task (worker start, data, steps, evaluation)", "fit", "vae_service/training/runner.py"),
+    ("figures", "render_run_figures", "vae_service/viz/run_figures.py"),
+    ("model saved and logged, run closed", "publish", "vae_service/tracking/tracked_run.py"),
+    ("Ray shut down (at exit)", "shutdown", "ray/_private/worker.py"),
+    ("imports (elsewhere)", "_find_and_load", "<frozen importlib._bootstrap>"),
+]
+OTHER = "the rest (spec, run directory, summary)"
+UNSEEN = "not sampled (python's start, samples py-spy missed)"
+
+
+# ---------------------------------------------------------------------------------------------
+# the plain script (a child process)
+
+
+def plain_child(epochs: int, limit: int, launched: float, out_dir: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from vae_service.core import from_spec
+    from vae_service.core.data import epoch_shard
+    from vae_service.core.loop import evaluate, train_epoch
+    from vae_service.core.model import VAE
+    from vae_service.core.spec_loading import load_spec
+
+    spec = load_spec(SPEC, [f"optim.epochs={epochs}", f"data.limit={limit}"])
+    torch.set_num_threads(spec.resources.torch_threads)
+    data = from_spec.training_data(spec, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = VAE(from_spec.model_config(spec, data.image_shape))
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec.optim.lr)
+    first_step: list[float] = []
+    steps_s = 0.0
+    for epoch in range(epochs):
+        shard = epoch_shard(len(data.train), epoch, 0, 1, 0)
+        on_step = (lambda *_: first_step.append(time.time()) if not first_step else None)
+        began = time.perf_counter()
+        train_epoch(model, optimizer, data.train.images, shard, spec.optim.batch_size, from_spec.objective(spec), epoch,
+                    on_step=on_step)
+        steps_s += time.perf_counter() - began
+    test_neg_elbo = evaluate(model, data.test.images)["neg_elbo"]
+    save_file(model.state_dict(), str(out_dir / "model.safetensors"))
+    print("RESULT " + json.dumps({"first_step_s": first_step[0] - launched, "steps_s": steps_s,
+                                  "test_neg_elbo": float(test_neg_elbo)}), flush=True)
+
+
+def measure_plain(epochs: int, limit: int) -> dict:
+    with tempfile.TemporaryDirectory() as out_dir:
+        launched = time.time()
+        done = subprocess.run([sys.executable, __file__, "--child", "--epochs", str(epochs), "--limit", str(limit),
+                               "--launched", repr(launched), "--out-dir", out_dir], capture_output=True, text=True, cwd=REPO)
+        total_s = time.time() - launched
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if done.returncode != 0 or line is None:
+        sys.exit(f"the plain script failed:\n{done.stderr[-3000:]}")
+    result = json.loads(line[len("RESULT "):])
+    return {**result, "total_s": total_s, "fixed_s": total_s - result["steps_s"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# `vae run` under py-spy
+
+
+def measure_vae_run(epochs: int, limit: int, store_uri: str) -> dict:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    vae = shutil.which("vae") or str(Path(sys.executable).with_name("vae"))
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a fresh local Ray: the case measured
+        env["MLFLOW_TRACKING_URI"] = store_uri
+        profile = work / "profile.json"
+        command = [py_spy, "record", "--idle", "--rate", str(SAMPLE_RATE), "--nonblocking", "--format", "speedscope", "--output", str(profile),
+                   "--", vae, "run", str(SPEC), "--json", "--quiet", "--set", f"optim.epochs={epochs}", "--set", f"data.limit={limit}",
+                   "--set", "tracking.register_as=null", "--set", f"storage.uri={work / 'runs'}"]
+        launched = time.time()
+        done = subprocess.run(command, capture_output=True, text=True, cwd=work, env=env)
+        total_s = time.time() - launched
+        if done.returncode != 0 or not profile.is_file():
+            sys.exit(f"vae run under py-spy failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        result = json.loads(next(line for line in reversed(done.stdout.splitlines()) if line.startswith("{")))  # py-spy prints too
+        phases = phase_seconds(json.loads(profile.read_text()))
+    steps_s = sum(row["train_items"] / row["images_per_s"] for row in result["history"])
+    phases[UNSEEN] = max(0.0, total_s - sum(phases.values()))  # --nonblocking: a sample that fails is lost
+    return {"first_step_s": result["first_step_at"] - launched, "steps_s": steps_s, "total_s": total_s,
+            "fixed_s": total_s - steps_s, "phases": phases,
+            "test_neg_elbo": result["metrics"].get("test_neg_elbo", float("nan"))}
+
+
+def create_mlflow_store(uri: str) -> float:
+    """Creates the SQLite MLflow store the runs log to, before they start: its schema migrations
+    are a cost of a store's first run only (a user's later runs find it made). Returns their seconds."""
+    from mlflow.tracking import MlflowClient
+
+    began = time.perf_counter()
+    MlflowClient(uri).search_experiments()
+    return time.perf_counter() - began
+
+
+def phase_seconds(speedscope: dict) -> dict:
+    """Seconds of the main thread's samples in each phase (the first of PHASES on the stack)."""
+    frames = speedscope["shared"]["frames"]
+    main = max(speedscope["profiles"], key=lambda p: ("MainThread" in p["name"], sum(p["weights"])))
+    keys = [(name, file) for _, name, file in PHASES]
+    seconds = {label: 0.0 for label, _, _ in PHASES} | {OTHER: 0.0}
+    for stack, weight in zip(main["samples"], main["weights"]):
+        on_stack = {(frames[i]["name"], frames[i]["file"]) for i in stack}
+        label = next((PHASES[k][0] for k, (name, file) in enumerate(keys)
+                      if any((n == name or n.endswith("." + name)) and f.endswith(file) for n, f in on_stack)), OTHER)
+        seconds[label] += weight
+    missing = [label for label, name, _ in PHASES if seconds[label] == 0.0 and name not in ("_find_and_load", "check_data")]
+    if missing:
+        sys.exit(f"no samples in {missing}: the functions in bench/startup.py's PHASES moved or were renamed")
+    return seconds
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--limit", type=int, default=6000, help="MNIST images (the split's train share is trained on).")
+    parser.add_argument("--repeats", type=int, default=1, help="Interleaved repetitions; the medians are reported.")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--launched", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--out-dir", type=Path, help=argparse.SUPPRESS)
+    args = _tiny.parse_args(parser, RESULTS, TINY)
+    if args.child:
+        plain_child(args.epochs, args.limit, args.launched, args.out_dir)
+        return
+
+    plains, runs = [], []
+    with tempfile.TemporaryDirectory() as store:
+        store_uri = f"sqlite:///{store}/mlflow.db"
+        migration_s = create_mlflow_store(store_uri)
+        for repeat in range(args.repeats):
+            print(f"repeat {repeat + 1}/{args.repeats}: plain script, then vae run", flush=True)
+            plains.append(measure_plain(args.epochs, args.limit))
+            runs.append(measure_vae_run(args.epochs, args.limit, store_uri))
+    plain = {key: statistics.median(p[key] for p in plains) for key in ("first_step_s", "steps_s", "fixed_s", "total_s")}
+    vae_run = {key: statistics.median(r[key] for r in runs) for key in ("first_step_s", "steps_s", "fixed_s", "total_s")}
+    vae_run["phases"] = {label: statistics.median(r["phases"][label] for r in runs) for label in runs[0]["phases"]}
+    ratios = {"start": vae_run["first_step_s"] / plain["first_step_s"], "fixed_cost": vae_run["fixed_s"] / plain["fixed_s"],
+              "total": vae_run["total_s"] / plain["total_s"]}
+
+    print(f"\n{args.epochs} epoch(s) on {args.limit} MNIST images, median of {args.repeats}")
+    print(f"{'':34s} {'plain':>8s} {'vae run':>8s} {'ratio':>7s}  target")
+    rows = [("start (launch → first step)", "first_step_s", "start", "≤ 1.5×"), ("training steps", "steps_s", None, ""),
+            ("fixed cost (total − steps)", "fixed_s", "fixed_cost", "≤ 3×"), ("total", "total_s", "total", "")]
+    for label, key, ratio, target in rows:
+        shown = f"{ratios[ratio]:6.1f}×" if ratio else f"{vae_run[key] / plain[key]:6.1f}×"
+        print(f"{label:34s} {plain[key]:7.1f}s {vae_run[key]:7.1f}s {shown}  {target}")
+    print(f"(the MLflow store was made beforehand: a new SQLite store's schema migrations took {migration_s:.1f} s, "
+          "paid by the first run that logs to it)")
+    print("\nvae run, wall time by phase (py-spy samples of the vae process)")
+    for label, seconds in sorted(vae_run["phases"].items(), key=lambda item: -item[1]):
+        print(f"  {seconds:6.1f} s  {seconds / vae_run['total_s']:5.0%}  {label}")
+
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({
+        "what": "vae run on a fresh local Ray vs a plain PyTorch script, launch to exit", "spec": str(SPEC.relative_to(REPO)),
+        "epochs": args.epochs, "limit": args.limit, "repeats": args.repeats, "plain": plain, "vae_run": vae_run,
+        "ratios": ratios, "targets": {"start": 1.5, "fixed_cost": 3.0}, "new_mlflow_store_s": migration_s,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "when": time.strftime("%Y-%m-%d %H:%M"),
+    }, indent=2) + "\n")
+    print(f"\nwrote {_tiny.shown(args.output)}")
+
+
+if __name__ == "__main__":
+    main()
