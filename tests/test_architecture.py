@@ -8,6 +8,7 @@ use them without Ray, MLflow, a web framework, a database driver or an S3 client
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -114,3 +115,20 @@ def test_importing_core_and_viz_loads_no_service_library():
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+QUICK_COMMANDS = [["--help"], ["validate", "jobs/mnist-vae.yaml"], ["jobs"], ["status", "0123456789abcdef"]]
+
+
+@pytest.mark.parametrize("argv", QUICK_COMMANDS, ids=lambda argv: argv[0])
+def test_the_quick_commands_load_no_service_library(argv):
+    """`vae --help`, `validate`, `jobs` and `status` answer in well under a second because they
+    import none of torch, Ray, MLflow, pyarrow, numpy… (each costs 0.1–3 s). The queue commands
+    here meet no API (nothing listens on port 9): the imports are the same."""
+    slow = (*HEAVY, "torch", "numpy", "pandas", "matplotlib")
+    code = ("import sys\nfrom vae_service.cli import main\nsys.argv = ['vae', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({slow!r})), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=PACKAGE.parent,
+                          env={**os.environ, "VAE_API_URL": "http://127.0.0.1:9"})
+    assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr

@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
 from urllib.parse import urlsplit
 
-import pyarrow.fs as pafs
 import tenacity
 
 from vae_service.core.errors import one_line
 
 if TYPE_CHECKING:
+    import pyarrow.fs as pafs
     import ray.train
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,15 @@ CHECK_CONNECT_TIMEOUT_S = 3.0
 # Errors that retrying cannot fix: the store answered and said no.
 _PERMANENT_MARKERS = ("ACCESS_DENIED", "INVALID_ACCESS_KEY", "SIGNATURE_DOES_NOT_MATCH", "response code: 403",
                       "response code: 400", "response code: 301")
+
+
+
+def _pafs():
+    """pyarrow's filesystems, imported on first use: the processes that only name a store (the
+    `vae` CLI's quick commands, the queue's client) are spared pyarrow's 0.1 s import."""
+    import pyarrow.fs
+
+    return pyarrow.fs
 
 
 class StorageError(Exception):
@@ -114,7 +123,7 @@ def resolve(uri: str | os.PathLike) -> Location:
     if text.startswith("file://"):
         text = text[len("file://"):]
     if "://" not in text:
-        return Location(pafs.LocalFileSystem(), str(Path(text).expanduser().resolve()))
+        return Location(_pafs().LocalFileSystem(), str(Path(text).expanduser().resolve()))
     scheme, rest = text.split("://", 1)
     if scheme.lower() not in ("s3", "s3a"):
         raise StorageError(f"{text}: unsupported storage scheme {scheme}:// (use a path or s3://bucket/prefix)")
@@ -151,8 +160,8 @@ def s3_filesystem(*, connect_timeout: Optional[float] = None, max_attempts: Opti
     if connect_timeout is not None:
         options["connect_timeout"] = connect_timeout
     if max_attempts is not None:
-        options["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts)
-    return pafs.S3FileSystem(**options)
+        options["retry_strategy"] = _pafs().AwsStandardS3RetryStrategy(max_attempts=max_attempts)
+    return _pafs().S3FileSystem(**options)
 
 
 def check_reachable(location: Location) -> None:
@@ -181,7 +190,7 @@ def check_reachable(location: Location) -> None:
         if _is_transient(exc):
             raise StorageError(f"s3://{bucket}: unreachable at {endpoint} after {CHECK_ATTEMPTS} attempts: {reason(exc)}") from None
         raise StorageError(f"s3://{bucket}: refused at {endpoint}: {reason(exc)}") from None
-    if info.type == pafs.FileType.NotFound:
+    if info.type == _pafs().FileType.NotFound:
         raise StorageError(f"s3://{bucket}: no such bucket at {endpoint} (create it first)")
 
 
@@ -190,7 +199,7 @@ def make_dirs(location: Location) -> None:
 
 
 def exists(location: Location) -> bool:
-    return location.filesystem.get_file_info(location.path).type != pafs.FileType.NotFound
+    return location.filesystem.get_file_info(location.path).type != _pafs().FileType.NotFound
 
 
 def delete_file(location: Location) -> None:
@@ -210,7 +219,7 @@ def delete_dir(location: Location) -> None:
 
 
 def is_dir(location: Location) -> bool:
-    return location.filesystem.get_file_info(location.path).type == pafs.FileType.Directory
+    return location.filesystem.get_file_info(location.path).type == _pafs().FileType.Directory
 
 
 def write_text(location: Location, text: str) -> None:
@@ -230,11 +239,11 @@ def read_json(location: Location) -> dict:
 def list_dirs(location: Location, prefix: str = "") -> list[Location]:
     """The directories directly under `location` whose names start with `prefix`, by name
     (none if `location` does not exist)."""
-    selector = pafs.FileSelector(location.path, recursive=False, allow_not_found=True)
+    selector = _pafs().FileSelector(location.path, recursive=False, allow_not_found=True)
     found = [
         location.at(info.path)
         for info in location.filesystem.get_file_info(selector)
-        if info.type == pafs.FileType.Directory and info.base_name.startswith(prefix)
+        if info.type == _pafs().FileType.Directory and info.base_name.startswith(prefix)
     ]
     return sorted(found, key=lambda found_dir: found_dir.name)
 
@@ -247,9 +256,9 @@ def list_checkpoints(run_dir: Location) -> list[Location]:
 def upload_dir(local_dir: str | os.PathLike, destination: Location) -> None:
     """Copies a local directory's contents to `destination` (created if missing)."""
     make_dirs(destination)
-    pafs.copy_files(
+    _pafs().copy_files(
         str(local_dir), destination.path,
-        source_filesystem=pafs.LocalFileSystem(), destination_filesystem=destination.filesystem,
+        source_filesystem=_pafs().LocalFileSystem(), destination_filesystem=destination.filesystem,
         # Multi-threaded uploads to S3 can hang in pyarrow (apache/arrow#32372; Ray does the same).
         use_threads=destination.is_local,
     )
@@ -259,7 +268,7 @@ def download_dir(source: Location, local_dir: str | os.PathLike) -> Path:
     """Copies a directory's contents from storage into `local_dir` (created if missing)."""
     local = Path(local_dir)
     local.mkdir(parents=True, exist_ok=True)
-    pafs.copy_files(source.path, str(local), source_filesystem=source.filesystem, destination_filesystem=pafs.LocalFileSystem())
+    _pafs().copy_files(source.path, str(local), source_filesystem=source.filesystem, destination_filesystem=_pafs().LocalFileSystem())
     return local
 
 

@@ -12,8 +12,6 @@ from typing import List
 import typer
 from rich.console import Console
 
-from vae_service.core.spec_loading import SpecError, load_spec
-
 app = typer.Typer(
     name="vae",
     help="Train variational autoencoders on Ray from YAML job specs.",
@@ -38,6 +36,8 @@ def say(message: str) -> None:
 
 
 def load_or_exit(path: Path, overrides: List[str]):
+    from vae_service.core.spec_loading import SpecError, load_spec  # pydantic and YAML: not for `vae --help`
+
     try:
         return load_spec(path, overrides)
     except SpecError as exc:

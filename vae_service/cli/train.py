@@ -8,14 +8,10 @@ from pathlib import Path
 from typing import List, Optional, Union
 
 import typer
-from pydantic import TypeAdapter
 from rich.table import Table
 
 from vae_service.cli.common import SET_HELP, app, err, fail, load_or_exit, say
 from vae_service.core import metrics as M
-from vae_service.core.spec import TrainSpec
-from vae_service.core.sweep_spec import SweepSpec
-from vae_service.core.spec_loading import SpecError, load_spec
 
 
 @app.command()
@@ -24,6 +20,8 @@ def validate(
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
     """Check job specs: exit 0, or 2 with one 'path.to.field: reason' line per problem."""
+    from vae_service.core.spec_loading import SpecError, load_spec
+
     problems = 0
     for path in specs:
         try:
@@ -42,6 +40,11 @@ def schema() -> None:
 
 
 def spec_json_schema() -> dict:
+    from pydantic import TypeAdapter
+
+    from vae_service.core.spec import TrainSpec
+    from vae_service.core.sweep_spec import SweepSpec
+
     schema = TypeAdapter(Union[TrainSpec, SweepSpec]).json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "vae-service job spec"
@@ -73,7 +76,7 @@ def run(
         fail(f"interrupted: checkpoints are kept; continue with `vae run {spec_path} --resume {outcome.error.resume_dir}`", 130)
     if outcome.error is not None:
         fail(str(outcome.error), outcome.exit_code)
-    if isinstance(spec, SweepSpec):
+    if spec.kind == "sweep":
         _print_sweep_summary(spec, outcome.result)
     else:
         _print_summary(outcome.result)
@@ -83,7 +86,7 @@ def run(
 
 
 def _headline(spec) -> str:
-    if isinstance(spec, SweepSpec):
+    if spec.kind == "sweep":
         sweep = spec.sweep
         search = "grid" if sweep.is_grid else f"Optuna {sweep.resolved_sampler}"
         return (f"vae run sweep {spec.name}: {sweep.trial_count()} trials ({search}"
@@ -94,7 +97,7 @@ def _headline(spec) -> str:
             f"{spec.resources.num_workers} worker(s)")
 
 
-def _print_sweep_summary(spec: SweepSpec, result) -> None:
+def _print_sweep_summary(spec, result) -> None:
     from vae_service.sweeps.progress import cell
 
     table = Table(title=f"sweep {spec.name}: parent MLflow run {result.mlflow_run_id}", caption="★ registered (best)   • on the Pareto front")
@@ -154,6 +157,7 @@ def compare(
     side, reconstructions and a metrics table."""
     from vae_service.jobs.execute import execute
     from vae_service.jobs.reporter import Reporter
+    from vae_service.core.spec_loading import SpecError
     from vae_service.jobs.compare import comparability_warnings, default_spec_paths, load_comparison
     from vae_service.viz.comparison import LABELS, METRIC_COLUMNS
 
