@@ -26,7 +26,7 @@ from vae_service.core.model import VAE, ModelConfig
 from vae_service.core.resources import shortfall
 from vae_service.core.spec import ResourcesSpec, TrainSpec
 from vae_service.environment import runtime_env_vars, sealed_secrets
-from vae_service.sources.prepare import Prepared
+from vae_service.sources.prepare import STREAMING, Prepared
 from vae_service.training import one_worker
 from vae_service.training.progress import ProgressBoard, ProgressDisplay, ProgressMode
 from vae_service.training.ray_internals import AbortableTorchTrainer
@@ -120,7 +120,7 @@ def fit(
     board = ProgressBoard.options(scheduling_strategy=on_this_node()).remote()
     interrupt.on_request(lambda: board.request_stop.remote())  # the workers stop at their next step, checkpointed
     # Streamed data is never stopped part-way (worker.py): such a run is stopped hard at once.
-    stop_grace_s = HARD_STOP_AFTER_S if data.streams is None else 0.0
+    stop_grace_s = 0.0 if data.pipeline == STREAMING else HARD_STOP_AFTER_S
     config = {
         "spec": spec.model_dump(mode="json"),
         "progress_board": board,
