@@ -15,9 +15,10 @@ Everything runs on this machine: a Ray head with token auth and 2 CPUs (`ray sta
                resources free  → `preempted` (its driver checkpointed and ended; Ray freed the CPUs)
                first step    → the urgent job's first training step
              then the long job resumes and finishes; work lost = the time it had trained since its
-             last checkpoint when it was asked to stop (that part of the epoch is trained again;
-             the moments until the stop lands come on top), also in epochs; and whether every
-             epoch is logged exactly once in its MLflow run.
+             last whole epoch when it was asked to stop, less what its stop checkpoint kept (it
+             finishes the step in flight and checkpoints there: the steps its resumed attempt
+             skips, from that attempt's log), also in epochs; and whether every epoch is logged
+             exactly once in its MLflow run.
 
 The ratio reported is (submit → first step, preempting) / (submit → first step, idle): what
 preemption adds to an urgent job's start. Prints a table and writes bench/results/preemption.json.
@@ -32,8 +33,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -51,7 +54,8 @@ from queue_support import ray_head, start_server, tiny_spec_text  # noqa: E402
 TOKEN = "bench-token"
 POLL_S = 0.05
 RUNS = Path()  # the server's runs/ folder (set in main)
-LONG = ["data.limit=8192", "optim.batch_size=32", "model.hidden=[256]"]
+LONG_BATCH = 32
+LONG = ["data.limit=8192", f"optim.batch_size={LONG_BATCH}", "model.hidden=[256]"]
 TINY = {"rounds": 1, "long_epochs": 5, "warm_up": 0}
 sys.path.insert(0, str(REPO / "bench"))
 import _tiny  # noqa: E402
@@ -119,11 +123,16 @@ def preempted_round(client: httpx.Client, i: int, long_epochs: int) -> dict:
     all_ends = epoch_times(run_id)
     checkpointed = [t for t in all_ends if t <= decided]  # the epochs done before the stop
     epoch_s = statistics.median(b - a for a, b in zip(all_ends, all_ends[1:])) if len(all_ends) > 1 else float("nan")
-    lost_s = decided - max(checkpointed)
     from vae_service.tracking.mlflow_run import client as mlflow
 
+    steps_per_epoch = math.ceil(mlflow().get_metric_history(run_id, "train_items")[0].value / LONG_BATCH)
+    resumed_at = re.search(r"and\s+(\d+)\s+steps\s+of\s+epoch", client.get(f"/jobs/{long['id']}/logs").text)
+    kept_steps = int(resumed_at.group(1)) if resumed_at else 0  # none: it resumed from a whole epoch
+    trained_s = decided - max(checkpointed)
+    lost_s = max(0.0, trained_s - kept_steps / steps_per_epoch * epoch_s)  # the steps kept ran until the stop landed
     steps = sorted(m.step for m in mlflow().get_metric_history(run_id, "train_loss"))
     return {"decision_s": decided - created, "resources_free_s": freed - created, "first_step_s": first - created,
+            "trained_since_epoch_s": trained_s, "kept_steps": kept_steps, "steps_per_epoch": steps_per_epoch,
             "work_lost_s": lost_s, "epoch_s": epoch_s, "work_lost_epochs": lost_s / epoch_s,
             "every_epoch_logged_once": steps == list(range(long_epochs)), "attempts": resumed["attempts"],
             "same_mlflow_run": resumed["mlflow_run_id"] == run_id}

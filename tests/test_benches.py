@@ -63,14 +63,16 @@ def check_data_throughput(results: dict, output: Path) -> None:
 def check_preemption(results: dict, output: Path) -> None:
     assert {"benchmark", "median", "rounds", "setup"} <= set(results) and results["benchmark"] == "preemption"
     assert len(results["rounds"]) == 1
-    timed = ["decision_s", "resources_free_s", "first_step_s", "idle_first_step_s", "ratio", "work_lost_s", "epoch_s",
-             "work_lost_epochs"]
+    timed = ["decision_s", "resources_free_s", "first_step_s", "idle_first_step_s", "ratio", "epoch_s", "trained_since_epoch_s"]
     for row in results["rounds"]:
-        assert_positive(row, *timed, where="round")
+        assert_positive(row, *timed, "kept_steps", "steps_per_epoch", where="round")
         assert row["decision_s"] <= row["resources_free_s"]
         assert row["attempts"] >= 2, "the long job was not preempted and resumed"
         assert row["every_epoch_logged_once"] and row["same_mlflow_run"]
-    assert_positive(results["median"], *[key for key in timed if key != "epoch_s"], where="median")
+        # the stop kept the steps trained: at most what was trained since the epoch is lost
+        assert finite(row["work_lost_s"]) and 0 <= row["work_lost_s"] < row["trained_since_epoch_s"]
+    assert_positive(results["median"], *[key for key in timed if key not in ("epoch_s", "trained_since_epoch_s")], where="median")
+    assert finite(results["median"]["work_lost_s"]) and results["median"]["work_lost_s"] >= 0
 
 
 def check_quality(results: dict, output: Path) -> None:

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from vae_service.core.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
-from vae_service.core.loop import NonFiniteLoss, evaluate, train_epoch
+from vae_service.core.checkpoint import (PART_EPOCH, load_checkpoint, load_model, reached, restore_rng_state, rng_state,
+                                         save_checkpoint, save_model)
+from vae_service.core.loop import EpochStats, NonFiniteLoss, evaluate, train_batches, train_epoch
 from vae_service.core.model import VAE, ModelConfig
 from vae_service.core.objective import Objective, compute_loss, kl_per_dim, reconstruction_nll
 
@@ -152,6 +153,49 @@ def test_checkpoint_round_trip_restores_weights_and_adam_state(tmp_path, batch):
         sa, sb = optimizer.state[pa], fresh_opt.state[pb]
         assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
     assert not list(tmp_path.glob("*.pkl"))
+
+
+def test_an_epoch_stopped_at_a_step_and_continued_from_its_checkpoint_equals_the_uninterrupted_epoch(tmp_path):
+    """What a stopped run does (training/worker.py): stop after step k, checkpoint the weights,
+    Adam, the sums and the random state; a fresh process restores them and trains steps k+1…
+    of the same order. Weights, sums and image counts equal the uninterrupted epoch's, bit for bit."""
+    images = (torch.rand(320, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
+    order = torch.randperm(320, generator=torch.Generator().manual_seed(2))
+    batches = lambda first=0: (images[order[i : i + 32]] for i in range(first * 32, 320, 32))  # noqa: E731
+    objective = Objective(beta=2.0)
+
+    def fresh() -> tuple[VAE, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = VAE(ModelConfig(latent_dim=4, hidden=(32,)))
+        return model, torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    model, optimizer = fresh()
+    torch.manual_seed(7)
+    whole = train_batches(model, optimizer, batches(), 10, objective, epoch=1, binarize="dynamic")
+
+    stopped_model, stopped_optimizer = fresh()
+    torch.manual_seed(7)
+    asked = iter([False, False, True])
+    part = train_batches(stopped_model, stopped_optimizer, batches(), 10, objective, epoch=1, binarize="dynamic",
+                         should_stop=lambda: next(asked))
+    assert (part.stopped, part.steps, part.images) == (True, 3, 96)
+    save_checkpoint(tmp_path, stopped_model, stopped_optimizer, {"epoch": 0, PART_EPOCH: {
+        "steps": part.steps, "sums": [part.loss_sum, part.recon_sum, part.kl_sum], "images": part.images,
+        "rng": rng_state(torch.device("cpu"))}})
+    torch.manual_seed(123)  # whatever the new process's state was
+
+    model_again, optimizer_again = fresh()
+    state = load_checkpoint(tmp_path, model_again, optimizer_again)
+    assert reached(state) == (0, 3)
+    saved = state[PART_EPOCH]
+    restore_rng_state(saved["rng"], torch.device("cpu"))
+    done = EpochStats(images=saved["images"], steps=saved["steps"], loss_sum=saved["sums"][0], recon_sum=saved["sums"][1],
+                      kl_sum=saved["sums"][2])
+    rest = train_batches(model_again, optimizer_again, batches(first=3), 10, objective, epoch=1, binarize="dynamic", done=done)
+    assert (rest.stopped, rest.steps, rest.images) == (False, 10, 320)
+    assert (rest.loss_sum, rest.recon_sum, rest.kl_sum) == (whole.loss_sum, whole.recon_sum, whole.kl_sum)
+    for a, b in zip(model.parameters(), model_again.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_saved_model_rebuilds_from_json_config(tmp_path):

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,18 @@ def test_interrupt_runs_callbacks_once_asked_and_for_late_registrations():
     interrupt.request()
     interrupt.on_request(lambda: calls.append("late"))
     assert interrupt.requested and calls == ["early", "late"]
+
+
+def test_a_hard_stop_registered_with_a_delay_runs_that_long_after_the_request():
+    interrupt, calls = Interrupt(), []
+    interrupt.on_request(lambda: calls.append(time.monotonic()), after_s=0.3)
+    asked = time.monotonic()
+    interrupt.request()
+    assert calls == []
+    deadline = time.monotonic() + 10
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(calls) == 1 and calls[0] - asked >= 0.3
 
 
 def test_first_ctrl_c_requests_a_stop_second_one_raises():

@@ -8,6 +8,7 @@ dispatcher in-process where the test steps it tick by tick), real trainings, a r
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def epochs_logged(run_id: str) -> list[int]:
 def test_an_urgent_job_preempts_a_long_one_which_resumes_from_its_checkpoint(head, tmp_path):
     """alice's long job (priority 1, both CPUs) runs; bob's urgent job (priority 10, both CPUs)
     arrives; alice's is stopped within seconds, bob's runs and succeeds, alice's resumes in the
-    same MLflow run and completes every epoch, each logged once, redoing only the epoch it was in.
+    same MLflow run at the step it stopped at and completes every epoch, each logged once.
     bob, at his quota of one running job, sees his second job wait with the reason."""
     env = server_env(head, tmp_path, VAE_QUOTA_JOBS="1")
     server = start_server(tmp_path, env)
@@ -109,11 +110,14 @@ def test_an_urgent_job_preempts_a_long_one_which_resumes_from_its_checkpoint(hea
         run = client().get_run(run_id)
         assert run.info.status == "FINISHED"
         assert epochs_logged(run_id) == list(range(EPOCHS))  # every epoch, each once
-        # The resumed attempt started right after the last checkpointed epoch: only the epoch in
-        # progress at the preemption was trained twice.
+        # The preempted attempt finished the step it was in and checkpointed there; the resumed
+        # attempt continued at that step, part-way through the epoch (nothing trained twice).
         log = alice.get(f"/jobs/{long_id}/logs").text
-        resumed_at = int(log.split("resuming from checkpoint_")[1].split("(epoch ")[1].split(" of")[0])
-        assert len(logged_before) - 1 <= resumed_at <= len(logged_before)
+        resumed = re.search(r"resuming from checkpoint_\S+\s+\(epoch\s+(\d+)\s+of\s+\d+\s+done,"  # the log may wrap
+                            r"\s+and\s+(\d+)\s+steps\s+of\s+epoch\s+(\d+)\)", log)
+        assert resumed, log[-3000:]
+        epochs_done, steps, epoch = (int(g) for g in resumed.groups())
+        assert len(logged_before) - 1 <= epochs_done <= len(logged_before) and epoch == epochs_done + 1 and steps > 0
         metrics = admin.get("/metrics").text
         assert "vae_job_preemptions_total 1.0" in metrics and 'vae_jobs{state="succeeded"} 2.0' in metrics
         runs = list((tmp_path / "runs").glob(f"long-{long_id}"))

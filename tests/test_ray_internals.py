@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import time
 
 import ray.tune.tune as tune_module
 from ray.train.v2._internal.execution.worker_group.placement_group_handle import PlacementGroupHandle
@@ -42,10 +43,14 @@ def test_the_hook_registers_an_abort_on_the_interrupt():
                 aborted.append(True)
 
     trainer = AbortableTorchTrainer.__new__(AbortableTorchTrainer)
-    trainer.interrupt = Interrupt()
+    trainer.interrupt, trainer.stop_grace_s = Interrupt(), 0.3  # the workers' time to stop by themselves
     trainer._register_sigint_handler(Controller())
     assert aborted == []
     trainer.interrupt.request()
+    assert aborted == []
+    deadline = time.monotonic() + 10
+    while not aborted and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert aborted == [True]
 
 

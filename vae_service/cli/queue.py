@@ -8,11 +8,13 @@ failed or was cancelled (`submit --wait`), 2 bad input, unknown job or unreachab
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import typer
 from rich import box
@@ -95,26 +97,25 @@ def _wait(client, job_id: str) -> int:
     spinner = Spinner("dots", text="")
     last_state = None
     epochs = EpochLines(client, job_id)
-    try:
-        with Live(spinner, console=err, transient=True, refresh_per_second=8) as live:
-            while True:
-                try:
-                    job = client.job(job_id)
-                except ApiError as exc:
-                    spinner.update(text=Text(f"job {job_id}: {exc} (retrying)"))
-                    time.sleep(WAIT_POLL_S)
-                    continue
-                if job["state"] != last_state:
-                    live.console.print(f"job {job_id}: [{STYLE.get(job['state'], 'bold')}]{job['state']}[/]", highlight=False)
-                    last_state = job["state"]
-                if job.get("submitted_at"):  # Ray has (or had) it: its finished epochs are in its log
-                    for line in epochs.new():
-                        live.console.print(f"  {line}", markup=False, highlight=False)
-                if job["state"] in FINAL:
-                    break
-                spinner.update(text=Text(_describe(job) + (f" · {epochs.latest}" if epochs.latest else "")))
-                time.sleep(WAIT_POLL_S)
-    except KeyboardInterrupt:
+    with _ctrl_c_noted() as ctrl_c, Live(spinner, console=err, transient=True, refresh_per_second=8) as live:
+        while not ctrl_c:
+            try:
+                job = client.job(job_id)
+            except ApiError as exc:
+                spinner.update(text=Text(f"job {job_id}: {exc} (retrying)"))
+                _sleep_unless(ctrl_c, WAIT_POLL_S)
+                continue
+            if job["state"] != last_state:
+                live.console.print(f"job {job_id}: [{STYLE.get(job['state'], 'bold')}]{job['state']}[/]", highlight=False)
+                last_state = job["state"]
+            if job.get("submitted_at"):  # Ray has (or had) it: its finished epochs are in its log
+                for line in epochs.new():
+                    live.console.print(f"  {line}", markup=False, highlight=False)
+            if job["state"] in FINAL:
+                break
+            spinner.update(text=Text(_describe(job) + (f" · {epochs.latest}" if epochs.latest else "")))
+            _sleep_unless(ctrl_c, WAIT_POLL_S)
+    if ctrl_c:
         say(f"stopped waiting; the job goes on (vae status {job_id} / vae logs {job_id} -f / vae cancel {job_id})")
         return 130
     run = f", MLflow run {job['mlflow_run_id']}" if job.get("mlflow_run_id") else ""
@@ -122,6 +123,27 @@ def _wait(client, job_id: str) -> int:
     if job.get("error"):
         say(job["error"])
     return FINAL[job["state"]]
+
+
+@contextmanager
+def _ctrl_c_noted() -> Iterator[list]:
+    """Ctrl-C while waiting is noted (the list gets an entry) instead of raised: a
+    KeyboardInterrupt raised inside a library call (an HTTP request) is not sure to come out of
+    it, and a process may inherit SIGINT ignored or blocked. (In CI a `submit --wait` once went on
+    for 90 s after SIGINT, its main thread asleep in this loop.)"""
+    noted: list = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _sleep_unless(noted: list, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not noted and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 class EpochLines:

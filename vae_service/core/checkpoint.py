@@ -3,12 +3,14 @@
 A checkpoint directory holds
   model.safetensors      the VAE's weights (unwrapped from DDP)
   optimizer.safetensors  the optimiser's per-parameter tensors (e.g. Adam's moments)
-  state.json             epoch, metrics, spec, model config, optimiser hyper-parameters
+  state.json             epoch, metrics, spec, model config, optimiser hyper-parameters and,
+                         for a run stopped part-way through an epoch, where it stopped (PART_EPOCH)
 so loading one never runs a pickle, even when the files came from shared storage.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -22,6 +24,39 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
+# state.json's record of an epoch stopped part-way (Ctrl-C, the queue's cancel or preemption):
+# {"epoch", "steps" done, "images", "sums" [loss, recon, kl], "seconds", "rng"}. Its "epoch"
+# field stays the last whole epoch, so a reader that knows nothing of part-epochs is still right.
+PART_EPOCH = "part_epoch"
+
+
+def reached(state: dict) -> tuple[int, int]:
+    """How far a checkpoint's run got, for ordering checkpoints: (last whole epoch, steps into the next)."""
+    part = state.get(PART_EPOCH)
+    return state.get("epoch", -1), (part["steps"] if part else 0)
+
+
+def rng_state(device: torch.device) -> dict[str, str]:
+    """torch's random state (the CPU's, and the GPU's on one) as text for state.json: a run
+    continued part-way through an epoch draws the noise the uninterrupted run would have drawn."""
+    state = {"cpu": _to_text(torch.get_rng_state())}
+    if device.type == "cuda":
+        state["cuda"] = _to_text(torch.cuda.get_rng_state(device))
+    return state
+
+
+def restore_rng_state(state: dict[str, str], device: torch.device) -> None:
+    torch.set_rng_state(_from_text(state["cpu"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(_from_text(state["cuda"]), device)
+
+
+def _to_text(tensor: torch.Tensor) -> str:
+    return base64.b64encode(tensor.numpy().tobytes()).decode("ascii")
+
+
+def _from_text(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 
 def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -34,6 +34,8 @@ class EpochStats:
     recon_sum: float = 0.0
     kl_sum: float = 0.0
     seconds: float = 0.0
+    steps: int = 0  # steps done in the epoch
+    stopped: bool = False  # the epoch ended part-way, on request (train_batches' should_stop)
 
     def as_metrics(self) -> dict[str, float]:
         n = max(self.images, 1)
@@ -81,18 +83,27 @@ def train_batches(
     generator: Optional[torch.Generator] = None,
     on_step: Optional[StepCallback] = None,
     rank_mean: Optional[RankMean] = None,
+    *,
+    done: Optional[EpochStats] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
 ) -> EpochStats:
     """One epoch over `batches` (index slices of a tensor, or a Ray Data stream); `steps` is how
     many to expect (for progress and the warm-up schedule; a stream's count is an estimate).
 
     `rank_mean` (a mean across DDP ranks) makes every rank see the same loss, so all ranks
     stop together on a non-finite loss instead of leaving their peers waiting in a collective.
+
+    `should_stop` is asked after every step: when it says yes, the epoch ends there (`stopped`,
+    with `steps` done). `done` is such an epoch's stats, to carry on from: `batches` then starts
+    at its next step, and the sums go on from its own, so the finished epoch's numbers are
+    those of an epoch never stopped.
     """
     model.train()
-    stats = EpochStats()
+    stats = replace(done, stopped=False) if done else EpochStats()
+    carried = torch.tensor([stats.loss_sum, stats.recon_sum, stats.kl_sum], dtype=torch.float64) if done else None
     sums = None  # running sums stay on the device; reading them back every step would sync a GPU
     start = time.perf_counter()
-    for step, batch in enumerate(batches):
+    for step, batch in enumerate(batches, start=stats.steps):
         x = batch_inputs(batch, binarize, generator)
         progress = epoch + min(step / max(steps, 1), 1.0)
         terms = compute_loss(model, x, objective, progress)
@@ -107,11 +118,18 @@ def train_batches(
         with torch.no_grad():
             n = x.shape[0]
             batch_sums = torch.stack([terms.loss.detach() * n, terms.recon.sum(), terms.kl.sum()]).double()
-            sums = batch_sums if sums is None else sums + batch_sums
+            if sums is None:
+                sums = batch_sums if carried is None else carried.to(batch_sums.device) + batch_sums
+            else:
+                sums = sums + batch_sums
         stats.images += x.shape[0]
+        stats.steps = step + 1
         if on_step is not None:
             on_step(step + 1, max(steps, step + 1), float(shared_loss[0]))
-    stats.seconds = time.perf_counter() - start
+        if should_stop is not None and should_stop():
+            stats.stopped = True
+            break
+    stats.seconds += time.perf_counter() - start
     if sums is not None:
         stats.loss_sum, stats.recon_sum, stats.kl_sum = (float(v) for v in sums.tolist())
     return stats

@@ -14,7 +14,8 @@ What Ray Train does for a run, done here for this one:
   checkpoint: see runner.latest_checkpoint), and the newest `storage.keep_checkpoints` are kept;
 - failures: the task is retried up to `storage.max_failures` times, each attempt continuing from
   the last checkpoint this run reported (the progress board remembers it);
-- Ctrl-C and the queue's stop: the task is cancelled and its process ended; the checkpoints stay;
+- Ctrl-C and the queue's stop: the task finishes its step, checkpoints there and ends (if it has
+  not ended `stop_grace_s` later, it is cancelled and its process ended); the checkpoints stay;
 - the run's Ray Train callbacks (`ray.train.UserCallback`, a sweep trial's report to Tune): each
   report is handed to their `after_report` here, in the driver, as the controller would.
 """
@@ -94,7 +95,7 @@ def train_one_worker(config: dict, run_dir: str, keep: int, datasets: dict) -> N
 
 
 def run(spec: TrainSpec, config: dict, run_dir: storage.Location, datasets: dict, env: dict[str, str],
-        interrupt: Interrupt, callbacks: tuple = ()) -> tuple[Optional[ray.train.Checkpoint], dict]:
+        interrupt: Interrupt, stop_grace_s: float, callbacks: tuple = ()) -> tuple[Optional[ray.train.Checkpoint], dict]:
     """Runs the task to its end; returns its last checkpoint and last metrics, as Ray Train's
     Result has them (raises Ray's error when its last attempt failed). Callbacks that are not
     `UserCallback`s concern a worker group (its placement group): this run has none."""
@@ -106,7 +107,7 @@ def run(spec: TrainSpec, config: dict, run_dir: storage.Location, datasets: dict
         runtime_env={"env_vars": env},
         scheduling_strategy="DEFAULT",  # not inside a caller's placement group (a Tune trial's holds no CPU)
     ).remote(config, run_dir.uri, spec.storage.keep_checkpoints, datasets)
-    interrupt.on_request(lambda: ray.cancel(task, force=True))
+    interrupt.on_request(lambda: ray.cancel(task, force=True), after_s=stop_grace_s)  # after the board's stop (runner.fit)
     user_callbacks = [c for c in callbacks if isinstance(c, ray.train.UserCallback)]
     board, passed, done = config["progress_board"], 0, not user_callbacks
     while not done:

@@ -1,8 +1,8 @@
 """Live progress from the workers to the driver's terminal or log.
 
-Rank 0 pushes step updates to a tiny Ray actor (fire and forget); a driver thread polls it
-and draws a rich progress bar ("bar"), or writes one line per finished epoch ("lines": a queued
-job's log, which `vae submit --wait` follows). Per-epoch results come from Ray Train's own
+Rank 0 pushes step updates to a tiny Ray actor (fire and forget) and asks it whether to stop; a
+driver thread polls it and draws a rich progress bar ("bar"), or writes one line per finished
+epoch ("lines": a queued job's log, which `vae submit --wait` follows). Per-epoch results come from Ray Train's own
 reports; a single-worker run (one_worker.py) reports its metrics and checkpoints to the same actor.
 """
 
@@ -25,7 +25,8 @@ LINES_POLL_S = 2.0  # a log needs no more than a line per epoch
 
 @ray.remote(num_cpus=0)
 class ProgressBoard:
-    """Holds the latest progress snapshot (and every finished epoch's metrics)."""
+    """Holds the latest progress snapshot (and every finished epoch's metrics), and the driver's
+    request that the workers stop (Ctrl-C, the queue's cancel or preemption: worker.StopRequests)."""
 
     def __init__(self) -> None:
         self.latest: dict = {}
@@ -34,6 +35,7 @@ class ProgressBoard:
         self.first_step_at: Optional[float] = None  # unix time of the first training step
         self.nodes: dict[int, str] = {}  # rank → the host it runs on
         self.reports: list[tuple[dict, Optional[str]]] = []  # a single-worker run's: (metrics, checkpoint URI)
+        self.stopping = False  # the driver asked the workers to stop at their next step (and checkpoint there)
 
     def update(self, snapshot: dict) -> None:
         if self.first_step_at is None:
@@ -58,6 +60,12 @@ class ProgressBoard:
     def result(self) -> tuple[dict, Optional[str]]:
         """What Ray Train's Result holds: the last metrics reported, the last checkpoint."""
         return (self.reports[-1][0] if self.reports else {}), self.last_checkpoint()
+
+    def request_stop(self) -> None:
+        self.stopping = True
+
+    def stop_requested(self) -> bool:
+        return self.stopping
 
     def fail(self, reason: str) -> None:
         """A failure that retrying cannot fix (e.g. a non-finite loss): the run must fail."""

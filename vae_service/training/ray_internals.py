@@ -30,14 +30,15 @@ __all__ = ["AbortableTorchTrainer", "WorkerGroupCallback", "kill_and_wait", "pla
 
 
 class AbortableTorchTrainer(TorchTrainer):
-    """A TorchTrainer that a requested `Interrupt` aborts (the run's checkpoints are kept)."""
+    """A TorchTrainer that a requested `Interrupt` aborts, `stop_grace_s` after the request if
+    the workers have not stopped by themselves by then (the run's checkpoints are kept)."""
 
-    def __init__(self, *args, interrupt: Interrupt, **kwargs):
+    def __init__(self, *args, interrupt: Interrupt, stop_grace_s: float, **kwargs):
         super().__init__(*args, **kwargs)
-        self.interrupt = interrupt
+        self.interrupt, self.stop_grace_s = interrupt, stop_grace_s
 
     def _register_sigint_handler(self, controller) -> None:  # Ray's hook, called in fit()
-        self.interrupt.on_request(lambda: controller.abort.remote())
+        self.interrupt.on_request(lambda: controller.abort.remote(), after_s=self.stop_grace_s)  # after the board's stop
 
 
 def placement_group_hex(worker_group) -> str:

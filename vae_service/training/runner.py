@@ -19,14 +19,14 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rich.console import Console
 
 from vae_service import storage
-from vae_service.core.checkpoint import STATE_FILE, load_checkpoint, read_state
+from vae_service.core.checkpoint import STATE_FILE, load_checkpoint, reached, read_state
 from vae_service.core.errors import BadInput, Interrupted, JobFailed
-from vae_service.core.interrupt import Interrupt
+from vae_service.core.interrupt import HARD_STOP_AFTER_S, Interrupt
 from vae_service.core.model import VAE, ModelConfig
 from vae_service.core.resources import shortfall
 from vae_service.core.spec import ResourcesSpec, TrainSpec
 from vae_service.environment import runtime_env_vars, sealed_secrets
-from vae_service.sources.prepare import Prepared
+from vae_service.sources.prepare import STREAMING, Prepared
 from vae_service.training import one_worker
 from vae_service.training.progress import ProgressBoard, ProgressDisplay, ProgressMode
 from vae_service.training.ray_internals import AbortableTorchTrainer
@@ -78,16 +78,14 @@ def check_fits(resources: ResourcesSpec) -> None:
 
 
 def latest_checkpoint(run_dir: storage.Location) -> Optional[storage.Location]:
-    """The checkpoint with the highest epoch under a run directory (local or S3), if any."""
-    best, best_epoch = None, -1
+    """The furthest checkpoint under a run directory (local or S3), if any: the highest epoch,
+    and of those, the most steps into the next (a run stopped part-way through an epoch)."""
+    found = []
     for checkpoint in storage.list_checkpoints(run_dir):
         state_file = checkpoint.join(STATE_FILE)
-        if not storage.exists(state_file):  # a checkpoint cut off while it was being written
-            continue
-        epoch = storage.read_json(state_file).get("epoch", -1)
-        if epoch > best_epoch:
-            best, best_epoch = checkpoint, epoch
-    return best
+        if storage.exists(state_file):  # else a checkpoint cut off while it was being written
+            found.append((reached(storage.read_json(state_file)), checkpoint))
+    return max(found, key=lambda item: item[0])[1] if found else None
 
 
 def fit(
@@ -114,10 +112,15 @@ def fit(
     if resume and resume_from is None:
         console.print(f"[yellow]No checkpoint in {run_dir} yet: starting from epoch 1.")
     elif resume_from is not None:  # a preempted queued job's log says what it continues from
-        epoch = storage.read_json(resume_from.join(STATE_FILE)).get("epoch", -1)
-        console.print(f"resuming from {resume_from.name} (epoch {epoch + 1} of {spec.optim.epochs} done)", markup=False)
+        epochs_done, steps = reached(storage.read_json(resume_from.join(STATE_FILE)))
+        into = f", and {steps} steps of epoch {epochs_done + 2}" if steps else ""
+        console.print(f"resuming from {resume_from.name} (epoch {epochs_done + 1} of {spec.optim.epochs} done{into})", markup=False,
+                      soft_wrap=True)  # one line, even in a job's log
     ensure_ray()
     board = ProgressBoard.options(scheduling_strategy=on_this_node()).remote()
+    interrupt.on_request(lambda: board.request_stop.remote())  # the workers stop at their next step, checkpointed
+    # Streamed data is never stopped part-way (worker.py): such a run is stopped hard at once.
+    stop_grace_s = 0.0 if data.pipeline == STREAMING else HARD_STOP_AFTER_S
     config = {
         "spec": spec.model_dump(mode="json"),
         "progress_board": board,
@@ -135,10 +138,11 @@ def fit(
     try:
         if one_worker.suits(spec):
             def train() -> tuple[Optional[ray.train.Checkpoint], dict]:
-                return one_worker.run(spec, config, run_dir, data.streams or {}, runtime_env_vars(), interrupt, callbacks)
+                return one_worker.run(spec, config, run_dir, data.streams or {}, runtime_env_vars(), interrupt, stop_grace_s,
+                                      callbacks)
         else:
             def train() -> tuple[Optional[ray.train.Checkpoint], dict]:
-                result = _trainer(spec, config, run_dir, data, interrupt, callbacks).fit()
+                result = _trainer(spec, config, run_dir, data, interrupt, stop_grace_s, callbacks).fit()
                 return result.checkpoint, result.metrics
         (checkpoint, metrics), board_state = _run(train, board, spec, run_dir, interrupt, console, progress)
     finally:
@@ -158,11 +162,12 @@ def fit(
 
 
 def _trainer(spec: TrainSpec, config: dict, run_dir: storage.Location, data: Prepared, interrupt: Interrupt,
-             callbacks: tuple) -> AbortableTorchTrainer:
+             stop_grace_s: float, callbacks: tuple) -> AbortableTorchTrainer:
     """Ray Train's TorchTrainer for a run of several workers (DDP)."""
     return AbortableTorchTrainer(
         train_loop_per_worker,
         interrupt=interrupt,
+        stop_grace_s=stop_grace_s,
         train_loop_config=config,
         datasets=data.streams or None,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),

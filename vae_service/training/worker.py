@@ -23,7 +23,8 @@ import torch.distributed as dist
 
 from vae_service.core import evaluation, from_spec
 from vae_service.core import metrics as M
-from vae_service.core.checkpoint import load_checkpoint, read_state, save_checkpoint
+from vae_service.core.checkpoint import (PART_EPOCH, load_checkpoint, read_state, reached, restore_rng_state, rng_state,
+                                         save_checkpoint)
 from vae_service.core.data import Dataset, epoch_shard
 from vae_service.core.loop import EpochStats, NonFiniteLoss, evaluate_batches, train_batches
 from vae_service.core.model import VAE, unwrap
@@ -35,6 +36,7 @@ from vae_service.storage import checkpoint_from_uri
 from vae_service.tracking.epoch_logger import EpochLogger
 
 PROGRESS_INTERVAL_S = 0.5
+STOP_POLL_S = 0.2  # how often rank 0 asks the driver whether to stop (the answer is never waited for)
 SHARD_SAMPLE = 65_536  # item hashes per rank and epoch compared across ranks (streamed data)
 SHUFFLE_CHUNK = 4096  # streamed items fetched at once and shuffled among themselves
 EVAL_BATCH = 1000
@@ -105,6 +107,32 @@ class ProgressReporter:
         self.board.update.remote({M.EPOCH: self.epoch, "step": step, "steps": steps, "loss": loss, M.IMAGES_PER_S: rate})
 
 
+class StopRequests:
+    """Whether the driver asked the run to stop (Ctrl-C, or the queue cancelling or preempting
+    the job; the progress board holds the request). Rank 0 asks the board at most every
+    STOP_POLL_S and never waits for the answer; with several ranks, every rank takes the answer
+    at the same step (one all_reduce per step), so DDP's ranks stop together."""
+
+    def __init__(self, board: Any, rank: int, world_size: int, device: torch.device):
+        self.board = board if rank == 0 else None
+        self.world_size, self.device = world_size, device
+        self.requested = False
+        self._pending: Optional[ray.ObjectRef] = None
+        self._asked_at = 0.0
+
+    def __call__(self) -> bool:
+        if self.board is not None and not self.requested:
+            if self._pending is not None and ray.wait([self._pending], timeout=0)[0]:
+                self.requested, self._pending = bool(ray.get(self._pending)), None
+            if self._pending is None and time.monotonic() - self._asked_at >= STOP_POLL_S:
+                self._pending, self._asked_at = self.board.stop_requested.remote(), time.monotonic()
+        if self.world_size == 1:
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
 def _over_all_ranks(stats: EpochStats, world_size: int, device: torch.device) -> EpochStats:
     """The epoch's training sums over every rank's images (not rank 0's share alone); the
     throughput is all of them over rank 0's time."""
@@ -173,12 +201,12 @@ def _train(config: dict, session: Session) -> None:
     model = VAE(from_spec.model_config(spec, preprocessing.input_shape)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.optim.lr)
 
-    start_epoch = 0
+    start_epoch, part = 0, None
     checkpoint = _latest_of(session.restored(), _explicit_resume(config))
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(directory, model, optimizer, device)
-        start_epoch = state["epoch"] + 1
+        start_epoch, part = state["epoch"] + 1, state.get(PART_EPOCH)  # part: the next epoch was stopped part-way
 
     if checkpoint is not None and start_epoch >= spec.optim.epochs:
         # Nothing left to train (stopped after its last checkpoint, before the model was
@@ -195,13 +223,18 @@ def _train(config: dict, session: Session) -> None:
     per_worker_batch = max(1, spec.optim.batch_size // world_size)
     rank_mean = _rank_mean(world_size)
     epoch_logger = EpochLogger(config["mlflow_run_id"]) if rank == 0 and config.get("mlflow_run_id") else None
+    stop_requested = StopRequests(board, rank, world_size, device) if board is not None else None
 
     for epoch in range(start_epoch, spec.optim.epochs):
         seed_everything(seed if seed is not None else int(time.time()), epoch, rank)
+        done = None  # the part of this epoch a stopped run already trained
+        if part is not None and part["epoch"] == epoch and len(part["ranks"]) == world_size and data is not None:
+            done = _continued(part, rank, device)
         reporter = ProgressReporter(board, rank, epoch, per_worker_batch, world_size)
         if data is not None:
             shard = epoch_shard(len(data.train), epoch, rank, world_size, seed or 0).to(device)
-            batches = (data.train.images[shard[i : i + per_worker_batch]] for i in range(0, len(shard), per_worker_batch))
+            first = done.steps * per_worker_batch if done else 0  # the same order; the steps done are skipped
+            batches = (data.train.images[shard[i : i + per_worker_batch]] for i in range(first, len(shard), per_worker_batch))
             steps = math.ceil(len(shard) / per_worker_batch)
         else:
             seen: list[torch.Tensor] = []  # item hashes: the shard check compares them across ranks
@@ -210,13 +243,19 @@ def _train(config: dict, session: Session) -> None:
         try:
             stats = train_batches(
                 model, optimizer, batches, steps, objective, epoch,
-                binarize=spec.data.binarize, on_step=reporter, rank_mean=rank_mean,
+                binarize=spec.data.binarize, on_step=reporter, rank_mean=rank_mean, done=done,
+                # A stream's order is not reproducible, so a streamed epoch is not stopped part-way:
+                # the driver's stop then ends the run, which continues from its last whole epoch.
+                should_stop=stop_requested if data is not None else None,
             )
         except NonFiniteLoss as exc:
             # Deterministic: a retry would fail the same way. Every rank saw the same shared
             # loss, so all stop here together; rank 0 tells the driver why.
             if rank == 0 and board is not None:
                 ray.get(board.fail.remote(str(exc)))
+            return
+        if stats.stopped:
+            _report_part_epoch(session, model, optimizer, spec, epoch, stats)
             return
         train = _over_all_ranks(stats, world_size, device).as_metrics()
         if data is None:
@@ -238,6 +277,34 @@ def _train(config: dict, session: Session) -> None:
                 session.report(metrics, tmp)
         else:
             session.report(M.epoch_record(epoch, train, checks))
+
+
+def _report_part_epoch(session: Session, model: torch.nn.Module, optimizer: torch.optim.Optimizer, spec: TrainSpec,
+                       epoch: int, stats: EpochStats) -> None:
+    """The checkpoint of a run stopped part-way through `epoch`: the weights and optimiser after
+    its last step, and what continuing needs: the steps done and, for every rank, its sums so far
+    and its random state. The data order follows from the seed and the epoch."""
+    mine = {"images": stats.images, "sums": [stats.loss_sum, stats.recon_sum, stats.kl_sum], "rng": rng_state(session.device)}
+    ranks = [mine]
+    if session.world_size > 1:
+        ranks = [None] * session.world_size
+        dist.all_gather_object(ranks, mine)  # between the job's own ranks, like Ray's task arguments
+    part = {"epoch": epoch, "steps": stats.steps, "seconds": stats.seconds, "ranks": ranks}
+    if session.rank != 0:
+        session.report({M.EPOCH: epoch - 1})
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(tmp, model, optimizer, {"epoch": epoch - 1, PART_EPOCH: part, "spec": spec.model_dump(mode="json")})
+        session.report({M.EPOCH: epoch - 1}, tmp)
+
+
+def _continued(part: dict, rank: int, device: torch.device) -> EpochStats:
+    """This rank's share of an epoch stopped part-way, its random state restored."""
+    mine = part["ranks"][rank]
+    restore_rng_state(mine["rng"], device)
+    loss_sum, recon_sum, kl_sum = mine["sums"]
+    return EpochStats(images=mine["images"], loss_sum=loss_sum, recon_sum=recon_sum, kl_sum=kl_sum,
+                      seconds=part["seconds"], steps=part["steps"])
 
 
 def _in_memory(spec: TrainSpec, source: dict, device: torch.device) -> Optional[Dataset]:
@@ -309,16 +376,16 @@ def _final_evaluation(session: Session, model: torch.nn.Module, spec: TrainSpec,
                                seed=spec.optim.seed or 0)
 
 
-def _checkpoint_epoch(checkpoint: ray.train.Checkpoint) -> int:
+def _checkpoint_progress(checkpoint: ray.train.Checkpoint) -> tuple[int, int]:
     with checkpoint.as_directory() as directory:
-        return int(read_state(directory).get("epoch", -1))
+        return reached(read_state(directory))
 
 
 def _latest_of(*checkpoints: Optional[ray.train.Checkpoint]) -> Optional[ray.train.Checkpoint]:
     """Ray's restored checkpoint (after a worker failure, or from the run's snapshot) and the
     one named by --resume can differ when a run was aborted mid-report: take the newer."""
     present = [c for c in checkpoints if c is not None]
-    return max(present, key=_checkpoint_epoch) if present else None
+    return max(present, key=_checkpoint_progress) if present else None
 
 
 def _explicit_resume(config: dict) -> Optional[ray.train.Checkpoint]:
