@@ -25,8 +25,9 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
 # state.json's record of an epoch stopped part-way (Ctrl-C, the queue's cancel or preemption):
-# {"epoch", "steps" done, "images", "sums" [loss, recon, kl], "seconds", "rng"}. Its "epoch"
-# field stays the last whole epoch, so a reader that knows nothing of part-epochs is still right.
+# {"epoch", "steps" done, "seconds", "ranks": [per rank {"images", "sums" [loss, recon, kl], "rng"}]}.
+# state.json's own "epoch" stays the last whole epoch, so a reader that knows nothing of
+# part-epochs is still right.
 PART_EPOCH = "part_epoch"
 
 
