@@ -123,9 +123,11 @@ def preempted_round(client: httpx.Client, i: int, long_epochs: int) -> dict:
     all_ends = epoch_times(run_id)
     checkpointed = [t for t in all_ends if t <= decided]  # the epochs done before the stop
     epoch_s = statistics.median(b - a for a, b in zip(all_ends, all_ends[1:])) if len(all_ends) > 1 else float("nan")
+    from vae_service.core import metrics as M
     from vae_service.tracking.mlflow_run import client as mlflow
 
-    steps_per_epoch = math.ceil(mlflow().get_metric_history(run_id, "train_items")[0].value / LONG_BATCH)
+    history = json.loads((run_dir / "metrics.json").read_text())["history"]  # the run's own record, every epoch
+    steps_per_epoch = math.ceil(history[0][M.TRAIN_ITEMS] / LONG_BATCH)
     resumed_at = re.search(r"and\s+(\d+)\s+steps\s+of\s+epoch", client.get(f"/jobs/{long['id']}/logs").text)
     kept_steps = int(resumed_at.group(1)) if resumed_at else 0  # none: it resumed from a whole epoch
     trained_s = decided - max(checkpointed)
