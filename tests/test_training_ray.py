@@ -241,9 +241,10 @@ def test_a_run_stopped_mid_epoch_resumes_at_its_step_and_equals_the_uninterrupte
     """A stop request (Ctrl-C, the queue's cancel or preemption) ends the run at the next step,
     with a checkpoint there; resumed, it continues at that step, and its epochs, metrics and
     final weights equal those of a run never stopped. One worker (a Ray task) and two (DDP)."""
-    # Long epochs (540 steps of 10 images per worker…) so that the stop falls inside one.
+    # Many steps (540 of 10 images per worker) so that the stop falls inside an epoch; a small
+    # model, so that each is quick.
     spec = tiny_spec(optim__epochs=2, optim__batch_size=10 * workers, data__limit=6000, data__binarize="dynamic",
-                     model__hidden=[400], resources__num_workers=workers, tracking__register_as=None)
+                     resources__num_workers=workers, tracking__register_as=None)
     whole = run_job(spec)
 
     run_dir = storage.resolve(str(tmp_path / "stopped"))
