@@ -120,6 +120,8 @@ def measure_vae_run(epochs: int, limit: int, store_uri: str) -> dict:
         work = Path(work)
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a fresh local Ray: the case measured
         env["MLFLOW_TRACKING_URI"] = store_uri
+        if env.get("VAE_DATA_DIR"):
+            env["VAE_DATA_DIR"] = str(Path(env["VAE_DATA_DIR"]).resolve())  # the run starts in `work`
         profile = work / "profile.json"
         command = [py_spy, "record", "--idle", "--rate", str(SAMPLE_RATE), "--nonblocking", "--format", "speedscope", "--output", str(profile),
                    "--", vae, "run", str(SPEC), "--json", "--quiet", "--set", f"optim.epochs={epochs}", "--set", f"data.limit={limit}",
@@ -127,9 +129,10 @@ def measure_vae_run(epochs: int, limit: int, store_uri: str) -> dict:
         launched = time.time()
         done = subprocess.run(command, capture_output=True, text=True, cwd=work, env=env)
         total_s = time.time() - launched
-        if done.returncode != 0 or not profile.is_file():
-            sys.exit(f"vae run under py-spy failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        result = json.loads(next(line for line in reversed(done.stdout.splitlines()) if line.startswith("{")))  # py-spy prints too
+        records = [line for line in done.stdout.splitlines() if line.startswith("{")]  # py-spy prints too
+        if done.returncode != 0 or not profile.is_file() or not records:
+            sys.exit(f"vae run under py-spy failed ({done.returncode}):\n{done.stderr[-3000:]}\n{done.stdout[-2000:]}")
+        result = json.loads(records[-1])
         phases = phase_seconds(json.loads(profile.read_text()))
     steps_s = sum(row["train_items"] / row["images_per_s"] for row in result["history"])
     sampled = sum(phases.values())
