@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -216,15 +215,11 @@ def one_worker_pids(job) -> tuple:
         watcher.join()
 
 
-def test_seeded_single_worker_runs_are_reproducible_in_one_warm_process(ray_cluster, tiny_spec, run_job, monkeypatch):
+def test_seeded_single_worker_runs_are_reproducible_in_one_warm_process(ray_cluster, tiny_spec, run_job):
     # One worker: a Ray task whose process Ray keeps for the next run (training/one_worker.py).
     # A run between two identical ones, with another seed, model and thread count, must leave
     # nothing behind in that process that changes the third run's result.
-    # Ray keeps warm processes per runtime environment: a variable these runs alone forward (a
-    # mirror never used, MNIST is on disk) gives them a pool of their own, so the one process a
-    # run leaves idle is the one the next run takes (after a sweep's parallel trials, the shared
-    # pool may hold several).
-    monkeypatch.setenv("VAE_MNIST_MIRROR", f"http://unused.invalid/{uuid.uuid4().hex}/")
+    # Ray hands a task the worker that went idle last, so the three runs share one process.
     a, a_pids = one_worker_pids(lambda: run_job(tiny_spec(optim__seed=7)))
     c, c_pids = one_worker_pids(lambda: run_job(tiny_spec(optim__seed=8, model__latent_dim=6, resources__cpus_per_worker=2)))
     b, b_pids = one_worker_pids(lambda: run_job(tiny_spec(optim__seed=7)))

@@ -5,8 +5,9 @@ actor, a placement-group cleaner, a preemption watcher, a dataset manager), and 
 Train and torch anew: about 14 CPU-seconds before the first step, for a run that has no DDP to
 set up. A single-worker run is one Ray task instead. Ray holds the worker's CPUs and GPUs for it
 while it runs, and reuses its process (torch and the loop already imported) for the next
-single-worker run of the same Ray job and environment: a driver that trains several times (a
-notebook, a test session) pays the imports once.
+single-worker run of the same Ray job: a driver that trains several times (a notebook, a test
+session) pays the imports once. The task asks for no runtime environment, so that a worker Ray
+started ahead (at `ray.init`) can take it at once.
 
 What Ray Train does for a run, done here for this one:
 - checkpoints: each one rank 0 reports is copied under the run directory as
@@ -36,6 +37,7 @@ from vae_service import storage
 from vae_service.core.checkpoint import STATE_FILE
 from vae_service.core.interrupt import Interrupt
 from vae_service.core.spec import TrainSpec
+from vae_service.environment import applied
 from vae_service.training.worker import train_loop
 
 
@@ -89,9 +91,11 @@ class TaskSession:
 
 
 @ray.remote
-def train_one_worker(config: dict, run_dir: str, keep: int, datasets: dict) -> None:
-    """The task (its process shows as `ray::train_one_worker`)."""
-    train_loop(config, TaskSession(config["progress_board"], storage.resolve(run_dir), keep, datasets))
+def train_one_worker(config: dict, run_dir: str, keep: int, datasets: dict, env: dict[str, str]) -> None:
+    """The task (its process shows as `ray::train_one_worker`), with the driver's settings in its
+    environment while it runs, and taken back after (the process may train the next run too)."""
+    with applied(env):
+        train_loop(config, TaskSession(config["progress_board"], storage.resolve(run_dir), keep, datasets))
 
 
 def run(spec: TrainSpec, config: dict, run_dir: storage.Location, datasets: dict, env: dict[str, str],
@@ -104,9 +108,11 @@ def run(spec: TrainSpec, config: dict, run_dir: storage.Location, datasets: dict
         num_gpus=spec.resources.gpus,
         max_retries=spec.storage.max_failures,
         retry_exceptions=True,
-        runtime_env={"env_vars": env},
+        # The settings travel as an argument, not as a runtime environment: a runtime environment
+        # costs a round trip to Ray's agent and a process of its own, while Ray has workers
+        # already started (and warm ones) for tasks that ask for none.
         scheduling_strategy="DEFAULT",  # not inside a caller's placement group (a Tune trial's holds no CPU)
-    ).remote(config, run_dir.uri, spec.storage.keep_checkpoints, datasets)
+    ).remote(config, run_dir.uri, spec.storage.keep_checkpoints, datasets, env)
     interrupt.on_request(lambda: ray.cancel(task, force=True), after_s=stop_grace_s)  # after the board's stop (runner.fit)
     user_callbacks = [c for c in callbacks if isinstance(c, ray.train.UserCallback)]
     board, passed, done = config["progress_board"], 0, not user_callbacks
