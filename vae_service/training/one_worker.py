@@ -37,8 +37,7 @@ from vae_service import storage
 from vae_service.core.checkpoint import STATE_FILE
 from vae_service.core.interrupt import Interrupt
 from vae_service.core.spec import TrainSpec
-from vae_service.environment import applied
-from vae_service.training.worker import train_loop
+from vae_service.training.worker import driver_settings, train_loop
 
 
 REPORT_POLL_S = 0.2  # how often the driver hands new reports to the callbacks
@@ -91,15 +90,14 @@ class TaskSession:
 
 
 @ray.remote
-def train_one_worker(config: dict, run_dir: str, keep: int, datasets: dict, env: dict[str, str]) -> None:
-    """The task (its process shows as `ray::train_one_worker`), with the driver's settings in its
-    environment while it runs, and taken back after (the process may train the next run too)."""
-    with applied(env):
+def train_one_worker(config: dict, run_dir: str, keep: int, datasets: dict) -> None:
+    """The task (its process shows as `ray::train_one_worker`)."""
+    with driver_settings(config):
         train_loop(config, TaskSession(config["progress_board"], storage.resolve(run_dir), keep, datasets))
 
 
-def run(spec: TrainSpec, config: dict, run_dir: storage.Location, datasets: dict, env: dict[str, str],
-        interrupt: Interrupt, stop_grace_s: float, callbacks: tuple = ()) -> tuple[Optional[ray.train.Checkpoint], dict]:
+def run(spec: TrainSpec, config: dict, run_dir: storage.Location, datasets: dict, interrupt: Interrupt,
+        stop_grace_s: float, callbacks: tuple = ()) -> tuple[Optional[ray.train.Checkpoint], dict]:
     """Runs the task to its end; returns its last checkpoint and last metrics, as Ray Train's
     Result has them (raises Ray's error when its last attempt failed). Callbacks that are not
     `UserCallback`s concern a worker group (its placement group): this run has none."""
@@ -108,11 +106,10 @@ def run(spec: TrainSpec, config: dict, run_dir: storage.Location, datasets: dict
         num_gpus=spec.resources.gpus,
         max_retries=spec.storage.max_failures,
         retry_exceptions=True,
-        # The settings travel as an argument, not as a runtime environment: a runtime environment
-        # costs a round trip to Ray's agent and a process of its own, while Ray has workers
-        # already started (and warm ones) for tasks that ask for none.
+        # No runtime environment (the settings travel in `config`): Ray has workers started ahead
+        # for tasks that ask for none.
         scheduling_strategy="DEFAULT",  # not inside a caller's placement group (a Tune trial's holds no CPU)
-    ).remote(config, run_dir.uri, spec.storage.keep_checkpoints, datasets, env)
+    ).remote(config, run_dir.uri, spec.storage.keep_checkpoints, datasets)
     interrupt.on_request(lambda: ray.cancel(task, force=True), after_s=stop_grace_s)  # after the board's stop (runner.fit)
     user_callbacks = [c for c in callbacks if isinstance(c, ray.train.UserCallback)]
     board, passed, done = config["progress_board"], 0, not user_callbacks

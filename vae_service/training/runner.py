@@ -126,7 +126,11 @@ def fit(
         "progress_board": board,
         "resume_from": resume_from.uri if resume_from else None,
         "mlflow_run_id": mlflow_run_id,
-        "secrets": sealed_secrets(),  # credentials, out of the runtime environment Ray logs
+        # The driver's settings, applied by each worker while it trains (worker.driver_settings): the
+        # plain ones here, the credentials through the object store (never in what Ray logs). No
+        # runtime environment: that costs a round trip to Ray's agent and processes of their own.
+        "settings": runtime_env_vars(),
+        "secrets": sealed_secrets(),
         "data": {
             "pipeline": data.pipeline,
             "preprocessing": data.preprocessing.to_dict(),
@@ -138,7 +142,7 @@ def fit(
     try:
         if one_worker.suits(spec):
             def train() -> tuple[Optional[ray.train.Checkpoint], dict]:
-                return one_worker.run(spec, config, run_dir, data.streams or {}, runtime_env_vars(), interrupt, stop_grace_s,
+                return one_worker.run(spec, config, run_dir, data.streams or {}, interrupt, stop_grace_s,
                                       callbacks)
         else:
             def train() -> tuple[Optional[ray.train.Checkpoint], dict]:
@@ -183,7 +187,6 @@ def _trainer(spec: TrainSpec, config: dict, run_dir: storage.Location, data: Pre
             storage_filesystem=None if run_dir.is_local else run_dir.filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.storage.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=spec.storage.max_failures),
-            worker_runtime_env={"env_vars": runtime_env_vars()},
             callbacks=list(callbacks),
         ),
     )

@@ -10,6 +10,7 @@ cut into batches.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import socket
 import tempfile
@@ -173,18 +174,19 @@ def _gather_check(world_size: int, shard: torch.Tensor, model: torch.nn.Module) 
 
 def train_loop_per_worker(config: dict) -> None:
     """The function Ray Train runs on each worker of its group."""
-    train_loop(config, RayTrainSession())
+    with driver_settings(config):
+        train_loop(config, RayTrainSession())
+
+
+def driver_settings(config: dict) -> contextlib.AbstractContextManager:
+    """The driver's settings and credentials (runner.fit's config) in this process's environment
+    for a worker's time, taken back after: the process may train the next run too (the
+    single-worker task's is reused). Entered first: storage and MLflow read them."""
+    return applied({**config["settings"], **ray.get(config["secrets"])})
 
 
 def train_loop(config: dict, session: Session) -> None:
-    """One worker's training, with the driver's credentials (environment.sealed_secrets) in this
-    process's environment while it runs, and taken back after: the single-worker task's process
-    may train the next run too."""
-    with applied(ray.get(config["secrets"])):
-        _train(config, session)
-
-
-def _train(config: dict, session: Session) -> None:
+    """One worker's training (inside driver_settings)."""
     spec = TrainSpec.model_validate(config["spec"])
     rank, world_size, device = session.rank, session.world_size, session.device
     torch.set_num_threads(spec.resources.torch_threads)
