@@ -100,7 +100,6 @@ def train_batches(
     """
     model.train()
     stats = replace(done, stopped=False) if done else EpochStats()
-    carried = torch.tensor([stats.loss_sum, stats.recon_sum, stats.kl_sum], dtype=torch.float64) if done else None
     sums = None  # running sums stay on the device; reading them back every step would sync a GPU
     start = time.perf_counter()
     for step, batch in enumerate(batches, start=stats.steps):
@@ -118,10 +117,9 @@ def train_batches(
         with torch.no_grad():
             n = x.shape[0]
             batch_sums = torch.stack([terms.loss.detach() * n, terms.recon.sum(), terms.kl.sum()]).double()
-            if sums is None:
-                sums = batch_sums if carried is None else carried.to(batch_sums.device) + batch_sums
-            else:
-                sums = sums + batch_sums
+            if sums is None:  # the sums so far (a stopped epoch's, carried on; else zeros), on the batch's device
+                sums = torch.tensor([stats.loss_sum, stats.recon_sum, stats.kl_sum], dtype=torch.float64, device=batch_sums.device)
+            sums = sums + batch_sums
         stats.images += x.shape[0]
         stats.steps = step + 1
         if on_step is not None:
