@@ -239,14 +239,16 @@ def test_model_artifacts_hold_no_pickle(store, tmp_path):
 
 def test_pyfunc_predict_returns_the_models_own_mu_and_logvar(store, monkeypatch):
     """mlflow.pyfunc.load_model(uri).predict(images) gives, value by value, what the VAE's
-    encoder gives on the same images (README: μ and log σ² per latent dimension)."""
+    encoder gives on the same images (README: grey levels 0–255 in, μ and log σ² per latent
+    dimension out)."""
     import mlflow
 
     from vae_service.core.data import load_mnist, to_unit_float
     from vae_service.tracking.mlflow_run import fluent_tracking
 
-    images = to_unit_float(load_mnist(None, download=False, val_fraction=0.0).test.images[:16])
-    flat = images.reshape(16, -1).numpy()
+    grey_levels = load_mnist(None, download=False, val_fraction=0.0).test.images[:16]
+    images = to_unit_float(grey_levels)
+    flat = grey_levels.reshape(16, -1).numpy().astype(np.float32)
     for model_uri, vae in zip(store["model_uris"], store["vaes"]):
         with fluent_tracking(store["uri"]):
             encoded = mlflow.pyfunc.load_model(model_uri).predict(flat)

@@ -259,6 +259,52 @@ def test_numpy_blobs_train_with_standardisation_from_the_train_split(ray_cluster
 
 
 @pytest.mark.slow
+def test_a_served_vector_model_gives_its_encoders_codes_as_vae_encode_and_encode_dataset_do(ray_cluster, run_job, tmp_path):
+    """Feature vectors far from 0 (mean about 1,000, as measurements may be), given to the model
+    as the file holds them: MLflow's pyfunc `predict`, `vae encode` and `vae encode-dataset` each
+    give the encoder's codes of the items standardised by the model's own statistics, whatever
+    the batch. (The served model once skipped the standardisation and divided by 255 any batch
+    whose maximum exceeded 1: codes off by up to 3 where they are of order 1.)"""
+    import mlflow
+    import torch
+
+    from vae_service.core.checkpoint import load_model
+
+    x, y = blobs(features=6, seed=3)
+    x = x * 10 + 1000
+    np.savez(tmp_path / "far.npz", X=x, y=y)
+    data = {"source": str(tmp_path / "far.npz"), "format": "numpy", "key": "X", "label": "y"}
+    spec = spec_for(tmp_path, data, model={"likelihood": "gaussian"})
+    result = run_job(spec)
+    prep = Preprocessing.of_model_config(read_model_config(result.model_dir))
+    with torch.no_grad():
+        mu, logvar = load_model(result.model_dir).eval().encode(torch.from_numpy(prep.standardise(x)))
+    assert float(mu.abs().max()) < 50  # codes of order 1: the reference itself is sane
+
+    served = mlflow.pyfunc.load_model(result.model_uri)
+    x32 = x.astype(np.float32)  # the logged signature's dtype
+    whole = served.predict(x32)
+    np.testing.assert_allclose(whole[["mu_1", "mu_2"]].to_numpy(), mu.numpy(), atol=1e-4)
+    np.testing.assert_allclose(whole[["logvar_1", "logvar_2"]].to_numpy(), logvar.numpy(), atol=1e-4)
+    in_pieces = np.concatenate([served.predict(x32[:1]).to_numpy(), served.predict(x32[1:40]).to_numpy()])
+    np.testing.assert_allclose(in_pieces, whole.to_numpy()[:40], atol=1e-6)
+
+    test_rows = np.flatnonzero(split_of(row_hashes(x), 0.1, 0.1) == TEST)
+    shown = CliRunner().invoke(app, ["encode", result.model_dir, "--index", "3", "--json"])
+    assert shown.exit_code == 0, shown.output
+    np.testing.assert_allclose(json.loads(shown.stdout.strip().splitlines()[-1])["mu"], mu[test_rows[3]].numpy(), atol=1e-5)
+
+    spec_file = tmp_path / "encode.yaml"
+    spec_file.write_text(json.dumps({"data": data, "model": {"likelihood": "gaussian"}}))  # JSON is YAML
+    done = CliRunner().invoke(app, ["encode-dataset", result.model_dir, str(spec_file), "-o", str(tmp_path / "codes"), "-q"])
+    assert done.exit_code == 0, done.output
+    rows = {row["id"]: row for row in pq.read_table(tmp_path / "codes").to_pylist()}
+    assert len(rows) == len(x)
+    for i in (0, int(test_rows[3]), len(x) - 1):
+        np.testing.assert_allclose(rows[f"{tmp_path / 'far.npz'}#{i}"]["mu"], mu[i].numpy(), atol=1e-5)
+
+
+@pytest.mark.slow
 def test_parquet_table_trains_on_its_numeric_columns(ray_cluster, run_job, tmp_path):
     x, y = blobs(400, features=5)
     table = {f"f{i}": x[:, i] for i in range(5)} | {"kind": np.array(["a", "b", "c"])[y], "note": ["n"] * len(y)}

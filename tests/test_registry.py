@@ -195,7 +195,10 @@ def test_active_units_equal_an_independent_recount(trained):
 @pytest.mark.slow
 def test_the_registered_pyfunc_predicts_the_models_own_mu_and_logvar(trained):
     """mlflow.pyfunc.load_model(models:/NAME/N).predict(images) returns, value by value, the
-    trained encoder's μ and log σ² on the same images ((N, 784) in [0, 1], or grey levels 0–255)."""
+    trained encoder's μ and log σ² on the same images, given as the data holds them: grey levels
+    0–255, (N, 784) as the logged signature says. Always read as grey levels: a dark batch (every value
+    0 or 1) is not taken for images already in [0, 1] (the served model once did, by the batch's
+    maximum)."""
     from vae_service.core.checkpoint import load_model
     from vae_service.core.data import to_unit_float
     from vae_service.core.from_spec import training_data
@@ -203,16 +206,20 @@ def test_the_registered_pyfunc_predicts_the_models_own_mu_and_logvar(trained):
     spec, result = trained
     assert result.model_uri == f"models:/{REGISTERED}/1"
     images = training_data(spec).val.images[:32]
-    x = to_unit_float(images)
+    vae = load_model(result.model_dir).eval()
     with torch.no_grad():
-        mu, logvar = load_model(result.model_dir).eval().encode(x)
+        mu, logvar = vae.encode(to_unit_float(images))
     pyfunc = mlflow.pyfunc.load_model(result.model_uri)
-    encoded = pyfunc.predict(x.reshape(len(x), -1).numpy())
+    grey_levels = images.numpy().astype(np.float32)
+    encoded = pyfunc.predict(grey_levels.reshape(len(images), -1))
     assert list(encoded.columns) == [f"mu_{j}" for j in range(1, 5)] + [f"logvar_{j}" for j in range(1, 5)]
     np.testing.assert_allclose(encoded[[f"mu_{j}" for j in range(1, 5)]].to_numpy(), mu.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(encoded[[f"logvar_{j}" for j in range(1, 5)]].to_numpy(), logvar.numpy(), rtol=1e-5, atol=1e-6)
-    grey_levels = pyfunc.predict(images.reshape(len(images), -1).numpy().astype(np.float32))  # 0–255
-    np.testing.assert_allclose(grey_levels.to_numpy(), encoded.to_numpy(), rtol=1e-5, atol=1e-6)
+    dark = (images > 128).to(torch.float32)  # grey levels 0 and 1: nearly black
+    with torch.no_grad():
+        dark_mu, _ = vae.encode(dark / 255)
+    served_dark = pyfunc.predict(dark.reshape(len(dark), -1).numpy())
+    np.testing.assert_allclose(served_dark[[f"mu_{j}" for j in range(1, 5)]].to_numpy(), dark_mu.numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -19,12 +19,11 @@ import torch
 
 from vae_service.core import disentanglement
 from vae_service.core import metrics as M
-from vae_service.core.data import to_unit_float
+from vae_service.core.inference import encode
 from vae_service.core.likelihood import evaluate_likelihood
 from vae_service.core.model import VAE
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
-ENCODE_BATCH = 256
 
 
 class EvaluationError(Exception):
@@ -44,13 +43,9 @@ def check_request(metrics: Sequence[str], has_factors: bool, dataset: str = "dat
 
 def posterior_means(vae: VAE) -> Callable[[torch.Tensor], np.ndarray]:
     """The representation the disentanglement metrics score: E_q[z|x] for items (uint8 images)."""
-    device = next(vae.parameters()).device
 
-    @torch.no_grad()
     def represent(images: torch.Tensor) -> np.ndarray:
-        codes = [vae.encode(to_unit_float(images[i : i + ENCODE_BATCH].to(device)))[0]
-                 for i in range(0, len(images), ENCODE_BATCH)]
-        return torch.cat(codes).cpu().numpy()
+        return encode(vae, images)[0].numpy()
 
     return represent
 

@@ -38,11 +38,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray.data
-import torch
 from safetensors.torch import load as load_safetensors
 
 from vae_service import storage
-from vae_service.core.data import DataError, batch_inputs
+from vae_service.core.data import DataError
+from vae_service.core.inference import encode, from_own_units
 from vae_service.core.model import VAE, ModelConfig
 from vae_service.core.preprocessing import TEST, TRAIN, VAL, Preprocessing
 from vae_service.core.spec import DataSpec
@@ -330,9 +330,7 @@ class Encoder:
             wrong = next(i for i, x in enumerate(batch["x"]) if x.shape != self.shape)
             raise DataError(f"data.image_size: {batch['path'][wrong]} is {'×'.join(map(str, batch['x'].shape[2:]))} "
                             f"and the model takes {self.shape[1]}×{self.shape[2]}; set data.image_size: {self.shape[1]}")
-        x = torch.from_numpy(np.ascontiguousarray(self.preprocessing.standardise(batch["x"])))
-        with torch.no_grad():
-            mu, logvar = self.vae.encode(batch_inputs(x, "none"))
+        mu, logvar = encode(self.vae, from_own_units(batch["x"], self.preprocessing))
         out = {key: value for key, value in batch.items() if key != "x"}
         out["mu"] = mu.numpy().astype(np.float32, copy=False)
         out["logvar"] = logvar.numpy().astype(np.float32, copy=False)

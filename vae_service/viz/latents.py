@@ -7,22 +7,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vae_service.core.inference import ENCODE_BATCH, encode
 from vae_service.core.model import VAE
 from vae_service.viz.canvas import ArrayLike, image_batch, inferring, is_vector_model, model_device, to_numpy
-
-ENCODE_BATCH = 1024
-
 
 @inferring
 def encode_means(model: VAE, images: ArrayLike, batch_size: int = ENCODE_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
     """(μ, log σ²) of q(z|x) for every image, on the CPU; encoded in batches."""
-    x = image_batch(model, images)
-    mus, logvars = [], []
-    for start in range(0, len(x), batch_size):
-        mu, logvar = model.encode(x[start : start + batch_size])
-        mus.append(mu.cpu())
-        logvars.append(logvar.cpu())
-    return torch.cat(mus), torch.cat(logvars)
+    return encode(model, image_batch(model, images), batch_size)
 
 
 def prior_codes(n: int, latent_dim: int, seed: int = 0) -> torch.Tensor:
