@@ -49,7 +49,7 @@ import _tiny  # noqa: E402
 # A phase never seen fails the bench: the code moved, and this list must follow it.
 PHASES = [
     ("data check", "check_data", "vae_service/jobs/execute.py"),
-    ("Ray start (local)", "ensure_ray", "vae_service/training/runner.py"),
+    ("Ray start (local)", "ensure_ray", "vae_service/cluster.py"),
     ("MLflow run opened", "begin", "vae_service/tracking/tracked_run.py"),
     ("training task (worker start, data, steps, evaluation)", "fit", "vae_service/training/runner.py"),
     ("figures", "render_run_figures", "vae_service/viz/run_figures.py"),

@@ -22,14 +22,31 @@ ALLOWED = {
     "core": set(),
     "viz": {"core"},
     "storage": {"core"},
+    "cluster": set(),
     "environment": {"core", "storage"},
     "sources": {"core", "storage", "environment"},
     "tracking": {"core", "viz", "storage", "environment"},
-    "training": {"core", "tracking", "sources", "storage", "environment"},
-    "sweeps": {"core", "training", "tracking", "sources", "storage", "environment"},
+    "training": {"core", "tracking", "sources", "storage", "cluster", "environment"},
+    "sweeps": {"core", "training", "tracking", "sources", "storage", "cluster", "environment"},
     "jobs": {"core", "viz", "tracking", "training", "sweeps", "sources", "storage", "environment"},
     "queue": {"core", "jobs", "tracking", "storage", "environment"},
-    "cli": {"core", "viz", "tracking", "training", "sweeps", "jobs", "queue", "sources", "storage", "environment"},
+    "cli": {"core", "viz", "tracking", "training", "sweeps", "jobs", "queue", "sources", "storage", "cluster", "environment"},
+}
+# Which parts may import each service library: one adapter per library (docs/ARCHITECTURE.md).
+LIBRARY_HOMES = {
+    "ray.train": {"training"},
+    "ray.data": {"sources"},
+    "ray.tune": {"sweeps"},
+    "optuna": {"sweeps"},
+    "mlflow": {"tracking"},
+    "sqlalchemy": {"queue"},
+    "alembic": {"queue"},
+    "fastapi": {"queue"},
+    "starlette": {"queue"},
+    "uvicorn": {"queue", "cli"},  # `vae server` runs the queue's app
+    "boto3": set(),  # S3 goes through pyarrow.fs (storage.py)
+    "botocore": set(),
+    "pyarrow": {"storage", "sources"},
 }
 HEAVY = ("ray", "mlflow", "fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "boto3", "botocore", "pyarrow")
 PURE = ("core", "viz")  # import none of HEAVY
@@ -94,6 +111,20 @@ def test_core_and_viz_import_no_service_library(module):
     assert not heavy, f"{module} imports {heavy}"
 
 
+def library_of(name: str) -> str | None:
+    """ray.train.torch → ray.train; mlflow.entities → mlflow; numpy → None (no rule)."""
+    return next((lib for lib in LIBRARY_HOMES if name == lib or name.startswith(lib + ".")), None)
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m != "vae_service"))
+def test_each_service_library_is_imported_by_its_own_layer_only(module):
+    own = part(module)
+    wrong = sorted(name for name in imports(module, MODULES[module])
+                   if library_of(name) is not None and own not in LIBRARY_HOMES[library_of(name)])
+    assert not wrong, f"{module} ({own}) imports {wrong}: " + "; ".join(
+        f"{library_of(n)} belongs to {sorted(LIBRARY_HOMES[library_of(n)]) or 'no layer'}" for n in wrong)
+
+
 def test_nothing_outside_the_cli_imports_it():
     importers = sorted(m for m in MODULES if part(m) != "cli"
                        and any(name.startswith("vae_service.cli") for name in imports(m, MODULES[m])))
@@ -106,6 +137,15 @@ def test_the_rules_catch_an_upward_import(tmp_path):
     bad.write_text("def f():\n    from vae_service.training.runner import fit\n")
     assert "vae_service.training.runner" in imports("vae_service.tracking.bad", bad)
     assert part("vae_service.training.runner") not in ALLOWED["tracking"]
+
+
+def test_the_library_rule_catches_a_layer_using_another_layers_library(tmp_path):
+    """The checker itself: the queue searching MLflow, or storage building a Ray Train checkpoint."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from mlflow.entities import ViewType\n    import ray.train.torch\n")
+    found = imports("vae_service.queue.bad", bad)
+    assert {library_of(n) for n in found} >= {"mlflow", "ray.train"}
+    assert "queue" not in LIBRARY_HOMES["mlflow"] and "storage" not in LIBRARY_HOMES["ray.train"]
 
 
 def test_importing_core_and_viz_loads_no_service_library():

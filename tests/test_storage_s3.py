@@ -17,6 +17,7 @@ from artifact_checks import pickles_in_bytes
 
 from vae_service import storage
 from vae_service.storage import StorageError
+from vae_service.training.checkpoints import checkpoint_from_uri
 
 
 def _keys(s3_server, bucket: str, prefix: str = "") -> list[str]:
@@ -94,11 +95,11 @@ def test_write_read_list_copy_through_moto(s3_server, tmp_path):
         (staging / "config.json").write_text("{}")
     assert "runs/run-1/model/config.json" in _keys(s3_server, bucket)
 
-    checkpoint = storage.checkpoint_from_uri(f"s3://{bucket}/runs/run-1/checkpoint_000000")
+    checkpoint = checkpoint_from_uri(f"s3://{bucket}/runs/run-1/checkpoint_000000")
     assert isinstance(checkpoint.filesystem, pafs.S3FileSystem)
     with checkpoint.as_directory() as directory:
         assert json.loads((Path(directory) / "state.json").read_text()) == {"epoch": 3}
-    assert storage.checkpoint_from_uri(f"s3://{bucket}/runs/run-1/checkpoint_999999") is None
+    assert checkpoint_from_uri(f"s3://{bucket}/runs/run-1/checkpoint_999999") is None
 
 
 def test_missing_bucket_is_a_clear_error(s3_server):
@@ -197,7 +198,7 @@ def test_training_run_lands_in_the_bucket_and_resumes_from_it(ray_cluster, s3_se
 
     @ray.remote(num_cpus=0)
     def epoch_of(uri: str) -> int:
-        checkpoint = storage.checkpoint_from_uri(uri)
+        checkpoint = checkpoint_from_uri(uri)
         with checkpoint.as_directory() as directory:
             return read_state(directory)["epoch"]
 

@@ -37,7 +37,6 @@ from vae_service.core.errors import one_line
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
-    import ray.train
 
 log = logging.getLogger(__name__)
 
@@ -300,17 +299,6 @@ def writing_dir(destination: Location) -> Iterator[Path]:
         upload_dir(tmp, destination)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def checkpoint_from_uri(uri: str) -> Optional["ray.train.Checkpoint"]:
-    """A Ray Train checkpoint for a local path or `s3://` URI (on the endpoint configured in
-    this process's environment), or None when nothing is there."""
-    import ray.train
-
-    location = resolve(uri)
-    if not exists(location):
-        return None
-    return ray.train.Checkpoint(location.path, filesystem=location.filesystem)
 
 
 def _first_env(names: tuple[str, ...]) -> Optional[str]:

@@ -49,8 +49,8 @@ def own_test_items(spec, limit: int):
     """The first `limit` test items of the user's own data a model was trained on (`spec` from
     its config.json), read again through Ray Data (a local Ray unless RAY_ADDRESS is set) and
     split the same way, by content hash."""
+    from vae_service.cluster import ensure_ray
     from vae_service.sources.prepare import prepare, test_items
-    from vae_service.training.runner import ensure_ray
 
     ensure_ray()
     return test_items(prepare(spec), spec, limit)

@@ -79,7 +79,7 @@ def encode_dataset_command(
             encode.write_manifest(location, planned.manifest)
         written = encode.Written()
         if pending:
-            from vae_service.training.runner import ensure_ray
+            from vae_service.cluster import ensure_ray
 
             ensure_ray()
             n_actors = actors or _default_actors()

@@ -22,7 +22,7 @@ from vae_service.core.errors import one_line
 from vae_service.core.spec import CHAMPION
 
 #
-# mlflow, torch and matplotlib are imported inside the commands: validate/schema need none.
+# MLflow (through tracking/), torch and matplotlib are imported inside the commands: validate/schema need none.
 
 MODEL_URI_HELP = ("models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, or a directory "
                   "with model.safetensors + config.json.")
@@ -41,18 +41,18 @@ app.add_typer(models_app, name="models")
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Unknown models, aliases, versions, missing data or an unreachable store: one line, exit 2."""
-    from mlflow.exceptions import MlflowException
-
     from vae_service.core.data import DataError
+    from vae_service.tracking.mlflow_run import tracking_errors
     from vae_service.tracking.registry import ModelNotFound
 
+    refused = tracking_errors()
     try:
         yield
     except ModelNotFound as exc:
         fail(str(exc), 2)
     except DataError as exc:
         fail("data: " + " ".join(str(exc).split("\n")), 2)
-    except MlflowException as exc:
+    except refused as exc:
         fail(f"mlflow: {one_line(exc, first_line=True)}", 2)
 
 

@@ -32,8 +32,7 @@ from vae_service.jobs.locations import run_name
 from vae_service.jobs.outcome import Outcome
 from vae_service.jobs.reporter import Reporter
 from vae_service.jobs.train import RunResult, train
-from vae_service.tracking.mlflow_run import client
-from vae_service.tracking.sweep_run import PARENT_TAG
+from vae_service.tracking import compare_run
 from vae_service.viz.comparison import KINDS, LABELS, METRICS_FILE, RECON_FILE, SCATTER_FILE, render_comparison
 
 DEFAULT_SPECS = {"ae": "jobs/mnist-ae-2d.yaml", "kl_only": "jobs/mnist-klonly-2d.yaml", "vae": "jobs/mnist-2d.yaml"}
@@ -134,15 +133,13 @@ def compare_job(job: CompareJob, out_dir: storage.Location, *, resume: bool, rep
     vae_spec = job.specs["vae"]
     write_spec(out_dir, job)
     with tracked_run(out_dir, job, vae_spec.tracking.experiment, tags) as parent:
-        mlflow = client()
         results: dict[str, RunResult] = {}
         for kind in KINDS:
             spec = job.specs[kind]
             reporter.console.print(f"[bold]vae compare[/] {len(results) + 1}/{len(KINDS)}: {LABELS[kind]} ({spec.name})")
             results[kind] = train(spec, new_run_dir(spec.storage.uri, run_name(spec.name)), resume=False, reporter=reporter,
-                                  interrupt=interrupt, tags={PARENT_TAG: parent.run_id, "vae.compare.role": kind})
-            mlflow.set_tag(parent.run_id, f"vae.compare.{kind}_run_id", results[kind].mlflow_run_id)
-            mlflow.log_text(parent.run_id, dump_spec(spec), f"specs/{kind}.yaml")
+                                  interrupt=interrupt, tags=compare_run.member_tags(parent.run_id, kind))
+            compare_run.record_member(parent.run_id, kind, results[kind].mlflow_run_id, dump_spec(spec))
         models = {}
         with storage_errors():
             for kind in KINDS:
@@ -153,11 +150,7 @@ def compare_job(job: CompareJob, out_dir: storage.Location, *, resume: bool, rep
         test = from_spec.images(whole).test
         with storage_errors(), storage.writing_dir(out_dir) as local_dir:  # local: the folder itself; S3: uploaded after
             artifacts = render_comparison(models, test, local_dir, binarize=vae_spec.data.binarize)
-            for path in artifacts.paths:
-                mlflow.log_artifact(parent.run_id, str(path), "comparison")
-        for kind, row in artifacts.metrics.items():
-            for key, value in row.items():
-                mlflow.log_metric(parent.run_id, f"{kind}.{key}", float(value))
+            compare_run.log_comparison(parent.run_id, artifacts.paths, artifacts.metrics)
     result = ComparisonResult(parent.run_id, out_dir.name, out_dir.uri, artifacts.metrics, results)
     return Outcome.succeeded("compare", result, run_dir=out_dir.uri, mlflow_run_id=parent.run_id, model_uri=None,
                              metrics={f"{kind}.{key}": value for kind, row in artifacts.metrics.items() for key, value in row.items()})

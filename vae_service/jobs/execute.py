@@ -25,6 +25,7 @@ from vae_service.jobs.locations import run_name, storage_uri, train_specs
 from vae_service.jobs.outcome import Outcome, clear_outcome, write_outcome
 from vae_service.jobs.reporter import Reporter
 from vae_service.sources.check import inspect
+from vae_service.tracking.mlflow_run import JOB_ID_TAG
 
 if TYPE_CHECKING:
     from vae_service.core.spec import TrainSpec
@@ -48,7 +49,7 @@ def execute(job: Job, *, resume: Optional[str] = None, reporter: Optional[Report
             run_dir = new_run_dir(storage_uri(job), run_name(job.name, job_id))
         check_data(job)
         check_fits(job)
-        tags = {"vae.job_id": job_id} if job_id else None
+        tags = {JOB_ID_TAG: job_id} if job_id else None
         with Interrupt().catching_stop_signals() as interrupt:
             outcome = job_function(job.kind)(_absolute_paths(job), run_dir, resume=bool(resume), reporter=reporter,
                                              interrupt=interrupt, tags=tags)

@@ -412,16 +412,9 @@ def read_job_outcome(job: Job) -> Optional[Outcome]:
 def mlflow_run_id_for(job_id: str) -> Optional[str]:
     """The MLflow run tagged vae.job_id = job_id (for a job that wrote no outcome)."""
     try:
-        from mlflow.entities import ViewType
+        from vae_service.tracking.mlflow_run import run_of_job
 
-        from vae_service.tracking.mlflow_run import client
-
-        mlflow = client()
-        experiments = [e.experiment_id for e in mlflow.search_experiments(view_type=ViewType.ALL)]
-        if not experiments:
-            return None
-        runs = mlflow.search_runs(experiments, filter_string=f"tags.\"vae.job_id\" = '{job_id}'", max_results=1)
-        return runs[0].info.run_id if runs else None
+        return run_of_job(job_id)
     except Exception as exc:  # tracking down: the outcome still counts, without the run id
         log.warning("dispatcher: MLflow lookup for %s failed: %s", job_id, exc.__class__.__name__)
         return None

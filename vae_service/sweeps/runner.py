@@ -22,10 +22,12 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import ray
 from ray import tune
 from rich.console import Console
 
 from vae_service import storage
+from vae_service.cluster import ensure_ray, live_nodes, on_this_node
 from vae_service.core.errors import Interrupted, JobFailed
 from vae_service.core.interrupt import Interrupt
 from vae_service.core.capacity import workers_that_fit
@@ -39,7 +41,6 @@ from vae_service.sweeps.cleanup import PlacementGroupLedger, ReleaseEndedTrials,
 from vae_service.sweeps.progress import SweepProgress
 from vae_service.sweeps.trial import run_trial
 from vae_service.training.ray_internals import tune_sigint_handler_disabled
-from vae_service.training.runner import ensure_ray, live_nodes, on_this_node
 
 TUNE_DIR = "tune"
 TRIAL_DRIVER_MEMORY = 1 << 20
@@ -146,6 +147,7 @@ def run_trials(spec: SweepSpec, sweep_dir: storage.Location, parent_run_id: str,
     finally:
         progress.stop()
         end_trial_actors(ledger)  # before the job reads and closes the trials' MLflow runs
+        ray.kill(ledger)  # else it lives as long as the driver (a notebook, a test session)
     if interrupt.requested:
         raise Interrupted(sweep_dir.uri)
 

@@ -26,6 +26,7 @@ from vae_service.core.spec_loading import dump_spec
 from vae_service.environment import tracking_uri
 
 LOCAL_ARTIFACTS = "mlartifacts"
+JOB_ID_TAG = "vae.job_id"  # a queued job's MLflow run: the queue's job id
 
 
 def is_local_store(uri: str) -> bool:
@@ -45,6 +46,26 @@ def client() -> MlflowClient:
 
     uri = tracking_uri()
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def tracking_errors() -> tuple[type[Exception], ...]:
+    """What MLflow raises when a store refuses a request or cannot be reached (for a caller that
+    turns it into one line; importing MLflow is this module's business)."""
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException,)
+
+
+def run_of_job(job_id: str) -> Optional[str]:
+    """The id of the MLflow run tagged with the queue's job id `job_id`, in any experiment, or None."""
+    from mlflow.entities import ViewType
+
+    mlflow = client()
+    experiments = [e.experiment_id for e in mlflow.search_experiments(view_type=ViewType.ALL)]
+    if not experiments:
+        return None
+    runs = mlflow.search_runs(experiments, filter_string=f"tags.\"{JOB_ID_TAG}\" = '{job_id}'", max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 @contextmanager

@@ -37,6 +37,7 @@ from vae_service import storage
 from vae_service.core.checkpoint import STATE_FILE
 from vae_service.core.interrupt import Interrupt
 from vae_service.core.spec import TrainSpec
+from vae_service.training.checkpoints import checkpoint_from_uri
 from vae_service.training.worker import driver_settings, train_loop
 
 
@@ -60,7 +61,7 @@ class TaskSession:
 
     def restored(self) -> Optional[ray.train.Checkpoint]:
         uri = ray.get(self.board.last_checkpoint.remote())
-        return storage.checkpoint_from_uri(uri) if uri else None
+        return checkpoint_from_uri(uri) if uri else None
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model  # already on its device; one worker has no gradients to share
@@ -116,10 +117,10 @@ def run(spec: TrainSpec, config: dict, run_dir: storage.Location, datasets: dict
     while not done:
         done = bool(ray.wait([task], timeout=REPORT_POLL_S)[0])
         for metrics, uri in ray.get(board.reports_since.remote(passed)):
-            checkpoint = storage.checkpoint_from_uri(uri) if uri else None
+            checkpoint = checkpoint_from_uri(uri) if uri else None
             for callback in user_callbacks:
                 callback.after_report(run_context=None, metrics=[metrics], checkpoint=checkpoint)
             passed += 1
     ray.get(task)
     metrics, uri = ray.get(board.result.remote())
-    return (storage.checkpoint_from_uri(uri) if uri else None), metrics
+    return (checkpoint_from_uri(uri) if uri else None), metrics

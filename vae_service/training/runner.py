@@ -9,16 +9,15 @@ checkpoints (pickle-free, see core.checkpoint) as `checkpoint_*/` under the run 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import ray
 import ray.train
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rich.console import Console
 
 from vae_service import storage
+from vae_service.cluster import ensure_ray, live_nodes, on_this_node
 from vae_service.core.checkpoint import STATE_FILE, load_checkpoint, reached, read_state
 from vae_service.core.errors import BadInput, Interrupted, JobFailed
 from vae_service.core.interrupt import HARD_STOP_AFTER_S, Interrupt
@@ -43,29 +42,6 @@ class Fitted:
     history: list[dict] = field(default_factory=list)  # every epoch's metrics, as rank 0 reported them
     nodes: list[str] = field(default_factory=list)  # the host of each rank, by rank
     first_step_at: float = 0.0  # unix time of the first training step (0: none was seen)
-
-
-def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
-    """Connects to RAY_ADDRESS when set, else starts a local Ray for this process."""
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-
-
-def on_this_node() -> NodeAffinitySchedulingStrategy:
-    """Where the actors a driver talks to (progress, a sweep's ledger) go: its own node. Such an
-    actor asks for no CPU, so Ray could place it on any worker node, and a worker node that dies
-    (a killed container) would take it along and fail a run Ray Train itself survives."""
-    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-
-
-def live_nodes() -> list[dict[str, float]]:
-    """The total resources of each live node of the cluster this process is connected to."""
-    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
 
 
 def check_fits(resources: ResourcesSpec) -> None:

@@ -33,7 +33,7 @@ from vae_service.core.preprocessing import Preprocessing
 from vae_service.core.spec import TrainSpec
 from vae_service.environment import applied
 from vae_service.sources.prepare import FIGURE_ITEMS
-from vae_service.storage import checkpoint_from_uri
+from vae_service.training.checkpoints import checkpoint_from_uri
 from vae_service.tracking.epoch_logger import EpochLogger
 
 PROGRESS_INTERVAL_S = 0.5

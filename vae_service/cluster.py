@@ -1,0 +1,34 @@
+"""The Ray cluster this process works on: joining it (RAY_ADDRESS, else a local Ray started for
+the process), its live nodes, and this process's own node. Plain Ray core, no Ray Train: the
+CLI's data commands, the Train and Tune adapters and Ray Data's encoding all start here."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+
+def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
+    """Connects to RAY_ADDRESS when set, else starts a local Ray for this process."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def on_this_node() -> NodeAffinitySchedulingStrategy:
+    """Where the actors a driver talks to (progress, a sweep's ledger) go: its own node. Such an
+    actor asks for no CPU, so Ray could place it on any worker node, and a worker node that dies
+    (a killed container) would take it along and fail a run Ray Train itself survives."""
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+
+
+def live_nodes() -> list[dict[str, float]]:
+    """The total resources of each live node of the cluster this process is connected to."""
+    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
