@@ -152,6 +152,7 @@ INVALID = [
     ("optim:\n  epochs: 0\n", "optim.epochs: must be > 0 (got 0) (line 2)"),
     ("optim:\n  epochs: -1\n", "optim.epochs: must be > 0 (got -1) (line 2)"),
     ("optim:\n  batch_size: 0\n", "optim.batch_size: must be > 0 (got 0) (line 2)"),
+    ("optim:\n  batch_size: 1000000000000\n", "optim.batch_size: must be <= 1048576 (got 1000000000000) (line 2)"),
     ("optim:\n  lr: 0\n", "optim.lr: must be > 0.0 (got 0) (line 2)"),
     ("optim:\n  lr: -1.0e-3\n", "optim.lr: must be > 0.0 (got -0.001) (line 2)"),
     ("resources:\n  num_workers: 0\n", "resources.num_workers: must be > 0 (got 0) (line 2)"),

@@ -21,6 +21,7 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 # Limits that make a valid spec a job that can run, not one that fails late (issue #12).
 MAX_EPOCHS = 100_000
 MAX_WORKERS = 1024
+MAX_BATCH = 2**20  # items a step: 3 GiB of float32 MNIST inputs already
 # The worker seeds torch with (seed * 1_000_003 + epoch) * 1024 + rank (training/worker.py):
 # with seed < 2**32, epoch < MAX_EPOCHS and rank < MAX_WORKERS that stays below 2**63.
 MAX_SEED = 2**32 - 1
@@ -293,7 +294,7 @@ class ObjectiveSpec(StrictModel):
 class OptimSpec(StrictModel):
     epochs: PositiveInt = Field(10, le=MAX_EPOCHS)
     batch_size: PositiveInt = Field(
-        128, description="Global batch size, split evenly across workers."
+        128, le=MAX_BATCH, description="Global batch size, split evenly across workers."
     )
     lr: PositiveFloat = 1e-3
     seed: Optional[int] = Field(
