@@ -144,10 +144,8 @@ def s3_server(tmp_path_factory):
     `endpoint_url`, `client` (boto3) and `make_bucket(name=None) -> name` (a fresh bucket per
     test keeps tests apart).
     """
-    import shutil
     import socket
     import subprocess
-    import sys
     import time
     import urllib.error
     import urllib.request
@@ -159,7 +157,9 @@ def s3_server(tmp_path_factory):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     endpoint = f"http://127.0.0.1:{port}"
-    executable = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    from queue_support import moto_server_executable
+
+    executable = moto_server_executable()
     log = open(tmp_path_factory.mktemp("moto") / "moto_server.log", "wb")
     process = subprocess.Popen([executable, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60

@@ -8,9 +8,7 @@ with SIGKILL as a crashed or unplugged S3 would be, then started again on the sa
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from queue_support import free_port
+from queue_support import free_port, moto_server_executable
 
 from vae_service.environment import applied
 from vae_service.jobs.execute import execute
@@ -31,7 +29,7 @@ BUCKET, MODEL = "fault-runs", "s3-fault-vae"
 
 
 def start_moto(port: int, log_path: Path) -> subprocess.Popen:
-    executable = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    executable = moto_server_executable()
     process = subprocess.Popen([executable, "-H", "127.0.0.1", "-p", str(port)], stdout=open(log_path, "ab"),
                                stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
