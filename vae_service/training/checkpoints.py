@@ -11,9 +11,11 @@ import ray.train
 from vae_service import storage
 
 
-def checkpoint_from_uri(uri: str) -> Optional[ray.train.Checkpoint]:
+def checkpoint_from_uri(uri: Optional[str]) -> Optional[ray.train.Checkpoint]:
     """The checkpoint at a local path or `s3://` URI (on the endpoint configured in this
-    process's environment), or None when nothing is there."""
+    process's environment), or None when no URI is given or nothing is there."""
+    if not uri:
+        return None
     location = storage.resolve(uri)
     if not storage.exists(location):
         return None

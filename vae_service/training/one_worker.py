@@ -60,8 +60,7 @@ class TaskSession:
         self._iterators: dict[str, Any] = {}
 
     def restored(self) -> Optional[ray.train.Checkpoint]:
-        uri = ray.get(self.board.last_checkpoint.remote())
-        return checkpoint_from_uri(uri) if uri else None
+        return checkpoint_from_uri(ray.get(self.board.last_checkpoint.remote()))
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model  # already on its device; one worker has no gradients to share
@@ -117,10 +116,10 @@ def run(spec: TrainSpec, config: dict, run_dir: storage.Location, datasets: dict
     while not done:
         done = bool(ray.wait([task], timeout=REPORT_POLL_S)[0])
         for metrics, uri in ray.get(board.reports_since.remote(passed)):
-            checkpoint = checkpoint_from_uri(uri) if uri else None
+            checkpoint = checkpoint_from_uri(uri)
             for callback in user_callbacks:
                 callback.after_report(run_context=None, metrics=[metrics], checkpoint=checkpoint)
             passed += 1
     ray.get(task)
     metrics, uri = ray.get(board.result.remote())
-    return (checkpoint_from_uri(uri) if uri else None), metrics
+    return checkpoint_from_uri(uri), metrics

@@ -391,5 +391,4 @@ def _latest_of(*checkpoints: Optional[ray.train.Checkpoint]) -> Optional[ray.tra
 
 
 def _explicit_resume(config: dict) -> Optional[ray.train.Checkpoint]:
-    path = config.get("resume_from")
-    return checkpoint_from_uri(path) if path else None  # local path or s3://
+    return checkpoint_from_uri(config.get("resume_from"))  # local path or s3://

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from vae_service.core.data import DIGITS, ImageSplit
+from vae_service.core.data import DIGITS, ImageSplit, to_unit_float
 from vae_service.core.loop import evaluate
 from vae_service.core.model import VAE
 from vae_service.core import metrics as M
@@ -151,7 +151,7 @@ def _distinct_classes(labels: torch.Tensor, n: int) -> list[int]:
 
 def reconstructions_figure(models: Mapping[str, VAE], images: torch.Tensor) -> Figure:
     """Per model, one panel: the inputs (top row) above their reconstructions E[x | z = μ]."""
-    x = images if images.dtype != torch.uint8 else images.to(torch.float32) / 255.0
+    x = to_unit_float(images)
     if x.shape[1] != 1:
         raise ValueError("reconstructions_figure draws one-channel images")
     k = len(models)

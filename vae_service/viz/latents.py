@@ -11,6 +11,7 @@ from vae_service.core.inference import ENCODE_BATCH, encode
 from vae_service.core.model import VAE
 from vae_service.viz.canvas import ArrayLike, image_batch, inferring, is_vector_model, model_device, to_numpy
 
+
 @inferring
 def encode_means(model: VAE, images: ArrayLike, batch_size: int = ENCODE_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
     """(μ, log σ²) of q(z|x) for every image, on the CPU; encoded in batches."""
