@@ -47,6 +47,7 @@ LIBRARY_HOMES = {
     "boto3": set(),  # S3 goes through pyarrow.fs (storage.py)
     "botocore": set(),
     "pyarrow": {"storage", "sources"},
+    "ray.job_submission": set(),  # Ray's Jobs API through its REST endpoints (queue/ray_jobs.py), not this client
 }
 HEAVY = ("ray", "mlflow", "fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "boto3", "botocore", "pyarrow")
 PURE = ("core", "viz")  # import none of HEAVY
