@@ -173,16 +173,3 @@ def test_the_quick_commands_load_no_service_library(argv):
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=PACKAGE.parent,
                           env={**os.environ, "VAE_API_URL": "http://127.0.0.1:9"})
     assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr
-
-
-# The driver's helper actors: Ray starts a process for each, which imports the module its class is
-# defined in. Beside Ray Train's or Tune's callbacks, that would cost each actor seconds of CPU.
-LIGHT_ACTORS = ["vae_service.sweeps.ledger", "vae_service.training.progress"]
-
-
-@pytest.mark.parametrize("module", LIGHT_ACTORS)
-def test_the_helper_actors_modules_load_no_ray_library(module):
-    code = (f"import sys\nimport {module}\n"
-            "print(sorted(m for m in sys.modules if m.startswith(('ray.train', 'ray.tune', 'ray.data', 'mlflow', 'torch'))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == "[]", out

@@ -4,9 +4,9 @@ When ASHA stops a trial of several workers, Tune ends the trial's actor; the Tra
 owns dies with it, but the controller's placement group belongs to the sweep's Ray job and stays
 reserved. Ray Train's own cleaner for this case needs the state API (a dashboard, and a machine
 with a single Ray instance), which a local cluster may not have. So each trial's controller
-reports its placement groups to the sweep's ledger (sweeps/ledger.py), and the sweep driver
-removes a trial's groups once the trial has ended. (A single-worker trial holds no placement
-group: its training task dies with the trial's actor, which owns it, and Ray frees its CPUs then.)
+reports its placement groups here, and the sweep driver removes a trial's groups once the trial
+has ended. (A single-worker trial holds no placement group: its training task dies with the
+trial's actor, which owns it, and Ray frees its CPUs then.)
 """
 from __future__ import annotations
 
@@ -18,6 +18,29 @@ from ray.tune import Callback
 from vae_service.training.ray_internals import WorkerGroupCallback, kill_and_wait, placement_group_hex, release_placement_group
 
 log = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=0)
+class PlacementGroupLedger:
+    """Trial id → the hex ids of the placement groups its Train runs reserved; and the trials'
+    own actors (see end_trial_actors)."""
+
+    def __init__(self):
+        self.groups: dict[str, list[str]] = {}
+        self.actors: list = []
+
+    def add_actor(self, actor) -> None:
+        self.actors.append(actor)
+
+    def pop_actors(self) -> list:
+        actors, self.actors = self.actors, []
+        return actors
+
+    def add(self, trial_id: str, group_id: str) -> None:
+        self.groups.setdefault(trial_id, []).append(group_id)
+
+    def pop(self, trial_id: str) -> list[str]:
+        return self.groups.pop(trial_id, [])
 
 
 class ReportPlacementGroup(WorkerGroupCallback):

@@ -37,8 +37,7 @@ from vae_service.core.metrics import OBJECTIVE_METRICS, OBJECTIVE_MODES
 from vae_service.core.sweep_spec import SweepSpec
 from vae_service.environment import forwarded_env
 from vae_service.sweeps import records, search
-from vae_service.sweeps.cleanup import ReleaseEndedTrials, end_trial_actors
-from vae_service.sweeps.ledger import PlacementGroupLedger
+from vae_service.sweeps.cleanup import PlacementGroupLedger, ReleaseEndedTrials, end_trial_actors
 from vae_service.sweeps.progress import SweepProgress
 from vae_service.sweeps.trial import run_trial
 from vae_service.training.ray_internals import tune_sigint_handler_disabled
