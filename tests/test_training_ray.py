@@ -236,8 +236,10 @@ def test_a_run_stopped_mid_epoch_resumes_at_its_step_and_equals_the_uninterrupte
     """A stop request (Ctrl-C, the queue's cancel or preemption) ends the run at the next step,
     with a checkpoint there; resumed, it continues at that step, and its epochs, metrics and
     final weights equal those of a run never stopped. One worker (a Ray task) and two (DDP)."""
-    # Many steps of 10 images per worker (540 an epoch for one worker, 135 for each of two, whose
-    # DDP steps are slower) so that the stop falls inside an epoch; a small model, so that each is quick.
+    # Many steps of 10 images per worker so that the stop falls inside an epoch (the 90 % train
+    # split of 6,000 images for one worker, of 3,000 for each of two, whose DDP steps are slower);
+    # a small model, so that each is quick.
+    steps_per_epoch = 540 // workers ** 2
     spec = tiny_spec(optim__epochs=2, optim__batch_size=10 * workers, data__limit=6000 // workers,
                      data__binarize="dynamic", resources__num_workers=workers, tracking__register_as=None)
     whole = run_job(spec)
@@ -254,7 +256,7 @@ def test_a_run_stopped_mid_epoch_resumes_at_its_step_and_equals_the_uninterrupte
     assert stopped_s < HARD_STOP_AFTER_S, stopped_s
     states = [read_state(d) for d in Path(run_dir.path).glob("checkpoint_*") if d.is_dir()]
     parts = [state[PART_EPOCH] for state in states if PART_EPOCH in state]
-    assert len(parts) == 1 and parts[0]["epoch"] == 1 and 0 < parts[0]["steps"] < 540 // workers ** 2, parts  # inside epoch 1
+    assert len(parts) == 1 and parts[0]["epoch"] == 1 and 0 < parts[0]["steps"] < steps_per_epoch, parts  # inside epoch 1
     assert len(parts[0]["ranks"]) == workers
 
     resumed = train(spec, run_dir, resume=True, reporter=Reporter.quiet(), interrupt=Interrupt())
