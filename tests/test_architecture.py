@@ -28,7 +28,7 @@ ALLOWED = {
     "tracking": {"core", "viz", "storage", "environment"},
     "training": {"core", "tracking", "sources", "storage", "cluster", "environment"},
     "sweeps": {"core", "training", "tracking", "sources", "storage", "cluster", "environment"},
-    "jobs": {"core", "viz", "tracking", "training", "sweeps", "sources", "storage", "environment"},
+    "jobs": {"core", "viz", "tracking", "training", "sweeps", "sources", "storage", "cluster", "environment"},
     "queue": {"core", "jobs", "tracking", "storage", "environment"},
     "cli": {"core", "viz", "tracking", "training", "sweeps", "jobs", "queue", "sources", "storage", "cluster", "environment"},
 }

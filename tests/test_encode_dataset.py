@@ -228,7 +228,10 @@ def test_bad_sources_and_shapes_are_one_line(cli, images, tmp_path):
     assert named.startswith("data.source:")
     unknown = _one_line(cli("models:/nope/1", spec, "-o", tmp_path / "o", code=2))
     assert "no registered model 'nope'" in unknown or "no MLflow tracking store" in unknown
-    assert not (tmp_path / "o").exists()
+    # Nothing encoded, no manifest: only each refused job's outcome, in its run directory beside the parts.
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["_runs"]
+    outcomes = [json.loads(p.read_text()) for p in (tmp_path / "o" / "_runs").glob("*/outcome.json")]
+    assert outcomes and {(o["job"], o["error"]["kind"], o["exit_code"]) for o in outcomes} == {("encode-dataset", "bad_input", 2)}
 
 
 def test_an_image_that_does_not_fit_midway_is_one_line(cli, images, tmp_path):

@@ -54,7 +54,8 @@ def test_a_wrong_resume_directory_is_bad_input_and_creates_nothing(tiny_spec, tm
 def test_missing_data_fails_before_ray_with_an_outcome_beside_the_run(tiny_spec, tmp_path, monkeypatch):
     monkeypatch.setenv("VAE_DATA_DIR", str(tmp_path / "empty"))
     monkeypatch.setenv("VAE_CACHE_DIR", str(tmp_path / "cache"))
-    outcome = execute(tiny_spec(data__download=False), reporter=Reporter.quiet(), job_id="0123abcd")
+    spec = tiny_spec(data__download=False)
+    outcome = execute(spec, reporter=Reporter.quiet(), job_id="0123abcd", run_dir=queued_run_dir(spec, "0123abcd").uri)
     assert (outcome.exit_code, outcome.error.kind) == (2, "bad_input")
     assert outcome.error.message.startswith("data: ") and "VAE_DATA_DIR" in outcome.error.message
     assert outcome.run_dir == str(tmp_path / "runs" / "tiny-0123abcd")
@@ -63,14 +64,20 @@ def test_missing_data_fails_before_ray_with_an_outcome_beside_the_run(tiny_spec,
 
 
 def test_the_queue_reads_the_outcome_where_execute_wrote_it(tiny_spec, tmp_path, monkeypatch):
+    """The run directory is decided once, when the queue stores the job: the job runs there and
+    the dispatcher reads its outcome there (a job stored before: where its spec put it)."""
     monkeypatch.setenv("VAE_DATA_DIR", str(tmp_path / "empty"))
     monkeypatch.setenv("VAE_CACHE_DIR", str(tmp_path / "cache"))
     spec = tiny_spec(data__download=False)
-    execute(spec, reporter=Reporter.quiet(), job_id="feedbeef")
-    job = Job(id="feedbeef", spec_normalised=dump_spec(spec))
-    assert queued_run_dir(spec, "feedbeef").uri == str(tmp_path / "runs" / "tiny-feedbeef")
-    outcome = read_job_outcome(job)
-    assert outcome is not None and outcome.error.kind == "bad_input"
+    run_dir = queued_run_dir(spec, "feedbeef").uri
+    assert run_dir == str(tmp_path / "runs" / "tiny-feedbeef")
+    elsewhere = str(tmp_path / "decided" / "at-submission")
+    execute(spec, reporter=Reporter.quiet(), job_id="feedbeef", run_dir=elsewhere)
+    outcome = read_job_outcome(Job(id="feedbeef", spec_normalised=dump_spec(spec), run_dir=elsewhere))
+    assert outcome is not None and outcome.error.kind == "bad_input" and outcome.run_dir == elsewhere
+    assert read_job_outcome(Job(id="feedbeef", spec_normalised=dump_spec(spec))) is None  # not where the spec says
+    execute(spec, reporter=Reporter.quiet(), job_id="feedbeef", run_dir=run_dir)
+    assert read_job_outcome(Job(id="feedbeef", spec_normalised=dump_spec(spec))).error.kind == "bad_input"
     assert read_job_outcome(Job(id="00000000", spec_normalised=dump_spec(spec))) is None
 
 

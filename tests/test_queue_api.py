@@ -4,6 +4,7 @@ auth, submissions (YAML and JSON), bad specs, size limit, idempotency, listing, 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,6 +14,7 @@ from vae_service.core.placement import Bundles
 from vae_service.queue.api import create_app
 from vae_service.queue.auth import TokenSet, client_token
 from vae_service.queue.db import make_engine, upgrade
+from vae_service.queue.policy import Policy
 from vae_service.queue.settings import Settings
 from vae_service.queue.states import State
 from vae_service.queue.store import Store
@@ -91,6 +93,33 @@ def test_a_queued_run_recovers_from_worker_failures_unless_its_spec_says_otherwi
     sweep = client.post("/jobs", content="kind: sweep\nsweep: {space: {optim.lr: {grid: [1e-3, 2e-3]}}}\n" + "train: {optim: {epochs: 1}}\n")
     assert sweep.status_code == 201, sweep.text
     assert yaml.safe_load(client.get(f"/jobs/{sweep.json()['id']}").json()["spec"])["train"]["storage"]["max_failures"] == 3
+
+
+def test_a_job_s_run_directory_is_decided_when_it_is_stored(client, app_store, tmp_path):
+    """Every kind: `<storage>/<name>-<job id>` (an encode-dataset job's runs go with its output),
+    stored with the job; a replay of the same submission keeps the first one's. Where a job
+    writes is the server's to allow, its output as much as its storage."""
+    runs = Path("runs").resolve()  # the server's default storage, where this user may write
+    train = client.post("/jobs", content=tiny_spec_text("first"), headers={"Idempotency-Key": "k1"}).json()
+    assert train["run_dir"] == str(runs / f"first-{train['id']}")
+    assert app_store[1].get(train["id"]).run_dir == train["run_dir"]
+    replay = client.post("/jobs", content=tiny_spec_text("first"), headers={"Idempotency-Key": "k1"})
+    assert replay.status_code == 200 and replay.json()["run_dir"] == train["run_dir"]
+
+    allowed_data = Policy.from_settings(Settings()).allowed_data[0]  # where this user may read
+
+    def encode(output) -> dict:
+        return client.post("/jobs", content=f"kind: encode-dataset\nname: codes\nmodel: models:/own/1\n"
+                                            f"data: {{source: {allowed_data}/vectors, format: numpy}}\n"
+                                            f"output: {output}\nresources: {{num_workers: 2}}\n")
+
+    queued = encode("runs/codes")
+    assert queued.status_code == 201, queued.text
+    job = queued.json()
+    assert (job["kind"], job["resources"]) == ("encode-dataset", {"CPU": 2.0, "GPU": 0.0})
+    assert job["run_dir"] == str(runs / "codes" / "_runs" / f"codes-{job['id']}")
+    refused = encode(tmp_path / "codes")
+    assert refused.status_code == 422 and refused.json()["detail"][0]["path"] == "output", refused.text
 
 
 def test_submit_json_body_names_the_submitter(client):

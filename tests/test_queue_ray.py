@@ -145,6 +145,48 @@ def test_submit_wait_succeeds_with_mlflow_run_and_live_logs(head, tmp_path):
         server.stop()
 
 
+def test_an_encode_dataset_job_is_queued_and_ends_with_an_outcome(head, tmp_path):
+    """`vae submit` of a `kind: encode-dataset` spec: the job encodes every item on the cluster,
+    its parts land in `output` and its Outcome in the run directory the queue stored with it,
+    where the dispatcher reads how it ended."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    from vae_service.core.checkpoint import save_model
+    from vae_service.core.model import VAE, ModelConfig
+    from vae_service.core.preprocessing import Preprocessing
+
+    x = np.random.default_rng(0).normal(1000.0, 5.0, (50, 6))
+    (tmp_path / "vectors").mkdir()
+    np.save(tmp_path / "vectors" / "items.npy", x)
+    torch.manual_seed(0)
+    vae = VAE(ModelConfig(image_shape=(6,), latent_dim=2, hidden=(8,), likelihood="gaussian"))
+    prep = Preprocessing(input_shape=(6,), kind="vectors", mean=tuple(x.mean(0)), std=tuple(x.std(0)))
+    model = save_model(tmp_path / "model", vae, extra={"preprocessing": prep.to_dict()})
+    (tmp_path / "encode.yaml").write_text(f"kind: encode-dataset\nname: codes\nmodel: {model}\n"
+                                          f"data: {{source: vectors, format: numpy}}\noutput: codes\n")
+    env = server_env(head.wait_idle(), tmp_path, f"sqlite:///{tmp_path / 'queue.db'}")
+    server = start_server(tmp_path, env)
+    try:
+        done = cli(env, server, "submit", "encode.yaml", "--wait", cwd=tmp_path, timeout=240)
+        assert done.returncode == 0, done.stderr
+        job = job_state(api(server, TOKEN), done.stdout.strip().splitlines()[0])
+        assert (job["kind"], job["state"], job["error"]) == ("encode-dataset", "succeeded", None), job
+        run_dir = tmp_path / "codes" / "_runs" / f"codes-{job['id']}"
+        assert job["run_dir"] == str(run_dir)
+        outcome = json.loads((run_dir / "outcome.json").read_text())
+        assert (outcome["job"], outcome["state"], outcome["metrics"]["rows"]) == ("encode-dataset", "succeeded", len(x))
+        table = pq.read_table(tmp_path / "codes")  # the parts alone: `_runs` is skipped by Parquet readers
+        assert table.num_rows == len(x)
+        with torch.no_grad():
+            mu, _ = vae.eval().encode(torch.from_numpy(prep.standardise(x[7:8])))
+        row = next(r for r in table.to_pylist() if r["id"].endswith("#7"))
+        np.testing.assert_allclose(row["mu"], mu[0].numpy(), rtol=1e-5, atol=1e-6)
+    finally:
+        server.stop()
+
+
 def test_a_job_whose_worker_no_node_can_hold_is_refused_at_submission(head, tmp_path):
     """Ray never splits a worker across nodes: on the 2-CPU head, a 3-CPU worker (or a GPU one)
     would wait forever. `vae submit` gets a 422 naming the field and the node size; nothing is queued."""
@@ -319,7 +361,7 @@ def test_reconcile_repairs_each_kind_of_disagreement(head, tmp_path, caplog):
     store.transition(never_sent.id, State.SUBMITTED)
     # b) Ray has it but the store says queued → adopted, never submitted a second time
     adopted = add("adopted")
-    assert ray.submit(adopted.id, job_env(adopted.id, adopted.spec_normalised), sys.executable)
+    assert ray.submit(adopted.id, job_env(adopted.id, adopted.spec_normalised, adopted.run_dir), sys.executable)
     # c) running in the store, unknown to Ray (the head was replaced) → failed, "lost"
     lost = add("lost")
     store.transition(lost.id, State.SUBMITTED)

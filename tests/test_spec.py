@@ -176,9 +176,9 @@ INVALID = [
     # kinds
     ("kind: sweep\n", "sweep: required field is missing"),
     ("name: x\nkind: sweep\nmodel: {}\n", "model: unknown field (line 3)"),
-    ("kind: predict\n", "kind: must be one of 'train', 'sweep' (got 'predict') (line 1)"),
-    ("kind: [sweep]\n", "kind: must be one of 'train', 'sweep' (got ['sweep']) (line 1)"),  # was a TypeError
-    ("kind: {a: 1}\n", "kind: must be one of 'train', 'sweep'"),
+    ("kind: predict\n", "kind: must be one of 'train', 'sweep', 'encode-dataset' (got 'predict') (line 1)"),
+    ("kind: [sweep]\n", "kind: must be one of 'train', 'sweep', 'encode-dataset' (got ['sweep']) (line 1)"),  # was a TypeError
+    ("kind: {a: 1}\n", "kind: must be one of 'train', 'sweep', 'encode-dataset'"),
     # cross-field rules
     ("objective:\n  kind: ae\n  capacity: {}\n", "objective: capacity annealing applies to kind: vae only (line 1)"),
     ("model:\n  gaussian_variance: fixed\n", "model: gaussian_variance: fixed applies to likelihood: gaussian only, not bernoulli (line 1)"),
@@ -540,7 +540,7 @@ CLI_BAD = [
     ("two-problems", "model:\n  latent_dim: 0\noptim:\n  lr: -1\n",
      ["model.latent_dim: must be > 0 (got 0) (line 2)", "optim.lr: must be > 0.0 (got -1) (line 4)"]),
     ("sweep", "kind: sweep\n", ["sweep: required field is missing"]),
-    ("kind-list", "kind: [sweep]\n", ["kind: must be one of 'train', 'sweep'"]),
+    ("kind-list", "kind: [sweep]\n", ["kind: must be one of 'train', 'sweep', 'encode-dataset'"]),
     ("empty", "", ["spec is empty"]),
     ("syntax", "name: [a\n", ["YAML syntax error"]),
     ("list", "- a\n- b\n", ["spec must be a mapping of fields, got a list (line 1)"]),
@@ -616,7 +616,7 @@ SUBPROCESS_BAD = [
     ("bomb", BOMB, "YAML aliases expand to more than"),
     ("empty", "", "spec is empty"),
     ("list", "- 1\n", "got a list"),
-    ("kind-list", "kind: [sweep]\n", "kind: must be one of 'train', 'sweep'"),
+    ("kind-list", "kind: [sweep]\n", "kind: must be one of 'train', 'sweep', 'encode-dataset'"),
     ("absurd", "resources:\n  num_workers: -1\n", "resources.num_workers: must be > 0 (got -1) (line 2)"),
 ]
 
@@ -669,7 +669,7 @@ def test_schema_is_json_with_metadata(schema_text):
     schema = json.loads(schema_text)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["title"] == "vae-service job spec"
-    assert {ref["$ref"] for ref in schema["anyOf"]} == {"#/$defs/TrainSpec", "#/$defs/SweepSpec"}
+    assert {ref["$ref"] for ref in schema["anyOf"]} == {"#/$defs/TrainSpec", "#/$defs/SweepSpec", "#/$defs/EncodeDatasetSpec"}
     train, sweep = schema["$defs"]["TrainSpec"], schema["$defs"]["SweepSpec"]
     assert train["additionalProperties"] is False and sweep["additionalProperties"] is False
     assert {"data", "model", "objective", "optim", "resources", "storage", "tracking"} <= set(train["properties"])

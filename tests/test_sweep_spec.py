@@ -78,7 +78,7 @@ def test_invalid_sweep_specs_name_the_field(change, expected):
 
 def test_a_missing_search_space_and_unknown_kinds_are_refused():
     assert "sweep: required field is missing" in problems("kind: sweep\n")
-    assert "kind: must be one of 'train', 'sweep' (got 'grid')" in problems("kind: grid\n")
+    assert "kind: must be one of 'train', 'sweep', 'encode-dataset' (got 'grid')" in problems("kind: grid\n")
     assert "sweep.space: Dictionary should have at least 1 item" in problems("kind: sweep\nsweep: {space: {}}\n")
 
 

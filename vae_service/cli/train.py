@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -42,10 +42,9 @@ def schema() -> None:
 def spec_json_schema() -> dict:
     from pydantic import TypeAdapter
 
-    from vae_service.core.spec import TrainSpec
-    from vae_service.core.sweep_spec import SweepSpec
+    from vae_service.core.spec_loading import JobSpec
 
-    schema = TypeAdapter(Union[TrainSpec, SweepSpec]).json_schema(by_alias=True)
+    schema = TypeAdapter(JobSpec).json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "vae-service job spec"
     return schema
@@ -66,7 +65,8 @@ def run(
     are Ray Train runs; --set reaches its base training fields through train.* (e.g. --set
     train.optim.epochs=1) and the search through sweep.* (e.g. --set sweep.num_samples=6)."""
     spec = load_or_exit(spec_path, set_)
-    say(_headline(spec))
+    headline, print_summary = PRESENTATION[spec.kind]
+    say(headline(spec))
     # Imported here: Ray and torch take seconds to import, and validate/schema need neither.
     from vae_service.jobs.execute import execute
     from vae_service.jobs.reporter import Reporter
@@ -76,22 +76,21 @@ def run(
         fail(f"interrupted: checkpoints are kept; continue with `vae run {spec_path} --resume {outcome.error.resume_dir}`", 130)
     if outcome.error is not None:
         fail(str(outcome.error), outcome.exit_code)
-    if spec.kind == "sweep":
-        _print_sweep_summary(spec, outcome.result)
-    else:
-        _print_summary(outcome.result)
+    print_summary(spec, outcome.result)
     if json_output:
         sys.stdout.write(json.dumps(outcome.result.to_json(), default=str) + "\n")
         sys.stdout.flush()  # before Ray's exit handlers run
 
 
-def _headline(spec) -> str:
-    if spec.kind == "sweep":
-        sweep = spec.sweep
-        search = "grid" if sweep.is_grid else f"Optuna {sweep.resolved_sampler}"
-        return (f"vae run sweep {spec.name}: {sweep.trial_count()} trials ({search}"
-                f"{', ASHA' if sweep.scheduler.kind == 'asha' else ''}) over {', '.join(sweep.space)}; "
-                f"objectives {', '.join(sweep.objectives)}; {spec.train.optim.epochs} epochs each")
+def _sweep_headline(spec) -> str:
+    sweep = spec.sweep
+    search = "grid" if sweep.is_grid else f"Optuna {sweep.resolved_sampler}"
+    return (f"vae run sweep {spec.name}: {sweep.trial_count()} trials ({search}"
+            f"{', ASHA' if sweep.scheduler.kind == 'asha' else ''}) over {', '.join(sweep.space)}; "
+            f"objectives {', '.join(sweep.objectives)}; {spec.train.optim.epochs} epochs each")
+
+
+def _train_headline(spec) -> str:
     return (f"vae run {spec.name}: {spec.model.arch} latent {spec.model.latent_dim}, "
             f"{spec.objective.kind} β={spec.objective.beta}, {spec.optim.epochs} epochs, "
             f"{spec.resources.num_workers} worker(s)")
@@ -122,7 +121,7 @@ def _print_sweep_summary(spec, result) -> None:
     say(f"best model: {result.model_uri or '— (no trial finished)'}")
 
 
-def _print_summary(result) -> None:
+def _print_summary(spec, result) -> None:
     table = Table(title="run summary", show_header=False)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -134,6 +133,10 @@ def _print_summary(result) -> None:
     table.add_row("run dir", result.run_dir)
     table.add_row("model", result.model_dir)
     err.print(table)
+
+
+# What `vae run` says of a job before and after it runs, by kind.
+PRESENTATION = {"train": (_train_headline, _print_summary), "sweep": (_sweep_headline, _print_sweep_summary)}
 
 
 # ---------------------------------------------------------------------------------------------

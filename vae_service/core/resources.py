@@ -11,8 +11,8 @@ from typing import Mapping, Optional, Sequence
 
 from vae_service.core.capacity import EPSILON, amount, workers_that_fit
 from vae_service.core.placement import Bundles
-from vae_service.core.spec import ResourcesSpec, TrainSpec
-from vae_service.core.sweep_spec import SweepSpec
+from vae_service.core.job import Job
+from vae_service.core.spec import ResourcesSpec
 
 FIELD_OF = {"CPU": "resources.cpus_per_worker", "GPU": "resources.gpus_per_worker"}
 
@@ -21,35 +21,24 @@ def per_worker(resources: ResourcesSpec) -> dict[str, float]:
     return {"CPU": resources.cpus_per_worker, "GPU": resources.gpus}
 
 
-def requested_resources(spec) -> dict[str, float]:
-    """Peak Ray resources of a job spec (any kind)."""
-    return requested_bundles(spec).total
+def requested_resources(job: Job) -> dict[str, float]:
+    """Peak Ray resources of a job (any kind)."""
+    return requested_bundles(job).total
 
 
-def requested_bundles(spec) -> Bundles:
-    """A job spec's workers at its peak, as Ray places them: one bundle per worker (a sweep: per
+def requested_bundles(job: Job) -> Bundles:
+    """A job's workers at its peak, as Ray places them: one bundle per worker (a sweep: per
     worker of each of up to max_concurrent trials at once), packed or spread as the spec says."""
     # The Train controller, the progress actor and a job's driver take no CPU in Ray's
     # accounting, so only the workers count.
-    if isinstance(spec, TrainSpec):
-        workers = spec.resources.num_workers
-    elif isinstance(spec, SweepSpec):  # up to max_concurrent trials at once (fewer if they don't fit)
-        workers = min(spec.sweep.max_concurrent, spec.sweep.trial_count()) * spec.train.resources.num_workers
-    else:
-        raise TypeError(f"unknown spec type {type(spec).__name__}")
-    resources = worker_resources(spec)
-    return Bundles(per_worker(resources), workers, resources.placement.upper())
+    resources = job.worker_resources()
+    return Bundles(per_worker(resources), job.peak_workers(), resources.placement.upper())
 
 
-def preemptible(spec) -> bool:
+def preemptible(job: Job) -> bool:
     """Whether the queue may stop this job for a higher-priority one (resources.preemptible;
     a sweep's is its base train spec's)."""
-    return worker_resources(spec).preemptible
-
-
-def worker_resources(spec) -> ResourcesSpec:
-    """The resources section that sizes one worker: a train spec's, a sweep's base train spec's."""
-    return (spec.train if isinstance(spec, SweepSpec) else spec).resources
+    return job.worker_resources().preemptible
 
 
 def larger_than_any_node(resources: ResourcesSpec, nodes: Sequence[Mapping[str, float]]) -> Optional[tuple[str, str]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -153,6 +153,12 @@ class DataSpec(StrictModel):
     def vectors(self) -> bool:
         """Items are feature vectors (standardised), not images."""
         return self.own and self.format in ("numpy", "parquet")
+
+    def with_absolute_paths(self) -> "DataSpec":
+        """A relative data.root or data.source means relative to where the job was started, not to a worker."""
+        local = {name: getattr(self, name) for name in DATA_LOCATIONS}
+        absolute = {name: absolute_path(value) for name, value in local.items() if value and "://" not in value}
+        return self.model_copy(update=absolute) if absolute else self
 
     @model_validator(mode="after")
     def _fields_fit_the_format(self) -> "DataSpec":
@@ -445,9 +451,47 @@ class TrainSpec(StrictModel):
                     f"{MAX_PARAMETERS:,} (inputs of shape {tuple(shape)}); use fewer or narrower layers")
         return None
 
-    def with_absolute_data_root(self) -> "TrainSpec":
-        """A relative data.root or data.source means relative to where the job was started, not to a worker."""
-        local = {name: getattr(self.data, name) for name in ("root", "source")}
-        absolute = {name: str(Path(value).expanduser().resolve()) for name, value in local.items()
-                    if value and "://" not in value}
-        return self.model_copy(update={"data": self.data.model_copy(update=absolute)}) if absolute else self
+    # ---- the job interface (core/job.py) -----------------------------------------------------
+
+    @property
+    def storage_uri(self) -> str:
+        return self.storage.uri
+
+    def train_specs(self) -> list["TrainSpec"]:
+        return [self]
+
+    def worker_resources(self) -> ResourcesSpec:
+        return self.resources
+
+    def peak_workers(self) -> int:
+        return self.resources.num_workers
+
+    def with_absolute_paths(self) -> "TrainSpec":
+        return self.model_copy(update={"data": self.data.with_absolute_paths()})
+
+    def with_queue_defaults(self, storage_uri: Optional[str], max_failures: int) -> "TrainSpec":
+        """`storage.uri` (a queue on a cluster keeps runs where every node reaches them, e.g. a
+        bucket) and `storage.max_failures` (a cluster can lose a node mid-run: the run goes on
+        from its latest checkpoint instead of failing), where the spec leaves them unset."""
+        chosen = self.storage.model_fields_set
+        defaults: dict[str, Any] = {"uri": storage_uri} if storage_uri and "uri" not in chosen else {}
+        if "max_failures" not in chosen:
+            defaults["max_failures"] = max_failures
+        return self.model_copy(update={"storage": self.storage.model_copy(update=defaults)})
+
+    def read_locations(self) -> list[tuple[str, str]]:
+        return [(f"data.{name}", getattr(self.data, name)) for name in DATA_LOCATIONS if getattr(self.data, name) is not None]
+
+    def write_locations(self) -> list[tuple[str, str]]:
+        return [("storage.uri", self.storage.uri)]
+
+    def registered_names(self) -> list[tuple[str, str]]:
+        name = self.tracking.register_as
+        return [("tracking.register_as", name)] if name is not None else []
+
+
+DATA_LOCATIONS = ("root", "source")  # the data fields that name a place to read from
+
+
+def absolute_path(path: str) -> str:
+    return str(Path(path).expanduser().resolve())

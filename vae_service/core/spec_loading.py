@@ -19,6 +19,7 @@ from typing import Any, Iterable, Optional
 import yaml
 from pydantic import ValidationError
 
+from vae_service.core.encode_spec import EncodeDatasetSpec
 from vae_service.core.spec import TrainSpec
 from vae_service.core.sweep_spec import GRID_LIMIT, MAX_GRID_POINTS, SKIP_SPACE_CHECK, SweepSpec, space_problems
 from vae_service.core.yaml_shape import duplicate_key, path_at, shape_problem
@@ -30,8 +31,8 @@ MAX_NESTING = 32  # a spec nests 4 levels; a sweep's grid of lists a few more
 # the normalised spec travels to its Ray job in one environment variable (queue/job_env.py),
 # and Linux refuses a single one over 128 KiB ("Argument list too long").
 MAX_NORMALISED_BYTES = 64 * 1024
-JobSpec = TrainSpec | SweepSpec
-SPEC_KINDS = {"train": TrainSpec, "sweep": SweepSpec}
+JobSpec = TrainSpec | SweepSpec | EncodeDatasetSpec
+SPEC_KINDS = {"train": TrainSpec, "sweep": SweepSpec, "encode-dataset": EncodeDatasetSpec}
 
 
 class _SpecLoader(yaml.SafeLoader):
@@ -202,7 +203,7 @@ def _reason(error: dict) -> str:
 
 def validate_data(data: Any, source: str = "<spec>", lines: Optional[dict] = None, *,
                   max_grid_points: int = MAX_GRID_POINTS) -> JobSpec:
-    """Validates a spec dict (`kind: train` or `kind: sweep`), raising SpecError with one
+    """Validates a spec dict (`kind: train`, `sweep` or `encode-dataset`), raising SpecError with one
     problem per mistake. `max_grid_points`: a server's lower cap on an all-grid sweep's trials."""
     lines = lines or {}
     if not isinstance(data, dict):

@@ -36,7 +36,7 @@ from pydantic import (
 )
 
 from vae_service.core.metrics import END_OF_TRIAL_OBJECTIVES, FACTOR_EVALS, OBJECTIVE_MODES
-from vae_service.core.spec import FACTOR_DATASETS, PositiveInt, StrictModel, TrainSpec
+from vae_service.core.spec import DATA_LOCATIONS, FACTOR_DATASETS, PositiveInt, ResourcesSpec, StrictModel, TrainSpec
 
 # Every objective is a validation metric; rate and distortion are its two halves of −ELBO.
 # Fields a sweep must not vary: they name or place the run rather than shape the model.
@@ -239,6 +239,41 @@ class SweepSpec(StrictModel):
             if problems:
                 raise ValueError("; ".join(f"{path}: {_text(reason)}" for path, reason in problems))
         return self
+
+    # ---- the job interface (core/job.py): the base train spec's, its fields under `train.` ----
+
+    @property
+    def storage_uri(self) -> str:
+        return self.train.storage.uri
+
+    def train_specs(self) -> list[TrainSpec]:
+        return [self.train]
+
+    def worker_resources(self) -> ResourcesSpec:
+        return self.train.resources
+
+    def peak_workers(self) -> int:
+        """Every worker of up to max_concurrent trials at once (fewer when there are fewer trials)."""
+        return min(self.sweep.max_concurrent, self.sweep.trial_count()) * self.train.resources.num_workers
+
+    def with_absolute_paths(self) -> "SweepSpec":
+        return self.model_copy(update={"train": self.train.with_absolute_paths()})
+
+    def with_queue_defaults(self, storage_uri: Optional[str], max_failures: int) -> "SweepSpec":
+        return self.model_copy(update={"train": self.train.with_queue_defaults(storage_uri, max_failures)})
+
+    def read_locations(self) -> list[tuple[str, str]]:
+        """The base spec's data, and every data place the search may choose."""
+        sampled = [(f"sweep.space.{path}", str(value)) for path, domain in self.sweep.space.items()
+                   if path in {f"data.{name}" for name in DATA_LOCATIONS}
+                   for value in getattr(domain, "choice", None) or getattr(domain, "grid", None) or []]
+        return [(f"train.{path}", value) for path, value in self.train.read_locations()] + sampled
+
+    def write_locations(self) -> list[tuple[str, str]]:
+        return [(f"train.{path}", value) for path, value in self.train.write_locations()]
+
+    def registered_names(self) -> list[tuple[str, str]]:
+        return [(f"train.{path}", value) for path, value in self.train.registered_names()]
 
     def trial_spec(self, config: dict[str, Any], trial_name: str) -> TrainSpec:
         """The base spec with one trial's values (keyed by field path) filled in."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Literal, Mapping, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
@@ -25,7 +25,7 @@ from vae_service import storage
 from vae_service.core.checkpoint import load_model
 from vae_service.core import from_spec
 from vae_service.core.interrupt import Interrupt
-from vae_service.core.spec import TrainSpec
+from vae_service.core.spec import ResourcesSpec, TrainSpec
 from vae_service.core.spec_loading import SpecError, SpecProblem, dump_spec, load_spec
 from vae_service.jobs.lifecycle import new_run_dir, storage_errors, tracked_run, write_spec
 from vae_service.jobs.locations import run_name
@@ -47,6 +47,42 @@ class CompareJob(BaseModel):
     kind: Literal["compare"] = "compare"
     name: str = "compare"
     specs: dict[str, TrainSpec]
+
+    # ---- the job interface (core/job.py): the three runs one after another -----------------
+
+    @property
+    def storage_uri(self) -> str:
+        return self.specs["vae"].storage.uri  # the comparison's own files go beside the VAE's run
+
+    def train_specs(self) -> list[TrainSpec]:
+        return list(self.specs.values())
+
+    def worker_resources(self) -> ResourcesSpec:
+        return max((spec.resources for spec in self.specs.values()), key=lambda r: (r.num_workers, r.cpus_per_worker, r.gpus))
+
+    def peak_workers(self) -> int:
+        return max(spec.resources.num_workers for spec in self.specs.values())
+
+    def with_absolute_paths(self) -> "CompareJob":
+        return self._each(lambda spec: spec.with_absolute_paths())
+
+    def with_queue_defaults(self, storage_uri: Optional[str], max_failures: int) -> "CompareJob":
+        return self._each(lambda spec: spec.with_queue_defaults(storage_uri, max_failures))
+
+    def read_locations(self) -> list[tuple[str, str]]:
+        return self._fields(TrainSpec.read_locations)
+
+    def write_locations(self) -> list[tuple[str, str]]:
+        return self._fields(TrainSpec.write_locations)
+
+    def registered_names(self) -> list[tuple[str, str]]:
+        return self._fields(TrainSpec.registered_names)
+
+    def _each(self, change: Callable[[TrainSpec], TrainSpec]) -> "CompareJob":
+        return self.model_copy(update={"specs": {kind: change(spec) for kind, spec in self.specs.items()}})
+
+    def _fields(self, of: Callable[[TrainSpec], list[tuple[str, str]]]) -> list[tuple[str, str]]:
+        return [(f"specs.{kind}.{path}", value) for kind, spec in self.specs.items() for path, value in of(spec)]
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """`execute(spec) -> Outcome`: the one way any job runs — `vae run`, `vae compare`, a queued job.
 
-  1. the run directory: new under the spec's storage, or the one given to continue (--resume)
+  1. the run directory: new under the job's storage, the one the queue decided when it stored
+     the job, or the one given to continue (--resume)
   2. the inputs checked before any run starts: the data can be found, the cluster can hold
      the workers (else Ray Train would wait for them forever)
-  3. the job kind runs under one handler for Ctrl-C and SIGTERM (core.interrupt: how the queue
-     stops a job it cancels or preempts): train, sweep or compare
+  3. the job's kind runs (EXECUTORS: train, sweep, compare, encode-dataset) under one handler
+     for Ctrl-C and SIGTERM (core.interrupt: how the queue stops a job it cancels or preempts)
   4. however it ends, the Outcome is returned and written beside the run as outcome.json
 
 Job errors never escape as exceptions: they become the Outcome's error (bad input, job failed,
@@ -13,80 +14,74 @@ interrupted) with the exit code the CLI uses.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Optional, Union
+import importlib
+from typing import Callable, Optional
 
 from vae_service import storage
 from vae_service.core import from_spec
 from vae_service.core.data import DataError
 from vae_service.core.errors import BadInput, JobError, JobFailed, one_line
 from vae_service.core.interrupt import Interrupt
+from vae_service.core.job import Job
 from vae_service.jobs.lifecycle import RUN_ID_FILE, existing_run_dir, new_run_dir
-from vae_service.jobs.locations import run_name, storage_uri, train_specs
+from vae_service.jobs.locations import run_name
 from vae_service.jobs.outcome import Outcome, clear_outcome, write_outcome
 from vae_service.jobs.reporter import Reporter
 from vae_service.sources.check import inspect
 from vae_service.tracking.mlflow_run import JOB_ID_TAG
 
-if TYPE_CHECKING:
-    from vae_service.core.spec import TrainSpec
-    from vae_service.core.sweep_spec import SweepSpec
-    from vae_service.jobs.compare import CompareJob
+# What executes each kind: imported when a job of it runs (a train job never loads Tune).
+EXECUTORS = {
+    "train": "vae_service.jobs.train:train_job",
+    "sweep": "vae_service.jobs.sweep:sweep_job",
+    "compare": "vae_service.jobs.compare:compare_job",
+    "encode-dataset": "vae_service.jobs.encode_dataset:encode_dataset_job",
+}
 
-Job = Union["TrainSpec", "SweepSpec", "CompareJob"]
 
-
-def execute(job: Job, *, resume: Optional[str] = None, reporter: Optional[Reporter] = None,
+def execute(job: Job, *, resume: Optional[str] = None, run_dir: Optional[str] = None, reporter: Optional[Reporter] = None,
             job_id: Optional[str] = None) -> Outcome:
-    """Runs `job`, or continues the run directory `resume`. `job_id` (a queued job's) names the
-    run directory `<name>-<job id>` and tags the MLflow run with it."""
+    """Runs `job` into a new run directory (`run_dir` when given: a queued job's, decided when
+    it was stored), or continues the run directory `resume`. `job_id` (a queued job's) tags the
+    MLflow run."""
     reporter = reporter or Reporter()
-    run_dir, error = None, None
+    location, error = None, None
     try:
         if resume:
-            run_dir = existing_run_dir(resume, "sweep" if job.kind == "sweep" else "run")
-            clear_outcome(run_dir)
+            location = existing_run_dir(resume)
+            clear_outcome(location)
         else:
-            run_dir = new_run_dir(storage_uri(job), run_name(job.name, job_id))
+            location = new_run_dir(run_dir) if run_dir else new_run_dir(job.storage_uri, run_name(job.name))
         check_data(job)
         check_fits(job)
         tags = {JOB_ID_TAG: job_id} if job_id else None
         with Interrupt().catching_stop_signals() as interrupt:
-            outcome = job_function(job.kind)(_absolute_paths(job), run_dir, resume=bool(resume), reporter=reporter,
-                                             interrupt=interrupt, tags=tags)
+            outcome = executor(job.kind)(job.with_absolute_paths(), location, resume=bool(resume), reporter=reporter,
+                                         interrupt=interrupt, tags=tags)
     except JobError as exc:
         error = exc
     except Exception as exc:  # a bug, not the user's mistake: its traceback, and still an outcome
         reporter.console.print_exception()
         error = JobFailed(f"internal error: {exc.__class__.__name__}: {one_line(exc, 500)}")
     if error is not None:
-        outcome = Outcome.failed(job.kind, error, run_dir=run_dir.uri if run_dir else None, mlflow_run_id=_recorded_run_id(run_dir))
-    if run_dir is not None:
+        outcome = Outcome.failed(job.kind, error, run_dir=location.uri if location else None, mlflow_run_id=_recorded_run_id(location))
+    if location is not None:
         try:
-            write_outcome(run_dir, outcome)
+            write_outcome(location, outcome)
         except (storage.StorageError, OSError) as exc:
             reporter.console.print(f"[yellow]could not write the outcome beside the run: {one_line(exc)}")
     return outcome
 
 
-def job_function(kind: str) -> Callable[..., Outcome]:
-    """The kind's job, imported when it runs: a train job never loads Tune or the comparison."""
-    if kind == "sweep":
-        from vae_service.jobs.sweep import sweep_job
-
-        return sweep_job
-    if kind == "compare":
-        from vae_service.jobs.compare import compare_job
-
-        return compare_job
-    from vae_service.jobs.train import train_job
-
-    return train_job
+def executor(kind: str) -> Callable[..., Outcome]:
+    module, function = EXECUTORS[kind].split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def check_data(job: Job) -> None:
     """Fails fast, before Ray starts, when the data cannot be found (or fetched)."""
     try:
-        for spec in train_specs(job):
+        for spec in job.train_specs():
             if spec.data.own:
                 inspect(spec)  # reads a sample: the files decode, the model fits their shape
             else:
@@ -98,19 +93,13 @@ def check_data(job: Job) -> None:
 
 def check_fits(job: Job) -> None:
     """Fails fast when the cluster (or this machine) can never hold a run's workers at once."""
+    specs = job.train_specs()
+    if not specs:
+        return
     from vae_service.training.runner import check_fits as check_resources  # loads Ray: only when running
 
-    for spec in train_specs(job):
+    for spec in specs:
         check_resources(spec.resources)
-
-
-def _absolute_paths(job: Job) -> Job:
-    """A relative data.root means relative to where the job was started, not to a worker."""
-    if job.kind == "sweep":
-        return job.model_copy(update={"train": job.train.with_absolute_data_root()})
-    if job.kind == "compare":
-        return job.model_copy(update={"specs": {kind: spec.with_absolute_data_root() for kind, spec in job.specs.items()}})
-    return job.with_absolute_data_root()
 
 
 def _recorded_run_id(run_dir: Optional[storage.Location]) -> Optional[str]:

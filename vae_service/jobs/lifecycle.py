@@ -31,22 +31,23 @@ def storage_errors() -> Iterator[None]:
         raise JobFailed(one_line(exc)) from None
 
 
-def new_run_dir(storage_uri: str, name: str) -> storage.Location:
+def new_run_dir(uri: str, name: Optional[str] = None) -> storage.Location:
+    """The run directory `name` under the storage `uri` (without a name: `uri` itself), made."""
     with storage_errors():
-        root = storage.resolve(storage_uri)
-        storage.check_reachable(root)
-        run_dir = root.join(name)
+        run_dir = storage.resolve(uri)
+        storage.check_reachable(run_dir)  # (its bucket)
+        run_dir = run_dir.join(name) if name is not None else run_dir
         storage.make_dirs(run_dir)
     return run_dir
 
 
-def existing_run_dir(uri: str, what: str = "run") -> storage.Location:
+def existing_run_dir(uri: str) -> storage.Location:
     """The directory to continue (--resume): it must hold the spec its job was started with."""
     with storage_errors():
         run_dir = storage.resolve(uri)
         storage.check_reachable(run_dir)
         if not storage.exists(run_dir.join(SPEC_FILE)):
-            raise BadInput(f"--resume: {uri} is not a {what} directory (no {SPEC_FILE} in it)")
+            raise BadInput(f"--resume: {uri} is not a run directory (no {SPEC_FILE} in it)")
     return run_dir
 
 

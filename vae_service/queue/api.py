@@ -45,11 +45,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from vae_service.core.errors import one_line
-from vae_service.core.resources import (larger_than_any_node, preemptible, requested_bundles, requested_resources,
-                                        worker_resources)
+from vae_service.core.resources import larger_than_any_node, preemptible, requested_bundles, requested_resources
 from vae_service.core.spec_loading import MAX_SPEC_BYTES, SpecError, dump_spec, load_spec_text
 from vae_service.core.sweep_spec import MAX_GRID_POINTS
-from vae_service.jobs.locations import with_queue_defaults
+from vae_service.jobs.locations import queued_run_dir
 from vae_service.queue import metrics
 from vae_service.queue.auth import Identity, TokenSet
 from vae_service.queue.policy import Policy
@@ -57,7 +56,7 @@ from vae_service.queue.quotas import Quota
 from vae_service.queue.ray_jobs import RayJobs, RayUnavailable
 from vae_service.queue.settings import QUEUED_MAX_FAILURES, Settings
 from vae_service.queue.states import TERMINAL, IllegalTransition, State
-from vae_service.queue.store import NewJob, Store, UnknownJob
+from vae_service.queue.store import NewJob, Store, UnknownJob, new_job_id
 from vae_service.queue.ui import job_links, mount_ui
 
 log = logging.getLogger("vae_service.queue.api")
@@ -213,14 +212,11 @@ def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, di
 
     def _create(spec_text: str, priority: int, overrides: list[str], identity: Identity, key: Optional[str]):
         try:
-            spec = with_queue_defaults(load_spec_text(spec_text, "<request>", overrides, max_grid_points=max_grid_points),
-                                       storage_uri, max_failures)
+            spec = load_spec_text(spec_text, "<request>", overrides, max_grid_points=max_grid_points)
+            spec = spec.with_queue_defaults(storage_uri, max_failures)
         except SpecError as exc:
             return problems_response(exc.problems)
-        try:
-            resources = requested_resources(spec)
-        except TypeError:
-            return JSONResponse({"detail": [{"loc": ["kind"], "path": "kind", "msg": f"{spec.kind} jobs cannot be queued by this server", "line": None}]}, status_code=422)
+        resources = requested_resources(spec)
         problems = policy.spec_problems(spec, identity)
         if problems:
             return problems_response(problems)
@@ -229,13 +225,14 @@ def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, di
             return JSONResponse({"detail": [{"loc": ["resources"], "path": "resources", "msg": too_large, "line": None}]},
                                 status_code=422)
         nodes = node_sizes()
-        too_big = larger_than_any_node(worker_resources(spec), nodes) if nodes else None
+        too_big = larger_than_any_node(spec.worker_resources(), nodes) if nodes else None
         if too_big:
             field, why = too_big
             return JSONResponse({"detail": [{"loc": field.split("."), "path": field, "line": None,
                                              "msg": f"{why} (the Ray cluster has {len(nodes)} node(s))"}]}, status_code=422)
+        job_id = new_job_id()
         job, created = store.add(NewJob(
-            name=spec.name, kind=spec.kind, priority=priority, submitted_by=identity.name, spec_submitted=spec_text,
+            id=job_id, run_dir=queued_run_dir(spec, job_id).uri, name=spec.name, kind=spec.kind, priority=priority, submitted_by=identity.name, spec_submitted=spec_text,
             spec_normalised=dump_spec(spec), resources=resources, bundles=requested_bundles(spec),
             overrides=tuple(overrides), idempotency_key=key,
             preemptible=preemptible(spec)))

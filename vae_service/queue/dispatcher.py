@@ -325,7 +325,7 @@ class Dispatcher:
         if State(job.state) is not State.SUBMITTED:
             return
         self.store.update(job.id, attempts=job.attempts + 1)
-        env = job_env(job.id, job.spec_normalised, resume=job.preemptions > 0, grace_s=self.grace_s)
+        env = job_env(job.id, job.spec_normalised, job.run_dir, resume=job.preemptions > 0, grace_s=self.grace_s)
         try:
             created = self.ray.submit(job.ray_job_id, env, self.python)
         except RayRejected as exc:
@@ -390,9 +390,11 @@ def submission_id(job: Job) -> str:
 
 
 def outcome_location(job: Job) -> Optional[storage.Location]:
-    """Where the job's outcome.json is (see jobs.locations.queued_run_dir)."""
+    """Where the job's outcome.json is: in the run directory stored with it (a job stored before
+    run directories were: where its spec put it)."""
     try:
-        return queued_run_dir(load_spec_text(job.spec_normalised, f"job {job.id}"), job.id).join(OUTCOME_FILE)
+        run_dir = storage.resolve(job.run_dir) if job.run_dir else queued_run_dir(load_spec_text(job.spec_normalised, f"job {job.id}"), job.id)
+        return run_dir.join(OUTCOME_FILE)
     except (SpecError, storage.StorageError, ValueError):
         return None
 

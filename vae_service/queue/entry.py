@@ -2,8 +2,8 @@
 
 Reads the spec from VAE_JOB_SPEC, moves to VAE_JOB_CWD (the server's working directory, so
 relative paths in the spec mean what they mean to `vae run` there) and runs it with
-`vae_service.jobs.execute` as the job VAE_JOB_ID: the run directory is `<name>-<job id>` under
-the spec's storage, where the Outcome lands as outcome.json for the dispatcher to read. The
+`vae_service.jobs.execute` as the job VAE_JOB_ID, in the run directory VAE_JOB_RUN_DIR (decided
+when the queue stored the job), where the Outcome lands as outcome.json for the dispatcher to read. The
 exit code is the Outcome's: 0 done, 1 the job failed, 2 bad input, 130 interrupted (stopped).
 
 With VAE_JOB_RESUME=1 (an attempt after a preemption) the job continues that run directory —
@@ -41,26 +41,37 @@ def main() -> int:
     except SpecError as exc:  # the server validated it; a different version on the cluster may not
         print(f"bad input: {exc}", file=sys.stderr)
         return 2
-    outcome = execute(spec, reporter=Reporter(progress="lines"), job_id=job_id, resume=_resume_dir(spec, job_id))
+    run_dir = _run_dir(spec, job_id)
+    resume = os.environ.get("VAE_JOB_RESUME") == "1" and _started(run_dir)
+    outcome = execute(spec, reporter=Reporter(progress="lines"), job_id=job_id, run_dir=run_dir,
+                      resume=run_dir if resume else None)
     facts = [f"MLflow run {outcome.mlflow_run_id}" if outcome.mlflow_run_id else "", outcome.model_uri or "", outcome.run_dir or ""]
     print(f"outcome: {outcome.state}; {'; '.join(f for f in facts if f)}" + (f"\n{outcome.error}" if outcome.error else ""), file=sys.stderr)
     return outcome.exit_code
 
 
-def _resume_dir(spec, job_id: str):
-    """The run directory an earlier attempt of this job left (VAE_JOB_RESUME=1), if it has one."""
-    if os.environ.get("VAE_JOB_RESUME") != "1":
-        return None
-    from vae_service import storage
-    from vae_service.jobs.lifecycle import SPEC_FILE
+def _run_dir(spec, job_id: str) -> str:
+    """The run directory the queue decided when it stored the job (VAE_JOB_RUN_DIR); for a job
+    stored before it did, where its spec puts it."""
+    given = os.environ.get("VAE_JOB_RUN_DIR")
+    if given:
+        return given
     from vae_service.jobs.locations import queued_run_dir
 
+    return queued_run_dir(spec, job_id).uri
+
+
+def _started(run_dir: str) -> bool:
+    """Whether an earlier attempt of this job (VAE_JOB_RESUME=1) got to start its run there; a
+    directory it did not get to create is started afresh."""
+    from vae_service import storage
+    from vae_service.jobs.lifecycle import SPEC_FILE
+
     try:
-        run_dir = queued_run_dir(spec, job_id)
-        return run_dir.uri if storage.exists(run_dir.join(SPEC_FILE)) else None
+        return storage.exists(storage.resolve(run_dir).join(SPEC_FILE))
     except (storage.StorageError, OSError) as exc:
         print(f"note: cannot look for the earlier attempt's run ({exc}); starting afresh", file=sys.stderr)
-        return None
+        return False
 
 
 if __name__ == "__main__":

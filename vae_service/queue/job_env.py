@@ -7,8 +7,9 @@ server's disk, and the store stays the only copy that matters. Relative paths in
 `vae run`: the job starts in VAE_JOB_CWD (the server's working directory) when that directory
 exists on the node. MLFLOW_TRACKING_URI and VAE_DATA_DIR/VAE_CACHE_DIR are made absolute.
 
-A resumed attempt (after a preemption) gets VAE_JOB_RESUME=1: the entrypoint continues the
-job's run directory from its latest checkpoint. RAY_JOB_STOP_SIGNAL / RAY_JOB_STOP_WAIT_TIME_S
+The job's run directory, decided when it was stored, travels in VAE_JOB_RUN_DIR. A resumed
+attempt (after a preemption) gets VAE_JOB_RESUME=1: the entrypoint continues that directory
+from its latest checkpoint. RAY_JOB_STOP_SIGNAL / RAY_JOB_STOP_WAIT_TIME_S
 are read by Ray's job supervisor, which runs with the job's environment: stopping the job sends
 its driver SIGTERM (a graceful stop, core/interrupt.py) and SIGKILL after the grace period.
 
@@ -21,15 +22,19 @@ MLflow password) from its own node's environment, as every node of the compose c
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from vae_service.environment import runtime_env_vars
 from vae_service.queue.settings import PREEMPT_GRACE_S
 
 
-def job_env(job_id: str, spec_yaml: str, *, resume: bool = False, grace_s: int = PREEMPT_GRACE_S) -> dict[str, str]:
+def job_env(job_id: str, spec_yaml: str, run_dir: Optional[str], *, resume: bool = False,
+            grace_s: int = PREEMPT_GRACE_S) -> dict[str, str]:
     env = runtime_env_vars()
     env["VAE_JOB_ID"] = job_id
     env["VAE_JOB_SPEC"] = spec_yaml
+    if run_dir:  # (a job stored before run directories were: the entrypoint works it out)
+        env["VAE_JOB_RUN_DIR"] = run_dir
     env["VAE_JOB_CWD"] = str(Path.cwd())
     if resume:
         env["VAE_JOB_RESUME"] = "1"

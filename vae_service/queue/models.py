@@ -50,6 +50,7 @@ class Job(Base):
     spec_submitted: Mapped[str] = mapped_column(Text)  # the body as sent
     overrides: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of --set assignments
     spec_normalised: Mapped[str] = mapped_column(Text)  # every default filled in: what runs
+    run_dir: Mapped[Optional[str]] = mapped_column(Text)  # where it runs and leaves outcome.json (jobs.locations.queued_run_dir)
     resources: Mapped[str] = mapped_column(Text)  # JSON {"CPU": x, "GPU": y}: what it asks of Ray
     bundles: Mapped[Optional[str]] = mapped_column(Text)  # JSON core/placement.Bundles: its workers, node by node
     idempotency_key: Mapped[Optional[str]] = mapped_column(String(200))  # unique per submitter
@@ -100,6 +101,7 @@ class Job(Base):
             "attempts": self.attempts,
             "submitted_by": self.submitted_by,
             "resources": self.resource_request,
+            "run_dir": self.run_dir,
             "idempotency_key": self.idempotency_key,
             "ray_submission_id": self.ray_submission_id,
             "mlflow_run_id": self.mlflow_run_id,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+from vae_service.core.job import Job
 from vae_service.core.spec_loading import SpecProblem
 from vae_service.queue.auth import Identity
 from vae_service.queue.settings import Settings, split_list
@@ -127,22 +128,17 @@ class Policy:
 
     # ---- specs -------------------------------------------------------------------------------
 
-    def spec_problems(self, spec, identity: Identity) -> list[SpecProblem]:
-        """What this identity may not queue in `spec` (a validated train or sweep spec)."""
-        problems: list[SpecProblem] = []
+    def spec_problems(self, job: Job, identity: Identity) -> list[SpecProblem]:
+        """What this identity may not queue in `job` (a validated job spec of any kind)."""
         if identity.admin:
-            return problems
-        for prefix, train in _trains(spec):
-            problems += self._register_problems(f"{prefix}tracking.register_as", train.tracking.register_as, identity)
-            problems += self._location_problems(f"{prefix}storage.uri", train.storage.uri, self.allowed_storage)
-            for field in DATA_FIELDS:
-                if getattr(train.data, field) is not None:
-                    problems += self._location_problems(f"{prefix}data.{field}", getattr(train.data, field), self.allowed_data)
-        if getattr(spec, "kind", None) == "sweep":
-            for path, domain in spec.sweep.space.items():
-                if path in (f"data.{field}" for field in DATA_FIELDS):
-                    for value in getattr(domain, "choice", None) or getattr(domain, "grid", None) or []:
-                        problems += self._location_problems(f"sweep.space.{path}", str(value), self.allowed_data)
+            return []
+        problems: list[SpecProblem] = []
+        for field, name in job.registered_names():
+            problems += self._register_problems(field, name, identity)
+        for field, uri in job.write_locations():
+            problems += self._location_problems(field, uri, self.allowed_storage)
+        for field, uri in job.read_locations():
+            problems += self._location_problems(field, uri, self.allowed_data)
         return problems
 
     def _register_problems(self, field: str, name: Optional[str], identity: Identity) -> list[SpecProblem]:
@@ -165,12 +161,3 @@ class Policy:
             return []
         unset = "; or leave data.root unset" if field.endswith("data.root") else ""  # the named data sets' default
         return [SpecProblem(field, f"{uri!r} is outside what this server allows (allowed: {listed}{unset})")]
-
-
-DATA_FIELDS = ("root", "source")  # where a spec reads data from
-
-
-def _trains(spec) -> list[tuple[str, object]]:
-    if getattr(spec, "kind", None) == "sweep":
-        return [("train.", spec.train)]
-    return [("", spec)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional
 
 from sqlalchemy import Engine, and_, case, func, or_, select, tuple_
@@ -43,6 +43,11 @@ class UnknownJob(Exception):
         super().__init__(f"no job {job_id!r}")
 
 
+def new_job_id() -> str:
+    """16 hex digits: short enough to type, random enough to share one Ray cluster."""
+    return uuid.uuid4().hex[:16]
+
+
 @dataclass(frozen=True)
 class NewJob:
     name: str
@@ -56,11 +61,8 @@ class NewJob:
     overrides: tuple[str, ...] = ()
     idempotency_key: Optional[str] = None
     preemptible: bool = True
-
-
-def new_job_id() -> str:
-    """16 hex digits: short enough to type, random enough to share one Ray cluster."""
-    return uuid.uuid4().hex[:16]
+    id: str = field(default_factory=new_job_id)
+    run_dir: Optional[str] = None  # where it runs (jobs.locations.queued_run_dir of its id)
 
 
 class Store:
@@ -85,7 +87,7 @@ class Store:
                 return existing, False
         now = utcnow()
         job = Job(
-            id=new_job_id(), name=new.name, kind=new.kind, priority=new.priority, state=State.QUEUED.value,
+            id=new.id, run_dir=new.run_dir, name=new.name, kind=new.kind, priority=new.priority, state=State.QUEUED.value,
             attempts=0, submitted_by=new.submitted_by, spec_submitted=new.spec_submitted,
             overrides=json.dumps(list(new.overrides)), spec_normalised=new.spec_normalised,
             resources=json.dumps(new.resources, sort_keys=True),

@@ -337,10 +337,11 @@ class Encoder:
         return out
 
 
-def encoded(items: ray.data.Dataset, model: Model, batch_size: int, actors: int) -> ray.data.Dataset:
+def encoded(items: ray.data.Dataset, model: Model, batch_size: int, actors: int, cpus_per_actor: float = 1.0) -> ray.data.Dataset:
     """`items` with x replaced by mu and logvar, in input order."""
     ds = items.map_batches(Encoder, fn_constructor_kwargs={"weights": model.weights, "config": model.config},
-                           batch_size=batch_size, batch_format="numpy", concurrency=(1, max(1, actors)), num_cpus=1)
+                           batch_size=batch_size, batch_format="numpy", concurrency=(1, max(1, actors)),
+                           num_cpus=cpus_per_actor)
     ds.context.execution_options.preserve_order = True  # a part's rows arrive together, in order
     return ds
 
@@ -353,7 +354,8 @@ class Written:
 
 
 def run(data: DataSpec, inspection: Inspection, model: Model, pending: list[Part], output: storage.Location, *,
-        batch_size: int = 1024, actors: int = 1, on_file: Optional[Callable[[int], None]] = None) -> Written:
+        batch_size: int = 1024, actors: int = 1, cpus_per_actor: float = 1.0,
+        on_file: Optional[Callable[[int], None]] = None) -> Written:
     """Encodes the `pending` parts into `output`, writing each as soon as its rows are in;
     `on_file(n)` is told of n more input files done. A DataError raised while reading (a file
     that does not decode) comes out as itself."""
@@ -363,7 +365,7 @@ def run(data: DataSpec, inspection: Inspection, model: Model, pending: list[Part
     order = {path: index for index, part in enumerate(pending) for path in part.paths}
     uri_of = uri_function(inspection.files.filesystem)
     paths = [path for part in pending for path in part.paths]
-    stream = encoded(items_with_paths(data, inspection, paths), model, batch_size, actors)
+    stream = encoded(items_with_paths(data, inspection, paths), model, batch_size, actors, cpus_per_actor)
     current, chunks, last_path = -1, [], None
     done = [False] * len(pending)
 
