@@ -65,7 +65,8 @@ def cli(ray_cluster):
 
 
 def _mtimes(folder: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    """The parts' and the manifest's (each run's own directory under _runs is new)."""
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()}
 
 
 def test_every_image_encoded_restartably_part_by_part(cli, images, tmp_path):
@@ -125,7 +126,9 @@ def test_output_to_s3_and_a_source_on_s3(cli, images, s3_server):
     result = cli(images["model"], images["spec"], "--output", uri)  # with the progress bar
     assert "wrote 60 rows from 60 files in 2 parts" in result.output and uri in result.output
     keys = sorted(o["Key"] for o in s3_server["client"].list_objects_v2(Bucket=bucket)["Contents"])
-    assert keys[0] == "encodings/run1/_encoding.json" and len(keys) == 3
+    parts = [key for key in keys if not key.endswith("/") and "/_runs/" not in key]  # (directory markers, the job's run)
+    assert parts[0] == "encodings/run1/_encoding.json" and len(parts) == 3
+    assert any(key.startswith("encodings/run1/_runs/encode-") and key.endswith("/outcome.json") for key in keys), keys
     location = storage.resolve(uri)
     table = pq.read_table(location.path, filesystem=location.filesystem)
     assert table.num_rows == 60 and set(table.column("id").to_pylist()) == {str(p) for p in images["pngs"]}
