@@ -1,6 +1,6 @@
 """The JSON bodies of the job routes, for the OpenAPI document (the routes return
-models.Job.to_dict(); test_openapi.py checks the two agree), and the document's links from a
-submitted job to the routes that take its id."""
+models.Job.to_dict(); schemathesis checks the two agree, tests/abuse/test_openapi.py), and the
+document's links from a submitted job to the routes that take its id."""
 
 from __future__ import annotations
 
