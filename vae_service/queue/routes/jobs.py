@@ -30,6 +30,8 @@ PRIORITY = Query(0, ge=-1_000_000, le=1_000_000, description="Higher runs first.
 EXAMPLE_SPEC = {"name": "tiny", "data": {"limit": 256}, "model": {"hidden": [32], "latent_dim": 2},
                 "optim": {"epochs": 1, "batch_size": 64, "seed": 0}, "resources": {"num_workers": 1, "cpus_per_worker": 1}}
 
+# 422 on every route: FastAPI documents its own (HTTPValidationError) on any route with a
+# parameter unless it is; the shape the API answers is errors.Problems.
 router = APIRouter(tags=["jobs"], responses={**UNAUTHORIZED, **INVALID, **STORE_DOWN})
 
 
