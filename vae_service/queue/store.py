@@ -80,7 +80,8 @@ class Store:
     def add(self, new: NewJob) -> tuple[Job, bool]:
         """Stores a queued job; returns (job, created). With an idempotency key this submitter
         has already used, returns that job and False (the same request sent twice is one job).
-        Keys are per submitter: another user's same key is another job."""
+        Keys are per submitter: another user's same key is another job. An empty key is no key
+        (stored as one, a second empty key would break the unique constraint: a 503)."""
         if new.idempotency_key:
             existing = self.by_idempotency_key(new.submitted_by, new.idempotency_key)
             if existing is not None:
@@ -91,7 +92,7 @@ class Store:
             attempts=0, submitted_by=new.submitted_by, spec_submitted=new.spec_submitted,
             overrides=json.dumps(list(new.overrides)), spec_normalised=new.spec_normalised,
             resources=json.dumps(new.resources, sort_keys=True),
-            bundles=new.bundles.to_json() if new.bundles is not None else None, idempotency_key=new.idempotency_key,
+            bundles=new.bundles.to_json() if new.bundles is not None else None, idempotency_key=new.idempotency_key or None,
             preemptible=new.preemptible, preemptions=0, created_at=now, updated_at=now,
         )
         try:

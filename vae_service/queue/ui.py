@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from fastapi import FastAPI
+from fastapi import APIRouter
 from fastapi.responses import Response
 
 from vae_service.queue.settings import Settings
@@ -35,15 +35,17 @@ FILES = {"": ("index.html", "text/html; charset=utf-8"),
          "/style.css": ("style.css", "text/css; charset=utf-8")}
 
 
-def mount_ui(app: FastAPI, settings: Settings) -> None:
-    """Adds the page's routes to `app` (left out of the OpenAPI description: they are not API)."""
+def ui_router() -> APIRouter:
+    """The page's routes (left out of the OpenAPI description: they are not API)."""
+    router = APIRouter(include_in_schema=False)
     for suffix, (name, media_type) in FILES.items():
         body = (UI_DIR / name).read_bytes()  # a few KB each, read once
 
         def serve(body: bytes = body, media_type: str = media_type) -> Response:
             return Response(body, media_type=media_type, headers=HEADERS)
 
-        app.add_api_route(f"/ui{suffix}", serve, methods=["GET"], include_in_schema=False)
+        router.add_api_route(f"/ui{suffix}", serve, methods=["GET"])
+    return router
 
 
 def job_links(job, settings: Settings) -> dict:
