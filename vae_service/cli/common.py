@@ -45,12 +45,14 @@ def load_or_exit(path: Path, overrides: List[str]):
         raise  # unreachable; keeps type checkers happy
 
 
-def own_test_items(spec, limit: int):
-    """The first `limit` test items of the user's own data a model was trained on (`spec` from
-    its config.json), read again through Ray Data (a local Ray unless RAY_ADDRESS is set) and
-    split the same way, by content hash."""
-    from vae_service.cluster import ensure_ray
-    from vae_service.sources.prepare import prepare, test_items
+def read_test_split(spec, first=None, as_trained=False):
+    """The test split of the data a model was trained on (`spec` from its config.json:
+    `sources.holdout.model_test_split`); your own data is read again through Ray Data (a local
+    Ray unless RAY_ADDRESS is set) and split the same way, by content hash."""
+    from vae_service.sources.holdout import model_test_split
 
-    ensure_ray()
-    return test_items(prepare(spec), spec, limit)
+    if spec.data.own:
+        from vae_service.cluster import ensure_ray
+
+        ensure_ray()
+    return model_test_split(spec, first=first, as_trained=as_trained)

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from vae_service.cli.common import app, err, fail, own_test_items, say
+from vae_service.cli.common import app, err, fail, read_test_split, say
 from vae_service.cli.models import MODEL_URI_HELP, user_errors
 from vae_service.core import metrics as M
 
@@ -72,14 +72,14 @@ def evaluate_command(
     from vae_service.tracking.registry import open_model_and_config, record_evaluation
 
     with user_errors(), open_model_and_config(model_uri) as (vae, config):
-        spec = from_spec.trained_with(config, limit=images)
+        spec = from_spec.trained_with(config)
         factors = from_spec.factor_data(spec)
         chosen = _metric_list(metrics, factors is not None)
         try:
             check_request(chosen, factors is not None, spec.data.title)
         except EvaluationError as exc:
             fail(f"{model_uri}: {exc}", 2)
-        test = own_test_items(spec, images) if spec.data.own else from_spec.training_data(spec).test
+        test = read_test_split(spec, first=images, as_trained=True)
         with _progress() as bar:  # the request was checked above: evaluate raises no EvaluationError here
             result = evaluate(vae, chosen, test_images=test.images, binarize=spec.data.binarize, factors=factors,
                               nll_samples=nll_samples, points=points, seed=seed, progress=bar)

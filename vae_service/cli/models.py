@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vae_service.cli.common import app, err, fail, own_test_items
+from vae_service.cli.common import app, err, fail, read_test_split
 from vae_service.core import metrics as M
 from vae_service.core.errors import one_line
 from vae_service.core.spec import CHAMPION
@@ -260,15 +260,12 @@ def _test_data(config: dict) -> _TestData:
         spec = from_spec.trained_with(config)
     except DataError:  # a spec this version cannot read: the MNIST test set, as before specs were recorded
         return _mnist_test()
+    split = read_test_split(spec)  # a named data set's test set; at most FIGURE_ITEMS of your own data
     if not spec.data.own:
         from vae_service.core.data import IDX_DATASETS
 
         title = IDX_DATASETS[spec.data.dataset].title if spec.data.dataset in IDX_DATASETS else "dSprites"
-        return _TestData(from_spec.images(spec).test, f"{title} test image", f"{title} test images",
-                         f"the {title} test set")
-    from vae_service.sources.prepare import FIGURE_ITEMS
-
-    split = own_test_items(spec, FIGURE_ITEMS)
+        return _TestData(split, f"{title} test image", f"{title} test images", f"the {title} test set")
     return _TestData(split, "test item", "test items", f"the test split of {spec.data.source}", "items")
 
 

@@ -21,17 +21,14 @@ from vae_service.core.preprocessing import Preprocessing
 from vae_service.core.spec import IMAGE_SHAPES, TrainSpec
 
 
-def trained_with(config: dict, limit: Optional[int] = None) -> TrainSpec:
+def trained_with(config: dict) -> TrainSpec:
     """The spec a saved model was trained with (its config.json holds it), to evaluate it on the
-    same data, binarised the same way; `limit` caps the images loaded (None: the spec's own)."""
+    same data, binarised the same way (its test split: `sources.holdout.model_test_split`)."""
     try:
-        spec = TrainSpec.model_validate(config["spec"])
+        return TrainSpec.model_validate(config["spec"])
     except (KeyError, TypeError, ValidationError):
         raise DataError("the model's config.json holds no valid training spec: cannot tell which data "
                         "it was trained on, or how it was binarised") from None
-    if not limit or spec.data.own:  # your own data: the caller takes `limit` test items (sources.prepare)
-        return spec
-    return spec.model_copy(update={"data": spec.data.model_copy(update={"limit": limit})})
 
 
 def images(spec: TrainSpec) -> Dataset:

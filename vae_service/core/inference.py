@@ -9,7 +9,9 @@ Items come in one of two forms:
 `from_own_units` turns the first into model inputs by the model's own `Preprocessing` (the
 shape, the 1/255 scale, the training split's per-feature mean and std); `core.data.to_unit_float`
 turns the second. `encode` runs the encoder over either in batches on the model's device, so the
-codes of an item never depend on the batch it came in.
+codes of an item never depend on the batch it came in; `encode_batch` is the encoder on one batch
+already made model inputs on that device (the IS-NLL's proposal, the figures' few images), and
+the one place `VAE.encode` is called outside the model's own forward pass.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 
 from vae_service.core.data import to_unit_float
-from vae_service.core.model import VAE
+from vae_service.core.model import VAE, unwrap
 from vae_service.core.preprocessing import Preprocessing
 
 ENCODE_BATCH = 1024
@@ -45,6 +47,12 @@ def from_own_units(items: np.ndarray, prep: Preprocessing) -> torch.Tensor:
     return (torch.as_tensor(flat, dtype=torch.float32) / GREY_LEVELS).reshape(len(array), *prep.input_shape)
 
 
+def encode_batch(vae: torch.nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(μ, log σ²) of q(z|x) for one batch of model inputs already on the model's device, left
+    there (a DDP-wrapped model is unwrapped; gradients as the caller's context has them)."""
+    return unwrap(vae).encode(inputs)
+
+
 @torch.no_grad()
 def encode(vae: VAE, items: torch.Tensor, batch_size: int = ENCODE_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
     """(μ, log σ²) of q(z|x) for stored items or model inputs, on the CPU: encoded in batches on
@@ -53,7 +61,7 @@ def encode(vae: VAE, items: torch.Tensor, batch_size: int = ENCODE_BATCH) -> tup
     device = next(vae.parameters()).device
     mus, logvars = [], []
     for start in range(0, len(items), batch_size):
-        mu, logvar = vae.encode(to_unit_float(items[start : start + batch_size].to(device)))
+        mu, logvar = encode_batch(vae, to_unit_float(items[start : start + batch_size].to(device)))
         mus.append(mu.cpu())
         logvars.append(logvar.cpu())
     return torch.cat(mus), torch.cat(logvars)

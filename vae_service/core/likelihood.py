@@ -20,6 +20,7 @@ from typing import Callable, Optional
 import torch
 
 from vae_service.core.data import binarize_static, to_unit_float
+from vae_service.core.inference import encode_batch
 from vae_service.core.loop import ACTIVE_UNIT_THRESHOLD
 from vae_service.core.model import unwrap
 from vae_service.core.objective import LOG_2PI, Objective, compute_loss, reconstruction_nll
@@ -31,7 +32,7 @@ def log_importance_weights(vae, x: torch.Tensor, k: int) -> torch.Tensor:
     All B·k samples go through the decoder in one batch (x repeated k times).
     """
     vae = unwrap(vae)
-    mu, logvar = vae.encode(x)  # (B, L)
+    mu, logvar = encode_batch(vae, x)  # (B, L)
     eps = torch.randn(mu.shape[0], k, mu.shape[1], dtype=mu.dtype, device=mu.device)
     z = mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps  # (B, k, L)
     # log q from ε rather than (z − μ)/σ: exact even where σ is tiny.

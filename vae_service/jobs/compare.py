@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict
 
 from vae_service import storage
 from vae_service.core.checkpoint import load_model
-from vae_service.core import from_spec
 from vae_service.core.interrupt import Interrupt
 from vae_service.core.spec import ResourcesSpec, TrainSpec
 from vae_service.core.spec_loading import SpecError, SpecProblem, dump_spec, load_spec
@@ -32,6 +31,7 @@ from vae_service.jobs.locations import run_name
 from vae_service.jobs.outcome import Outcome
 from vae_service.jobs.reporter import Reporter
 from vae_service.jobs.train import RunResult, train
+from vae_service.sources.holdout import model_test_split
 from vae_service.tracking import compare_run
 from vae_service.viz.comparison import KINDS, LABELS, METRICS_FILE, RECON_FILE, SCATTER_FILE, render_comparison
 
@@ -183,7 +183,7 @@ def compare_job(job: CompareJob, out_dir: storage.Location, *, resume: bool, rep
                     models[kind] = load_model(model_dir)
         # The whole test split (data.limit shortens training, not the comparison).
         whole = vae_spec.model_copy(update={"data": vae_spec.data.model_copy(update={"limit": None})})
-        test = from_spec.images(whole).test
+        test = model_test_split(whole)
         with storage_errors(), storage.writing_dir(out_dir) as local_dir:  # local: the folder itself; S3: uploaded after
             artifacts = render_comparison(models, test, local_dir, binarize=vae_spec.data.binarize)
             compare_run.log_comparison(parent.run_id, artifacts.paths, artifacts.metrics)

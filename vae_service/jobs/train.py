@@ -24,7 +24,8 @@ from vae_service.core.spec import TrainSpec
 from vae_service.jobs.lifecycle import storage_errors, tracked_run, write_spec
 from vae_service.jobs.outcome import Outcome
 from vae_service.jobs.reporter import Reporter
-from vae_service.sources.prepare import PIPELINE_PARAM, Prepared, prepare, test_items
+from vae_service.sources.holdout import model_test_split
+from vae_service.sources.prepare import PIPELINE_PARAM, Prepared, prepare
 from vae_service.training.runner import fit
 
 METRICS_FILE = "metrics.json"
@@ -72,7 +73,7 @@ def train(spec: TrainSpec, run_dir: storage.Location, *, resume: bool, reporter:
             save_model(local_model_dir, fitted.model, extra={"spec": spec.model_dump(mode="json"), "metrics": fitted.metrics,
                                                              "preprocessing": data.preprocessing.to_dict()})
             published = run.publish(spec, fitted.model, local_model_dir, fitted.metrics.get(M.VAL_KL_PER_DIM),
-                                    test_items(data, spec))
+                                    model_test_split(spec, prepared=data))
     result = RunResult(
         run_dir=run_dir.uri,
         model_dir=model_dir.uri,

@@ -1,6 +1,6 @@
 """A spec's data made ready for a training run, on the driver: which path it takes (tensors in
-memory, or a Ray Data stream each worker shards), the preprocessing that travels with the model,
-and the test items the figures are drawn from.
+memory, or a Ray Data stream each worker shards) and the preprocessing that travels with the model
+(its test split, for the figures and evaluation: `sources.holdout`).
 
 The choice is by size: data that decodes to at most MEMORY_LIMIT_BYTES is read once, here, and
 handed to every worker as tensors (today's path for MNIST); anything larger streams, and each
@@ -9,7 +9,7 @@ worker holds only the batches in flight.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -29,7 +29,7 @@ from vae_service.core.spec import TrainSpec
 from vae_service.sources import check, read
 
 MEMORY_LIMIT_BYTES = 1 << 30
-FIGURE_ITEMS = 10_000  # test items a streamed run's figures and final evaluation use
+FIGURE_ITEMS = 10_000  # test items of your own data the figures, `vae encode` and a streamed run's final evaluation use (sources.holdout)
 PIPELINE_PARAM = "data.pipeline"  # the MLflow param saying which path a run took
 MEMORY, STREAMING = "memory", "streaming"
 
@@ -71,16 +71,6 @@ def prepare(spec: TrainSpec) -> Prepared:
     streams["train"] = streams["train"].randomize_block_order()  # a new file order every epoch
     train_share = 1.0 - spec.data.val_fraction - spec.data.test_fraction
     return Prepared(prep, STREAMING, int(inspection.items * train_share), f"streaming (Ray Data): {where}", streams=streams)
-
-
-def test_items(prepared: Prepared, spec: TrainSpec, limit: int = FIGURE_ITEMS) -> ImageSplit:
-    """Test items as tensors, for the figures and the final evaluation (at most `limit` when streamed)."""
-    if not spec.data.own:
-        return from_spec.images(spec).test
-    if prepared.in_memory is not None:
-        test = prepared.in_memory.test
-        return replace(test, images=test.images[:limit], labels=test.labels[:limit])
-    return _split_in_memory(prepared.streams["test"].limit(limit), prepared.preprocessing)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,12 +160,3 @@ def _split(items: ray.data.Dataset, split: int, prep: Preprocessing) -> ray.data
         return {"x": x, "h": batch["h"][chosen], "label": _codes(batch["label"][chosen] if "label" in batch else None,
                                                                   prep.label_names, len(x))}
     return items.map_batches(inputs, batch_format="numpy")
-
-
-def _split_in_memory(stream: ray.data.Dataset, prep: Preprocessing) -> ImageSplit:
-    batches = list(stream.iter_batches(batch_format="numpy", batch_size=4096))
-    if not batches:
-        x = np.zeros((0, *prep.input_shape), np.float32 if prep.vectors else np.uint8)
-        return ImageSplit(torch.from_numpy(x), torch.zeros(0, dtype=torch.int64), prep.label_kind, prep.label_names)
-    x, labels = np.concatenate([b["x"] for b in batches]), np.concatenate([b["label"] for b in batches])
-    return ImageSplit(torch.from_numpy(x), torch.from_numpy(labels), label_kind=prep.label_kind, label_names=prep.label_names)

@@ -32,7 +32,7 @@ from vae_service.core.model import VAE, unwrap
 from vae_service.core.preprocessing import Preprocessing
 from vae_service.core.spec import TrainSpec
 from vae_service.environment import applied
-from vae_service.sources.prepare import FIGURE_ITEMS
+from vae_service.sources.holdout import model_test_split
 from vae_service.training.checkpoints import checkpoint_from_uri
 from vae_service.tracking.epoch_logger import EpochLogger
 
@@ -269,7 +269,7 @@ def train_loop(config: dict, session: Session) -> None:
             test = evaluate_batches(model, _items(session, data, "test"), binarize=spec.data.binarize) if last else None
             metrics = M.epoch_record(epoch, train, checks, val, test)
             requested = spec.evaluation.metrics
-            metrics.update(M.evaluation_entries(requested, _final_evaluation(session, model, spec, data) if last and requested else None))
+            metrics.update(M.evaluation_entries(requested, _final_evaluation(session, model, spec, data, preprocessing) if last and requested else None))
             if board is not None:
                 board.finish_epoch.remote(metrics)
             if epoch_logger is not None:
@@ -357,23 +357,14 @@ def _items(session: Session, data: Optional[Dataset], split: str) -> Iterator[to
         yield batch["x"]
 
 
-def _test_split(session: Session, data: Optional[Dataset]) -> torch.Tensor:
-    """The test items the final evaluation uses (at most FIGURE_ITEMS of a stream)."""
-    if data is not None:
-        return data.test.images
-    kept, count = [], 0
-    for batch in _items(session, None, "test"):
-        kept.append(batch)
-        count += len(batch)
-        if count >= FIGURE_ITEMS:
-            break
-    return torch.cat(kept)[:FIGURE_ITEMS] if kept else torch.zeros(0)
-
-
-def _final_evaluation(session: Session, model: torch.nn.Module, spec: TrainSpec, data: Optional[Dataset]) -> dict:
-    """The spec's `evaluation` on the test split (and on the data's factors), as `vae eval` does."""
+def _final_evaluation(session: Session, model: torch.nn.Module, spec: TrainSpec, data: Optional[Dataset],
+                      preprocessing: Preprocessing) -> dict:
+    """The spec's `evaluation` on the test split (and on the data's factors), as `vae eval` does:
+    the whole split held in memory, at most FIGURE_ITEMS of a stream (`sources.holdout`)."""
     e = spec.evaluation
-    return evaluation.evaluate(unwrap(model), e.metrics, test_images=_test_split(session, data), binarize=spec.data.binarize,
+    test = (model_test_split(spec, loaded=data) if data is not None
+            else model_test_split(spec, stream=session.dataset_shard("test"), preprocessing=preprocessing))
+    return evaluation.evaluate(unwrap(model), e.metrics, test_images=test.images, binarize=spec.data.binarize,
                                factors=from_spec.factor_data(spec), nll_samples=e.nll_samples, points=e.points,
                                seed=spec.optim.seed or 0)
 

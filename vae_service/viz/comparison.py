@@ -25,6 +25,7 @@ from matplotlib.patches import Circle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from vae_service.core.data import DIGITS, ImageSplit, to_unit_float
+from vae_service.core.inference import encode_batch
 from vae_service.core.loop import evaluate
 from vae_service.core.model import VAE
 from vae_service.core import metrics as M
@@ -162,7 +163,7 @@ def reconstructions_figure(models: Mapping[str, VAE], images: torch.Tensor) -> F
     for ax, (kind, model) in zip(axes, models.items()):
         with canvas.inference(model) as vae:
             device = next(vae.parameters()).device
-            mu, _ = vae.encode(x.to(device))
+            mu, _ = encode_batch(vae, x.to(device))
             recon = vae.mean_image(mu).cpu()
         pairs = canvas.tile(torch.cat([x.cpu(), recon]), ncols=n, pad=2)  # inputs above, white gaps
         ax.imshow(pairs, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")

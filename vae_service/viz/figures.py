@@ -32,6 +32,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from vae_service.core.data import DIGITS
+from vae_service.core.inference import encode_batch
 from vae_service.core.model import VAE
 from vae_service.viz.canvas import (
     ArrayLike,
@@ -72,7 +73,7 @@ def reconstructions(model: VAE, images: ArrayLike, n: int = 8) -> Figure:
     """The first n images (top row) above their reconstructions E[x|z = μ] (bottom row)."""
     _needs_images(model, "reconstructions")
     x = image_batch(model, images)[:n]
-    mu, _ = model.encode(x)
+    mu, _ = encode_batch(model, x)
     recon = model.mean_image(mu)
     n = len(x)
     fig = Figure(figsize=(max(1.0 * n + 1.2, 4.0), 2.9), layout="constrained")
@@ -274,7 +275,7 @@ def latent_dimensions(model: VAE, images: ArrayLike, n: int = 8) -> Figure:
     no information about the image (posterior collapse).
     """
     x = image_batch(model, images)[:n]
-    mu, logvar = model.encode(x)
+    mu, logvar = encode_batch(model, x)
     mu, sigma = to_numpy(mu), to_numpy(torch.exp(0.5 * logvar))
     n, d = mu.shape
     dims = np.arange(1, d + 1)
@@ -397,7 +398,7 @@ def latent_traversals(
     `row_labels` names what a dimension encodes (e.g. the dSprites factor it is most informative of)."""
     _needs_images(model, "latent_traversals")
     x = image_batch(model, image)[:1]
-    mu, _ = model.encode(x)
+    mu, _ = encode_batch(model, x)
     mu = mu[0]
     d = mu.shape[0]
     if kl_per_dim is not None:
@@ -452,7 +453,7 @@ def interpolation(model: VAE, image_a: ArrayLike, image_b: ArrayLike, steps: int
     _needs_images(model, "interpolation")
     x_a = image_batch(model, image_a)[:1]
     x_b = image_batch(model, image_b)[:1]
-    mu, _ = model.encode(torch.cat([x_a, x_b]))
+    mu, _ = encode_batch(model, torch.cat([x_a, x_b]))
     path = interpolate_latents(mu[0], mu[1], steps, method)
     images = model.mean_image(path)
     t = np.linspace(0.0, 1.0, steps)
