@@ -86,6 +86,19 @@ def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_with_json(tmp_path, ray_a
     assert result["mlflow_run_id"] == run_id and client().get_run(run_id).info.status == "FINISHED"
 
 
+def test_an_encode_dataset_spec_runs_as_a_job_with_its_outcome_beside_its_output(tmp_path):
+    """`vae run` takes every kind of job: an encode-dataset spec whose source is missing is bad
+    input in one line (exit 2, no Ray started), its outcome in the run directory beside the output."""
+    spec = tmp_path / "encode.yaml"
+    spec.write_text(f"kind: encode-dataset\nmodel: {tmp_path / 'model'}\ndata: {{source: {tmp_path / 'nowhere'}, format: numpy}}\n"
+                    f"output: {tmp_path / 'codes'}\n")
+    done = subprocess.run(VAE + ["run", str(spec)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "data.source:" in done.stderr.strip().splitlines()[-1]
+    outcome, = (tmp_path / "codes" / "_runs").glob("encode-*/outcome.json")
+    assert json.loads(outcome.read_text())["error"]["kind"] == "bad_input"
+
+
 def test_missing_data_is_a_clear_error_before_ray_starts(tmp_path):
     spec = _write_spec(tmp_path, epochs=1)
     env = dict(os.environ, VAE_DATA_DIR=str(tmp_path / "nowhere"), VAE_CACHE_DIR=str(tmp_path / "cache"))

@@ -135,8 +135,17 @@ def _print_summary(spec, result) -> None:
     err.print(table)
 
 
+def _encode_headline(spec) -> str:
+    return f"vae run encode-dataset {spec.name}: {spec.data.source} through {spec.model} → {spec.output}"
+
+
+def _print_encode_summary(spec, result) -> None:
+    say(result.summary)
+
+
 # What `vae run` says of a job before and after it runs, by kind.
-PRESENTATION = {"train": (_train_headline, _print_summary), "sweep": (_sweep_headline, _print_sweep_summary)}
+PRESENTATION = {"train": (_train_headline, _print_summary), "sweep": (_sweep_headline, _print_sweep_summary),
+                "encode-dataset": (_encode_headline, _print_encode_summary)}
 
 
 # ---------------------------------------------------------------------------------------------
