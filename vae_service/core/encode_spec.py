@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 
 from vae_service.core.spec import DataSpec, ResourcesSpec, StrictModel, absolute_path
 
-MAX_BATCH = 65_536
+MAX_ENCODE_BATCH = 65_536  # items per encoder call (a training step's bound is core.spec.MAX_BATCH)
 RUNS_DIR = "_runs"  # in `output`: the job's run directories
 URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # models:/…, runs:/…, s3://… (else a local directory)
 
@@ -36,7 +36,7 @@ class EncodeDatasetSpec(StrictModel):
                        description="The encoder: models:/name/version (or /alias), runs:/<run id>/model, or a model directory.")
     data: DataSpec = Field(..., description="Your own data (data.source and data.format images, numpy or parquet); every item is encoded.")
     output: str = Field(..., min_length=1, max_length=2000, description="Folder or s3://bucket/prefix for the Parquet parts.")
-    batch_size: int = Field(1024, ge=1, le=MAX_BATCH, description="Items per encoder call.")
+    batch_size: int = Field(1024, ge=1, le=MAX_ENCODE_BATCH, description="Items per encoder call.")
     images_per_part: int = Field(1000, ge=1, le=1_000_000, description="Image folders: at most this many images per output part.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec,
                                      description="num_workers: encoder actors; cpus_per_worker: CPUs of each.")
