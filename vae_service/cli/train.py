@@ -68,6 +68,9 @@ def run(
     headline, print_summary = PRESENTATION[spec.kind]
     say(headline(spec))
     # Imported here: Ray and torch take seconds to import, and validate/schema need neither.
+    from vae_service.jobs.warm import warm_a_worker
+
+    warm_a_worker(spec)  # first: its imports run beside the driver's (joining a running cluster)
     from vae_service.jobs.execute import execute
     from vae_service.jobs.reporter import Reporter
 

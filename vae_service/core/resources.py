@@ -21,6 +21,11 @@ def per_worker(resources: ResourcesSpec) -> dict[str, float]:
     return {"CPU": resources.cpus_per_worker, "GPU": resources.gpus}
 
 
+def runs_as_one_task(resources: ResourcesSpec) -> bool:
+    """A run of one worker is one Ray task, not a Ray Train worker group (training/one_worker.py)."""
+    return resources.num_workers == 1
+
+
 def requested_resources(job: Job) -> dict[str, float]:
     """Peak Ray resources of a job (any kind)."""
     return requested_bundles(job).total

@@ -31,8 +31,6 @@ def main() -> int:
 
     from vae_service.core.spec_loading import SpecError, load_spec_text
     from vae_service.environment import apply_process_defaults, quiet_libraries
-    from vae_service.jobs.execute import execute
-    from vae_service.jobs.reporter import Reporter
 
     apply_process_defaults()
     quiet_libraries()
@@ -41,6 +39,12 @@ def main() -> int:
     except SpecError as exc:  # the server validated it; a different version on the cluster may not
         print(f"bad input: {exc}", file=sys.stderr)
         return 2
+    from vae_service.jobs.warm import warm_a_worker
+
+    warm_a_worker(spec)  # before the imports below (seconds): the worker imports beside them
+    from vae_service.jobs.execute import execute
+    from vae_service.jobs.reporter import Reporter
+
     run_dir = _run_dir(spec, job_id)
     resume = os.environ.get("VAE_JOB_RESUME") == "1" and _started(run_dir)
     outcome = execute(spec, reporter=Reporter(progress="lines"), job_id=job_id, run_dir=run_dir,

@@ -44,10 +44,6 @@ from vae_service.training.worker import driver_settings, train_loop
 REPORT_POLL_S = 0.2  # how often the driver hands new reports to the callbacks
 
 
-def suits(spec: TrainSpec) -> bool:
-    return spec.resources.num_workers == 1
-
-
 class TaskSession:
     """The worker loop's `Session` inside the task: rank 0 of 1."""
 

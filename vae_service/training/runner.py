@@ -22,7 +22,7 @@ from vae_service.core.checkpoint import STATE_FILE, load_checkpoint, reached, re
 from vae_service.core.errors import BadInput, Interrupted, JobFailed
 from vae_service.core.interrupt import HARD_STOP_AFTER_S, Interrupt
 from vae_service.core.model import VAE, ModelConfig
-from vae_service.core.resources import shortfall
+from vae_service.core.resources import runs_as_one_task, shortfall
 from vae_service.core.spec import ResourcesSpec, TrainSpec
 from vae_service.environment import runtime_env_vars, sealed_secrets
 from vae_service.sources.prepare import STREAMING, Prepared
@@ -116,7 +116,7 @@ def fit(
         },
     }
     try:
-        if one_worker.suits(spec):
+        if runs_as_one_task(spec.resources):
             def train() -> tuple[Optional[ray.train.Checkpoint], dict]:
                 return one_worker.run(spec, config, run_dir, data.streams or {}, interrupt, stop_grace_s,
                                       callbacks)

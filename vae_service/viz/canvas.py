@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.layout_engine import ConstrainedLayoutEngine  # noqa: E402
 
 from vae_service.core.data import to_unit_float  # noqa: E402
 from vae_service.core.model import VAE, unwrap  # noqa: E402
@@ -180,9 +181,11 @@ def save_png(fig: Figure, path: Union[str, Path], dpi: int = DEFAULT_DPI) -> Pat
     """Writes `fig` as a PNG (parent folders created) and closes it; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A constrained layout already keeps every label on the canvas; any other figure is saved
+    # with bbox "tight" (the canvas grown or trimmed to what is drawn), which draws it twice.
+    tight = {} if isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine) else {"bbox_inches": "tight", "pad_inches": 0.1}
     try:
-        # bbox "tight": the saved canvas is grown or trimmed to what is drawn, so no label is cut.
-        fig.savefig(path, dpi=dpi, format="png", facecolor="white", bbox_inches="tight", pad_inches=0.1)
+        fig.savefig(path, dpi=dpi, format="png", facecolor="white", **tight)
     finally:
         plt.close(fig)
     return path
