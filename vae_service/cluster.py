@@ -1,9 +1,11 @@
 """The Ray cluster this process works on: joining it (RAY_ADDRESS, else a local Ray started for
-the process), its live nodes, and this process's own node. Plain Ray core, no Ray Train: the
+the process), its live nodes, this process's own node, and a worker started ahead for the
+job's first task (start_a_worker). Plain Ray core, no Ray Train: the
 CLI's data commands, the Train and Tune adapters and Ray Data's encoding all start here."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Optional
 
@@ -20,6 +22,31 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) ->
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+_warming: list[ray.ObjectRef] = []  # the import started ahead by this driver (start_a_worker), if any
+
+
+@ray.remote(num_cpus=0)
+def _import(module: str) -> int:
+    try:
+        importlib.import_module(module)
+    except Exception:  # the task that waits for this imports it again, and fails with the reason
+        pass
+    return os.getpid()  # the warm process, for whoever wants to see which it is
+
+
+def start_a_worker(module: str) -> ray.ObjectRef:
+    """Starts a worker process of this Ray job importing `module` now, and returns at once (the
+    task's result is the process id). A task that passes `warming()` as an argument waits for the
+    import and then, Ray handing a job's idle worker process to its next task, runs in that process."""
+    ensure_ray()
+    _warming[:] = [_import.options(scheduling_strategy="DEFAULT").remote(module)]
+    return _warming[0]
+
+
+def warming() -> Optional[ray.ObjectRef]:
+    return _warming[0] if _warming else None
 
 
 def on_this_node() -> NodeAffinitySchedulingStrategy:

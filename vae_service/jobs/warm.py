@@ -2,37 +2,30 @@
 and the training loop while the driver does its own imports (torch, MLflow: seconds each).
 
 Ray hands an idle worker process of a Ray job to that job's next task, so a one-worker run's
-training task (training/one_worker.py) finds this process with everything imported. Measured on 2 cores,
-a 512-image run joining a running cluster: its first step 2–5 s sooner (bench/startup.py).
+training task (training/one_worker.py), which waits for the import (it would otherwise start a
+second process that imports the same beside it), finds this process with everything imported.
 
 Only where it can help: a train job of one worker, whose driver's node could hold that worker
 (the task goes where the driver runs, and a worker process is never shared between nodes). A
 local Ray is started later, once the data is checked (jobs/execute.py), so a bad spec fails at
-once: there is nothing to join yet. Best effort: the warm task holds no resources, and if
-another task of the job takes the process first, the training task starts a process as before.
-A worker process belongs to one Ray job, so nothing warm is shared between jobs.
+once: there is nothing to join yet. The warm task holds no resources; if another task of the
+job took the process first, the training task starts a process as before. A worker process
+belongs to one Ray job, so nothing warm is shared between jobs.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Optional
 
 import ray
 
-from vae_service.cluster import ensure_ray
+from vae_service.cluster import ensure_ray, start_a_worker
 from vae_service.core.capacity import workers_that_fit
 from vae_service.core.job import Job
 from vae_service.core.resources import per_worker, runs_as_one_task
 
 TRAINING_LOOP = "vae_service.training.one_worker"  # what the training task imports first
-
-
-@ray.remote(num_cpus=0)
-def _import(module: str) -> int:
-    importlib.import_module(module)
-    return os.getpid()  # the warm process, for whoever wants to see which it is
 
 
 def warm_a_worker(job: Job) -> Optional[ray.ObjectRef]:
@@ -49,4 +42,4 @@ def warm_a_worker(job: Job) -> Optional[ray.ObjectRef]:
     node = [n["Resources"] for n in ray.nodes() if n["NodeID"] == here and n.get("Alive")]
     if not workers_that_fit(per_worker(spec.resources), node):
         return None  # the training task will run on another node
-    return _import.options(scheduling_strategy="DEFAULT").remote(TRAINING_LOOP)
+    return start_a_worker(TRAINING_LOOP)

@@ -34,6 +34,7 @@ import ray.train
 import torch
 
 from vae_service import storage
+from vae_service.cluster import warming
 from vae_service.core.checkpoint import STATE_FILE
 from vae_service.core.interrupt import Interrupt
 from vae_service.core.spec import TrainSpec
@@ -86,8 +87,9 @@ class TaskSession:
 
 
 @ray.remote
-def train_one_worker(config: dict, run_dir: str, keep: int, datasets: dict) -> None:
-    """The task (its process shows as `ray::train_one_worker`)."""
+def train_one_worker(config: dict, run_dir: str, keep: int, datasets: dict, warmed: Optional[int] = None) -> None:
+    """The task (its process shows as `ray::train_one_worker`). `warmed`: the worker process
+    started ahead for it (cluster.start_a_worker), which Ray resolves, so the task waits for it."""
     with driver_settings(config):
         train_loop(config, TaskSession(config["progress_board"], storage.resolve(run_dir), keep, datasets))
 
@@ -105,7 +107,7 @@ def run(spec: TrainSpec, config: dict, run_dir: storage.Location, datasets: dict
         # No runtime environment (the settings travel in `config`): Ray has workers started ahead
         # for tasks that ask for none.
         scheduling_strategy="DEFAULT",  # not inside a caller's placement group (a Tune trial's holds no CPU)
-    ).remote(config, run_dir.uri, spec.storage.keep_checkpoints, datasets)
+    ).remote(config, run_dir.uri, spec.storage.keep_checkpoints, datasets, warmed=warming())
     interrupt.on_request(lambda: ray.cancel(task, force=True), after_s=stop_grace_s)  # after the board's stop (runner.fit)
     user_callbacks = [c for c in callbacks if isinstance(c, ray.train.UserCallback)]
     board, passed, done = config["progress_board"], 0, not user_callbacks
