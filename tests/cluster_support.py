@@ -76,6 +76,9 @@ def build_images() -> str:
     return done.stderr
 
 
+WORKER_GROUP_START_TIMEOUT_S = 20  # the stack's RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (Ray Train's default: 60)
+
+
 @dataclass
 class Stack:
     """The compose project: its settings (fresh secrets, free ports) and the commands on it."""
@@ -89,7 +92,9 @@ class Stack:
     @property
     def env(self) -> dict:
         settings = {**self.secrets, **{k: str(v) for k, v in self.ports.items()}, "S3_ACCESS_KEY": "vae",
-                    "VAE_IMAGE_TAG": IMAGE_TAG, "VAE_DATA_DIR": str(self.data_dir), "RAY_WORKER_CPUS": "2"}
+                    "VAE_IMAGE_TAG": IMAGE_TAG, "VAE_DATA_DIR": str(self.data_dir), "RAY_WORKER_CPUS": "2",
+                    # a worker group not placed is started again after 20 s, not 60: the killed-worker test sees it sooner
+                    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(WORKER_GROUP_START_TIMEOUT_S)}
         return {**os.environ, **settings}
 
     def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
