@@ -105,6 +105,7 @@ TARGET_UTILISATION = 0.90
 TARGET_TIER1_P95_S = TICK_S + PREEMPT_GRACE_S
 TARGET_TICK_P95_MS, TARGET_QUEUED = 50.0, 20_000
 QUEUE_BINS = (0, 100, 1000, 5000, 10_000, 20_000, math.inf)  # tick cost by jobs queued
+PROGRESS_TICKS = 2000  # a line on stderr every so many ticks: a long run shows it is alive
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
@@ -315,6 +316,9 @@ class Simulation:
             if self.queue.count:
                 self.apply(self.timed_decision())
             self.timeline.append((self.now, self.held_gpus, self.queue.count))
+            if len(self.ticks) % PROGRESS_TICKS == 0 and self.ticks and self.queue.count:
+                print(f"  {self.now / 3600:6.1f} h simulated, {len(self.ticks)} ticks, {self.queue.count} queued, "
+                      f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
             tick = self.next_tick()
         self.wall_s = time.perf_counter() - started
         return self
