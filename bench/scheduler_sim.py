@@ -45,7 +45,7 @@ Measured, per policy:
                   over the ticks where at least two users have jobs queued.
   preemptions     how many, and the GPU-hours of work they threw away (GPUs × time since the
                   victim's last checkpoint).
-  tick cost       the policy's decision (plan()'s wall time, the queue-head read excluded) per
+  tick cost       the policy's decision (plan()'s wall time, with the simulator's own front-of-queue read and placements map) per
                   tick, p50 / p95, by how many jobs were queued then; and for the real plan, the
                   same pass with the whole trace queued at once behind a full cluster
                   (`tick_at_full_queue`, the issue's "at 20,000 queued jobs").
