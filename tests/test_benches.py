@@ -124,6 +124,33 @@ def check_queue_tick(results: dict, output: Path) -> None:
         assert positive(results["front_growth"][backend])
 
 
+def check_scheduler_sim(results: dict, output: Path) -> None:
+    assert {"benchmark", "setup", "policies", "tick_at_full_queue", "targets", "met", "machine", "when"} <= set(results)
+    assert results["benchmark"] == "scheduler_sim" and results["tiny"]
+    jobs = results["setup"]["jobs"]
+    assert set(results["policies"]) == {"queue", "fifo", "priority"}
+    for name, policy in results["policies"].items():
+        assert policy["finished"] == jobs, f"{name}: {policy['finished']} of {jobs} jobs finished"
+        assert_positive(policy, "utilisation", "utilisation_under_backlog", "makespan_h", "backlog_h", "ticks", where=name)
+        assert policy["utilisation"] <= 1 and policy["utilisation_under_backlog"] <= 1, name
+        assert set(policy["wait_s"]) == {"tier1", "tier2", "tier3"}, name
+        for tier, wait in policy["wait_s"].items():
+            assert wait["jobs"] > 0 and all(finite(wait[k]) and wait[k] >= 0 for k in ("p50", "p95", "mean")), (name, tier)
+            assert wait["p50"] <= wait["p95"], (name, tier)
+        assert finite(policy["jain_index"]) and 0 < policy["jain_index"] <= 1, (name, policy["jain_index"])
+        assert_positive(policy["tick_ms"], "p50", "p95", "max", where=f"{name} tick_ms")
+        assert policy["tick_ms_by_queued"] and all(positive(row["p95_ms"]) for row in policy["tick_ms_by_queued"]), name
+        assert finite(policy["gpu_hours_lost"]) and policy["gpu_hours_lost"] >= 0
+    # only the real plan preempts, and the tiny trace is made so that it does
+    assert results["policies"]["queue"]["preemptions"] > 0 and positive(results["policies"]["queue"]["gpu_hours_lost"])
+    assert results["policies"]["fifo"]["preemptions"] == results["policies"]["priority"]["preemptions"] == 0
+    full = results["tick_at_full_queue"]
+    assert full["queued"] == jobs and 0 < full["front"] <= jobs and full["running"] > 0
+    assert_positive(full, "p50_ms", "p95_ms", where="tick_at_full_queue")
+    assert set(results["met"]) == {"utilisation_under_backlog", "tier1_p95_wait", "tick_p95_at_full_queue"}
+    assert output.with_suffix(".png").stat().st_size > 0, "no plot beside the JSON"
+
+
 def check_startup(results: dict, output: Path) -> None:
     for side in ("plain", "vae_run"):
         assert_positive(results[side], "first_step_s", "steps_s", "fixed_s", "total_s", where=side)

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import itertools
+import random
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Optional
@@ -647,6 +648,27 @@ def test_bundles_are_placed_as_ray_places_them():
     assert nodes.short(Bundles({"CPU": 4.0})) == "no node has 4 CPUs free (3 CPUs free on 1 node, 1 CPU free on 1 node, 0 CPUs free on 1 node)"
     assert nodes.short(Bundles({"CPU": 1.0}, 5)) == ("the nodes have room for 4 of its 5 workers (3 CPUs free on 1 node, "
                                                      "1 CPU free on 1 node, 0 CPUs free on 1 node)")
+
+
+def test_the_plans_view_of_the_nodes_answers_as_the_nodes_do():
+    # scheduling.Placing remembers how many bundles of a kind the nodes can hold (a tick over
+    # 1,000 nodes would otherwise walk them all for each queued job): as jobs are placed on it,
+    # it must still answer exactly as Cluster does.
+    rng = random.Random(0)
+    for _ in range(200):
+        nodes = Cluster([Node(f"n{i}", {"CPU": float(rng.choice((2, 4, 8))), "GPU": float(rng.choice((0, 1, 2)))})
+                         for i in range(rng.randint(1, 5))])
+        view = scheduling.Placing(nodes.copy())
+        for _ in range(12):
+            bundles = Bundles({"CPU": float(rng.choice((1, 2, 3))), "GPU": float(rng.choice((0, 1)))}, rng.randint(1, 4),
+                              rng.choice(("PACK", "SPREAD")))
+            expected = nodes.where(bundles)
+            assert view.can_place(bundles) == (expected is not None)
+            assert view.where(bundles) == expected
+            assert view.short(bundles) == nodes.short(bundles)
+            if expected is not None and rng.random() < 0.5:
+                nodes.take(bundles, expected)
+                view.take(bundles, expected)
 
 
 def test_a_job_over_its_users_quota_waits_with_the_reason_and_blocks_nobody():
