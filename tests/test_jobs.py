@@ -113,9 +113,10 @@ def test_first_ctrl_c_requests_a_stop_second_one_raises():
     assert signal.getsignal(signal.SIGINT) is before
 
 
-def test_credentials_never_reach_an_error_message(tiny_spec, monkeypatch):
+def test_credentials_never_reach_an_error_message(tiny_spec, monkeypatch, ray_cluster):
     """Issue 12, defect 5: a password in MLFLOW_TRACKING_URI used to be printed (and stored by
-    the queue) in the "MLflow is unavailable" error."""
+    the queue) in the "MLflow is unavailable" error. (The job checks that it fits on Ray before
+    it opens its MLflow run: on the session's cluster, not a local Ray left behind in this process.)"""
     from vae_service.core.errors import redact
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2-secret")
@@ -132,3 +133,31 @@ def test_credentials_never_reach_an_error_message(tiny_spec, monkeypatch):
     written = (Path(outcome.run_dir) / OUTCOME_FILE).read_text()
     assert "pa55word" not in str(outcome.error) and "pa55word" not in written
     assert "http://***@127.0.0.1" in outcome.error.message
+
+
+def test_every_kind_of_job_implements_the_job_interface_and_only_a_train_job_trains_in_its_driver():
+    """Each kind answers every member of core/job.Job, so no caller needs to branch on the kind;
+    `trained_by_driver` is what decides whether a worker is started ahead (jobs/warm.py)."""
+    import inspect
+
+    from vae_service.core.encode_spec import EncodeDatasetSpec
+    from vae_service.core.job import Job
+    from vae_service.core.spec_loading import load_spec
+    from vae_service.jobs.compare import default_spec_paths, load_comparison
+    from vae_service.jobs.execute import EXECUTORS
+
+    root = Path(__file__).resolve().parents[1] / "jobs"
+    jobs = {
+        "train": load_spec(root / "mnist-vae.yaml"),
+        "sweep": load_spec(root / "beta-sweep.yaml"),
+        "compare": load_comparison(default_spec_paths(root.parent)),
+        "encode-dataset": EncodeDatasetSpec(model="models:/m/1", data={"source": "/data/x", "format": "numpy"}, output="/out"),
+    }
+    assert set(jobs) == set(EXECUTORS)
+    members = [name for name, _ in inspect.getmembers(Job) if not name.startswith("_")]
+    assert {"train_specs", "trained_by_driver", "worker_resources", "storage_uri"} <= set(members)
+    for kind, job in jobs.items():
+        assert job.kind == kind
+        missing = [name for name in members if not hasattr(job, name)]
+        assert not missing, f"{kind} lacks {missing}"
+        assert job.trained_by_driver() is (job if kind == "train" else None)

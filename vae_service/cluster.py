@@ -58,4 +58,14 @@ def on_this_node() -> NodeAffinitySchedulingStrategy:
 
 def live_nodes() -> list[dict[str, float]]:
     """The total resources of each live node of the cluster this process is connected to."""
-    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+    return [dict(node["Resources"]) for node in _alive()]
+
+
+def this_node() -> dict[str, float]:
+    """The total resources of the node this process runs on."""
+    here = ray.get_runtime_context().get_node_id()
+    return next(dict(node["Resources"]) for node in _alive() if node["NodeID"] == here)
+
+
+def _alive() -> list[dict]:
+    return [node for node in ray.nodes() if node.get("Alive")]

@@ -61,6 +61,9 @@ class EncodeDatasetSpec(StrictModel):
     def train_specs(self) -> list:
         return []  # trains nothing
 
+    def trained_by_driver(self) -> None:
+        return None
+
     def worker_resources(self) -> ResourcesSpec:
         return self.resources
 

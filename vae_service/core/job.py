@@ -1,7 +1,7 @@
 """A job, as whoever runs, queues, places or checks it sees one: the interface that every kind
 (train, sweep, compare, encode-dataset) implements, so that none of them branches on the kind.
 
-What executes each kind is one table, `jobs/kinds.py`; the spec classes implement this
+What executes each kind is one table, `jobs/execute.EXECUTORS`; the spec classes implement this
 protocol (core/spec.TrainSpec, core/sweep_spec.SweepSpec, jobs/compare.CompareJob,
 core/encode_spec.EncodeDatasetSpec).
 """
@@ -26,6 +26,10 @@ class Job(Protocol):
 
     def train_specs(self) -> list["TrainSpec"]:
         """The train specs it trains (none for a job that trains nothing)."""
+
+    def trained_by_driver(self) -> Optional["TrainSpec"]:
+        """The one spec its driver trains itself (a train job), else None: a sweep's trials run
+        in Tune's actors, a comparison's in runs of their own (what jobs/warm.py asks)."""
 
     def worker_resources(self) -> "ResourcesSpec":
         """What one of its workers asks of Ray, and whether the queue may preempt it."""

@@ -460,6 +460,9 @@ class TrainSpec(StrictModel):
     def train_specs(self) -> list["TrainSpec"]:
         return [self]
 
+    def trained_by_driver(self) -> "TrainSpec":
+        return self
+
     def worker_resources(self) -> ResourcesSpec:
         return self.resources
 

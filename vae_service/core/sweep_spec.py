@@ -249,6 +249,9 @@ class SweepSpec(StrictModel):
     def train_specs(self) -> list[TrainSpec]:
         return [self.train]
 
+    def trained_by_driver(self) -> None:
+        return None
+
     def worker_resources(self) -> ResourcesSpec:
         return self.train.resources
 

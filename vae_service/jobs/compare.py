@@ -57,6 +57,9 @@ class CompareJob(BaseModel):
     def train_specs(self) -> list[TrainSpec]:
         return list(self.specs.values())
 
+    def trained_by_driver(self) -> None:
+        return None
+
     def worker_resources(self) -> ResourcesSpec:
         return max((spec.resources for spec in self.specs.values()), key=lambda r: (r.num_workers, r.cpus_per_worker, r.gpus))
 

@@ -20,7 +20,7 @@ from typing import Optional
 
 import ray
 
-from vae_service.cluster import ensure_ray, start_a_worker
+from vae_service.cluster import ensure_ray, start_a_worker, this_node
 from vae_service.core.capacity import workers_that_fit
 from vae_service.core.job import Job
 from vae_service.core.resources import per_worker, runs_as_one_task
@@ -32,14 +32,12 @@ def warm_a_worker(job: Job) -> Optional[ray.ObjectRef]:
     """Starts a worker importing the training loop when `job` would use it (RAY_ADDRESS set, a
     single-worker train job, this node big enough for it); returns the import's task
     (its result: the warm process's id), else None."""
-    if job.kind != "train" or not os.environ.get("RAY_ADDRESS"):
+    spec = job.trained_by_driver()
+    if spec is None or not os.environ.get("RAY_ADDRESS"):
         return None
-    (spec,) = job.train_specs()
     if not runs_as_one_task(spec.resources):  # Ray Train's worker group: actors of their own
         return None
     ensure_ray()
-    here = ray.get_runtime_context().get_node_id()
-    node = [n["Resources"] for n in ray.nodes() if n["NodeID"] == here and n.get("Alive")]
-    if not workers_that_fit(per_worker(spec.resources), node):
+    if not workers_that_fit(per_worker(spec.resources), [this_node()]):
         return None  # the training task will run on another node
     return start_a_worker(TRAINING_LOOP)
