@@ -177,7 +177,7 @@ def test_an_epoch_stopped_at_a_step_and_continued_from_its_checkpoint_equals_the
     torch.manual_seed(7)
     asked = iter([False, False, True])
     part = train_batches(stopped_model, stopped_optimizer, batches(), 10, objective, epoch=1, binarize="dynamic",
-                         should_stop=lambda: next(asked))
+                         should_stop=lambda: next(asked), sync_s=0)  # a sync point (where a stop is taken) every step
     assert (part.stopped, part.steps, part.images) == (True, 3, 96)
     save_checkpoint(tmp_path, stopped_model, stopped_optimizer, {"epoch": 0, PART_EPOCH: {
         "steps": part.steps, "sums": [part.loss_sum, part.recon_sum, part.kl_sum], "images": part.images,

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from vae_service.core import continuous_bernoulli
 from vae_service.core.model import unwrap
+from vae_service.core.precision import autocast
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -88,15 +89,19 @@ class LossTerms:
 CODE_FOR_OBJECTIVE = {"vae": "sample", "ae": "mean", "kl_only": "detached"}
 
 
-def compute_loss(model: torch.nn.Module, x: torch.Tensor, objective: Objective, progress: float = 0.0) -> LossTerms:
+def compute_loss(model: torch.nn.Module, x: torch.Tensor, objective: Objective, progress: float = 0.0,
+                 precision: str = "fp32") -> LossTerms:
     """One forward pass and the objective's loss; reported terms are always the true −ELBO's.
 
     `model` is a VAE or a DDP wrapper around one (the forward pass must go through the wrapper).
     kl_only: the encoder is trained by the KL term alone; the decoder still learns from the
     (uninformative) codes, so it converges to the mean image, as in the article.
+    `precision` bf16: the forward pass under autocast; the loss and its sums in fp32 (core/precision.py).
     """
     vae = unwrap(model)
-    output, mu, logvar = model(x, code=CODE_FOR_OBJECTIVE[objective.kind])
+    with autocast(x.device, precision):
+        output, mu, logvar = model(x, code=CODE_FOR_OBJECTIVE[objective.kind])
+    output, mu, logvar = output.float(), mu.float(), logvar.float()  # no-ops in fp32
     recon = reconstruction_nll(output, x, vae.config.likelihood, vae.log_scale)
     kl_dims = kl_per_dim(mu, logvar)
     kl = kl_dims.sum(dim=1)

@@ -302,10 +302,31 @@ class OptimSpec(StrictModel):
     batch_size: PositiveInt = Field(
         128, le=MAX_BATCH, description="Global batch size, split evenly across workers."
     )
-    lr: PositiveFloat = 1e-3
+    lr: PositiveFloat = Field(1e-3, description="Adam's learning rate at lr_reference_batch (see lr_scaling).")
+    lr_scaling: Literal["none", "sqrt", "linear"] = Field(
+        "none",
+        description="How lr follows the global batch: sqrt (Adam's rule: lr·√(batch_size/lr_reference_batch)), "
+        "linear (SGD's rule, with warm-up), none (lr as given, whatever the batch).",
+    )
+    lr_reference_batch: PositiveInt = Field(128, le=MAX_BATCH, description="The global batch that lr was tuned for.")
+    lr_warmup_epochs: float = Field(
+        0.0, ge=0.0, le=MAX_EPOCHS, description="Linear warm-up of the learning rate from 0 over this many epochs."
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: the forward pass in bfloat16 (autocast); the loss and its sums stay fp32."
+    )
+    compile: bool = Field(False, description="torch.compile the loss and the model's forward (the first steps pay for it).")
     seed: Optional[int] = Field(
         0, ge=0, le=MAX_SEED, description="Seed for reproducible runs (0 to 2**32-1); null for random."
     )
+
+    def lr_at(self, progress: float) -> float:
+        """The learning rate after `progress` epochs (fractional): lr scaled to the global batch
+        by lr_scaling, ramped up linearly from 0 over lr_warmup_epochs."""
+        ratio = self.batch_size / self.lr_reference_batch
+        scale = {"none": 1.0, "sqrt": math.sqrt(ratio), "linear": ratio}[self.lr_scaling]
+        warm = min(1.0, progress / self.lr_warmup_epochs) if self.lr_warmup_epochs > 0 else 1.0
+        return self.lr * scale * warm
 
 
 class ResourcesSpec(StrictModel):

@@ -110,13 +110,12 @@ class ProgressReporter:
 
 class StopRequests:
     """Whether the driver asked the run to stop (Ctrl-C, or the queue cancelling or preempting
-    the job; the progress board holds the request). Rank 0 asks the board at most every
-    STOP_POLL_S and never waits for the answer; with several ranks, every rank takes the answer
-    at the same step (one all_reduce per step), so DDP's ranks stop together."""
+    the job; the progress board holds the request), as rank 0 knows it: it asks the board at most
+    every STOP_POLL_S and never waits for the answer. The training loop asks at its sync points,
+    where DDP's ranks agree on it (core/loop.py), so they stop together at the same step."""
 
-    def __init__(self, board: Any, rank: int, world_size: int, device: torch.device):
+    def __init__(self, board: Any, rank: int):
         self.board = board if rank == 0 else None
-        self.world_size, self.device = world_size, device
         self.requested = False
         self._pending: Optional[ray.ObjectRef] = None
         self._asked_at = 0.0
@@ -127,11 +126,7 @@ class StopRequests:
                 self.requested, self._pending = bool(ray.get(self._pending)), None
             if self._pending is None and time.monotonic() - self._asked_at >= STOP_POLL_S:
                 self._pending, self._asked_at = self.board.stop_requested.remote(), time.monotonic()
-        if self.world_size == 1:
-            return self.requested
-        flag = torch.tensor([float(self.requested)], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return self.requested
 
 
 def _over_all_ranks(stats: EpochStats, world_size: int, device: torch.device) -> EpochStats:
@@ -145,15 +140,15 @@ def _over_all_ranks(stats: EpochStats, world_size: int, device: torch.device) ->
     return EpochStats(int(images), loss_sum, recon_sum, kl_sum, stats.seconds)
 
 
-def _rank_mean(world_size: int):
+def _rank_max(world_size: int):
     if world_size == 1:
         return None
 
-    def mean(tensor: torch.Tensor) -> torch.Tensor:
-        dist.all_reduce(tensor)
-        return tensor / world_size
+    def largest(tensor: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor
 
-    return mean
+    return largest
 
 
 def _gather_check(world_size: int, shard: torch.Tensor, model: torch.nn.Module) -> dict:
@@ -201,7 +196,7 @@ def train_loop(config: dict, session: Session) -> None:
     if seed is not None:
         torch.manual_seed(seed)  # identical initial weights on every rank (DDP also broadcasts)
     model = VAE(from_spec.model_config(spec, preprocessing.input_shape)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=spec.optim.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec.optim.lr_at(0.0))  # the loop sets it each step
 
     start_epoch, part = 0, None
     checkpoint = _latest_of(session.restored(), _explicit_resume(config))
@@ -223,9 +218,9 @@ def train_loop(config: dict, session: Session) -> None:
     model = session.prepare_model(model)
     objective = from_spec.objective(spec)
     per_worker_batch = max(1, spec.optim.batch_size // world_size)
-    rank_mean = _rank_mean(world_size)
+    rank_max = _rank_max(world_size)
     epoch_logger = EpochLogger(config["mlflow_run_id"]) if rank == 0 and config.get("mlflow_run_id") else None
-    stop_requested = StopRequests(board, rank, world_size, device) if board is not None else None
+    stop_requested = StopRequests(board, rank) if board is not None else None
 
     for epoch in range(start_epoch, spec.optim.epochs):
         seed_everything(seed if seed is not None else int(time.time()), epoch, rank)
@@ -245,14 +240,15 @@ def train_loop(config: dict, session: Session) -> None:
         try:
             stats = train_batches(
                 model, optimizer, batches, steps, objective, epoch,
-                binarize=spec.data.binarize, on_step=reporter, rank_mean=rank_mean, done=done,
+                binarize=spec.data.binarize, on_step=reporter, rank_max=rank_max, done=done,
+                precision=spec.optim.precision, compile=spec.optim.compile, lr_at=spec.optim.lr_at,
                 # A stream's order is not reproducible, so a streamed epoch is not stopped part-way:
                 # the driver's stop then ends the run, which continues from its last whole epoch.
                 should_stop=stop_requested if data is not None else None,
             )
         except NonFiniteLoss as exc:
-            # Deterministic: a retry would fail the same way. Every rank saw the same shared
-            # loss, so all stop here together; rank 0 tells the driver why.
+            # Deterministic: a retry would fail the same way. Every rank took the same read-back,
+            # so all stop here together; rank 0 tells the driver why.
             if rank == 0 and board is not None:
                 ray.get(board.fail.remote(str(exc)))
             return
