@@ -60,6 +60,47 @@ def check_data_throughput(results: dict, output: Path) -> None:
         assert_positive(row, "data_mb", "rows", "peak_mb", "images_per_s", where=f"memory {row['loading']}")
 
 
+def check_gpu_check(results: dict, output: Path) -> None:
+    assert {"benchmark", "machine", "matmul", "throughput", "iwae", "dsprites", "packages_imported", "elapsed_s"} <= set(results)
+    assert results["benchmark"] == "gpu_check" and results["tiny"] and results["finished"]
+    for section in ("matmul", "throughput", "iwae", "dsprites"):
+        assert "error" not in results[section], f"{section}: {results[section].get('traceback', results[section]['error'])}"
+    assert_positive(results["matmul"]["flops_per_s"], "fp32", "bf16", where="matmul")
+    models = results["throughput"]["models"]
+    assert set(models) == {"mlp", "conv"}
+    for arch, model in models.items():
+        assert_positive(model, "parameters", "forward_flops_per_image", "train_flops_per_image",
+                        "flop_counter_train_flops_per_image", where=arch)
+        assert model["train_flops_per_image"] == 3 * model["forward_flops_per_image"]
+        # torch's own count of forward + backward agrees (it skips the first layer's input gradient)
+        assert 0.75 < model["flop_counter_train_flops_per_image"] / model["train_flops_per_image"] <= 1.0, (arch, model)
+    rows = results["throughput"]["rows"]
+    measured = {(row["model"], row["mode"], row["batch_size"]) for row in rows if "images_per_s" in row}
+    assert measured == {(arch, mode, batch) for arch in ("mlp", "conv") for mode in ("fp32", "bf16") for batch in (128, 256)}
+    for row in rows:
+        where = f"{row['model']} {row['mode']} {row['batch_size']}"
+        if row["mode"] == "compiled":
+            assert row["skipped"].startswith("tiny"), where
+            continue
+        assert_positive(row, "images_per_s", "roofline_images_per_s", "fraction_of_roofline", "steps", "seconds", where=where)
+        assert finite(row["train_loss"]), where
+    iwae = results["iwae"]
+    assert_positive(iwae, "nll", "neg_elbo", "epochs_done", "steps", "train_seconds", where="iwae")
+    assert iwae["k"] == 50 and iwae["n_images"] == 200 and iwae["paper"]["nll"] == 86.76 and iwae["paper"]["source"]
+    assert iwae["nll"] <= iwae["neg_elbo"] + 1.0  # the IS bound is the tighter one
+    dsprites = results["dsprites"]
+    assert [run["beta"] for run in dsprites["runs"]] == [1.0, 4.0, 8.0]
+    assert dsprites["disentanglement_lib"]["steps"] == 300_000 and dsprites["disentanglement_lib"]["source"]
+    for run in dsprites["runs"]:
+        assert "error" not in run and not any(key.endswith("_error") for key in run), run
+        assert run["steps"] == 25
+        assert_positive(run, "neg_elbo", "steps_per_s", "fraction_of_budget", where=f"dsprites β={run['beta']}")
+        for key in ("mig", "factorvae"):  # FactorVAE is 0 when no dimension is active (25 steps)
+            assert finite(run[key]) and 0 <= run[key] <= 1, (run["beta"], key, run[key])
+    # the device has no Ray, MLflow, pydantic or YAML: the check must run without them
+    assert not {"ray", "mlflow", "pydantic", "yaml"} & set(results["packages_imported"]), results["packages_imported"]
+
+
 def check_preemption(results: dict, output: Path) -> None:
     assert {"benchmark", "median", "rounds", "setup"} <= set(results) and results["benchmark"] == "preemption"
     assert len(results["rounds"]) == 1
@@ -248,3 +289,36 @@ def test_bench_tiny(name, tmp_path):
     assert "wrote" in done.stdout  # its table and where it wrote
     changed = [str(path.relative_to(REPO)) for path, data in before.items() if not path.is_file() or path.read_bytes() != data]
     assert not changed, f"a tiny run rewrote committed files: {changed}"
+
+
+# ---------------------------------------------------------------------------------------------
+# gpu_check.py: what it can import, and its own arithmetic
+
+
+def test_gpu_check_imports_only_the_core():
+    """The device machine has PyTorch but no Ray, MLflow, pydantic or YAML: importing the check
+    loads vae_service.core and nothing else of the service."""
+    code = ("import runpy, sys; runpy.run_path(sys.argv[1], run_name='gpu_check'); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'mlflow', 'pydantic', 'yaml'}), "
+            "sorted(m for m in sys.modules if m.startswith('vae_service.') and not m.startswith('vae_service.core')))")
+    done = subprocess.run([sys.executable, "-c", code, str(BENCH / "gpu_check.py")], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[] []", done.stdout
+
+
+def test_gpu_check_unpacks_and_counts_as_the_core():
+    import numpy as np
+    import runpy
+
+    import torch
+
+    from vae_service.core import dsprites
+
+    check = runpy.run_path(str(BENCH / "gpu_check.py"), run_name="gpu_check")
+    factors = dsprites.DSprites().sample_factors(16, np.random.default_rng(0))
+    packed = dsprites.pack(dsprites.render(factors))
+    assert np.array_equal(check["unpack_on_device"](torch.from_numpy(packed)).numpy(), dsprites.unpack(packed))
+    # the hand count of the MLP 784-400-20 VAE: encoder 784·400 + 400·40, decoder 20·400 + 400·784 multiply-adds
+    mlp = check["VAE"](check["THROUGHPUT_MODELS"]["mlp"])
+    assert check["forward_flops"](mlp, (1, 28, 28)) == 2 * (784 * 400 + 400 * 40 + 20 * 400 + 400 * 784)
