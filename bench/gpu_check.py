@@ -36,8 +36,8 @@ on), the JSON rewritten after every measurement, so a run cut short still leaves
               β = 1, 4, 8, batch 64, for as many of disentanglement_lib's 300,000 steps as fit;
               then MIG and the FactorVAE score (10,000 points), beside Locatello et al.'s ranges
 
---budget-s (default 420) is split across the sections (matmul 3%, throughput 27%, iwae 30%,
-dsprites 40%; what a section leaves unused goes to the ones after it). A training section
+--budget-s (default 420) is split across the sections (matmul 3%, throughput 30%, iwae 28%,
+dsprites 39%; what a section leaves unused goes to the ones after it). A training section
 stops at its deadline, less the time its evaluation is estimated to take, and records how much
 of the paper's budget it did. The dSprites grid is rendered (about 20 s, once; cached under
 $VAE_CACHE_DIR) in a subprocess while the other sections run.
@@ -90,7 +90,7 @@ from vae_service.core.model import VAE, ModelConfig, count_parameters  # noqa: E
 from vae_service.core.objective import Objective, compute_loss  # noqa: E402
 
 SECTIONS = ("matmul", "throughput", "iwae", "dsprites")
-SHARES = {"matmul": 0.03, "throughput": 0.27, "iwae": 0.30, "dsprites": 0.40}
+SHARES = {"matmul": 0.03, "throughput": 0.30, "iwae": 0.28, "dsprites": 0.39}
 BATCH_SIZES = "128,256,512,1024,2048,4096,8192,16384"
 TINY = {"budget_s": 600, "batch_sizes": "128,256", "warmup_steps": 1, "min_steps": 2, "window_s": 0.0,
         "matmul_n": 256, "train_images": 512, "iwae_epochs": 1, "nll_samples": 50, "nll_images": 200,
@@ -471,7 +471,7 @@ def dsprites_batches(ctx: dict, tiny: bool, seed: int):
     on the device: index draws and unpacking there, from the packed grid held on the device;
     rendered on demand on the CPU in a tiny run."""
     device = ctx["device"]
-    if tiny:
+    if tiny or "dsprites_grid" not in ctx:
         data, rng = ctx["dsprites"], np.random.default_rng(seed)
         while True:
             yield data.observations(data.sample_factors(DSPRITES_BATCH, rng)).to(device)
@@ -486,6 +486,7 @@ def metric_cost_s(data: D.DSprites, represent: Callable, points: int, device: to
     batches, the FactorVAE score points / 64 for the variances and one batch per vote (points
     training votes, points / 2 evaluation votes)."""
     rng = np.random.default_rng(0)
+    represent(data.observations(data.sample_factors(DSPRITES_BATCH, rng)))  # the first call's set-up is not the pace
     started = time.perf_counter()
     for _ in range(10):
         represent(data.observations(data.sample_factors(DSPRITES_BATCH, rng)))
@@ -502,17 +503,23 @@ def section_dsprites(args, ctx: dict, deadline: float, out: dict, save: Callable
         data = D.DSprites()
         out["data"] = "dSprites re-rendered on demand (core/dsprites.py)"
     else:
-        render = ctx.get("grid_render")
-        if render is not None:
-            started = time.perf_counter()
-            _, err = render.communicate()
-            out["grid_wait_s"] = round(time.perf_counter() - started, 1)
-            if render.returncode != 0:
-                raise RuntimeError(f"rendering the dSprites grid failed: {err[-1000:]}")
-        packed = D.grid_images()
-        data = D.DSprites(lambda indices: D.unpack(packed[indices]))
-        ctx["dsprites_grid"] = torch.from_numpy(np.ascontiguousarray(packed)).to(device)
-        out["data"] = "the dSprites grid re-rendered (core/dsprites.py, 737,280 images), bit-packed on the device"
+        try:
+            render = ctx.get("grid_render")
+            if render is not None:
+                started = time.perf_counter()
+                _, err = render.communicate()
+                out["grid_wait_s"] = round(time.perf_counter() - started, 1)
+                if render.returncode != 0:
+                    raise RuntimeError(f"rendering the dSprites grid failed: {err[-1000:]}")
+            packed = D.grid_images()
+            data = D.DSprites(lambda indices: D.unpack(packed[indices]))
+            ctx["dsprites_grid"] = torch.from_numpy(np.array(packed)).to(device)  # a copy: the memory map is read-only
+            out["data"] = "the dSprites grid re-rendered (core/dsprites.py, 737,280 images), bit-packed on the device"
+        except Exception as error:  # noqa: BLE001 - slower, but the section still measures
+            data = D.DSprites()
+            out["data"] = "dSprites re-rendered on demand on the CPU (slower steps): the grid failed"
+            out["grid_error"] = f"{type(error).__name__}: {error}"[:1000]
+            log(f"dsprites: no grid ({out['grid_error'][:200]}); rendering on demand")
     ctx["dsprites"] = data
     betas = [float(b) for b in args.betas.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
