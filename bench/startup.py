@@ -12,8 +12,15 @@ same epochs, each in a process of its own, timed from the moment it is launched:
   process is not paused to be sampled; it runs about 8% slower than unprofiled). The training phase
   includes what the worker does in its own process (start, imports, data, steps, evaluation).
 
+- **vae run, joining a running Ray**: the same command with RAY_ADDRESS set to a Ray this bench
+  started (2 CPUs) before the repeats: what a user with a cluster up, or a queued job, pays. A
+  one-worker job then starts its worker with the job (jobs/warm.py).
+- **the CLI**: `vae --help`, `vae validate`, `vae jobs` and `vae status` against a `vae server`
+  (SQLite, no dispatcher), wall time of each command from launch to exit (median of 5).
+
 Fixed cost = total − the training steps (each epoch's items / images per second). The issue's
-targets are ratios to the plain script: start (launch → first step) ≤ 1.5×, fixed cost ≤ 3×.
+targets are ratios to the plain script: start (launch → first step) ≤ 1.5×, fixed cost ≤ 3×; and
+each CLI command ≤ 0.5 s.
 
     VAE_DATA_DIR=../shared/data python bench/startup.py [--epochs 1] [--limit 6000] [--repeats 1]
     VAE_DATA_DIR=../shared/data python bench/startup.py --tiny [--output PATH]
@@ -113,18 +120,23 @@ def measure_plain(epochs: int, limit: int) -> dict:
 # `vae run` under py-spy
 
 
-def measure_vae_run(epochs: int, limit: int, store_uri: str) -> dict:
+VAE = shutil.which("vae") or str(Path(sys.executable).with_name("vae"))
+
+
+def measure_vae_run(epochs: int, limit: int, store_uri: str, ray_address: str | None = None) -> dict:
+    """`vae run` on a fresh local Ray, or joining the Ray at `ray_address`."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    vae = shutil.which("vae") or str(Path(sys.executable).with_name("vae"))
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a fresh local Ray: the case measured
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        if ray_address:
+            env["RAY_ADDRESS"] = ray_address
         env["MLFLOW_TRACKING_URI"] = store_uri
         if env.get("VAE_DATA_DIR"):
             env["VAE_DATA_DIR"] = str(Path(env["VAE_DATA_DIR"]).resolve())  # the run starts in `work`
         profile = work / "profile.json"
         command = [py_spy, "record", "--idle", "--rate", str(SAMPLE_RATE), "--nonblocking", "--format", "speedscope", "--output", str(profile),
-                   "--", vae, "run", str(SPEC), "--json", "--quiet", "--set", f"optim.epochs={epochs}", "--set", f"data.limit={limit}",
+                   "--", VAE, "run", str(SPEC), "--json", "--quiet", "--set", f"optim.epochs={epochs}", "--set", f"data.limit={limit}",
                    "--set", "tracking.register_as=null", "--set", f"storage.uri={work / 'runs'}"]
         launched = time.time()
         done = subprocess.run(command, capture_output=True, text=True, cwd=work, env=env)
@@ -133,7 +145,7 @@ def measure_vae_run(epochs: int, limit: int, store_uri: str) -> dict:
         if done.returncode != 0 or not profile.is_file() or not records:
             sys.exit(f"vae run under py-spy failed ({done.returncode}):\n{done.stderr[-3000:]}\n{done.stdout[-2000:]}")
         result = json.loads(records[-1])
-        phases = phase_seconds(json.loads(profile.read_text()))
+        phases = phase_seconds(json.loads(profile.read_text()), joined=bool(ray_address))
     steps_s = sum(row["train_items"] / row["images_per_s"] for row in result["history"])
     sampled = sum(phases.values())
     if sampled > total_s:  # a loaded machine: py-spy's sample times drift past the wall time; keep the shares
@@ -154,8 +166,37 @@ def create_mlflow_store(uri: str) -> float:
     return time.perf_counter() - began
 
 
-def phase_seconds(speedscope: dict) -> dict:
-    """Seconds of the main thread's samples in each phase (the first of PHASES on the stack)."""
+def measure_cli(spec: Path, repeats: int = 5) -> dict:
+    """Median wall seconds of each quick command, launch to exit, against a `vae server` with one job."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from queue_support import start_server
+
+    def timed(*args: str, env: dict) -> float:
+        began = time.perf_counter()
+        done = subprocess.run([VAE, *args], capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            sys.exit(f"vae {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        return time.perf_counter() - began
+
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env.update(VAE_DB_URL=f"sqlite:///{work}/queue.db", VAE_HOME=str(work / ".vae"), VAE_API_TOKEN="bench-token")
+        server = start_server(work, env, "--no-dispatcher", name="cli")
+        try:
+            env["VAE_API_URL"] = server.url
+            submitted = subprocess.run([VAE, "submit", str(spec)], capture_output=True, text=True, env=env, check=True)
+            job_id = submitted.stdout.split()[0]  # submit prints the job's id
+            commands = {"vae --help": ["--help"], "vae validate": ["validate", str(spec)], "vae jobs": ["jobs"],
+                        "vae status": ["status", job_id]}
+            return {name: statistics.median(timed(*args, env=env) for _ in range(repeats)) for name, args in commands.items()}
+        finally:
+            server.stop()
+
+
+def phase_seconds(speedscope: dict, joined: bool = False) -> dict:
+    """Seconds of the main thread's samples in each phase (the first of PHASES on the stack);
+    `joined`: the run joined a running Ray, so it has no local Ray to start or shut down."""
     frames = speedscope["shared"]["frames"]
     main = max(speedscope["profiles"], key=lambda p: ("MainThread" in p["name"], sum(p["weights"])))
     keys = [(name, file) for _, name, file in PHASES]
@@ -165,7 +206,8 @@ def phase_seconds(speedscope: dict) -> dict:
         label = next((PHASES[k][0] for k, (name, file) in enumerate(keys)
                       if any((n == name or n.endswith("." + name)) and f.endswith(file) for n, f in on_stack)), OTHER)
         seconds[label] += weight
-    missing = [label for label, name, _ in PHASES if seconds[label] == 0.0 and name not in ("_find_and_load", "check_data")]
+    optional = {"_find_and_load", "check_data"} | ({"ensure_ray", "shutdown"} if joined else set())
+    missing = [label for label, name, _ in PHASES if seconds[label] == 0.0 and name not in optional]
     if missing:
         sys.exit(f"no samples in {missing}: the functions in bench/startup.py's PHASES moved or were renamed")
     return seconds
@@ -187,38 +229,49 @@ def main() -> None:
         plain_child(args.epochs, args.limit, args.launched, args.out_dir)
         return
 
-    plains, runs = [], []
+    plains, runs, joins = [], [], []
+    _tiny.start_shared_ray(num_cpus=2)  # the running cluster that the joined runs use (the fresh ones never see it)
+    ray_address = os.environ.pop("RAY_ADDRESS")
     with tempfile.TemporaryDirectory() as store:
         store_uri = f"sqlite:///{store}/mlflow.db"
         migration_s = create_mlflow_store(store_uri)
         for repeat in range(args.repeats):
-            print(f"repeat {repeat + 1}/{args.repeats}: plain script, then vae run", flush=True)
+            print(f"repeat {repeat + 1}/{args.repeats}: plain script, vae run on a fresh Ray, vae run joining a running Ray", flush=True)
             plains.append(measure_plain(args.epochs, args.limit))
             runs.append(measure_vae_run(args.epochs, args.limit, store_uri))
-    plain = {key: statistics.median(p[key] for p in plains) for key in ("first_step_s", "steps_s", "fixed_s", "total_s")}
-    vae_run = {key: statistics.median(r[key] for r in runs) for key in ("first_step_s", "steps_s", "fixed_s", "total_s")}
-    vae_run["phases"] = {label: statistics.median(r["phases"][label] for r in runs) for label in runs[0]["phases"]}
-    ratios = {"start": vae_run["first_step_s"] / plain["first_step_s"], "fixed_cost": vae_run["fixed_s"] / plain["fixed_s"],
-              "total": vae_run["total_s"] / plain["total_s"]}
+            joins.append(measure_vae_run(args.epochs, args.limit, store_uri, ray_address))
+    cli = measure_cli(SPEC)
+    keys = ("first_step_s", "steps_s", "fixed_s", "total_s")
+    plain = {key: statistics.median(p[key] for p in plains) for key in keys}
+    vae_run, joined = ({key: statistics.median(r[key] for r in each) for key in keys} for each in (runs, joins))
+    for summary, each in ((vae_run, runs), (joined, joins)):
+        summary["phases"] = {label: statistics.median(r["phases"][label] for r in each) for label in each[0]["phases"]}
+    ratios, joined_ratios = ({"start": run["first_step_s"] / plain["first_step_s"], "fixed_cost": run["fixed_s"] / plain["fixed_s"],
+                              "total": run["total_s"] / plain["total_s"]} for run in (vae_run, joined))
 
     print(f"\n{args.epochs} epoch(s) on {args.limit} MNIST images, median of {args.repeats}")
-    print(f"{'':34s} {'plain':>8s} {'vae run':>8s} {'ratio':>7s}  target")
+    print(f"{'':30s} {'plain':>7s} {'fresh Ray':>10s} {'ratio':>6s} {'joined':>7s} {'ratio':>6s}  target")
     rows = [("start (launch → first step)", "first_step_s", "start", "≤ 1.5×"), ("training steps", "steps_s", None, ""),
             ("fixed cost (total − steps)", "fixed_s", "fixed_cost", "≤ 3×"), ("total", "total_s", "total", "")]
     for label, key, ratio, target in rows:
-        shown = f"{ratios[ratio]:6.1f}×" if ratio else f"{vae_run[key] / plain[key]:6.1f}×"
-        print(f"{label:34s} {plain[key]:7.1f}s {vae_run[key]:7.1f}s {shown}  {target}")
+        shown = [f"{r[ratio]:5.1f}×" if ratio else f"{run[key] / plain[key]:5.1f}×" for r, run in ((ratios, vae_run), (joined_ratios, joined))]
+        print(f"{label:30s} {plain[key]:6.1f}s {vae_run[key]:9.1f}s {shown[0]} {joined[key]:6.1f}s {shown[1]}  {target}")
     print(f"(the MLflow store was made beforehand: a new SQLite store's schema migrations took {migration_s:.1f} s, "
           "paid by the first run that logs to it)")
-    print("\nvae run, wall time by phase (py-spy samples of the vae process)")
-    for label, seconds in sorted(vae_run["phases"].items(), key=lambda item: -item[1]):
-        print(f"  {seconds:6.1f} s  {seconds / vae_run['total_s']:5.0%}  {label}")
+    for title, run in (("on a fresh Ray", vae_run), ("joining a running Ray", joined)):
+        print(f"\nvae run {title}, wall time by phase (py-spy samples of the vae process)")
+        for label, seconds in sorted(run["phases"].items(), key=lambda item: -item[1]):
+            print(f"  {seconds:6.1f} s  {seconds / run['total_s']:5.0%}  {label}")
+    print("\nthe CLI, launch to exit (median of 5; target ≤ 0.5 s)")
+    for name, seconds in cli.items():
+        print(f"  {seconds:5.2f} s  {name}")
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({
-        "what": "vae run on a fresh local Ray vs a plain PyTorch script, launch to exit", "spec": str(SPEC.relative_to(REPO)),
+        "what": "vae run on a fresh local Ray and joining a running one vs a plain PyTorch script, launch to exit; the CLI's quick commands", "spec": str(SPEC.relative_to(REPO)),
         "epochs": args.epochs, "limit": args.limit, "repeats": args.repeats, "plain": plain, "vae_run": vae_run,
-        "ratios": ratios, "targets": {"start": 1.5, "fixed_cost": 3.0}, "new_mlflow_store_s": migration_s,
+        "ratios": ratios, "vae_run_joined": joined, "ratios_joined": joined_ratios, "cli_s": cli,
+        "targets": {"start": 1.5, "fixed_cost": 3.0, "cli_s": 0.5}, "new_mlflow_store_s": migration_s,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "when": time.strftime("%Y-%m-%d %H:%M"),
     }, indent=2) + "\n")
     print(f"\nwrote {_tiny.shown(args.output)}")

@@ -22,7 +22,7 @@ ALLOWED = {
     "core": set(),
     "viz": {"core"},
     "storage": {"core"},
-    "cluster": set(),
+    "cluster": {"core"},
     "environment": {"core", "storage"},
     "sources": {"core", "storage", "environment"},
     "tracking": {"core", "viz", "storage", "environment"},

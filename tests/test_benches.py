@@ -193,14 +193,19 @@ def check_scheduler_sim(results: dict, output: Path) -> None:
 
 
 def check_startup(results: dict, output: Path) -> None:
-    for side in ("plain", "vae_run"):
+    for side in ("plain", "vae_run", "vae_run_joined"):
         assert_positive(results[side], "first_step_s", "steps_s", "fixed_s", "total_s", where=side)
         assert results[side]["first_step_s"] < results[side]["total_s"], side
-    phases = results["vae_run"]["phases"]
-    assert_positive(phases, "Ray start (local)", "MLflow run opened", "training task (worker start, data, steps, evaluation)",
-                    "figures", "model saved and logged, run closed", where="phases")
-    assert abs(sum(phases.values()) - results["vae_run"]["total_s"]) < 0.5, phases  # the phases account for the wall time
-    assert_positive(results["ratios"], "start", "fixed_cost", "total", where="ratios")
+    for run in ("vae_run", "vae_run_joined"):
+        phases = results[run]["phases"]
+        assert_positive(phases, "MLflow run opened", "training task (worker start, data, steps, evaluation)",
+                        "figures", "model saved and logged, run closed", where=run)
+        assert abs(sum(phases.values()) - results[run]["total_s"]) < 0.5, phases  # the phases account for the wall time
+    assert_positive(results["vae_run"]["phases"], "Ray start (local)", where="vae_run")
+    for ratios in ("ratios", "ratios_joined"):
+        assert_positive(results[ratios], "start", "fixed_cost", "total", where=ratios)
+    assert set(results["cli_s"]) == {"vae --help", "vae validate", "vae jobs", "vae status"}
+    assert_positive(results["cli_s"], *results["cli_s"], where="cli_s")
 
 
 def check_sweep_efficiency(results: dict, output: Path) -> None:

@@ -106,3 +106,20 @@ def test_missing_data_is_a_clear_error_before_ray_starts(tmp_path):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "VAE_DATA_DIR" in done.stderr
+
+
+def test_a_ray_address_where_nothing_answers_is_bad_input_in_seconds_not_a_hang(tmp_path):
+    """ray.init retries an unreachable RAY_ADDRESS for minutes; `vae run` says what is wrong at once."""
+    from queue_support import free_port
+
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    spec = _write_spec(tmp_path, epochs=1)
+    started = time.monotonic()
+    done = subprocess.run(VAE + ["run", str(spec)], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, RAY_ADDRESS=address))
+    assert done.returncode == 2, done.stderr
+    assert f"RAY_ADDRESS {address}: no Ray cluster answers there" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert time.monotonic() - started < 60
+    (outcome,) = (tmp_path / "runs").glob("*/outcome.json")
+    assert json.loads(outcome.read_text())["error"]["kind"] == "bad_input"

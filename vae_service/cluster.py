@@ -5,23 +5,58 @@ CLI's data commands, the Train and Tune adapters and Ray Data's encoding all sta
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+import socket
+import time
 from typing import Optional
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from vae_service.core.errors import BadInput
+
+
+CONNECT_TIMEOUT_S = 5.0  # to reach RAY_ADDRESS's GCS port; Ray's own ray.init retries for minutes
+
 
 def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
-    """Connects to RAY_ADDRESS when set, else starts a local Ray for this process."""
+    """Connects to RAY_ADDRESS when set, else starts a local Ray for this process. An address
+    where nothing answers is bad input at once (BadInput naming it), not a wait in ray.init."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        _check_reachable(address)
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def _check_reachable(address: str) -> None:
+    """Raises BadInput when `address` (host:port or ray://host:port; "auto" is Ray's to find)
+    names a port where nothing accepts a connection within CONNECT_TIMEOUT_S."""
+    reason = _unreachable(address)
+    if reason:
+        raise BadInput(f"RAY_ADDRESS {address}: no Ray cluster answers there ({reason}); "
+                       "start one (`ray start --head`) or unset RAY_ADDRESS to use a local Ray")
+
+
+@functools.lru_cache(maxsize=None)  # asked once per process (a job's warm worker, then the job)
+def _unreachable(address: str) -> Optional[str]:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+            return None
+        except OSError as exc:  # refused at once while a head starts: try again until the deadline
+            if time.monotonic() >= deadline:
+                return exc.strerror or str(exc)
+            time.sleep(0.5)
 
 
 _warming: list[ray.ObjectRef] = []  # the import started ahead by this driver (start_a_worker), if any

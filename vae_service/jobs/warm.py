@@ -22,6 +22,7 @@ import ray
 
 from vae_service.cluster import ensure_ray, start_a_worker, this_node
 from vae_service.core.capacity import workers_that_fit
+from vae_service.core.errors import JobError
 from vae_service.core.job import Job
 from vae_service.core.resources import per_worker, runs_as_one_task
 
@@ -37,7 +38,10 @@ def warm_a_worker(job: Job) -> Optional[ray.ObjectRef]:
         return None
     if not runs_as_one_task(spec.resources):  # Ray Train's worker group: actors of their own
         return None
-    ensure_ray()
+    try:
+        ensure_ray()
+    except JobError:  # the job itself says so, with its outcome (jobs/execute.py)
+        return None
     if not workers_that_fit(per_worker(spec.resources), [this_node()]):
         return None  # the training task will run on another node
     return start_a_worker(TRAINING_LOOP)

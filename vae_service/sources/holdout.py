@@ -19,10 +19,9 @@ Where the items come from:
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
-import ray.data
 import torch
 
 from vae_service.core import from_spec
@@ -30,6 +29,9 @@ from vae_service.core.data import Dataset, ImageSplit
 from vae_service.core.preprocessing import Preprocessing
 from vae_service.core.spec import TrainSpec
 from vae_service.sources.prepare import FIGURE_ITEMS, Prepared, prepare
+
+if TYPE_CHECKING:
+    import ray.data  # most of a second to import: loaded where a stream is read, never for a named data set in memory
 
 STREAM_BATCH = 4096
 
@@ -70,6 +72,8 @@ def _from_stream(stream: Union[ray.data.Dataset, ray.data.DataIterator], prep: P
     """The first `most` rows of a stream of the test split (x[, label] as `prepare` makes them) as
     tensors: on the CPU on a driver, on the worker's device in a Ray Train worker (Ray Data's
     `iter_torch_batches`)."""
+    import ray.data
+
     if isinstance(stream, ray.data.Dataset):
         stream = stream.limit(most)
     xs, labels, count = [], [], 0

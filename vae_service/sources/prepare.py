@@ -10,10 +10,9 @@ worker holds only the batches in flight.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import ray.data
 import torch
 
 from vae_service.core import from_spec
@@ -26,7 +25,10 @@ from vae_service.core.preprocessing import (
     RunningMoments,
 )
 from vae_service.core.spec import TrainSpec
-from vae_service.sources import check, read
+from vae_service.sources import check
+
+if TYPE_CHECKING:
+    import ray.data
 
 MEMORY_LIMIT_BYTES = 1 << 30
 FIGURE_ITEMS = 10_000  # test items of your own data the figures, `vae encode` and a streamed run's final evaluation use (sources.holdout)
@@ -53,6 +55,7 @@ def prepare(spec: TrainSpec) -> Prepared:
     """Raises DataError (naming the field) when the data cannot be read."""
     if not spec.data.own:
         return _named(spec)
+    from vae_service.sources import read  # Ray Data (most of a second to import): your own data only
     inspection = check.inspect(spec)
     pipeline = spec.data.loading
     if pipeline == "auto":
@@ -81,6 +84,8 @@ def _named(spec: TrainSpec) -> Prepared:
     prep = from_spec.named_preprocessing(spec)
     if spec.data.loading != STREAMING:  # each worker loads it (core.from_spec), as before streaming existed
         return Prepared(prep, MEMORY, 0, f"in memory: {spec.data.dataset}")
+    from vae_service.sources import read
+
     data = from_spec.training_data(spec)
     items = len(data.train) + len(data.val) + len(data.test)
     streams = {name: read.of_arrays(getattr(data, name).images.numpy()) for name in ("train", "val", "test")}
