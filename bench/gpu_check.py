@@ -40,17 +40,17 @@ on), the JSON rewritten after every measurement, so a run cut short still leaves
 dsprites 39%; what a section leaves unused goes to the ones after it). A training section
 stops at its deadline, less the time its evaluation is estimated to take, and records how much
 of the paper's budget it did. The dSprites grid is rendered (about 20 s, once; cached under
-$VAE_CACHE_DIR) in a subprocess while the other sections run.
+$VAE_CACHE_DIR, default ~/.cache/vae-service) in a subprocess while the other sections run.
 
     python bench/gpu_check.py [--budget-s 420] [--sections matmul,throughput,iwae,dsprites]
                               [--batch-sizes 128,...,16384] [--modes fp32,bf16,compiled]
                               [--data-dir DIR] [--output PATH]
     python bench/gpu_check.py --tiny [--output PATH]
 
---tiny (CI's smoke run, tests/test_benches.py; on the CPU, well under a minute): every section
+--tiny (CI's smoke run, tests/test_benches.py; on the CPU, about 15 s on 2 idle cores): every section
 at the smallest sizes (batch 128 and 256, 1 warm-up and 2 timed steps per mode, the compiled
 mode skipped (torch.compile takes 20–60 s on 2 CPU cores; tests/test_step_path.py covers it);
-IWAE on 512 images for 1 epoch, K = 50 on 200 test images; dSprites 25 steps per β, images
+IWAE on 512 images for 1 epoch, K = 50 on 200 test images; dSprites 10 steps per β, images
 rendered on demand, 100 metric points); the JSON goes to --output (default: a temporary
 directory), never to bench/results/.
 """
@@ -94,7 +94,7 @@ SHARES = {"matmul": 0.03, "throughput": 0.30, "iwae": 0.28, "dsprites": 0.39}
 BATCH_SIZES = "128,256,512,1024,2048,4096,8192,16384"
 TINY = {"budget_s": 600, "batch_sizes": "128,256", "warmup_steps": 1, "min_steps": 2, "window_s": 0.0,
         "matmul_n": 256, "train_images": 512, "iwae_epochs": 1, "nll_samples": 50, "nll_images": 200,
-        "dsprites_steps": 25, "points": 100, "held_out": 200}
+        "dsprites_steps": 10, "points": 100, "held_out": 200}
 
 # The models measured, as the job files define them (written out here: no YAML on the device).
 THROUGHPUT_MODELS = {
