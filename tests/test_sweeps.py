@@ -218,11 +218,33 @@ def test_asha_stops_poor_trials_kills_their_runs_and_gives_back_their_resources(
     assert version.run_id == runs[out["best"]].info.run_id
     assert version.run_id not in {runs[i].info.run_id for i in stopped}
 
-    # Every placement group the sweep's trials reserved is given back (Ray removes them shortly).
+    # Every placement group the sweep's trials reserved is given back (Ray removes them shortly),
+    # and no stopped trial's training task outlives it (its actor goes on to the next trial).
     deadline = time.monotonic() + 30
     while (left := live_placement_groups(ray_cluster) - before) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not left, f"placement groups still reserved after the sweep: {left}"
+    while ray_cluster.available_resources().get("CPU", 0) < ray_cluster.cluster_resources()["CPU"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray_cluster.available_resources().get("CPU", 0) == ray_cluster.cluster_resources()["CPU"]
+
+
+def test_a_one_worker_sweeps_trials_share_one_actor_and_get_the_results_they_would_get_apart(ray_cluster, tmp_path, run_job):
+    """One-worker trials reuse their Tune actor (sweeps/runner.reuse_trial_actors), so a trial
+    after the first starts without a new process and its imports; nothing of one trial reaches
+    the next: a trial that ran in a reused actor gets exactly what its spec gets as a job of its own."""
+    from vae_service.core.spec_loading import load_spec
+
+    path = write_sweep(tmp_path, "reuse-sweep", {"objective.beta": {"grid": [4.0, 1.0, 2.0]}}, ["val_neg_elbo"])
+    set_sweep(path, max_concurrent=1)
+    out = run_json(path)
+    records = [json.loads(d.joinpath("trial.json").read_text()) for d in sorted(Path(out["sweep_dir"], "trials").iterdir())]
+    assert len(records) == 3 and len({r["process"] for r in records}) == 1, records  # one actor ran all three
+
+    last = records[-1]  # the third trial: two trials ran in its actor before it
+    apart = run_job(load_spec(path).trial_spec(last["config"], trial_name="apart"))
+    (in_sweep,) = [t for t in out["trials"] if t["trial_id"] == last["trial_id"]]
+    assert in_sweep["metrics"]["val_neg_elbo"] == apart.metrics["val_neg_elbo"]
 
 
 def test_an_interrupted_optuna_sweep_resumes_with_only_the_remaining_trials(ray_cluster, ray_address, tmp_path):
@@ -259,6 +281,19 @@ def test_an_interrupted_optuna_sweep_resumes_with_only_the_remaining_trials(ray_
     assert len({t["params"]["objective.beta"] for t in trials.values()}) == 3
     children = children_of(out["mlflow_run_id"])
     assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
+
+
+def test_trial_actors_are_reused_only_for_one_worker_trials_that_asha_does_not_stop():
+    from vae_service.core.spec_loading import validate_data
+    from vae_service.sweeps.runner import reuse_trial_actors
+
+    def spec(workers: int, scheduler: str) -> bool:
+        return reuse_trial_actors(validate_data({
+            "kind": "sweep", "train": {"resources": {"num_workers": workers}},
+            "sweep": {"space": {"objective.beta": {"grid": [1.0, 2.0]}}, "objectives": ["val_neg_elbo"],
+                      "scheduler": {"kind": scheduler}}}))
+
+    assert spec(1, "none") and not spec(1, "asha") and not spec(2, "none")
 
 
 def test_max_concurrent_is_lowered_to_the_trials_the_cluster_holds(ray_cluster):

@@ -1,7 +1,7 @@
 """What a sweep keeps of each trial, as JSON in the trial's own directory, so an interrupted
 sweep can be continued without Ray Tune's pickled experiment state:
 
-  trials/<id>/trial.json    {"trial_id", "config"}: written by the trial when it starts
+  trials/<id>/trial.json    {"trial_id", "config", "process"}: written by the trial when it starts
   trials/<id>/outcome.json  {"state", "epochs", "metrics"}: written by the sweep driver when
                             the trial ends (finished, stopped by ASHA, or errored)
 
@@ -12,6 +12,8 @@ killed): `--resume` runs it again in the same directory, from its latest checkpo
 from __future__ import annotations
 
 import json
+import os
+import socket
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -50,8 +52,10 @@ def trial_dir(sweep_dir: storage.Location, trial_id: str) -> storage.Location:
 
 
 def write_trial(run_dir: storage.Location, trial_id: str, config: dict) -> None:
+    """Written by the trial as it starts, in its Tune actor (`process`: which one, host:pid)."""
     storage.make_dirs(run_dir)
-    storage.write_text(run_dir.join(TRIAL_FILE), json.dumps({"trial_id": trial_id, "config": config}))
+    process = f"{socket.gethostname()}:{os.getpid()}"
+    storage.write_text(run_dir.join(TRIAL_FILE), json.dumps({"trial_id": trial_id, "config": config, "process": process}))
 
 
 def scan(sweep_dir: storage.Location) -> list[TrialRecord]:

@@ -111,13 +111,19 @@ def run(spec: TrainSpec, config: dict, run_dir: storage.Location, datasets: dict
     interrupt.on_request(lambda: ray.cancel(task, force=True), after_s=stop_grace_s)  # after the board's stop (runner.fit)
     user_callbacks = [c for c in callbacks if isinstance(c, ray.train.UserCallback)]
     board, passed, done = config["progress_board"], 0, not user_callbacks
-    while not done:
-        done = bool(ray.wait([task], timeout=REPORT_POLL_S)[0])
-        for metrics, uri in ray.get(board.reports_since.remote(passed)):
-            checkpoint = checkpoint_from_uri(uri)
-            for callback in user_callbacks:
-                callback.after_report(run_context=None, metrics=[metrics], checkpoint=checkpoint)
-            passed += 1
-    ray.get(task)
+    try:
+        while not done:
+            done = bool(ray.wait([task], timeout=REPORT_POLL_S)[0])
+            for metrics, uri in ray.get(board.reports_since.remote(passed)):
+                checkpoint = checkpoint_from_uri(uri)
+                for callback in user_callbacks:
+                    callback.after_report(run_context=None, metrics=[metrics], checkpoint=checkpoint)
+                passed += 1
+        ray.get(task)
+    except BaseException:
+        # The caller fails or is stopped: the task must not outlive it, and its owner may be a
+        # sweep's trial actor that lives on to run the next trial (sweeps/runner.py).
+        ray.cancel(task, force=True)
+        raise
     metrics, uri = ray.get(board.result.remote())
     return checkpoint_from_uri(uri), metrics
