@@ -52,7 +52,7 @@ def test_migrations_build_the_models_schema_and_can_run_again(db_url):
     engine = make_engine(db_url)
     upgrade(engine)
     upgrade(engine)  # a restarted server migrates again: nothing to do, no error
-    assert current_revision(engine) == "0006"
+    assert current_revision(engine) == "0007"
     inspector = sqlalchemy.inspect(engine)
     columns = {c["name"]: c["nullable"] for c in inspector.get_columns("jobs")}
     model = {c.name: c.nullable for c in Base.metadata.tables["jobs"].columns}
