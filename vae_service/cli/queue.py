@@ -230,7 +230,8 @@ def _fair_share(client) -> Optional[dict]:
 def _share_table(shares: dict) -> Table:
     half_life = shares["half_life_s"]
     history = f"half-life {half_life / 86400:g} d" if half_life else "no history"
-    table = Table(title=f"fair share ({history}; next: smallest effective)", title_justify="left",
+    table = Table(title=f"fair share ({history})", title_justify="left",
+                  caption="effective = (current + historic) / weight: smallest goes next", caption_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for column in ("user", "weight", "current", "historic", "effective"):
         table.add_column(column, justify="left" if column == "user" else "right", no_wrap=True)
