@@ -192,6 +192,25 @@ def check_scheduler_sim(results: dict, output: Path) -> None:
     assert output.with_suffix(".png").stat().st_size > 0, "no plot beside the JSON"
 
 
+def check_fair_share_sim(results: dict, output: Path) -> None:
+    assert results["benchmark"] == "fair_share_sim" and results["tiny"]
+    assert set(results["policies"]) == {"drf", "kueue", "slurm", "vae"}
+    jobs = results["setup"]["jobs"]
+    for name, policy in results["policies"].items():
+        assert policy["finished"] == jobs, f"{name}: {policy['finished']} of {jobs} jobs finished"
+        assert set(policy["wait_s"]) == {"tier1", "tier2", "tier3"}, name
+        fairness = policy["fairness"]
+        for key in ("jain_index",):
+            assert finite(policy[key]) and 0 < policy[key] <= 1, (name, key)
+        assert finite(fairness["weighted_jain_index"]) and 0 < fairness["weighted_jain_index"] <= 1, name
+        assert fairness["light_users"]["users"] > 0 and positive(fairness["light_users"]["mean_wait_s"]), name
+        for who in ("history_user", "weighted_user"):
+            assert_positive(fairness[who], "mean_wait_s", "mean_share_backlogged", "wait_vs_light", "share_vs_light",
+                            where=f"{name}.{who}")
+    # weights and history change the schedule (the same trace, the same real plan otherwise)
+    assert results["policies"]["drf"]["wait_s"] != results["policies"]["vae"]["wait_s"]
+
+
 def check_startup(results: dict, output: Path) -> None:
     for side in ("plain", "vae_run", "vae_run_joined"):
         assert_positive(results[side], "first_step_s", "steps_s", "fixed_s", "total_s", where=side)

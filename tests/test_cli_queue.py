@@ -27,7 +27,8 @@ def server(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAE_API", "RAY_"))}
     env.update(VAE_HOME=str(workdir / ".vae"), VAE_DB_URL=f"sqlite:///{workdir / 'queue.db'}",
                VAE_API_TOKEN=f"admin:{ADMIN},alice:{ALICE}", VAE_ADMINS="admin",
-               VAE_RAY_ADDRESS=f"http://127.0.0.1:{free_port()}")  # nothing there: never called
+               VAE_RAY_ADDRESS=f"http://127.0.0.1:{free_port()}",  # nothing there: never called
+               VAE_FAIR_SHARE_WEIGHTS="alice=2,team-b=3")
     started = start_server(workdir, env, "--no-dispatcher")
     started.workdir = workdir
     yield started
@@ -153,3 +154,27 @@ def test_ctrl_c_during_submit_wait_exits_130_and_the_job_goes_on(server):
     wait_for(lambda: any("stopped waiting; the job goes on" in line for line in lines), 60, "the goodbye line")
     assert not any("Traceback" in line for line in lines), lines
     assert job_state(api(server, ADMIN), job_id)["state"] == "queued"
+
+
+def test_jobs_shows_each_users_fair_share(server):
+    """`vae jobs` ends with the fair-share table (GET /fair-share): weight, current, historic and
+    effective share; a user sees their own row, an admin everyone's."""
+    from datetime import datetime, timedelta, timezone
+
+    from vae_service.queue.db import make_engine
+    from vae_service.queue.quotas import FairShare
+    from vae_service.queue.store import Store
+
+    engine = make_engine(server.env["VAE_DB_URL"])
+    fair, now = FairShare(half_life_s=7 * 86400.0), datetime.now(timezone.utc)
+    Store(engine).record_usage({"alice": 0.5}, fair, now - timedelta(days=7))  # what the dispatcher would store
+    Store(engine).record_usage({"alice": 0.5}, fair, now)
+    engine.dispose()
+    result = vae(server, "jobs")
+    assert result.returncode == 0, result.stderr
+    assert "fair share (half-life 7 d)" in result.stdout, result.stdout
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line.strip().startswith(("alice", "team-b"))}
+    assert rows["alice"] == ["2", "50.0", "%", "25.0", "%", "37.5", "%"]  # (50 % + 25 %) / 2
+    assert rows["team-b"] == ["3", "0.0", "%", "0.0", "%", "0.0", "%"]
+    mine = vae(server, "jobs", token=ALICE).stdout
+    assert "alice" in mine and "team-b" not in mine

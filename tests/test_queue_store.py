@@ -52,11 +52,12 @@ def test_migrations_build_the_models_schema_and_can_run_again(db_url):
     engine = make_engine(db_url)
     upgrade(engine)
     upgrade(engine)  # a restarted server migrates again: nothing to do, no error
-    assert current_revision(engine) == "0006"
+    assert current_revision(engine) == "0007"
     inspector = sqlalchemy.inspect(engine)
-    columns = {c["name"]: c["nullable"] for c in inspector.get_columns("jobs")}
-    model = {c.name: c.nullable for c in Base.metadata.tables["jobs"].columns}
-    assert columns == model
+    for table in ("jobs", "fair_share_usage"):  # 0007: fair share's history
+        columns = {c["name"]: c["nullable"] for c in inspector.get_columns(table)}
+        model = {c.name: c.nullable for c in Base.metadata.tables[table].columns}
+        assert columns == model, table
     # Idempotency keys are unique per submitter (0003), no longer across the server.
     unique = [set(u["column_names"]) for u in inspector.get_unique_constraints("jobs")] + \
         [set(i["column_names"]) for i in inspector.get_indexes("jobs") if i["unique"]]

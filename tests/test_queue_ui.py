@@ -195,6 +195,12 @@ def test_the_page_in_a_browser(head, server, browser, tmp_path):
     reason = "waiting for 2 CPUs to be free (2 of 2 CPUs in use)"
     expect(other.locator('[data-field="waiting_reason"]')).to_have_text(reason, timeout=30_000)
     assert job_state(client, waiting_id)["waiting_reason"] == reason
+    # The user's fair share: the running job holds both CPUs, all of the head (the dispatcher
+    # records it every few seconds); no weights set: weight 1.
+    share = page.locator(f'#shares-body tr[data-user="{USER}"]')
+    expect(share.locator('[data-field="current_share"]')).to_have_text("100.0 %", timeout=30_000)
+    expect(share.locator('[data-field="weight"]')).to_have_text("1")
+    expect(page.locator("#shares-note")).to_contain_text("half-life 7 d")
     screenshot(page, tmp_path, "jobs-table.png")
 
     # The waiting job's page: its spec as text (no markup from it), then cancelled from the page.

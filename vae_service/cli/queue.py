@@ -183,11 +183,14 @@ def jobs(
     json_output: bool = typer.Option(False, "--json", help="Print the API's JSON instead of a table."),
     user: Optional[str] = typer.Option(None, "--user", "-u", help="Only this user's jobs (admins; others see only their own)."),
 ) -> None:
-    """List your jobs (an admin: everyone's), newest first."""
+    """List your jobs (an admin: everyone's), newest first, then each user's fair share (yours;
+    an admin: everyone's): weight, the share held now, the decayed share held lately, and the
+    effective share, (now + lately) / weight — among equal priorities the smallest goes first."""
     if state is not None and state not in STATES:
         fail(f"--state: must be one of {', '.join(STATES)} (got {state!r})", 2)
     with _client() as client:
         page = _call(client.jobs, state, limit, offset, user)
+        shares = None if json_output else _fair_share(client)
     if json_output:
         print(json.dumps(page))
         return
@@ -208,6 +211,34 @@ def jobs(
     shown = offset + len(page["jobs"])
     if shown < page["total"]:
         say(f"{shown} of {page['total']} shown; more with --offset {shown}")
+    if shares and shares["users"]:
+        out.print(_share_table(shares))
+
+
+def _fair_share(client) -> Optional[dict]:
+    """GET /fair-share, or None from a server older than it (the jobs are still listed)."""
+    from vae_service.queue.client import ApiError
+
+    try:
+        return client.fair_share()
+    except ApiError as exc:
+        if exc.status == 404:
+            return None
+        fail(str(exc), exc.code)
+
+
+def _share_table(shares: dict) -> Table:
+    half_life = shares["half_life_s"]
+    history = f"half-life {half_life / 86400:g} d" if half_life else "no history"
+    table = Table(title=f"fair share ({history})", title_justify="left",
+                  caption="effective = (current + historic) / weight: smallest goes next", caption_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for column in ("user", "weight", "current", "historic", "effective"):
+        table.add_column(column, justify="left" if column == "user" else "right", no_wrap=True)
+    for row in shares["users"]:
+        table.add_row(row["user"], f"{row['weight']:g}", *(f"{100 * row[key]:.1f} %"
+                                                            for key in ("current_share", "historic_share", "effective_share")))
+    return table
 
 
 @app.command(rich_help_panel=PANEL)

@@ -48,7 +48,7 @@ def server(
     from vae_service.queue.dispatcher import Dispatcher
     from vae_service.queue.leader import leadership_for
     from vae_service.queue.policy import Policy
-    from vae_service.queue.quotas import Quota
+    from vae_service.queue.quotas import FairShare, Quota
     from vae_service.queue.scheduling import Rules
     from vae_service.queue.ray_jobs import RayJobs, ray_token
     from vae_service.queue.store import Store
@@ -71,7 +71,8 @@ def server(
         prepare_local_store()
     ray = RayJobs(settings.ray_address, ray_token(), timeout_s=settings.ray_timeout_s)
     quota = Quota.from_settings(settings)
-    rules = Rules(quota=quota, preempt_min_run_s=settings.preempt_min_run_s)
+    fair = FairShare.from_settings(settings)
+    rules = Rules(quota=quota, preempt_min_run_s=settings.preempt_min_run_s, fair_share=fair)
     dispatcher = None if no_dispatcher else Dispatcher(store, ray, python=settings.job_python, rules=rules,
                                                       grace_s=settings.preempt_grace_s)
     leadership = None if no_dispatcher else leadership_for(engine)
@@ -79,5 +80,5 @@ def server(
         f"Ray {redact(settings.ray_address)}, dispatcher {'off' if no_dispatcher else 'on'}, tokens from {tokens.source}")
     application = create_app(store, tokens, ray=ray, dispatcher=dispatcher, leadership=leadership,
                              storage_uri=settings.storage_uri, policy=Policy.from_settings(settings),
-                             max_grid_points=settings.max_grid_points, quota=quota, max_failures=settings.max_failures)
+                             max_grid_points=settings.max_grid_points, quota=quota, max_failures=settings.max_failures, fair=fair)
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)

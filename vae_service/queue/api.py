@@ -1,6 +1,6 @@
 """The HTTP API (FastAPI): `create_app` builds the server's parts (routes/service.py), runs the
 dispatcher for the app's lifetime, and includes one router per resource (routes/: jobs, logs,
-admin, metrics, health; ui.py for the page). Every route but /healthz needs
+admin, fair share, metrics, health; ui.py for the page). Every route but /healthz needs
 `Authorization: Bearer <token>` (auth.py); the OpenAPI description is served at /docs and
 /openapi.json (no data there; the "Authorize" button takes the token for trying the routes).
 Every status a route answers is in it, with its body (routes/errors.py, routes/schemas.py).
@@ -18,6 +18,8 @@ Every status a route answers is in it, with its body (routes/errors.py, routes/s
     POST /jobs/{id}/cancel     queued → cancelled; submitted/running → cancelling (then Ray stops it)
     POST /jobs/{id}/priority   ?priority=N: admins only (403 for others); a queued job moves in
                                line, a running one may now preempt or be preempted
+    GET  /fair-share           each user's weight, current, historic and effective share (quotas.FairShare);
+                               the caller's own row (admins: everyone's)
     GET  /healthz              no token; 200 when the store answers
     GET  /metrics              Prometheus text
     GET  /ui                   a web page over these routes (ui.py; no token to load it, the page asks)
@@ -44,9 +46,9 @@ from vae_service.core.sweep_spec import MAX_GRID_POINTS
 from vae_service.queue import metrics
 from vae_service.queue.auth import TokenSet
 from vae_service.queue.policy import Policy
-from vae_service.queue.quotas import Quota
+from vae_service.queue.quotas import FairShare, Quota
 from vae_service.queue.ray_jobs import RayJobs
-from vae_service.queue.routes import admin, health, jobs, logs
+from vae_service.queue.routes import admin, fair_share, health, jobs, logs
 from vae_service.queue.routes import metrics as metrics_routes
 from vae_service.queue.routes.errors import install_error_handlers
 from vae_service.queue.routes.service import Service
@@ -58,18 +60,19 @@ from vae_service.queue.ui import ui_router
 def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, dispatcher=None,
                leadership=None, storage_uri: Optional[str] = None, policy: Optional[Policy] = None,
                max_grid_points: int = MAX_GRID_POINTS, quota: Optional[Quota] = None,
-               max_failures: int = QUEUED_MAX_FAILURES) -> FastAPI:
+               max_failures: int = QUEUED_MAX_FAILURES, fair: Optional[FairShare] = None) -> FastAPI:
     """The API over `store`. With a `dispatcher` (and its `leadership`), the app runs it in a
     thread for its lifetime; `ray` serves the logs; `storage_uri` is where jobs whose spec names
     no storage keep their runs, `max_failures` the worker failures they recover from when it sets
-    none; `policy` who may do what (default: from the VAE_ settings)."""
+    none; `policy` who may do what, `fair` fair share's weights and half-life (default: from the
+    VAE_ settings)."""
     service = Service(
         store=store, tokens=tokens, ray=ray,
         policy=policy or Policy.from_settings(Settings()), quota=quota or Quota.from_settings(Settings()),
         settings=Settings(ray_address=ray.address) if ray is not None else Settings(),  # the Ray it really uses
         wake=dispatcher.wake if dispatcher is not None else threading.Event(),
         storage_uri=storage_uri, max_failures=max_failures, max_grid_points=max_grid_points,
-        metrics=metrics.registry_for(store))
+        metrics=metrics.registry_for(store), fair_share=fair or FairShare.from_settings(Settings()))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -90,6 +93,7 @@ def create_app(store: Store, tokens: TokenSet, ray: Optional[RayJobs] = None, di
                   description="Queue VAE training jobs (YAML job specs) to run on a Ray cluster.")
     app.state.service = service
     install_error_handlers(app)
-    for router in (jobs.router, logs.router, admin.router, health.router, metrics_routes.router, ui_router()):
+    for router in (jobs.router, logs.router, admin.router, fair_share.router, health.router, metrics_routes.router,
+                   ui_router()):
         app.include_router(router)
     return app

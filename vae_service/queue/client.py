@@ -84,6 +84,9 @@ class Client:
         params = {"limit": limit, "offset": offset, **({"state": state} if state else {}), **({"user": user} if user else {})}
         return self._request("GET", "/jobs", params=params).json()
 
+    def fair_share(self) -> dict:
+        return self._request("GET", "/fair-share").json()
+
     def job(self, job_id: str) -> dict:
         return self._request("GET", f"/jobs/{job_id}").json()
 

@@ -30,6 +30,9 @@ doing it twice:
   unplaced (with follow, every UNPLACED_CHECK_S) a running job whose workers Ray has not
            placed for UNPLACED_AFTER_S — its placement group pending, as after a worker node
            is lost — gets a waiting reason that says so, cleared once Ray places them.
+  usage    (every USAGE_RECORD_S) each user's dominant share of what the admitted jobs hold is
+           added to their decayed usage in the store (Store.record_usage: a row per user, not
+           per job); `admit` orders the queue by it (quotas.FairShare), from memory in between.
   reconcile (at start-up, then follow) a job Ray knows but the store still calls queued
            (someone reset the row) is adopted as submitted, never submitted again.
 
@@ -77,6 +80,8 @@ log = logging.getLogger("vae_service.queue.dispatcher")
 UNPLACED_CHECK_S = 5.0  # how often running jobs are checked for workers Ray has not placed
 UNPLACED_AFTER_S = 10.0  # Ray places a worker group within seconds when there is room
 
+USAGE_RECORD_S = 5.0  # how often fair share's history is brought up to date (a week's half-life: plenty)
+
 POLL_S = 0.5  # between ticks when nothing wakes the loop
 LEADER_CHECK_S = 5.0
 LEADER_TIMEOUT_RAY_CALLS = 3  # the leadership timeout, in Ray timeouts
@@ -106,6 +111,8 @@ class Dispatcher:
         self._unplaced_checked = 0.0
         self._last_error = ""
         self._tick_deadline = float("inf")  # no new Ray call starts after it
+        self._history: dict[str, float] = {}  # user → decayed usage (share-seconds), as last stored
+        self._usage_recorded = -float("inf")
 
     # ---- the loop ----------------------------------------------------------------------------
 
@@ -128,6 +135,7 @@ class Dispatcher:
     def _lead(self, stop: threading.Event, leadership: Leadership) -> bool:
         """Ticks while this process leads; True when it gives up the lead (see the docstring)."""
         reconciled = False
+        self._usage_recorded = -float("inf")  # another leader may have written the history meanwhile
         last_check = time.monotonic()
         ray_down_since: Optional[float] = None
         while not stop.is_set():
@@ -172,6 +180,8 @@ class Dispatcher:
         # Admit first: a new job waits for no Ray round trips; admit again when a job that
         # held resources has just finished. Jobs preempted last tick rejoin the queue first.
         self.requeue_preempted()
+        if time.monotonic() - self._usage_recorded >= USAGE_RECORD_S:
+            self.record_usage()
         self.admit()
         if self.follow():
             self.admit()
@@ -256,6 +266,14 @@ class Dispatcher:
             self._transition(job.id, State.RUNNING, only_from=[State.SUBMITTED])
         return False
 
+    def record_usage(self) -> None:
+        """Adds what each user's admitted jobs hold now to their fair-share history."""
+        active = self.store.in_states(ACTIVE)
+        totals = self.ray.cluster().totals() if active else {}
+        shares = {user: usage.share(totals) for user, usage in scheduling.usage_by_user(active).items()}
+        self._history = self.store.record_usage(shares, self.rules.fair_share)
+        self._usage_recorded = time.monotonic()
+
     def requeue_preempted(self) -> None:
         """Preempted jobs go back in line, to resume from their checkpoints when admitted."""
         for job in self.store.in_states([State.PREEMPTED]):
@@ -268,7 +286,8 @@ class Dispatcher:
             self._waiting = {}
             return
         cluster, active = self.ray.cluster(), self.store.in_states(ACTIVE)
-        plan = scheduling.plan(queued, cluster, active, self.rules, placed=self._placed(cluster, active))
+        plan = scheduling.plan(queued, cluster, active, self.rules, placed=self._placed(cluster, active),
+                               history=self._history)
         chosen, reserved = plan.chosen, plan.reserved_for
         for victim in plan.preempt:
             self._preempt(victim, reserved)

@@ -1,4 +1,4 @@
-"""The jobs table (SQLAlchemy 2 declarative). The schema itself is created by the Alembic
+"""The jobs table and the fair share's usage table (SQLAlchemy 2 declarative). The schema itself is created by the Alembic
 migrations in `migrations/versions`; keep the two in step (test_queue_store checks it)."""
 
 from __future__ import annotations
@@ -120,3 +120,16 @@ class Job(Base):
             out["spec_submitted"] = self.spec_submitted
             out["overrides"] = json.loads(self.overrides)
         return out
+
+
+class UserUsage(Base):
+    """One user's fair-share history (quotas.FairShare): decayed usage in share-seconds as of
+    `updated_at`, and the dominant share they held then. One row per user, rewritten by the
+    dispatcher every few seconds (Store.record_usage); read by the scheduler and GET /fair-share."""
+
+    __tablename__ = "fair_share_usage"
+
+    submitted_by: Mapped[str] = mapped_column(String(200), primary_key=True)  # as in jobs
+    usage_s: Mapped[float] = mapped_column(Float)  # ∫ dominant share dt, decayed with the half-life
+    current_share: Mapped[float] = mapped_column(Float)  # the dominant share held at updated_at
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -8,9 +8,10 @@ one node, packed or spread; the admitted jobs where Ray says they are, else wher
 them). Enough free in all but split across nodes is no room: the job waits and says so.
 
 Order: priority first (strict: a low-priority job waits as long as higher-priority jobs keep
-arriving; no aging). Among jobs of equal priority, fair share (quotas.py): the job of the user
-who holds the smallest share of the cluster goes next — counting what this pass has just
-admitted — then the oldest. A job that would take its user past their quota waits ("user quota
+arriving; no aging). Among jobs of equal priority, fair share (quotas.FairShare): the job of the
+user with the smallest effective share goes next — what they hold now, counting what this pass
+has just admitted, plus their decayed past usage (`history`), over their weight — then the
+oldest. A job that would take its user past their quota waits ("user quota
 of 2 GPUs in use") without holding anything up.
 
 Starvation: head-of-line *reservation*. The first job (in that order) that does not fit is not
@@ -43,7 +44,7 @@ from typing import Mapping, Optional, Protocol, Sequence, Union
 from vae_service.core.capacity import EPSILON, add, amount, fits, subtract, summed
 from vae_service.core.placement import Bundles, Cluster
 from vae_service.queue import preemption
-from vae_service.queue.quotas import Quota, Usage
+from vae_service.queue.quotas import FairShare, Quota, Usage
 from vae_service.queue.settings import PREEMPT_MIN_RUN_S
 
 # What to lower in a spec when a job asks for more than the cluster has.
@@ -62,10 +63,12 @@ class Candidate(Protocol):
 
 @dataclass(frozen=True)
 class Rules:
-    """The server's scheduling settings: quotas and the preemption thrash guard."""
+    """The server's scheduling settings: quotas, the preemption thrash guard, fair share's
+    weights and half-life."""
 
     quota: Quota = Quota()
     preempt_min_run_s: float = PREEMPT_MIN_RUN_S
+    fair_share: FairShare = FairShare()
 
 
 @dataclass
@@ -83,16 +86,19 @@ def usage_by_user(active: Sequence) -> dict[str, Usage]:
     return usage
 
 
-def fair_order(queued_in_order: Sequence[Candidate], usage: dict[str, Usage], totals: Mapping[str, float]):
+def fair_order(queued_in_order: Sequence[Candidate], usage: dict[str, Usage], totals: Mapping[str, float],
+               fair: FairShare = FairShare(), history: Mapping[str, float] = {}):
     """Yields the queued jobs in admission order (module docstring); `usage` is read at each
     step, so the caller's updates (a job just admitted) count for the next pick. Only the user
-    just picked can have changed, so the users wait in a heap: a pick costs log(users)."""
+    just picked can have changed, so the users wait in a heap: a pick costs log(users).
+    `history`: each user's decayed usage in share-seconds (Store.fair_share_usage)."""
     by_priority: "OrderedDict[int, OrderedDict[str, deque]]" = OrderedDict()
     for job in queued_in_order:  # priority desc, then oldest first: each user's jobs stay in age order
         by_priority.setdefault(job.priority, OrderedDict()).setdefault(job.submitted_by, deque()).append(job)
 
     def turn(user: str, jobs: deque) -> tuple:
-        return usage[user].share(totals), usage[user].jobs, jobs[0].created_at, jobs[0].id, user
+        effective = fair.effective(user, usage[user].share(totals), history.get(user, 0.0))
+        return effective, usage[user].jobs, jobs[0].created_at, jobs[0].id, user
 
     for users in by_priority.values():
         waiting = [turn(user, jobs) for user, jobs in users.items()]
@@ -111,11 +117,12 @@ def bundles_of(job) -> Bundles:
 
 def plan(queued_in_order: Sequence[Candidate], cluster: Union[Cluster, Mapping[str, float]], active: Sequence,
          rules: Rules = Rules(), now: Optional[datetime] = None,
-         placed: Optional[Mapping[str, Sequence[str]]] = None) -> Plan:
+         placed: Optional[Mapping[str, Sequence[str]]] = None, history: Mapping[str, float] = {}) -> Plan:
     """Which jobs to admit now, which one the room is reserved for, which running jobs to
     preempt for it, and why each other queued job waits. `cluster`: the nodes and their totals
     (a mapping of totals: one node); `active`: the admitted jobs; `placed`: where Ray says an
-    active job's bundles are (node ids; the others are counted where they would go)."""
+    active job's bundles are (node ids; the others are counted where they would go); `history`:
+    each user's decayed usage (share-seconds) for fair share."""
     now = now or datetime.now(timezone.utc)
     out = Plan()
     nodes = cluster.emptied() if isinstance(cluster, Cluster) else Cluster.one_node(cluster)
@@ -126,7 +133,7 @@ def plan(queued_in_order: Sequence[Candidate], cluster: Union[Cluster, Mapping[s
     free = subtract(totals, summed(active))  # what later jobs may use (less the reservation)
     unreserved = dict(free)  # what is free at all
     stopping = [job for job in active if job.state == "preempting"]
-    for job in fair_order(queued_in_order, usage, totals):
+    for job in fair_order(queued_in_order, usage, totals, rules.fair_share, history):
         request, bundles = job.resource_request, bundles_of(job)
         over_quota = rules.quota.exceeded(usage[job.submitted_by], request)
         where = nodes.where(bundles) if not over_quota and fits(request, free) else None

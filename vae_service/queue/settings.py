@@ -45,6 +45,10 @@ The team queue (queue/scheduling.py; unset quotas: no limit):
                         current attempt (default 120: the thrash guard)
     VAE_PREEMPT_GRACE_S how long a stopped job (preempted or cancelled) has to checkpoint and end
                         before Ray kills it (default 30)
+    VAE_FAIR_SHARE_WEIGHTS  each user's weight in the fair share, `name=weight` comma-separated,
+                        e.g. `alice=2,bob=1` (a team's share; unlisted users weigh 1)
+    VAE_FAIR_SHARE_HALF_LIFE_S  how fast past usage is forgotten (default 604800, 7 days); 0: no
+                        history, only what users hold now counts (quotas.FairShare)
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vae_service.core.sweep_spec import MAX_GRID_POINTS
@@ -63,6 +67,7 @@ DEFAULT_RAY_ADDRESS = "http://127.0.0.1:8265"
 TOKEN_FILE_NAME = "api_token"
 PREEMPT_MIN_RUN_S = 120.0  # the thrash guard
 PREEMPT_GRACE_S = 30  # from SIGTERM to SIGKILL when Ray stops a job
+FAIR_SHARE_HALF_LIFE_S = 7 * 24 * 3600.0  # a week's heavy use is half forgotten a week later
 QUEUED_MAX_FAILURES = 3  # a queued run's storage.max_failures unless its spec says
 
 
@@ -90,6 +95,8 @@ class Settings(BaseSettings):
     quota_jobs: Optional[int] = Field(None, ge=1)
     preempt_min_run_s: float = Field(PREEMPT_MIN_RUN_S, ge=0)
     preempt_grace_s: int = Field(PREEMPT_GRACE_S, ge=1, le=3600)
+    fair_share_weights: Optional[str] = None
+    fair_share_half_life_s: float = Field(FAIR_SHARE_HALF_LIFE_S, ge=0)
     mlflow_ui_url: Optional[str] = Field(default_factory=lambda: _http_url(os.environ.get("MLFLOW_TRACKING_URI")))
     ray_ui_url: Optional[str] = None
 
@@ -106,6 +113,17 @@ class Settings(BaseSettings):
         """VAE_ADMINS as a set; None when unset or empty (then auth.py decides)."""
         return frozenset(split_list(self.admins)) or None
 
+    @field_validator("fair_share_weights")
+    @classmethod
+    def _weights_parse(cls, value: Optional[str]) -> Optional[str]:
+        parse_weights(value)  # at start-up, not at the first tick
+        return value
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """VAE_FAIR_SHARE_WEIGHTS as {user: weight}."""
+        return parse_weights(self.fair_share_weights)
+
     @property
     def token_file(self) -> Path:
         """The explicit token file, else the one `vae server` generates under VAE_HOME."""
@@ -120,3 +138,20 @@ def _http_url(value: Optional[str]) -> Optional[str]:
 def split_list(value: Optional[str]) -> list[str]:
     """A comma-separated setting as a list (blank entries dropped)."""
     return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def parse_weights(value: Optional[str]) -> dict[str, float]:
+    """`alice=2,bob=0.5` as {"alice": 2.0, "bob": 0.5}; anything else is a ValueError that names
+    the variable and the entry (a typo must not silently give a team weight 1)."""
+    weights: dict[str, float] = {}
+    for entry in split_list(value):
+        name, _, number = (part.strip() for part in entry.partition("="))
+        try:
+            weight = float(number)
+        except ValueError:
+            weight = float("nan")
+        if not name or not weight > 0 or weight == float("inf") or name in weights:
+            why = "a user named twice" if name in weights else "want name=weight with a positive number"
+            raise ValueError(f"VAE_FAIR_SHARE_WEIGHTS: {entry!r}: {why}, e.g. alice=2,bob=1")
+        weights[name] = weight
+    return weights

@@ -12,7 +12,8 @@ import json
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional
+from datetime import datetime
+from typing import Iterable, Iterator, Mapping, Optional
 
 from sqlalchemy import Engine, and_, case, func, or_, select, tuple_
 from sqlalchemy import update as sql_update
@@ -21,7 +22,8 @@ from sqlalchemy.orm import Session, defer
 
 from vae_service.core.placement import Bundles
 from vae_service.queue.db import session_factory
-from vae_service.queue.models import Job, utcnow
+from vae_service.queue.models import Job, UserUsage, utcnow
+from vae_service.queue.quotas import FairShare
 from vae_service.queue.states import TERMINAL, WAITING, IllegalTransition, State, check
 
 MAX_ERROR_CHARS = 4000
@@ -34,6 +36,8 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 # next ticks; the rest of the queue costs a tick nothing.
 HEAD_PER_USER = 4
 HEAD_LIMIT = 5000
+# A user whose decayed usage fell below this (share-seconds) and who holds nothing is forgotten.
+FORGET_USAGE_S = 1.0
 WITHOUT_SPECS = (defer(Job.spec_submitted, raiseload=True), defer(Job.spec_normalised, raiseload=True))
 
 
@@ -260,6 +264,34 @@ class Store:
             if new is State.CANCELLED:
                 job.finished_at = now
             return job
+
+    # ---- fair share's history --------------------------------------------------------------
+
+    def fair_share_usage(self) -> list[UserUsage]:
+        """Every user's stored history (one row per user, not per job)."""
+        with self.session() as session:
+            return list(session.scalars(select(UserUsage).order_by(UserUsage.submitted_by)))
+
+    def record_usage(self, shares: Mapping[str, float], fair: FairShare, now: Optional[datetime] = None) -> dict[str, float]:
+        """Brings each user's usage up to `now` — the share stored last time is the one held
+        since then — and stores `shares` (user → dominant share held now; missing: none) for
+        the next time. One transaction, one row per user; returns {user: usage_s}. Users whose
+        usage has decayed away and who hold nothing are dropped."""
+        now = now or utcnow()
+        out: dict[str, float] = {}
+        with self.session() as session:
+            rows = {row.submitted_by: row for row in session.scalars(select(UserUsage).with_for_update())}
+            for user in shares.keys() - rows.keys():
+                rows[user] = UserUsage(submitted_by=user, usage_s=0.0, current_share=0.0, updated_at=now)
+                session.add(rows[user])
+            for user, row in rows.items():
+                row.usage_s = fair.decayed(row.usage_s, row.current_share, (now - row.updated_at).total_seconds())
+                row.current_share, row.updated_at = shares.get(user, 0.0), now
+                if row.current_share <= 0 and row.usage_s < FORGET_USAGE_S:
+                    session.delete(row)
+                else:
+                    out[user] = row.usage_s
+        return out
 
     # ---- numbers for /metrics ----------------------------------------------------------------
 

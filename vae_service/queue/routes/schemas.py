@@ -74,3 +74,16 @@ JOB_LINKS = {
     "SetJobPriority": {"operationId": "setJobPriority", "parameters": JOB_ID},
 }
 LOCATION = {"Location": {"description": "The job's address, /jobs/{id}.", "schema": {"type": "string"}}}
+
+
+class UserShare(BaseModel):
+    user: str
+    weight: float
+    current_share: float = Field(description="The dominant share the user's admitted jobs hold (of the cluster's CPUs or GPUs).")
+    historic_share: float = Field(description="Their decayed past usage, as a share (usage / (half-life / ln 2)).")
+    effective_share: float = Field(description="(current + historic) / weight: among equal priorities, smallest goes first.")
+
+
+class FairShares(BaseModel):
+    half_life_s: float
+    users: list[UserShare] = Field(description="Smallest effective share first: the next in line first.")

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from vae_service.queue.auth import Identity, TokenSet
 from vae_service.queue.models import Job
 from vae_service.queue.policy import Policy
-from vae_service.queue.quotas import Quota
+from vae_service.queue.quotas import FairShare, Quota
 from vae_service.queue.ray_jobs import RayJobs, RayUnavailable
 from vae_service.queue.settings import Settings
 from vae_service.queue.store import Store, UnknownJob
@@ -43,6 +43,7 @@ class Service:
     max_failures: int
     max_grid_points: int
     metrics: CollectorRegistry  # queue/metrics.py's, over `store`
+    fair_share: FairShare = FairShare()  # the weights and half-life GET /fair-share reports with
     # Ray calls from requests share RAY_CALLS slots: when Ray is slow, the rest are answered 503
     # at once instead of piling up in the thread pool that every route shares.
     ray_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(RAY_CALLS))

@@ -155,6 +155,21 @@
     $("jobs-body").replaceChildren(...jobs.map(jobRow));
     $("jobs-empty").hidden = jobs.length > 0;
     $("jobs-total").textContent = total > jobs.length ? `(newest ${jobs.length} of ${total})` : `(${total})`;
+    await sharesTable(current);
+  }
+
+  // ---- each user's fair share (yours; an admin: everyone's), the next in line first
+
+  async function sharesTable(current) {
+    const { half_life_s: halfLife, users } = await (await call("/fair-share")).json();
+    if (!current()) return false;
+    const percent = (field, value) => el("td", { "data-field": field, class: "num" }, (100 * value).toFixed(1) + " %");
+    $("shares-body").replaceChildren(...users.map((user) => el("tr", { "data-user": user.user },
+      el("td", { "data-field": "user" }, user.user), el("td", { "data-field": "weight", class: "num" }, String(user.weight)),
+      percent("current_share", user.current_share), percent("historic_share", user.historic_share),
+      percent("effective_share", user.effective_share))));
+    $("shares-note").textContent = (halfLife ? `(half-life ${+(halfLife / 86400).toFixed(2)} d` : "(no history")
+      + "; effective = (current + historic) / weight, smallest goes next)";
   }
 
   function jobRow(job) {
