@@ -78,6 +78,7 @@ def percentile(values: list[float], q: float) -> float:
 async def submit_load(url: str, n: int, concurrency: int) -> dict:
     spec = tiny_spec_text("load").encode()
     latencies: list[float] = []
+    failures: list[str] = []
     errors = 0
     queue: asyncio.Queue = asyncio.Queue()
     for i in range(n):
@@ -89,14 +90,21 @@ async def submit_load(url: str, n: int, concurrency: int) -> dict:
             while not queue.empty():
                 queue.get_nowait()
                 started = time.perf_counter()
-                response = await client.post("/jobs", content=spec, params={"priority": 0})
+                try:
+                    response = await client.post("/jobs", content=spec, params={"priority": 0})
+                except httpx.TransportError as exc:  # a connection the server dropped: an error, not the end
+                    failures.append(repr(exc))
+                    errors += 1
+                    continue
                 latencies.append(time.perf_counter() - started)
                 errors += response.status_code != 201
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started
-    return {"submissions": n, "concurrency": concurrency, "errors": errors, "wall_s": wall,
+    if errors > n // 20:
+        raise SystemExit(f"{errors} of {n} submissions failed ({failures[:3]}): is the server at {url} still up?")
+    return {"submissions": n, "concurrency": concurrency, "errors": errors, "connection_errors": len(failures), "wall_s": wall,
             "submissions_per_s": n / wall, "p50_ms": 1000 * percentile(latencies, 50),
             "p95_ms": 1000 * percentile(latencies, 95), "p99_ms": 1000 * percentile(latencies, 99)}
 
