@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
 import statistics
 import sys
 import tempfile
@@ -29,50 +28,33 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from sqlalchemy import insert
-
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "queue_tick.json"
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 import _tiny  # noqa: E402
+from _queue_fill import USERS, insert_rows, job_row, queued_rows  # noqa: E402
 from queue_support import temporary_database  # noqa: E402
 
-from vae_service.core.placement import Bundles, Cluster, Node  # noqa: E402
+from vae_service.core.placement import Cluster, Node  # noqa: E402
 from vae_service.queue import scheduling  # noqa: E402
 from vae_service.queue.db import make_engine, upgrade  # noqa: E402
-from vae_service.queue.models import Job  # noqa: E402
 from vae_service.queue.states import ACTIVE, State  # noqa: E402
 from vae_service.queue.store import Store  # noqa: E402
 
 TINY = {"queued": [0, 300], "passes": 2}
-NODES, NODE_CPUS, USERS = 4, 8, 50
+NODES, NODE_CPUS = 4, 8  # and USERS (_queue_fill.py)
 TARGET_P95_MS = 50.0  # the issue's tick target at 20,000 queued (scheduler simulator); here per pass
-
-
-def job_row(i: int, state: str, priority: int, cpus: int, user: str, at: datetime) -> dict:
-    bundles = Bundles({"CPU": 1.0, "GPU": 0.0}, cpus)
-    return {"id": f"{i:016x}", "name": f"j{i}", "kind": "train", "priority": priority, "state": state, "attempts": 0,
-            "submitted_by": user, "spec_submitted": "name: j\n", "overrides": "[]", "spec_normalised": "name: j\n",
-            "resources": json.dumps(bundles.total, sort_keys=True), "bundles": bundles.to_json(), "preemptible": True,
-            "preemptions": 0, "created_at": at, "updated_at": at,
-            "running_since": at if state == State.RUNNING.value else None}
 
 
 def fill(store: Store, queued: int, seed: int = 0) -> str:
     """A full cluster (NODES × NODE_CPUS running 1-CPU jobs at priority 0), `queued` jobs
     behind it, then one urgent job; returns the urgent job's id."""
-    rng = random.Random(seed)
     start = datetime.now(timezone.utc) - timedelta(hours=2)
     rows = [job_row(i, State.RUNNING.value, 0, 1, f"user{i % USERS}", start) for i in range(NODES * NODE_CPUS)]
-    base = len(rows)
-    rows += [job_row(base + i, State.QUEUED.value, rng.choice((0, 1, 2)), rng.randint(1, 4), f"user{rng.randrange(USERS)}",
-                     start + timedelta(seconds=1 + i / 1000)) for i in range(queued)]
-    urgent = job_row(base + queued, State.QUEUED.value, 10, 1, "urgent-user", datetime.now(timezone.utc))
-    with store.session() as session:
-        for chunk in range(0, len(rows), 5000):
-            session.execute(insert(Job), rows[chunk:chunk + 5000])
-        session.execute(insert(Job), [urgent])
+    rows += queued_rows(len(rows), queued, start, seed)
+    urgent = job_row(len(rows), State.QUEUED.value, 10, 1, "urgent-user", datetime.now(timezone.utc))
+    insert_rows(store, [*rows, urgent])
     return urgent["id"]
 
 

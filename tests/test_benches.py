@@ -142,12 +142,26 @@ def check_queue_load(results: dict, output: Path) -> None:
         assert_positive(submit, "submissions_per_s", "wall_s", "p50_ms", "p95_ms", "p99_ms", where=f"{backend} submit")
         assert_positive(dispatch, "p50_s", "p95_s", "max_s", where=f"{backend} dispatch")
         assert dispatch["jobs"] == 1 and dispatch["each_handed_to_ray_once"]
+        # the same parts with 300 jobs queued first, each beside the empty queue's as a ratio
+        assert set(measured[backend]["prefilled"]) == {"300"}, sorted(measured[backend]["prefilled"])
+        row = measured[backend]["prefilled"]["300"]
+        assert row["queued"] == 300 and positive(row["fill_s"])
+        assert row["submit"]["errors"] == 0 and row["submit"]["submissions"] == 20
+        assert_positive(row["submit"], "submissions_per_s", "wall_s", "p50_ms", "p95_ms", where=f"{backend} 300 queued submit")
+        assert_positive(row["dispatch"], "p50_s", "p95_s", "max_s", where=f"{backend} 300 queued dispatch")
+        assert row["dispatch"]["jobs"] == 1 and row["dispatch"]["each_handed_to_ray_once"]
+        assert_positive(row["vs_empty"], "submissions_per_s", "post_p95", "dispatch_p50", "dispatch_p95",
+                        where=f"{backend} 300 queued vs empty")
+        assert set(row["met"]) == {"submissions_per_s", "dispatch_p95_s", "submissions_vs_empty", "dispatch_p95_vs_empty"}
+    assert results["setup"]["prefill"] == [0, 300]
     first = measured["first_step"]  # the part that once read a log line that was gone
     assert len(first["runs"]) == 1
     parts = ["queue_s", "ray_job_start_s", "worker_start_s", "total_s"]
     assert_positive(first, *parts, where="first_step")
     assert_positive(first["runs"][0], *parts, where="first_step run")
     assert_positive(results["reached"], "submissions_per_s", "dispatch_p95_s", "submit_to_first_step_s", where="reached")
+    assert_positive(results["reached"]["prefilled"], "submissions_per_s", "dispatch_p95_s", "submissions_vs_empty",
+                    "dispatch_p95_vs_empty", where="reached with the queue prefilled")
 
 
 def check_queue_tick(results: dict, output: Path) -> None:

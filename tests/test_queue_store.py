@@ -287,6 +287,57 @@ def test_the_front_of_the_queue_is_each_users_first_jobs_at_each_priority(store)
     assert [j.id for j in store.queue_head(per_user=16)][2:18] == [j.id for j in many[1:17]]
 
 
+def statements_of(store, call):
+    """(result of call(), [(statement, parameters)] it sent to the database)."""
+    sent = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        sent.append((statement, parameters))
+
+    sqlalchemy.event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        result = call()
+    finally:
+        sqlalchemy.event.remove(store.engine, "before_cursor_execute", seen)
+    return result, [(statement, parameters) for statement, parameters in sent if statement.lstrip().upper().startswith("SELECT")]
+
+
+def test_the_front_of_the_queue_is_one_query_per_group_and_the_position_a_count_of_the_jobs_ahead(store):
+    """What a tick and GET /jobs/{id} cost depends on the front of the queue and the jobs ahead,
+    not on the queue's length: queue_head sends one query per (priority, user) group (and one
+    that finds none after the last); position counts two ranges of the index, which SQLite
+    walks only over the jobs ahead (the OR of the two it answered by reading every queued job)."""
+    jobs = {(priority, user): [store.add(new(f"{user}-{priority}-{i}", priority=priority, user=user))[0] for i in range(6)]
+            for priority in (0, 3) for user in ("ann", "bob", "cy")}
+    urgent = store.add(new("urgent", priority=9, user="dee"))[0]
+    head, sent = statements_of(store, lambda: store.queue_head(per_user=2))
+    assert len(sent) == len(jobs) + 1 + 1, [s for s, _ in sent]  # 7 groups, then none
+    expected = [urgent] + [job for user in ("ann", "bob", "cy") for job in jobs[3, user][:2]]
+    assert [j.id for j in head[:7]] == [j.id for j in expected]
+    assert {j.id for j in head[7:]} == {job.id for user in ("ann", "bob", "cy") for job in jobs[0, user][:2]}
+    last = jobs[0, "cy"][-1]
+    assert [store.position(j) for j in (urgent, jobs[3, "ann"][0], jobs[3, "bob"][0], last)] == [0, 1, 7, 36]
+    _, sent = statements_of(store, lambda: store.position(urgent))
+    assert len(sent) == 2
+    if store.engine.dialect.name == "sqlite":
+        with store.engine.connect() as connection:
+            for statement, parameters in sent:
+                plan = " ".join(row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters))
+                assert "ix_jobs_state_priority" in plan and ("priority>?" in plan or "priority=?" in plan), plan
+
+
+def test_in_states_reads_only_the_given_ids(store):
+    """The dispatcher's start-up looks up the queued jobs Ray knows by id, not the whole queue."""
+    a, b, c = (store.add(new(name))[0] for name in "abc")
+    store.transition(b.id, State.SUBMITTED)
+    found = store.in_states([State.QUEUED], ids=[a.id, b.id, "not-a-job", a.id])
+    assert [j.id for j in found] == [a.id]
+    assert {j.id for j in store.in_states([State.QUEUED])} == {a.id, c.id}
+    many = [f"{i:016x}" for i in range(1200)] + [c.id]  # more ids than one query takes
+    assert [j.id for j in store.in_states([State.QUEUED], ids=many)] == [c.id]
+    assert store.in_states([State.QUEUED], ids=[]) == []
+
+
 def test_the_per_tick_queries_leave_the_spec_texts_in_the_database(store):
     """The dispatcher's every-tick reads (queued in order, admitted jobs) and the job list select no spec text;
     reading one from such a row raises instead of quietly querying; `get` has it."""

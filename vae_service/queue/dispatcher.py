@@ -190,7 +190,8 @@ class Dispatcher:
 
     def reconcile(self) -> None:
         known = self.ray.list()
-        for job in self.store.in_states([State.QUEUED]):
+        # Only the queued jobs Ray has a submission of (`<id>` or `<id>-<n>`), not the whole queue
+        for job in self.store.in_states([State.QUEUED], ids={ray_id.split("-")[0] for ray_id in known}):
             if submission_id(job) in known:
                 log.warning("dispatcher: job %s is queued in the store but Ray has it: adopting it", job.id)
                 self._transition(job.id, State.SUBMITTED, only_from=[State.QUEUED], ray_submission_id=submission_id(job),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Iterable, Iterator, Mapping, Optional
 
-from sqlalchemy import Engine, and_, case, func, or_, select, tuple_
+from sqlalchemy import Engine, bindparam, case, func, select, tuple_
 from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
@@ -38,6 +38,7 @@ HEAD_PER_USER = 4
 HEAD_LIMIT = 5000
 # A user whose decayed usage fell below this (share-seconds) and who holds nothing is forgotten.
 FORGET_USAGE_S = 1.0
+IDS_PER_QUERY = 500  # ids in one IN (…): well within every database's limit on parameters
 WITHOUT_SPECS = (defer(Job.spec_submitted, raiseload=True), defer(Job.spec_normalised, raiseload=True))
 
 
@@ -136,46 +137,55 @@ class Store:
             rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)).all()
         return list(rows), total
 
-    def in_states(self, states: Iterable[State]) -> list[Job]:
-        """Without their spec texts (see WITHOUT_SPECS): `get` a job to read its spec."""
+    def in_states(self, states: Iterable[State], ids: Optional[Iterable[str]] = None) -> list[Job]:
+        """Without their spec texts (see WITHOUT_SPECS): `get` a job to read its spec. `ids`:
+        only these jobs (looked up by key, IDS_PER_QUERY at a time): what the dispatcher's
+        start-up asks of the queued jobs, where reading them all would cost it the queue's length."""
+        query = select(Job).options(*WITHOUT_SPECS).where(Job.state.in_([s.value for s in states]))
         with self.session() as session:
-            query = select(Job).options(*WITHOUT_SPECS).where(Job.state.in_([s.value for s in states]))
-            return list(session.scalars(query))
+            if ids is None:
+                return list(session.scalars(query))
+            ids = sorted(set(ids))
+            return [job for at in range(0, len(ids), IDS_PER_QUERY)
+                    for job in session.scalars(query.where(Job.id.in_(ids[at:at + IDS_PER_QUERY])))]
 
     def queue_head(self, per_user: int = HEAD_PER_USER, limit: int = HEAD_LIMIT) -> list[Job]:
         """The front of the queue, in queue order: each user's oldest `per_user` queued jobs at
         each priority (at most `limit` in all). A tick admits or reserves only what the cluster
         can start at once, and fair share only compares users' next jobs, so this is all it
         needs. Its cost does not grow with the queue: the index on (state, priority, user,
-        created) is walked group by group — one seek for the next (priority, user), one for
-        that group's first jobs — so the work is per group, not per queued job."""
+        created) is walked group by group — one seek past the last (priority, user) to the next
+        group's first jobs — so the work is per group, not per queued job."""
         queued = Job.state == State.QUEUED.value
+        # The index's own order, so that a planner without statistics picks that index. Built
+        # once and run once per group with that group's values: building a statement costs
+        # SQLAlchemy more than the database takes to run it.
+        first = (select(Job).options(*WITHOUT_SPECS).where(queued)
+                 .order_by(Job.priority, Job.submitted_by, Job.created_at, Job.id).limit(per_user))
+        # after a group, the next one's first jobs: a row value, which both databases seek to in
+        # the index (an OR of the two they scan)
+        after = first.where(tuple_(Job.priority, Job.submitted_by) > tuple_(bindparam("priority"), bindparam("user")))
         front: list[Job] = []
         with self.session() as session:
-            group = None
-            while True:
-                after = select(Job.priority, Job.submitted_by).where(queued)
-                if group is not None:  # the next group in index order (descending on both); a row
-                    # value, which both databases seek to in the index (an OR of the two they scan)
-                    after = after.where(tuple_(Job.priority, Job.submitted_by) < tuple_(group.priority, group.submitted_by))
-                group = session.execute(after.order_by(Job.priority.desc(), Job.submitted_by.desc()).limit(1)).first()
-                if group is None:
-                    break
-                front += session.scalars(
-                    select(Job).options(*WITHOUT_SPECS).where(queued, Job.priority == group.priority,
-                                                              Job.submitted_by == group.submitted_by)
-                    # (the index's own order, so that a planner without statistics picks that index)
-                    .order_by(Job.priority, Job.submitted_by, Job.created_at, Job.id).limit(per_user))
+            rows = session.scalars(first).all()
+            while rows:  # the group's first jobs, then maybe the next group's (read again next)
+                group = (rows[0].priority, rows[0].submitted_by)
+                front += [job for job in rows if (job.priority, job.submitted_by) == group]
+                rows = session.scalars(after, {"priority": group[0], "user": group[1]}).all()
         front.sort(key=lambda job: (-job.priority, job.created_at, job.id))
         return front[:limit]
 
     def position(self, job: Job) -> int:
-        """How many queued jobs are ahead of this one (0 = next)."""
+        """How many queued jobs are ahead of this one (0 = next): those of higher priority, and
+        the older ones of its own. Two counts, each a range of the index on (state, priority,
+        created): what they cost is the jobs ahead, not the queue's length (one count of the OR
+        of the two, SQLite answers by reading every queued job's index entry)."""
+        queued = Job.state == State.QUEUED.value
         with self.session() as session:
-            ahead = and_(Job.state == State.QUEUED.value, or_(
-                Job.priority > job.priority,
-                and_(Job.priority == job.priority, Job.created_at < job.created_at)))
-            return session.scalar(select(func.count()).select_from(Job).where(ahead))
+            higher = session.scalar(select(func.count()).select_from(Job).where(queued, Job.priority > job.priority))
+            older = session.scalar(select(func.count()).select_from(Job).where(
+                queued, Job.priority == job.priority, Job.created_at < job.created_at))
+            return higher + older
 
     # ---- state changes -----------------------------------------------------------------------
 
