@@ -1,23 +1,43 @@
 """The queue on a Ray cluster of several nodes, for real: a head with no CPUs and two worker
-nodes of 2 CPUs each, all on this machine (`ray start --head --num-cpus 0`, then
-`ray start --address … --num-cpus 2` twice, token auth), a `vae server` and real trainings.
+nodes of 2 CPUs and 2 logical GPUs each, all on this machine (`ray start --head --num-cpus 0`,
+then `ray start --address … --num-cpus 2 --num-gpus 2` twice, token auth), `vae server`s and
+real trainings.
 
 The queue places a job's workers node by node, as Ray does (core/placement.py): a worker never
 spans nodes, so 2 CPUs free as 1 + 1 on two nodes is no room for a 1 × 2-CPU worker.
+
+The GPUs are logical: Ray counts and schedules them, no device is behind them, and this torch has
+no CUDA, so a training with `use_gpu: true` would fail on `cuda:0`. The tests of GPU jobs (quotas,
+fair share and preemption counted in GPUs) therefore run a server whose jobs are bundle holders
+(tests/bundle_holder.py, through the server's VAE_JOB_PYTHON): each is a real Ray job that asks
+Ray for its spec's bundles and holds them, training nothing. The cluster, the queue, the
+admission, placement and preemption are all real. The killed-node test runs a real training.
 """
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+import shlex
+import subprocess
+import sys
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
 
 import pytest
-from queue_support import api, job_state, ray_head, ray_worker_node, start_server, tiny_spec_text, wait_for
+from queue_support import (RayHead, api, job_state, live_nodes, ray_head, ray_worker_node, start_server,
+                           tiny_spec_text, wait_for)
 
 from vae_service.queue.ray_jobs import RayJobs
 
 pytestmark = pytest.mark.slow
 TOKEN = "queue-nodes-token"
 NODE_CPUS = 2
+NODE_GPUS = 2  # logical: no device behind them
+USERS = {"alice": "alice-token", "bob": "bob-token"}
+HOLDER = Path(__file__).with_name("bundle_holder.py")
+ENDED = ("succeeded", "failed", "cancelled")
 
 SPREAD_SPEC = """\
 name: spread
@@ -29,14 +49,32 @@ tracking: {experiment: queue-tests}
 """
 
 
+@dataclass
+class Nodes:
+    head: RayHead
+    workers: list  # each worker node's `ray start --block` process (its raylet is a child)
+    stack: ExitStack
+
+    def add_worker(self) -> subprocess.Popen:
+        process = self.stack.enter_context(ray_worker_node(self.head, NODE_CPUS, NODE_GPUS))
+        self.workers.append(process)
+        return process
+
+
 @pytest.fixture(scope="module")
-def nodes():
-    """A head that runs nothing (0 CPUs) and two worker nodes of NODE_CPUS CPUs."""
+def cluster() -> Iterator[Nodes]:
+    """A head that runs nothing (0 CPUs) and two worker nodes of NODE_CPUS CPUs and NODE_GPUS
+    logical GPUs."""
     with ExitStack() as stack:
-        head = stack.enter_context(ray_head(num_cpus=0))
+        nodes = Nodes(stack.enter_context(ray_head(num_cpus=0)), [], stack)
         for _ in range(2):
-            stack.enter_context(ray_worker_node(head, NODE_CPUS))
-        yield head
+            nodes.add_worker()
+        yield nodes
+
+
+@pytest.fixture(scope="module")
+def nodes(cluster) -> RayHead:
+    return cluster.head
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +88,7 @@ def server(nodes, tmp_path_factory):
 def test_the_queue_sees_each_node_as_ray_reports_it(nodes):
     cluster = RayJobs(nodes.address, nodes.token).cluster()
     assert sorted(node.total["CPU"] for node in cluster.nodes) == [0.0, NODE_CPUS, NODE_CPUS]
+    assert sorted(node.total["GPU"] for node in cluster.nodes) == [0.0, NODE_GPUS, NODE_GPUS]
     assert len({node.id for node in cluster.nodes}) == 3
 
 
@@ -108,3 +147,180 @@ def test_a_job_larger_than_any_node_is_refused_at_submission(server):
     assert problem["msg"] == ("one worker asks for 3 CPUs and no node has more than 2 CPUs: lower "
                               "resources.cpus_per_worker (the Ray cluster has 3 node(s))"), problem
     assert client.get("/jobs").json() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU jobs: bundle holders (tests/bundle_holder.py) on the nodes' logical GPUs
+
+HELD_SPEC = """\
+name: {name}
+data: {{limit: 256}}
+model: {{hidden: [32], latent_dim: 2}}
+optim: {{epochs: 1, batch_size: 64, seed: 0}}
+resources: {{num_workers: {workers}, cpus_per_worker: {cpus}, use_gpu: {use_gpu}, gpus_per_worker: {gpus}, placement: {placement}}}
+tracking: {{experiment: queue-tests}}
+"""
+
+
+def held_spec(name: str, gpus: float, cpus: float = 1, workers: int = 1, placement: str = "pack") -> str:
+    """A job of `workers` × (`cpus` CPUs + `gpus` GPUs); run by a bundle holder, it trains nothing."""
+    return HELD_SPEC.format(name=name, workers=workers, cpus=cpus, use_gpu=str(gpus > 0).lower(), gpus=gpus,
+                            placement=placement)
+
+
+@contextmanager
+def holder_server(nodes: RayHead, workdir: Path, **settings: str) -> Iterator[object]:
+    """A `vae server` on the nodes (users alice and bob, neither an admin) whose jobs run
+    tests/bundle_holder.py instead of a training (VAE_JOB_PYTHON names a wrapper that execs it).
+    It starts with the nodes idle; at the end every Ray job still running is stopped, so the next
+    test finds them idle too."""
+    wrapper = workdir / "hold-bundles"
+    wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(HOLDER))}\n")
+    wrapper.chmod(0o755)
+    nodes.wait_idle()
+    env = nodes.server_env(workdir, VAE_API_TOKEN=",".join(f"{user}:{token}" for user, token in USERS.items()),
+                           VAE_JOB_PYTHON=str(wrapper), **settings)
+    server = start_server(workdir, env)
+    try:
+        yield server
+    finally:
+        server.stop()
+        ray = RayJobs(nodes.address, nodes.token)
+        for submission_id, job in ray.list().items():
+            if job.status in ("PENDING", "RUNNING"):
+                ray.stop(submission_id)
+        nodes.wait_idle()
+
+
+class Held:
+    """Submits bundle-holder jobs as a user and says where Ray has placed them."""
+
+    def __init__(self, nodes: RayHead, server, user: str):
+        self.client = api(server, USERS[user])
+        self.ray = RayJobs(nodes.address, nodes.token)
+
+    def submit(self, spec: str, priority: int = 0) -> str:
+        response = self.client.post("/jobs", params={"priority": priority}, content=spec)
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    def state(self, job_id: str) -> dict:
+        return job_state(self.client, job_id)
+
+    def placed(self, job_id: str) -> Optional[list[str]]:
+        """The node id of each of the job's bundles as Ray placed them (its current attempt), or
+        None while Ray has not placed them."""
+        job = self.state(job_id)
+        if job["state"] != "running":
+            return None
+        info = self.ray.info(job["ray_submission_id"] or job_id)
+        if info is None or not info.ray_job_id:
+            return None
+        return self.ray.placements().get(info.ray_job_id) or None
+
+    def wait_placed(self, job_id: str, timeout: float = 90) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while not (where := self.placed(job_id)):
+            if time.monotonic() > deadline or self.state(job_id)["state"] in ENDED:
+                job = self.state(job_id)
+                logs = self.ray.logs(job["ray_submission_id"] or job_id) if job["ray_submission_id"] else None
+                pytest.fail(f"job {job_id} not placed by Ray: {job}\n{(logs or '')[-3000:]}")
+            time.sleep(0.5)
+        return where
+
+    def cancel(self, job_id: str) -> None:
+        assert self.client.post(f"/jobs/{job_id}/cancel").status_code in (200, 202)
+        wait_for(lambda: self.state(job_id)["state"] == "cancelled", 60, f"job {job_id} to be cancelled")
+
+    def reason(self, job_id: str, starts: str, timeout: float = 60) -> str:
+        def said() -> Optional[str]:
+            job = self.state(job_id)
+            assert job["state"] == "queued", job
+            return job["waiting_reason"] if (job["waiting_reason"] or "").startswith(starts) else None
+
+        return wait_for(said, timeout, f"job {job_id} to wait with a reason starting {starts!r}")
+
+
+def test_a_gpu_quota_holds_a_users_second_gpu_job_while_another_users_runs(nodes, tmp_path):
+    """VAE_QUOTA_GPUS=2. alice's first job holds 2 GPUs; her second (1 GPU) waits with the quota's
+    reason, although the nodes have room; bob's (1 GPU), submitted after it, runs; once alice's
+    first job ends, her second runs. The jobs are bundle holders (module docstring)."""
+    with holder_server(nodes, tmp_path, VAE_QUOTA_GPUS="2") as server:
+        alice, bob = Held(nodes, server, "alice"), Held(nodes, server, "bob")
+        first = alice.submit(held_spec("alice-first", gpus=2))
+        alice.wait_placed(first)
+        second = alice.submit(held_spec("alice-second", gpus=1))
+        reason = alice.reason(second, "user quota")
+        assert reason == "user quota of 2 GPUs in use (2 held, this job asks for 1)", reason
+
+        bobs = bob.submit(held_spec("bob-first", gpus=1))
+        bob.wait_placed(bobs)
+        assert alice.state(second)["state"] == "queued"
+        assert alice.state(second)["waiting_reason"] == reason  # 1 GPU is still free: only the quota holds it
+
+        alice.cancel(first)
+        alice.wait_placed(second)
+        assert bob.state(bobs)["state"] == "running"
+
+
+def test_fair_share_counts_gpus_the_user_holding_fewer_goes_first(nodes, tmp_path):
+    """Equal priority. bob holds all 4 GPUs (and 0.75 CPUs); alice holds 1 CPU and no GPU. bob's
+    next job is submitted before alice's, both for 1 GPU. Counting GPUs, alice's dominant share
+    (1 of 4 CPUs: 0.25) is below bob's (3 or 4 of 4 GPUs), so when one GPU is freed her job goes
+    first, though bob's is older and bob holds fewer CPUs. The jobs are bundle holders."""
+    with holder_server(nodes, tmp_path) as server:
+        alice, bob = Held(nodes, server, "alice"), Held(nodes, server, "bob")
+        held = [bob.submit(held_spec("bob-two", gpus=2, cpus=0.25))]
+        bob.wait_placed(held[0])  # first: both GPUs of one node
+        held.append(alice.submit(held_spec("alice-cpu", gpus=0, cpus=1)))
+        held += [bob.submit(held_spec(f"bob-one-{i}", gpus=1, cpus=0.25)) for i in range(2)]
+        for job_id in held:
+            Held(nodes, server, "alice" if job_id == held[1] else "bob").wait_placed(job_id)
+
+        bobs_next = bob.submit(held_spec("bob-next", gpus=1, cpus=0.25))
+        time.sleep(1)  # strictly older
+        alices_next = alice.submit(held_spec("alice-next", gpus=1, cpus=0.25))
+        # Both wait; alice's is ranked ahead (the room is held for it), bob's behind it.
+        bob.reason(bobs_next, "waiting for 1 GPU to be free")
+        said = bob.reason(bobs_next, "waiting for 1 GPU to be free (4 of 4 GPUs in use, the rest held for job")
+        assert said.endswith(f"held for job {alices_next}, ranked ahead)"), said
+
+        bob.cancel(held[3])  # one GPU free
+        alice.wait_placed(alices_next)
+        job = bob.state(bobs_next)
+        assert job["state"] == "queued" and job["waiting_reason"].startswith("waiting for 1 GPU to be free"), job
+
+
+def test_preemption_frees_room_on_the_one_node_where_the_urgent_job_fits(nodes, tmp_path):
+    """Four low-priority 1-GPU jobs fill both nodes, two on each: on one node priorities 1 and 3,
+    on the other 1 and 3 too. bob's urgent job (priority 10) needs 2 GPUs on ONE node. The two
+    lowest-priority jobs are on different nodes: stopping them would free 2 GPUs in all and no
+    room for it. The queue preempts the two jobs of one node (the fewest that make room there,
+    the lowest-ranked such pair), it runs there, and the other node's jobs run on untouched.
+
+    Where each low job lands is made certain with a filler (2 GPUs on one node) while the first
+    two are placed. The jobs are bundle holders (module docstring)."""
+    with holder_server(nodes, tmp_path, VAE_PREEMPT_MIN_RUN_S="0", VAE_PREEMPT_GRACE_S="10") as server:
+        alice, bob = Held(nodes, server, "alice"), Held(nodes, server, "bob")
+        filler = alice.submit(held_spec("filler", gpus=2))
+        (filled,) = alice.wait_placed(filler)
+        low = {}
+        for name, priority in (("low-a1", 1), ("low-a3", 3)):
+            low[name] = alice.submit(held_spec(name, gpus=1), priority=priority)
+            alice.wait_placed(low[name])
+        alice.cancel(filler)
+        for name, priority in (("low-b1", 1), ("low-b3", 3)):
+            low[name] = alice.submit(held_spec(name, gpus=1), priority=priority)
+            alice.wait_placed(low[name])
+        where = {name: alice.placed(job_id)[0] for name, job_id in low.items()}
+        assert where["low-b1"] == where["low-b3"] == filled != where["low-a1"] == where["low-a3"], where
+
+        urgent = bob.submit(held_spec("urgent", gpus=2), priority=10)
+        wait_for(lambda: alice.state(low["low-b1"])["preemptions"] + alice.state(low["low-a1"])["preemptions"] > 0, 60,
+                 "a preemption")
+        assert bob.wait_placed(urgent) == [filled]
+        states = {name: alice.state(job_id) for name, job_id in low.items()}
+        preempted = {name for name, job in states.items() if job["preemptions"]}
+        assert preempted == {"low-b1", "low-b3"}, states
+        assert all(states[name]["state"] in ("preempting", "preempted", "queued") for name in preempted), states
+        assert all(states[name]["state"] == "running" for name in ("low-a1", "low-a3")), states
