@@ -16,6 +16,7 @@ admission, placement and preemption are all real. The killed-node test runs a re
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
@@ -292,35 +293,44 @@ def test_fair_share_counts_gpus_the_user_holding_fewer_goes_first(nodes, tmp_pat
 
 
 def test_preemption_frees_room_on_the_one_node_where_the_urgent_job_fits(nodes, tmp_path):
-    """Four low-priority 1-GPU jobs fill both nodes, two on each: on one node priorities 1 and 3,
-    on the other 1 and 3 too. bob's urgent job (priority 10) needs 2 GPUs on ONE node. The two
-    lowest-priority jobs are on different nodes: stopping them would free 2 GPUs in all and no
-    room for it. The queue preempts the two jobs of one node (the fewest that make room there,
-    the lowest-ranked such pair), it runs there, and the other node's jobs run on untouched.
+    """Four low-priority 1-GPU jobs (priority 1, alice) fill both nodes, two on each, started in
+    the order a1 (node Y), b1, b3 (node X), a3 (node Y). bob's urgent job (priority 10) needs 2
+    GPUs on ONE node. Victims are ranked most recently started first (equal priority): a3, b3, …
+    but a3 and b3 are on different nodes, and stopping them would free 2 GPUs in all and no room
+    for it. The queue preempts the fewest jobs that make room on one node, the best-ranked such
+    pair: a3 and a1, both on Y; the urgent job runs there; b1 and b3 run on, untouched, and the
+    preempted jobs (priority 1) wait without preempting anything in turn.
 
-    Where each low job lands is made certain with a filler (2 GPUs on one node) while the first
-    two are placed. The jobs are bundle holders (module docstring)."""
+    Where each low job lands is made certain with fillers (jobs that take a node's free GPUs
+    while the others are placed, then cancelled). The jobs are bundle holders (module docstring)."""
     with holder_server(nodes, tmp_path, VAE_PREEMPT_MIN_RUN_S="0", VAE_PREEMPT_GRACE_S="10") as server:
         alice, bob = Held(nodes, server, "alice"), Held(nodes, server, "bob")
-        filler = alice.submit(held_spec("filler", gpus=2))
-        (filled,) = alice.wait_placed(filler)
-        low = {}
-        for name, priority in (("low-a1", 1), ("low-a3", 3)):
-            low[name] = alice.submit(held_spec(name, gpus=1), priority=priority)
-            alice.wait_placed(low[name])
-        alice.cancel(filler)
-        for name, priority in (("low-b1", 1), ("low-b3", 3)):
-            low[name] = alice.submit(held_spec(name, gpus=1), priority=priority)
-            alice.wait_placed(low[name])
-        where = {name: alice.placed(job_id)[0] for name, job_id in low.items()}
-        assert where["low-b1"] == where["low-b3"] == filled != where["low-a1"] == where["low-a3"], where
+        low, where = {}, {}
+
+        def start(name: str) -> None:
+            low[name] = alice.submit(held_spec(name, gpus=1), priority=1)
+            (where[name],) = alice.wait_placed(low[name])
+
+        big_filler = alice.submit(held_spec("filler-x", gpus=2))
+        (x,) = alice.wait_placed(big_filler)  # X full
+        start("a1")  # on Y
+        small_filler = alice.submit(held_spec("filler-y", gpus=1))
+        alice.wait_placed(small_filler)  # Y full
+        alice.cancel(big_filler)
+        start("b1")  # on X
+        start("b3")  # on X
+        alice.cancel(small_filler)
+        start("a3")  # on Y
+        y = where["a1"]
+        assert where == {"a1": y, "b1": x, "b3": x, "a3": y} and x != y, where
 
         urgent = bob.submit(held_spec("urgent", gpus=2), priority=10)
-        wait_for(lambda: alice.state(low["low-b1"])["preemptions"] + alice.state(low["low-a1"])["preemptions"] > 0, 60,
-                 "a preemption")
-        assert bob.wait_placed(urgent) == [filled]
+        assert bob.wait_placed(urgent) == [y]
+        victims = re.findall(r"preempting job (\w+) \(priority 1\) for job (\w+) \(priority 10\)", server.log())
+        names = {job_id: name for name, job_id in low.items()}
+        assert sorted((names.get(victim, victim), other) for victim, other in victims) == [("a1", urgent), ("a3", urgent)], victims
         states = {name: alice.state(job_id) for name, job_id in low.items()}
-        preempted = {name for name, job in states.items() if job["preemptions"]}
-        assert preempted == {"low-b1", "low-b3"}, states
-        assert all(states[name]["state"] in ("preempting", "preempted", "queued") for name in preempted), states
-        assert all(states[name]["state"] == "running" for name in ("low-a1", "low-a3")), states
+        seen = {name: (job["state"], job["preemptions"], job["waiting_reason"]) for name, job in states.items()}
+        assert seen["b1"][:2] == seen["b3"][:2] == ("running", 0), seen
+        assert all(seen[name][1] == 1 and seen[name][0] in ("preempted", "queued") for name in ("a1", "a3")), seen
+        assert "preempting" not in server.log().split(f"for job {urgent} (priority 10)")[-1], "a second round of preemptions"
