@@ -334,3 +334,91 @@ def test_preemption_frees_room_on_the_one_node_where_the_urgent_job_fits(nodes, 
         assert seen["b1"][:2] == seen["b3"][:2] == ("running", 0), seen
         assert all(seen[name][1] == 1 and seen[name][0] in ("preempted", "queued") for name in ("a1", "a3")), seen
         assert "preempting" not in server.log().split(f"for job {urgent} (priority 10)")[-1], "a second round of preemptions"
+
+
+# ---------------------------------------------------------------------------------------------
+# A worker node killed under a running job (last in the module: it replaces the node it kills)
+
+# 1 worker × 2 CPUs: a whole node, so the job can only go on on the other one. Some seconds an
+# epoch on this machine; checkpoints every epoch; the queue's default VAE_MAX_FAILURES (3)
+# recovers from the lost node.
+SURVIVOR_EPOCHS = 6
+SURVIVOR_SPEC = f"""\
+name: survivor
+data: {{limit: 4096}}
+model: {{hidden: [128], latent_dim: 2}}
+optim: {{epochs: {SURVIVOR_EPOCHS}, batch_size: 32, seed: 0}}
+resources: {{num_workers: 1, cpus_per_worker: 2}}
+tracking: {{experiment: queue-tests}}
+"""
+
+
+def raylets(workers: list) -> dict:
+    """Ray's node id → (the worker node's `ray start` process, its raylet), found among the
+    children of the `ray start` processes this module started (no other cluster's raylet)."""
+    import psutil
+
+    out = {}
+    for worker in workers:
+        if worker.poll() is not None:
+            continue
+        for child in psutil.Process(worker.pid).children(recursive=True):
+            try:
+                if child.name() == "raylet":
+                    node_id = next(arg.split("=", 1)[1] for arg in child.cmdline() if arg.startswith("--node_id="))
+                    out[node_id] = (worker, child)
+            except (psutil.NoSuchProcess, StopIteration):
+                continue
+    return out
+
+
+@pytest.mark.timeout(900)  # about 2 minutes alone; far longer when the machine is loaded
+def test_a_job_on_a_killed_worker_node_resumes_on_the_other_node_from_its_checkpoint(cluster, server):
+    """A real training (1 × 2 CPUs, a checkpoint each epoch) runs on one worker node; that node's
+    raylet is killed (SIGKILL, by its PID) once two checkpoints are written. Ray declares the node
+    dead, the training task is retried on the other node, it continues from its latest checkpoint
+    (epoch 1 is trained once, every epoch is trained), and the job succeeds. The node is replaced
+    afterwards, so the module's cluster has two worker nodes again."""
+    head = cluster.head.wait_idle()
+    client, ray = api(server, TOKEN), RayJobs(head.address, head.token)
+    submitted = client.post("/jobs", content=SURVIVOR_SPEC)
+    assert submitted.status_code == 201, submitted.text
+    job_id = submitted.json()["id"]
+    run_dir = Path(submitted.json()["run_dir"])
+
+    def placed() -> Optional[list[str]]:
+        job = job_state(client, job_id)
+        info = ray.info(job["ray_submission_id"] or job_id) if job["state"] == "running" else None
+        return ray.placements().get(info.ray_job_id) if info is not None and info.ray_job_id else None
+
+    # Two checkpoints: the first has surely been reported to the driver, which resumes from it.
+    wait_for(lambda: len(list(run_dir.glob("checkpoint_*/state.json"))) >= 2 or job_state(client, job_id)["state"] in ENDED,
+             600, "the job's second checkpoint", interval=0.2)
+    assert job_state(client, job_id)["state"] == "running", job_state(client, job_id)
+    (node,) = wait_for(placed, 30, "Ray to say where the job runs")
+    by_node = raylets(cluster.workers)
+    assert node in by_node and len(by_node) == 2, (node, by_node)
+    victim, raylet = by_node[node]
+    (other,) = set(by_node) - {node}
+    raylet.kill()  # SIGKILL to that PID only
+    try:
+        seen_after: set[str] = set()
+
+        def ended() -> bool:
+            job = job_state(client, job_id)
+            seen_after.update(placed() or ())
+            return job["state"] in ENDED
+
+        wait_for(ended, 400, "the job to end after its node was killed", interval=1.0)
+        job = job_state(client, job_id)
+        log = client.get(f"/jobs/{job_id}/logs").text
+        assert job["state"] == "succeeded", (job, log[-3000:])
+        # (Ray's task list may still name the dead node for a moment after the kill.)
+        assert other in seen_after, (seen_after, node, other)
+        epochs = [int(n) for n in re.findall(rf"^epoch (\d+)/{SURVIVOR_EPOCHS} ", log, re.MULTILINE)]
+        assert epochs.count(1) == 1, epochs  # continued from a checkpoint, not from the start
+        assert sorted(set(epochs)) == list(range(1, SURVIVOR_EPOCHS + 1)), epochs
+        assert not [n for n in live_nodes(head) if n["node_id"] == node], "the killed node is still alive"
+    finally:
+        cluster.workers.remove(victim)
+        cluster.add_worker()
