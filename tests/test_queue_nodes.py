@@ -282,7 +282,6 @@ def test_fair_share_counts_gpus_the_user_holding_fewer_goes_first(nodes, tmp_pat
         time.sleep(1)  # strictly older
         alices_next = alice.submit(held_spec("alice-next", gpus=1, cpus=0.25))
         # Both wait; alice's is ranked ahead (the room is held for it), bob's behind it.
-        bob.reason(bobs_next, "waiting for 1 GPU to be free")
         said = bob.reason(bobs_next, "waiting for 1 GPU to be free (4 of 4 GPUs in use, the rest held for job")
         assert said.endswith(f"held for job {alices_next}, ranked ahead)"), said
 
