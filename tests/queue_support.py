@@ -183,14 +183,15 @@ NODE_START_ATTEMPTS = 2
 
 
 @contextmanager
-def ray_worker_node(head: RayHead, num_cpus: int) -> Iterator[subprocess.Popen]:
+def ray_worker_node(head: RayHead, num_cpus: int, num_gpus: int = 0) -> Iterator[subprocess.Popen]:
     """Another Ray node on this machine, joined to `head` (`ray start --address … --block`, token
     auth, free ports); yields its `ray start` process (its raylet is a child in its process
-    group). Stopped by its process group; the head's own stop sweeps whatever is left. A start
-    that timed out under load (NODE_START_TIMED_OUT) is tried once more."""
+    group). `num_gpus`: logical GPUs Ray counts and schedules (no device behind them). Stopped
+    by its process group; the head's own stop sweeps whatever is left. A start that timed out
+    under load (NODE_START_TIMED_OUT) is tried once more."""
     before = len(live_nodes(head))
     for attempt in range(1, NODE_START_ATTEMPTS + 1):
-        process, log = _start_worker_node(head, num_cpus)
+        process, log = _start_worker_node(head, num_cpus, num_gpus)
         wait_for(lambda: len(live_nodes(head)) > before or process.poll() is not None, 90, "the worker node to join")
         if process.poll() is None:
             break
@@ -206,7 +207,7 @@ def ray_worker_node(head: RayHead, num_cpus: int) -> Iterator[subprocess.Popen]:
         log.close()
 
 
-def _start_worker_node(head: RayHead, num_cpus: int):
+def _start_worker_node(head: RayHead, num_cpus: int, num_gpus: int = 0):
     """`ray start --address HEAD --block` on free ports, logging to a file under the head's temp dir."""
     agent_http, agent_grpc, runtime_env, metrics, node_manager, object_manager = free_ports(6)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
@@ -214,7 +215,7 @@ def _start_worker_node(head: RayHead, num_cpus: int):
     log = open(head.temp_dir / f"node-{node_manager}.log", "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--address", head.gcs_address, "--block",
-         "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus), "--num-gpus", "0",
+         "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus),
          "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
          "--runtime-env-agent-port", str(runtime_env), "--metrics-export-port", str(metrics),
          "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager), "--disable-usage-stats"],

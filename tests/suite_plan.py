@@ -42,9 +42,9 @@ SHARED_GROUPS = {
 LONGEST_FIRST = [
     "tests/test_cluster.py",
     "tests/test_queue_ray.py", "tests/test_queue_preemption.py", "tests/test_queue_ui.py",
+    "tests/test_queue_nodes.py",  # its own three-node cluster; with GPU quotas, fair share, preemption, a killed node: ~5 min alone on 2 cores
     "tests/test_benches.py",
     "tests/test_sweeps.py",
-    "tests/test_queue_nodes.py",
     "tests/test_training_ray.py",
     "tests/test_own_data.py",
     "tests/faults/test_worker_killed.py",
