@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import suite_plan
+from queue_support import BACKENDS
 
 from vae_service.environment import applied, apply_process_defaults
 
@@ -203,3 +204,24 @@ def s3_server(tmp_path_factory):
             process.kill()
             process.wait()
         log.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path):
+    """A fresh, empty database on each store the queue supports."""
+    from queue_support import temporary_database
+
+    with temporary_database(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def store(db_url):
+    """A migrated queue Store on `db_url` (the queue's store tests)."""
+    from vae_service.queue.db import make_engine, upgrade
+    from vae_service.queue.store import Store
+
+    engine = make_engine(db_url)
+    upgrade(engine)
+    yield Store(engine)
+    engine.dispose()

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from fastapi.testclient import TestClient
-from queue_support import BACKENDS, VAE, temporary_database
+from queue_support import VAE
 
 from vae_service.queue import scheduling
 from vae_service.queue.api import create_app
@@ -137,18 +137,6 @@ def test_half_life_0_and_no_weights_give_the_order_of_before_exactly():
 # ---- the history in the store -----------------------------------------------------------------
 
 
-@pytest.fixture(params=BACKENDS)
-def db_url(request, tmp_path):
-    with temporary_database(request.param, tmp_path) as url:
-        yield url
-
-
-@pytest.fixture
-def store(db_url):
-    engine = make_engine(db_url)
-    upgrade(engine)
-    yield Store(engine)
-    engine.dispose()
 
 
 def test_usage_accrues_and_halves_after_one_half_life(store):

@@ -16,7 +16,6 @@ from typing import Optional
 
 import pytest
 import sqlalchemy
-from queue_support import BACKENDS, temporary_database
 
 from vae_service.core.capacity import summed
 from vae_service.core.placement import Bundles, Cluster, Node
@@ -29,18 +28,6 @@ from vae_service.queue.states import ACTIVE, TRANSITIONS, IllegalTransition, Sta
 from vae_service.queue.store import NewJob, Store, UnknownJob
 
 
-@pytest.fixture(params=BACKENDS)
-def db_url(request, tmp_path):
-    with temporary_database(request.param, tmp_path) as url:
-        yield url
-
-
-@pytest.fixture
-def store(db_url):
-    engine = make_engine(db_url)
-    upgrade(engine)
-    yield Store(engine)
-    engine.dispose()
 
 
 def new(name="job", priority=0, key=None, cpus=1.0, user="tester") -> NewJob:
