@@ -157,8 +157,9 @@ def test_the_history_survives_a_restart_and_orders_the_queue(db_url):
     fair = FairShare(half_life_s=WEEK)
     engine = make_engine(db_url)
     upgrade(engine)
-    Store(engine).record_usage({"alice": 1.0}, fair, NOW - timedelta(days=7))
-    Store(engine).record_usage({}, fair, NOW)
+    now = datetime.now(timezone.utc)  # the dispatcher decays the history to the wall clock's now, not to NOW
+    Store(engine).record_usage({"alice": 1.0}, fair, now - timedelta(days=7))
+    Store(engine).record_usage({}, fair, now)
     engine.dispose()
     # a new server: migrates again, and its dispatcher reads the history on its first tick
     engine = make_engine(db_url)
