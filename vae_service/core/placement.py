@@ -66,6 +66,10 @@ class Cluster:
     def __init__(self, nodes: Sequence[Node]):
         self.nodes = list(nodes)
         self._by_id = {node.id: node for node in self.nodes}
+        self._position = {node.id: i for i, node in enumerate(self.nodes)}
+        # The nodes with anything free: the only ones a bundle can go to. Behind a full cluster
+        # they are few, and a queued job is checked against them, not against every node.
+        self._with_room = {i for i, node in enumerate(self.nodes) if _has_room(node)}
 
     @classmethod
     def one_node(cls, totals: Mapping[str, float]) -> "Cluster":
@@ -90,10 +94,11 @@ class Cluster:
 
         PACK fills the nodes that hold the most bundles first (the fewest nodes); SPREAD deals
         one bundle per node in turn, the roomiest first."""
-        room = {node.id: node.holds(bundles.each) for node in self.nodes}
+        room = {node.id: node.holds(bundles.each) for node in self.candidates(bundles.each)}
         if sum(min(r, bundles.count) for r in room.values()) < bundles.count:
             return None
-        order = sorted((node for node in self.nodes if room[node.id] > 0), key=lambda n: -min(room[n.id], bundles.count))
+        order = sorted((node for node in self.candidates(bundles.each) if room[node.id] > 0),
+                       key=lambda n: -min(room[n.id], bundles.count))
         placed: list[str] = []
         if bundles.strategy == "SPREAD":
             while len(placed) < bundles.count:
@@ -120,13 +125,13 @@ class Cluster:
             where = []
             for _ in range(bundles.count if self.nodes else 0):
                 roomiest = max(self.nodes, key=lambda node: _headroom(node, bundles.each))
-                roomiest.free = subtract(roomiest.free, bundles.each)
+                self._set_free(roomiest, subtract(roomiest.free, bundles.each))
                 where.append(roomiest.id)
             return where
         for node_id in where:
             node = self._by_id.get(node_id)
             if node is not None:
-                node.free = subtract(node.free, bundles.each)
+                self._set_free(node, subtract(node.free, bundles.each))
         return where
 
     def give(self, each: Mapping[str, float], where: Sequence[str]) -> None:
@@ -134,7 +139,21 @@ class Cluster:
         for node_id in where:
             node = self._by_id.get(node_id)
             if node is not None:
-                node.free = add(node.free, each)
+                self._set_free(node, add(node.free, each))
+
+    def candidates(self, each: Mapping[str, float]) -> list[Node]:
+        """The nodes where a bundle of `each` might go, in the cluster's order: those with
+        anything free (every node, for a bundle that asks for nothing)."""
+        if not any(value > 0 for value in each.values()):
+            return self.nodes
+        return [self.nodes[i] for i in sorted(self._with_room)]
+
+    def _set_free(self, node: Node, free: dict[str, float]) -> None:
+        node.free = free
+        if _has_room(node):
+            self._with_room.add(self._position[node.id])
+        else:
+            self._with_room.discard(self._position[node.id])
 
     def largest_free(self, name: str) -> float:
         return max((node.free.get(name, 0.0) for node in self.nodes), default=0.0)
@@ -154,6 +173,10 @@ class Cluster:
             return f"no node has {amount(asked[name], name)} free ({per_node})"
         room = sum(min(node.holds(bundles.each), bundles.count) for node in self.nodes)
         return f"the nodes have room for {room} of its {bundles.count} workers ({per_node})"
+
+
+def _has_room(node: Node) -> bool:
+    return any(value > EPSILON for value in node.free.values())
 
 
 def _headroom(node: Node, each: Mapping[str, float]) -> float:

@@ -184,7 +184,7 @@ class Placing:
         if bundles.count > self._at_most.get(shape, math.inf):
             return False
         if shape not in self._exact:
-            self._at_most[shape] = sum(node.holds(bundles.each) for node in self.nodes.nodes)
+            self._at_most[shape] = sum(node.holds(bundles.each) for node in self.nodes.candidates(bundles.each))
             self._exact.add(shape)
         return bundles.count <= self._at_most[shape]
 
