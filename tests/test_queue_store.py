@@ -710,6 +710,29 @@ def test_the_plans_view_of_the_nodes_answers_as_the_nodes_do():
                 view.take(bundles, expected)
 
 
+def test_the_nodes_with_room_are_kept_as_jobs_come_and_go():
+    # Cluster checks a bundle only against the nodes with anything free, a set it keeps as jobs
+    # are placed and freed: after any sequence (oversubscribed nodes included) it must place as a
+    # cluster built afresh from the same free room, which checks every node.
+    rng = random.Random(1)
+    for _ in range(200):
+        nodes = Cluster([Node(f"n{i}", {"CPU": float(rng.choice((1, 2, 4))), "GPU": float(rng.choice((0, 1)))})
+                         for i in range(rng.randint(1, 6))])
+        held: list[tuple[Bundles, list[str]]] = []
+        for _ in range(15):
+            bundles = Bundles({"CPU": float(rng.choice((1, 2))), "GPU": float(rng.choice((0, 0, 1)))}, rng.randint(1, 3),
+                              rng.choice(("PACK", "SPREAD")))
+            if held and rng.random() < 0.4:
+                gone, where = held.pop(rng.randrange(len(held)))
+                nodes.give(gone.each, where)
+            else:  # placed where it fits, else (Ray oversubscribed) on the roomiest nodes
+                held.append((bundles, nodes.take(bundles)))
+            afresh = Cluster([Node(n.id, dict(n.total), dict(n.free)) for n in nodes.nodes])
+            full = {n.id for n in nodes.nodes if not any(v > 1e-9 for v in n.free.values())}
+            assert {n.id for n in nodes.candidates(bundles.each)} == {n.id for n in nodes.nodes} - full
+            assert nodes.where(bundles) == afresh.where(bundles)
+
+
 def test_a_job_over_its_users_quota_waits_with_the_reason_and_blocks_nobody():
     quota = Quota(gpus=2, cpus=8, jobs=3)
     totals = {"CPU": 16.0, "GPU": 4.0}
