@@ -80,13 +80,15 @@ def test_submit_wait_succeeds_with_mlflow_run_and_live_logs(head, tmp_path):
         ok = subprocess.Popen([VAE, "submit", "tiny.yaml", "--priority", "3", "--wait"], cwd=tmp_path, env=submit_env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         job_id = ok.stdout.readline().strip()
-        bad = cli(env, server, "submit", "tiny.yaml", *DIVERGES, "--wait", cwd=tmp_path, timeout=180)
-
-        # Follow the logs while the job runs: chunks arrive before it ends.
+        # Follow the logs from the submission on (the stream waits for Ray to have the job): chunks
+        # arrive while it runs, before it ends. Started after the failing job's --wait below, it
+        # missed a job that a quiet machine had already finished.
         follower = subprocess.Popen([VAE, "logs", job_id, "-f"], env=submit_env, stdout=subprocess.PIPE, text=True)
         arrivals: list[tuple[float, str]] = []
         reader = threading.Thread(target=lambda: [arrivals.append((time.time(), line)) for line in follower.stdout])
         reader.start()
+        bad = cli(env, server, "submit", "tiny.yaml", *DIVERGES, "--wait", cwd=tmp_path, timeout=180)
+
         out, err = ok.communicate(timeout=240)
         follower.wait(timeout=60)
         reader.join(timeout=10)
