@@ -17,7 +17,7 @@ from typing import Optional
 import pytest
 import sqlalchemy
 
-from vae_service.core.capacity import summed
+from vae_service.core.capacity import EPSILON, summed
 from vae_service.core.placement import Bundles, Cluster, Node
 from vae_service.queue import scheduling
 from vae_service.queue.db import current_revision, make_engine, upgrade
@@ -728,7 +728,7 @@ def test_the_nodes_with_room_are_kept_as_jobs_come_and_go():
             else:  # placed where it fits, else (Ray oversubscribed) on the roomiest nodes
                 held.append((bundles, nodes.take(bundles)))
             afresh = Cluster([Node(n.id, dict(n.total), dict(n.free)) for n in nodes.nodes])
-            full = {n.id for n in nodes.nodes if not any(v > 1e-9 for v in n.free.values())}
+            full = {n.id for n in nodes.nodes if not any(v > EPSILON for v in n.free.values())}
             assert {n.id for n in nodes.candidates(bundles.each)} == {n.id for n in nodes.nodes} - full
             assert nodes.where(bundles) == afresh.where(bundles)
 

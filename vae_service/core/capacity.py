@@ -15,17 +15,18 @@ def fits(request: Mapping[str, float], free: Mapping[str, float]) -> bool:
 
 
 def subtract(free: Mapping[str, float], request: Mapping[str, float]) -> dict[str, float]:
-    out = dict(free)
-    for name, value in request.items():
-        out[name] = out.get(name, 0.0) - value
-    return out
+    return _plus(free, request, -1.0)
 
 
 def add(free: Mapping[str, float], request: Mapping[str, float]) -> dict[str, float]:
-    # not subtract() of the negated request: a tick on 1,000 nodes adds millions of times
+    return _plus(free, request, 1.0)
+
+
+def _plus(free: Mapping[str, float], request: Mapping[str, float], sign: float) -> dict[str, float]:
+    # one loop, no negated copy of the request: a tick on 1,000 nodes adds and subtracts millions of times
     out = dict(free)
     for name, value in request.items():
-        out[name] = out.get(name, 0.0) + value
+        out[name] = out.get(name, 0.0) + sign * value
     return out
 
 

@@ -94,11 +94,11 @@ class Cluster:
 
         PACK fills the nodes that hold the most bundles first (the fewest nodes); SPREAD deals
         one bundle per node in turn, the roomiest first."""
-        room = {node.id: node.holds(bundles.each) for node in self.candidates(bundles.each)}
+        candidates = self.candidates(bundles.each)
+        room = {node.id: node.holds(bundles.each) for node in candidates}
         if sum(min(r, bundles.count) for r in room.values()) < bundles.count:
             return None
-        order = sorted((node for node in self.candidates(bundles.each) if room[node.id] > 0),
-                       key=lambda n: -min(room[n.id], bundles.count))
+        order = sorted((node for node in candidates if room[node.id] > 0), key=lambda n: -min(room[n.id], bundles.count))
         placed: list[str] = []
         if bundles.strategy == "SPREAD":
             while len(placed) < bundles.count:
