@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -333,3 +336,47 @@ def test_non_finite_loss_on_two_ranks_fails_once_without_retrying(ray_cluster, t
     assert [r.info.status for r in runs] == ["FAILED"]
     assert runs[0].data.tags["vae.error"] == str(failed.value)
     assert not mlflow.search_registered_models("name='never2'")
+
+
+STOPS_FAILED_TASKS = """
+import ray
+from vae_service.training.one_worker import stop_task
+
+ray.init(log_to_driver=False)
+
+@ray.remote(max_retries=0)
+def fails():
+    raise RuntimeError("boom")
+
+@ray.remote
+def sleeps():
+    import time
+    time.sleep(120)
+
+for _ in range(50):
+    task = fails.remote()
+    try:
+        ray.get(task)
+    except ray.exceptions.RayTaskError:
+        pass
+    stop_task(task)  # ended: left alone
+task = sleeps.remote()
+stop_task(task)  # still running: cancelled
+try:
+    ray.get(task, timeout=60)
+except ray.exceptions.TaskCancelledError:
+    print("the running task was cancelled")
+print("the driver lives")
+"""
+
+
+def test_a_run_whose_task_failed_does_not_cancel_it_again(ray_address):
+    """Ray 2.60 aborts a driver that cancels a task whose failure it has just received (its task
+    manager's check "Tried to complete task that was not pending"); unguarded, this loop aborts
+    within a few rounds, and a test process that is the driver (an xdist worker) dies with it.
+    `one_worker.stop_task` cancels only a task still running. In a process of its own, joined
+    to the session cluster, so that a regression fails this test rather than the worker."""
+    done = subprocess.run([sys.executable, "-c", STOPS_FAILED_TASKS], env={**os.environ, "RAY_ADDRESS": ray_address},
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, (done.returncode, done.stderr[-3000:])
+    assert done.stdout.splitlines()[-2:] == ["the running task was cancelled", "the driver lives"], done.stdout

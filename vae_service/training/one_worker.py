@@ -94,6 +94,15 @@ def train_one_worker(config: dict, run_dir: str, keep: int, datasets: dict, warm
         train_loop(config, TaskSession(config["progress_board"], storage.resolve(run_dir), keep, datasets))
 
 
+def stop_task(task: ray.ObjectRef) -> None:
+    """Cancels `task` and ends its process, unless it has already ended. Ray 2.60 aborts the
+    driver (a failed check in its task manager: "Tried to complete task that was not pending")
+    when it cancels a task whose failure it has just received, so a run whose task failed
+    must not cancel it again."""
+    if not ray.wait([task], timeout=0)[0]:
+        ray.cancel(task, force=True)
+
+
 def run(spec: TrainSpec, config: dict, run_dir: storage.Location, datasets: dict, interrupt: Interrupt,
         stop_grace_s: float, callbacks: tuple = ()) -> tuple[Optional[ray.train.Checkpoint], dict]:
     """Runs the task to its end; returns its last checkpoint and last metrics, as Ray Train's
@@ -108,7 +117,7 @@ def run(spec: TrainSpec, config: dict, run_dir: storage.Location, datasets: dict
         # for tasks that ask for none.
         scheduling_strategy="DEFAULT",  # not inside a caller's placement group (a Tune trial's holds no CPU)
     ).remote(config, run_dir.uri, spec.storage.keep_checkpoints, datasets, warmed=warming())
-    interrupt.on_request(lambda: ray.cancel(task, force=True), after_s=stop_grace_s)  # after the board's stop (runner.fit)
+    interrupt.on_request(lambda: stop_task(task), after_s=stop_grace_s)  # after the board's stop (runner.fit)
     user_callbacks = [c for c in callbacks if isinstance(c, ray.train.UserCallback)]
     board, passed, done = config["progress_board"], 0, not user_callbacks
     try:
@@ -123,7 +132,7 @@ def run(spec: TrainSpec, config: dict, run_dir: storage.Location, datasets: dict
     except BaseException:
         # The caller fails or is stopped: the task must not outlive it, and its owner may be a
         # sweep's trial actor that lives on to run the next trial (sweeps/runner.py).
-        ray.cancel(task, force=True)
+        stop_task(task)
         raise
     metrics, uri = ray.get(board.result.remote())
     return checkpoint_from_uri(uri), metrics
