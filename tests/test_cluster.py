@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cluster_support import REPO, WORKER_GROUP_START_TIMEOUT_S, Stack, build_images, docker_engine, leftovers, sh
+from cluster_support import IMAGE_TAG, REPO, WORKER_GROUP_START_TIMEOUT_S, Stack, build_images, docker_engine, leftovers, sh
 from png_checks import picture
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -124,6 +124,18 @@ def test_no_secret_in_rays_logs_its_jobs_api_or_a_containers_log(stack):
     for name, secret in held.items():
         assert secret not in listing, f"{name} is in Ray's job listing"
         assert secret not in logs, f"{name} is in a container's log"
+
+
+def test_the_image_holds_no_build_input(stack):
+    """The CA bundle and the torch wheel of infra/build-extra/ were served to the build, never
+    copied in: no layer was made from them, the fetching RUNs left /tmp empty, pip has no
+    certificate configured, and uv (fetched for one RUN) is gone."""
+    image = f"vae-service:{IMAGE_TAG}"
+    history = sh("docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", image).stdout
+    assert "build-extra" not in history.replace("with-build-extra", ""), history
+    inside = sh("docker", "run", "--rm", "--network", "none", "--entrypoint", "sh", image, "-c",
+                "ls -A /tmp; pip config get global.cert 2>/dev/null; command -v uv; env | grep -i -e cert -e build_extra; true").stdout
+    assert inside.strip() == "", inside
 
 
 def test_a_killed_worker_container_stalls_the_readme_job_only_until_it_is_back(stack):
