@@ -136,12 +136,21 @@ def parse_yaml(text: str, source: str = "<spec>") -> tuple[dict, dict[tuple, int
         kind = "a list" if isinstance(node, yaml.SequenceNode) else "a single value"
         raise SpecError(source, [SpecProblem("", f"spec must be a mapping of fields, got {kind}", 1)])
     try:
-        data = _SpecLoader(text).get_single_data()
+        data = _construct(node)  # from the tree already composed: the text is parsed once
     except yaml.YAMLError as exc:  # e.g. a tag the safe loader refuses: name the field it is in
         mark = getattr(exc, "problem_mark", None)
         where = path_at(node, mark.index) if mark else ""
         raise SpecError(source, [SpecProblem(where, str(getattr(exc, "problem", exc)), mark.line + 1 if mark else None)]) from None
     return data, _line_index(node)
+
+
+def _construct(node: yaml.Node):
+    """The Python data of a composed node tree, as the safe loader would construct it."""
+    loader = _SpecLoader("")
+    try:
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,5 +303,10 @@ def load_spec_text(text: str, source: str = "<spec>", overrides: Iterable[str] =
 
 
 def dump_spec(spec: JobSpec) -> str:
-    """The normalised spec as YAML (every default filled in)."""
-    return yaml.safe_dump(spec.model_dump(mode="json", by_alias=True), sort_keys=False)
+    """The normalised spec as YAML (every default filled in): libyaml's emitter where PyYAML
+    has it (the same text as the pure-Python one, about ten times faster: the server dumps each
+    submitted spec)."""
+    return yaml.dump(spec.model_dump(mode="json", by_alias=True), Dumper=_SAFE_DUMPER, sort_keys=False)
+
+
+_SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
