@@ -123,3 +123,22 @@ def test_a_ray_address_where_nothing_answers_is_bad_input_in_seconds_not_a_hang(
     assert time.monotonic() - started < 60
     (outcome,) = (tmp_path / "runs").glob("*/outcome.json")
     assert json.loads(outcome.read_text())["error"]["kind"] == "bad_input"
+
+
+@pytest.mark.slow  # Ray tries for 20 s before it gives up on a refused token
+def test_a_ray_address_whose_cluster_refuses_the_token_is_bad_input_naming_the_setting(ray_address, tmp_path):
+    """The session's cluster uses token authentication: a `vae run` joining it without the token
+    (RAY_AUTH_MODE disabled) is told which settings to give, with no traceback, and Ray's 20 s
+    of retries are paid once (the job's start and its run both join)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env.update(RAY_ADDRESS=ray_address, RAY_AUTH_MODE="disabled")
+    spec = _write_spec(tmp_path, epochs=1)
+    started = time.monotonic()
+    done = subprocess.run(VAE + ["run", str(spec)], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2, done.stderr
+    assert f"RAY_ADDRESS {ray_address}: the Ray cluster there uses token authentication and refused" in done.stderr
+    assert "RAY_AUTH_TOKEN_PATH" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert time.monotonic() - started < 40
+    (outcome,) = (tmp_path / "runs").glob("*/outcome.json")
+    assert json.loads(outcome.read_text())["error"]["kind"] == "bad_input"
+

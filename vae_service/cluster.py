@@ -29,9 +29,37 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) ->
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         _check_reachable(address)
-        ray.init(address=address, log_to_driver=False)
+        if address in _TOKEN_REFUSED:  # Ray spends 20 s finding that out: once per process
+            raise BadInput(_token_refused_message(address))
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as exc:
+            if not _token_refused(exc):
+                raise
+            _TOKEN_REFUSED.add(address)
+            raise BadInput(_token_refused_message(address)) from None
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+_TOKEN_REFUSED: set[str] = set()  # addresses whose cluster refused this process's token
+
+
+def _token_refused(exc: BaseException) -> bool:
+    """Whether Ray's failure to connect was the cluster refusing the token (Ray wraps it, the
+    innermost error sometimes only as text)."""
+    seen: Optional[BaseException] = exc
+    while seen is not None:
+        if isinstance(seen, ray.exceptions.AuthenticationError) or "InvalidAuthToken" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _token_refused_message(address: str) -> str:
+    return (f"RAY_ADDRESS {address}: the Ray cluster there uses token authentication and refused this "
+            "process's token; set RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN_PATH, a file "
+            "holding it, or RAY_AUTH_TOKEN)")
 
 
 def _check_reachable(address: str) -> None:
