@@ -22,7 +22,7 @@ Fixed cost = total − the training steps (each epoch's items / images per secon
 targets are ratios to the plain script: start (launch → first step) ≤ 1.5×, fixed cost ≤ 3×; and
 each CLI command ≤ 0.5 s.
 
-    VAE_DATA_DIR=../shared/data python bench/startup.py [--epochs 1] [--limit 6000] [--repeats 1]
+    VAE_DATA_DIR=../shared/data python bench/startup.py [--epochs 1] [--limit 6000] [--repeats 1] [--cli-repeats 5]
     VAE_DATA_DIR=../shared/data python bench/startup.py --tiny [--output PATH]
 
 Prints the tables and writes bench/results/startup.json. py-spy must be able to trace the `vae`
@@ -46,7 +46,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "startup.json"
 SPEC = REPO / "jobs" / "mnist-vae.yaml"
-TINY = {"epochs": 1, "limit": 512}
+TINY = {"epochs": 1, "limit": 512, "cli_repeats": 1}
 SAMPLE_RATE = 100  # py-spy samples per second
 sys.path.insert(0, str(REPO / "bench"))
 import _tiny  # noqa: E402
@@ -221,6 +221,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--limit", type=int, default=6000, help="MNIST images (the split's train share is trained on).")
     parser.add_argument("--repeats", type=int, default=1, help="Interleaved repetitions; the medians are reported.")
+    parser.add_argument("--cli-repeats", type=int, default=5, help="Runs of each quick CLI command; the median is reported.")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--launched", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--out-dir", type=Path, help=argparse.SUPPRESS)
@@ -240,7 +241,7 @@ def main() -> None:
             plains.append(measure_plain(args.epochs, args.limit))
             runs.append(measure_vae_run(args.epochs, args.limit, store_uri))
             joins.append(measure_vae_run(args.epochs, args.limit, store_uri, ray_address))
-    cli = measure_cli(SPEC)
+    cli = measure_cli(SPEC, args.cli_repeats)
     keys = ("first_step_s", "steps_s", "fixed_s", "total_s")
     plain = {key: statistics.median(p[key] for p in plains) for key in keys}
     vae_run, joined = ({key: statistics.median(r[key] for r in each) for key in keys} for each in (runs, joins))
