@@ -14,6 +14,9 @@ registered by tests/conftest.py.
   a test's own `@pytest.mark.timeout` wins.
 - **The fast tier stays fast.** `pytest -m "not slow"` is the inner loop; a test not marked
   slow that takes longer than UNMARKED_SLOW_S is named at the end of the run.
+- **A timeline on request**: with VAE_SUITE_TIMELINE=path, every test phase's worker, start and
+  end (wall clock) are written there as JSON at the end of the run, to see where a worker idled or
+  which tests ran beside which.
 - **What workers found reaches the end of the run**: the abuse suite's tally of hostile inputs
   travels in the tests' reports (user_properties) and is printed here, in the one process that
   sees every report.
@@ -21,6 +24,8 @@ registered by tests/conftest.py.
 
 from __future__ import annotations
 
+import json
+import os
 from collections import Counter
 
 import pytest
@@ -89,7 +94,14 @@ _unmarked_durations: dict[str, float] = {}
 _abuse_tally: dict[str, Counter] = {}  # the abuse suite's hostile inputs, from the reports (tests/abuse/conftest.py)
 
 
+_timeline: list[dict] = []  # with VAE_SUITE_TIMELINE: each test phase's worker, start and end
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if os.environ.get("VAE_SUITE_TIMELINE"):
+        _timeline.append({"test": report.nodeid, "phase": report.when, "outcome": report.outcome,
+                          "worker": getattr(getattr(report, "node", None), "gateway", None) and report.node.gateway.id,
+                          "start": report.start, "stop": report.stop})
     if "slow" not in report.keywords:
         _unmarked_durations[report.nodeid] = _unmarked_durations.get(report.nodeid, 0.0) + report.duration
     for name, value in report.user_properties:
@@ -99,6 +111,9 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
+    if os.environ.get("VAE_SUITE_TIMELINE") and _timeline:
+        with open(os.environ["VAE_SUITE_TIMELINE"], "w") as handle:
+            json.dump(_timeline, handle)
     if _abuse_tally:
         total = sum(sum(c.values()) for surface, c in _abuse_tally.items() if not surface.startswith("("))
         terminalreporter.section(f"abuse suite: {total} hostile inputs tried")
