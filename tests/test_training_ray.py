@@ -349,8 +349,9 @@ def fails():
     raise RuntimeError("boom")
 
 @ray.remote
-def sleeps():
-    import time
+def sleeps(started):
+    import pathlib, time
+    pathlib.Path(started).touch()
     time.sleep(120)
 
 for _ in range(50):
@@ -360,7 +361,15 @@ for _ in range(50):
     except ray.exceptions.RayTaskError:
         pass
     stop_task(task)  # ended: left alone
-task = sleeps.remote()
+# A task that has started, as the stop after its grace finds a run's task (cancelled right
+# after submission, under load, a task whose lease Ray was granting at that moment ran on).
+import os, tempfile, time
+started = os.path.join(tempfile.mkdtemp(), "started")
+task = sleeps.remote(started)
+deadline = time.monotonic() + 60
+while not os.path.exists(started):
+    assert time.monotonic() < deadline, "the sleeping task did not start within 60 s"
+    time.sleep(0.05)
 stop_task(task)  # still running: cancelled
 try:
     ray.get(task, timeout=60)
