@@ -302,11 +302,11 @@ def load_spec_text(text: str, source: str = "<spec>", overrides: Iterable[str] =
     return validate_data(data, source, lines, max_grid_points=max_grid_points)
 
 
+_SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's emitter where PyYAML has it
+
+
 def dump_spec(spec: JobSpec) -> str:
-    """The normalised spec as YAML (every default filled in): libyaml's emitter where PyYAML
-    has it (the same text as the pure-Python one, about ten times faster: the server dumps each
-    submitted spec)."""
+    """The normalised spec as YAML (every default filled in), by libyaml's emitter: the same
+    text as the pure-Python one in a quarter of the time (the server dumps each submitted spec)."""
     return yaml.dump(spec.model_dump(mode="json", by_alias=True), Dumper=_SAFE_DUMPER, sort_keys=False)
 
-
-_SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
