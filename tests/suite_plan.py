@@ -99,8 +99,9 @@ _timeline: list[dict] = []  # with VAE_SUITE_TIMELINE: each test phase's worker,
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if os.environ.get("VAE_SUITE_TIMELINE"):
+        worker = getattr(report, "node", None)  # xdist's worker controller; absent without xdist
         _timeline.append({"test": report.nodeid, "phase": report.when, "outcome": report.outcome,
-                          "worker": getattr(getattr(report, "node", None), "gateway", None) and report.node.gateway.id,
+                          "worker": worker.gateway.id if worker is not None else None,
                           "start": report.start, "stop": report.stop})
     if "slow" not in report.keywords:
         _unmarked_durations[report.nodeid] = _unmarked_durations.get(report.nodeid, 0.0) + report.duration

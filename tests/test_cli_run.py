@@ -141,4 +141,3 @@ def test_a_ray_address_whose_cluster_refuses_the_token_is_bad_input_naming_the_s
     assert time.monotonic() - started < 40
     (outcome,) = (tmp_path / "runs").glob("*/outcome.json")
     assert json.loads(outcome.read_text())["error"]["kind"] == "bad_input"
-
