@@ -401,6 +401,7 @@ SET_EVERY_FIELD = {
     "tracking.experiment": ("exp", "exp"),
     "tracking.register_as": ("model-x", "model-x"),
     "tracking.alias": ("prod", "prod"),
+    "tracking.figures": ("false", False),
     "evaluation.metrics": ("[nll, au]", ["nll", "au"]),
     "evaluation.nll_samples": ("500", 500),
     "evaluation.points": ("2000", 2000),

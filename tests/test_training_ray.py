@@ -159,8 +159,12 @@ def test_two_worker_ddp_shards_are_disjoint_and_weights_stay_identical(ray_clust
 
 def test_resumed_run_matches_an_uninterrupted_one_and_old_checkpoints_are_pruned(ray_cluster, tiny_spec, run_job):
     # Dynamic binarisation draws fresh Bernoulli pixels every step: more random numbers to get right.
-    spec = lambda epochs: tiny_spec(optim__epochs=epochs, data__binarize="dynamic", storage__keep_checkpoints=2)
+    # No figures (tracking.figures: false): these runs compare numbers, and the figures of three runs take ~10 s.
+    spec = lambda epochs: tiny_spec(optim__epochs=epochs, data__binarize="dynamic", storage__keep_checkpoints=2,
+                                    tracking__figures=False)
     whole = run_job(spec(4))
+    mlflow = client()
+    assert mlflow.list_artifacts(whole.mlflow_run_id, "figures") == [] and whole.model_uri  # the model, no figures
     assert [row["epoch"] for row in whole.history] == [0, 1, 2, 3]
     assert whole.history[-1]["val_neg_elbo"] < whole.history[0]["val_neg_elbo"]
     assert whole.history[-1]["train_neg_elbo"] < whole.history[0]["train_neg_elbo"]
@@ -223,9 +227,10 @@ def test_seeded_single_worker_runs_are_reproducible_in_one_warm_process(ray_clus
     # A run between two identical ones, with another seed, model and thread count, must leave
     # nothing behind in that process that changes the third run's result.
     # Ray hands a task the worker that went idle last, so the three runs share one process.
-    a, a_pids = one_worker_pids(lambda: run_job(tiny_spec(optim__seed=7)))
-    c, c_pids = one_worker_pids(lambda: run_job(tiny_spec(optim__seed=8, model__latent_dim=6, resources__cpus_per_worker=2)))
-    b, b_pids = one_worker_pids(lambda: run_job(tiny_spec(optim__seed=7)))
+    spec = lambda **fields: tiny_spec(tracking__figures=False, **fields)  # numbers compared, no figures needed
+    a, a_pids = one_worker_pids(lambda: run_job(spec(optim__seed=7)))
+    c, c_pids = one_worker_pids(lambda: run_job(spec(optim__seed=8, model__latent_dim=6, resources__cpus_per_worker=2)))
+    b, b_pids = one_worker_pids(lambda: run_job(spec(optim__seed=7)))
     assert len(a_pids) == 1 and a_pids == b_pids == c_pids, (a_pids, c_pids, b_pids)  # the same warm process
     assert [timeless(r) for r in a.history] == [timeless(r) for r in b.history]
     assert timeless(a.metrics) == timeless(b.metrics)
@@ -244,7 +249,8 @@ def test_a_run_stopped_mid_epoch_resumes_at_its_step_and_equals_the_uninterrupte
     # a small model, so that each is quick.
     steps_per_epoch = 540 // workers ** 2
     spec = tiny_spec(optim__epochs=2, optim__batch_size=10 * workers, data__limit=6000 // workers,
-                     data__binarize="dynamic", resources__num_workers=workers, tracking__register_as=None)
+                     data__binarize="dynamic", resources__num_workers=workers, tracking__register_as=None,
+                     tracking__figures=False)
     whole = run_job(spec)
 
     run_dir = storage.resolve(str(tmp_path / "stopped"))

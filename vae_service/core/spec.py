@@ -373,6 +373,8 @@ class TrackingSpec(StrictModel):
     experiment: str = Field("vae-service", min_length=1, max_length=500)  # MLflow's longest
     register_as: Optional[str] = Field(None, description="Register the model under this name.")
     alias: str = Field("candidate", description="Alias of the registered version (not latest, v<N> or champion).")
+    figures: bool = Field(True, description="Draw the article's figures on the run (about 3 s a run on 2 CPUs); "
+                                            "false for quick checks and for sweeps of many short trials.")
 
     # Checked here: MLflow would refuse them only after training, leaving a FAILED run.
     @field_validator("register_as")

@@ -72,8 +72,8 @@ def train(spec: TrainSpec, run_dir: storage.Location, *, resume: bool, reporter:
         with storage_errors(), storage.writing_dir(model_dir) as local_model_dir:
             save_model(local_model_dir, fitted.model, extra={"spec": spec.model_dump(mode="json"), "metrics": fitted.metrics,
                                                              "preprocessing": data.preprocessing.to_dict()})
-            published = run.publish(spec, fitted.model, local_model_dir, fitted.metrics.get(M.VAL_KL_PER_DIM),
-                                    model_test_split(spec, prepared=data))
+            figures_from = model_test_split(spec, prepared=data) if spec.tracking.figures else None
+            published = run.publish(spec, fitted.model, local_model_dir, fitted.metrics.get(M.VAL_KL_PER_DIM), figures_from)
     result = RunResult(
         run_dir=run_dir.uri,
         model_dir=model_dir.uri,

@@ -61,12 +61,13 @@ class TrackedRun:
             raise TrackingUnavailable(f"MLflow at {redact(tracking_uri())} is unavailable: {one_line(exc, 300, first_line=True)}") from None
 
     def publish(self, spec: TrainSpec, vae: VAE, model_dir: Path, kl_per_dim: Optional[list[float]],
-                test: ImageSplit) -> Published:
-        """The article's figures (drawn from `test`) and the pickle-free model on the run;
-        registered when the spec asks for it."""
-        with tempfile.TemporaryDirectory() as tmp:
-            for path in render_run_figures(vae, test, Path(tmp), kl_per_dim=kl_per_dim):
-                client().log_artifact(self.run_id, str(path), "figures")
+                test: Optional[ImageSplit]) -> Published:
+        """The article's figures (drawn from `test`; none without it: `tracking.figures: false`)
+        and the pickle-free model on the run; registered when the spec asks for it."""
+        if test is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                for path in render_run_figures(vae, test, Path(tmp), kl_per_dim=kl_per_dim):
+                    client().log_artifact(self.run_id, str(path), "figures")
         published = Published(model_uri=log_model(self.run_id, model_dir, vae))
         if spec.tracking.register_as:
             published.registered_name = spec.tracking.register_as
