@@ -28,7 +28,9 @@ def write_sweep(tmp_path, name: str, space: dict, objectives: list, samples=None
         "model": {"hidden": [32]},
         "optim": {"epochs": 1, "batch_size": 100, "seed": 0},
         "storage": {"uri": str(tmp_path / "runs")},
-        "tracking": {"experiment": name, "register_as": name},
+        # No figures on the trials (each would spend about 3 s on them): the two-objective sweep
+        # below draws them and checks them; the figures themselves are the train path's.
+        "tracking": {"experiment": name, "register_as": name, "figures": False},
     }
     for section, values in train.items():
         base.setdefault(section, {}).update(values)
@@ -99,7 +101,7 @@ def interrupt_sweep(path: str, cwd: Path, ready, ray_address: str, sig: int = si
 
 def test_two_objective_sweep_nests_trials_and_registers_the_knee(ray_cluster, tmp_path):
     space = {"objective.beta": {"loguniform": [0.1, 10.0]}, "model.latent_dim": {"choice": [2, 4, 8]}}
-    out = run_json(write_sweep(tmp_path, "rd-sweep", space, ["distortion", "rate"], samples=4))
+    out = run_json(write_sweep(tmp_path, "rd-sweep", space, ["distortion", "rate"], samples=4, tracking={"figures": True}))
 
     trials = out["trials"]
     assert len(trials) == 4 and {t["state"] for t in trials} == {"finished"}
@@ -114,7 +116,7 @@ def test_two_objective_sweep_nests_trials_and_registers_the_knee(ray_cluster, tm
     knee = knee_of(trials)
     assert {t["trial_id"] for t in front} >= knee and out["best"] in knee
 
-    # One nested MLflow run per trial, each with its own trial's parameters (no collisions).
+    # One nested MLflow run per trial, each with its own trial's parameters (no collisions) and figures.
     mlflow = client()
     children = children_of(out["mlflow_run_id"])
     assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
@@ -124,6 +126,7 @@ def test_two_objective_sweep_nests_trials_and_registers_the_knee(ray_cluster, tm
         assert child.info.run_id == trial["mlflow_run_id"]
         assert float(child.data.params["objective.beta"]) == pytest.approx(trial["params"]["objective.beta"])
         assert int(child.data.params["model.latent_dim"]) == trial["params"]["model.latent_dim"]
+        assert "figures/latent_scatter.png" in {a.path for a in mlflow.list_artifacts(child.info.run_id, "figures")}
 
     # The parent: finished, with the results table and both figures.
     parent = mlflow.get_run(out["mlflow_run_id"])

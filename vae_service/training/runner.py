@@ -31,6 +31,10 @@ from vae_service.training.progress import ProgressBoard, ProgressDisplay, Progre
 from vae_service.training.ray_internals import AbortableTorchTrainer
 from vae_service.training.worker import train_loop_per_worker
 
+# What `fit`'s callbacks may be, besides Ray Train's internal ones: Ray Train's user callbacks (a
+# one-worker run calls their `after_report` in the caller's thread: one_worker.run).
+UserCallback = ray.train.UserCallback
+
 
 @dataclass
 class Fitted:
