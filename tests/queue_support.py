@@ -61,13 +61,15 @@ def temporary_database(backend: str, tmp_path: Path) -> Iterator[str]:
         admin.dispose()
 
 
+# No figures (tracking.figures: false): these jobs test the queue, and drawing them would add about
+# 3 s to each job's end; a queued job's figures are checked by tests/test_cluster.py.
 TINY_SPEC = """\
 name: {name}
 data: {{limit: 256}}
 model: {{hidden: [32], latent_dim: 2}}
 optim: {{epochs: 1, batch_size: 64, seed: 0}}
 resources: {{num_workers: 1, cpus_per_worker: {cpus}}}
-tracking: {{experiment: queue-tests}}
+tracking: {{experiment: queue-tests, figures: false}}
 """
 
 

@@ -40,13 +40,15 @@ USERS = {"alice": "alice-token", "bob": "bob-token"}
 HOLDER = Path(__file__).with_name("bundle_holder.py")
 ENDED = ("succeeded", "failed", "cancelled")
 
+# The jobs below draw no figures (tracking.figures: false): they test placement, and figures would
+# add about 3 s to each job's end (tests/queue_support.py's TINY_SPEC says the same).
 SPREAD_SPEC = """\
 name: spread
 data: {limit: 2048}
 model: {hidden: [32], latent_dim: 2}
 optim: {epochs: 2, batch_size: 64, seed: 0}
 resources: {num_workers: 2, cpus_per_worker: 1, placement: spread}
-tracking: {experiment: queue-tests}
+tracking: {experiment: queue-tests, figures: false}
 """
 
 
@@ -159,7 +161,7 @@ data: {{limit: 256}}
 model: {{hidden: [32], latent_dim: 2}}
 optim: {{epochs: 1, batch_size: 64, seed: 0}}
 resources: {{num_workers: {workers}, cpus_per_worker: {cpus}, use_gpu: {use_gpu}, gpus_per_worker: {gpus}, placement: {placement}}}
-tracking: {{experiment: queue-tests}}
+tracking: {{experiment: queue-tests, figures: false}}
 """
 
 
@@ -348,7 +350,7 @@ data: {{limit: 4096}}
 model: {{hidden: [128], latent_dim: 2}}
 optim: {{epochs: {SURVIVOR_EPOCHS}, batch_size: 32, seed: 0}}
 resources: {{num_workers: 1, cpus_per_worker: 2}}
-tracking: {{experiment: queue-tests}}
+tracking: {{experiment: queue-tests, figures: false}}
 """
 
 
