@@ -240,7 +240,8 @@ def check_startup(results: dict, output: Path) -> None:
     assert [sweep["figures"] for sweep in results["sweeps"]] == [False]  # tiny: the sweep without figures only
     for sweep in results["sweeps"]:
         assert sweep["trials"] == 2 and len(sweep["trial_start_s"]) == 1, sweep  # the second trial's start
-        assert_positive(sweep, "total_s", "first_trial_start_s", "median_trial_start_s", where=f"sweep figures={sweep['figures']}")
+        assert_positive(sweep, "total_s", "first_trial_start_s", "median_trial_start_s", "median_trial_wall_s",
+                        where=f"sweep figures={sweep['figures']}")
         assert sweep["median_trial_start_s"] < sweep["total_s"], sweep
     assert set(results["cli_s"]) == {"vae --help", "vae validate", "vae jobs", "vae status"}
     assert_positive(results["cli_s"], *results["cli_s"], where="cli_s")
