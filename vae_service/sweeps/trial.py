@@ -65,7 +65,7 @@ class ReportInTheTrial(UserCallback):
         try:
             ray.tune.report(result)
         except SystemExit:
-            # Tune stopped the trial (ASHA): it ends the trial's actor next, and the sweep closes the
-            # trial's run as stopped (KILLED, cleanup.end_trial_actors). Unwinding the run here
-            # would mark it FAILED first; so wait, as a trial under Ray's callback trained on, unaware.
+            # Tune stopped the trial (ASHA): the sweep ends the trial's actor (cleanup.end_trial_actors)
+            # and closes its run as stopped (KILLED, tracking.sweep_run.close_stopped). Unwinding the
+            # run here would mark it FAILED first; so wait, as a trial under Ray's callback trained on.
             threading.Event().wait()
