@@ -129,17 +129,24 @@ def measure_plain(epochs: int, limit: int) -> dict:
 VAE = shutil.which("vae") or str(Path(sys.executable).with_name("vae"))
 
 
+def vae_env(store_uri: str, ray_address: str | None) -> dict:
+    """The environment of a `vae run` this bench starts: its MLflow store, the Ray it joins (none:
+    a local Ray of its own) and the data directory made absolute (the run starts in a temporary one)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
+    env["MLFLOW_TRACKING_URI"] = store_uri
+    if env.get("VAE_DATA_DIR"):
+        env["VAE_DATA_DIR"] = str(Path(env["VAE_DATA_DIR"]).resolve())
+    return env
+
+
 def measure_vae_run(epochs: int, limit: int, store_uri: str, ray_address: str | None = None) -> dict:
     """`vae run` on a fresh local Ray, or joining the Ray at `ray_address`."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        if ray_address:
-            env["RAY_ADDRESS"] = ray_address
-        env["MLFLOW_TRACKING_URI"] = store_uri
-        if env.get("VAE_DATA_DIR"):
-            env["VAE_DATA_DIR"] = str(Path(env["VAE_DATA_DIR"]).resolve())  # the run starts in `work`
+        env = vae_env(store_uri, ray_address)
         profile = work / "profile.json"
         command = [py_spy, "record", "--idle", "--rate", str(SAMPLE_RATE), "--nonblocking", "--format", "speedscope", "--output", str(profile),
                    "--", VAE, "run", str(SPEC), "--json", "--quiet", "--set", f"optim.epochs={epochs}", "--set", f"data.limit={limit}",
@@ -175,9 +182,7 @@ def measure_sweep(trials: int, epochs: int, limit: int, store_uri: str, ray_addr
                 "sweep": {"space": {"objective.beta": {"grid": [1.0 + i for i in range(trials)]}}, "objectives": ["val_neg_elbo"],
                           "max_concurrent": 1}}
         (work / "sweep.yaml").write_text(yaml.safe_dump(spec))
-        env = {**os.environ, "RAY_ADDRESS": ray_address, "MLFLOW_TRACKING_URI": store_uri}
-        if env.get("VAE_DATA_DIR"):
-            env["VAE_DATA_DIR"] = str(Path(env["VAE_DATA_DIR"]).resolve())
+        env = vae_env(store_uri, ray_address)
         launched = time.time()
         done = subprocess.run([VAE, "run", str(work / "sweep.yaml"), "--json", "--quiet"], capture_output=True, text=True, cwd=work, env=env)
         total_s = time.time() - launched
