@@ -118,7 +118,8 @@ def run_job():
 
 @pytest.fixture
 def tiny_spec(tmp_path):
-    """A spec factory: 2,000 MNIST images, 1 epoch, runs under tmp_path; `--set`-style overrides."""
+    """A spec factory: 2,000 MNIST images, 1 epoch, runs under tmp_path, no figures (~3 s of a
+    run's end: a test that checks them sets tracking__figures=True); `--set`-style overrides."""
     from vae_service.core.spec_loading import apply_overrides, validate_data
 
     def make(**overrides):
@@ -129,6 +130,7 @@ def tiny_spec(tmp_path):
             "optim": {"epochs": 1, "batch_size": 100, "seed": 0},
             "resources": {"num_workers": 1, "cpus_per_worker": 1},
             "storage": {"uri": str(tmp_path / "runs")},
+            "tracking": {"figures": False},
         }
         assignments = [f"{key.replace('__', '.')}={value}" for key, value in overrides.items()]
         return validate_data(apply_overrides(base, assignments))

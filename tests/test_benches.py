@@ -165,7 +165,7 @@ def check_queue_load(results: dict, output: Path) -> None:
 
 
 def check_queue_tick(results: dict, output: Path) -> None:
-    assert {"benchmark", "setup", "results", "front_growth", "machine", "when"} <= set(results)
+    assert {"benchmark", "setup", "results", "front_growth", "urgent_growth", "machine", "when"} <= set(results)
     rows = results["results"]
     for backend in ("sqlite", "postgresql"):
         for queued in (0, 300):
@@ -176,7 +176,8 @@ def check_queue_tick(results: dict, output: Path) -> None:
             # Every row read in the baseline: the queued jobs and the urgent one.
             assert modes["every row"]["jobs_read"] == queued + 1
             assert 1 <= modes["front"]["jobs_read"] <= queued + 1
-        assert positive(results["front_growth"][backend])
+            assert_positive(modes["front"], "urgent_ms", "urgent_max_ms", where=f"{backend} {queued} urgent")
+        assert positive(results["front_growth"][backend]) and positive(results["urgent_growth"][backend])
 
 
 def check_scheduler_sim(results: dict, output: Path) -> None:

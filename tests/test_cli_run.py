@@ -29,6 +29,7 @@ model: {{hidden: [64], latent_dim: 4}}
 optim: {{epochs: {epochs}, batch_size: 100, seed: 0}}
 resources: {{num_workers: 1, cpus_per_worker: 1}}
 storage: {{uri: {tmp_path / 'runs'}}}
+tracking: {{figures: false}}
 """
     )
     return spec

@@ -94,6 +94,7 @@ def test_compare_end_to_end(ray_cluster, tmp_path, run_job):
     overrides = [
         "data.limit=2000", "optim.epochs=1", "model.hidden=[64]", "optim.seed=0",
         "resources.cpus_per_worker=1", f"storage.uri={tmp_path / 'runs'}",
+        "tracking.figures=false",  # each model's own figures: the comparison's are what is checked
     ]
     job = C.load_comparison(C.default_spec_paths(REPO), overrides)
     specs = job.specs

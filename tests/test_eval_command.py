@@ -33,7 +33,7 @@ def trained(ray_cluster, tmp_path_factory):
             base = {"name": "evaluated", "data": {"limit": 1000, "binarize": "dynamic"},
                     "model": {"hidden": [64], "latent_dim": 4}, "optim": {"epochs": 2, "batch_size": 100, "seed": 0},
                     "resources": {"num_workers": 1, "cpus_per_worker": 1}, "storage": {"uri": str(root / "runs")},
-                    "tracking": {"experiment": "evaluated", "register_as": "evaluated"}}
+                    "tracking": {"experiment": "evaluated", "register_as": "evaluated", "figures": False}}
             spec = validate_data(apply_overrides(base, [f"objective.beta={beta}", f"evaluation.metrics={evaluation}",
                                                         "evaluation.nll_samples=50"]))
             outcome = execute(spec, reporter=Reporter.quiet())

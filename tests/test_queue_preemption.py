@@ -166,6 +166,52 @@ def test_fair_share_between_two_users_on_a_real_cluster(head, tmp_path):
         engine.dispose()
 
 
+class ObservedStore(Store):
+    """The real store, noting the order in which the dispatcher reads the queue's tiers and
+    hands jobs to Ray. A job is cancelled the moment it is committed as submitted, so the
+    dispatcher's hand-off finds it cancelled and Ray never runs it (the cancel race it handles)."""
+
+    def __init__(self, engine):
+        super().__init__(engine)
+        self.events: list[tuple[str, int]] = []
+
+    def queue_tiers(self, *args, **kwargs):
+        for tier in super().queue_tiers(*args, **kwargs):
+            self.events.append(("read", tier[0].priority))
+            yield tier
+
+    def transition(self, job_id, new, **fields):
+        job = super().transition(job_id, new, **fields)
+        if State(new) is State.SUBMITTED:
+            self.events.append(("handed to Ray", job.priority))
+            self.request_cancel(job_id)
+        return job
+
+
+def test_an_urgent_job_is_handed_to_ray_before_the_tiers_below_it_are_read(head, tmp_path):
+    """A tick reads and plans the queue a priority at a time: the urgent job's hand-off does not
+    wait for the jobs queued below it (GPU jobs here, which this head can never hold)."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'queue.db'}")
+    upgrade(engine)
+    store = ObservedStore(engine)
+    dispatcher = Dispatcher(store, RayJobs(head.address, head.token), python=sys.executable)
+
+    def add(priority, user, resources):
+        return store.add(NewJob(name=f"p{priority}", kind="train", priority=priority, submitted_by=user,
+                                spec_submitted="name: j\n", spec_normalised="name: j\n", resources=resources))[0]
+
+    try:
+        below = [add(priority, user, {"CPU": 1.0, "GPU": 1.0}) for priority in (0, 2) for user in ("ann", "bob")]
+        urgent = add(10, "cy", {"CPU": 1.0, "GPU": 0.0})
+        dispatcher.tick()
+        assert store.events == [("read", 10), ("handed to Ray", 10), ("read", 2), ("read", 0)]
+        assert store.get(urgent.id).state == "cancelled"  # never reached Ray
+        for job in below:
+            assert store.get(job.id).waiting_reason.startswith("asks for 1 GPU, the cluster has 0 GPUs"), job.id
+    finally:
+        engine.dispose()
+
+
 def driver_pids(job_id: str) -> list[int]:
     """The processes of a queued job's Ray driver on this machine: `python -m
     vae_service.queue.entry` and the shell Ray starts it with."""

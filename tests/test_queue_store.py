@@ -291,14 +291,15 @@ def statements_of(store, call):
 
 def test_the_front_of_the_queue_is_one_query_per_group_and_the_position_a_count_of_the_jobs_ahead(store):
     """What a tick and GET /jobs/{id} cost depends on the front of the queue and the jobs ahead,
-    not on the queue's length: queue_head sends one query per (priority, user) group (and one
-    that finds none after the last); position counts two ranges of the index, which SQLite
-    walks only over the jobs ahead (the OR of the two it answered by reading every queued job)."""
+    not on the queue's length: queue_head sends one query per (priority, user) group, one per
+    priority that finds no user after its last, and one per priority that finds the next one
+    down (and none below the last); position counts two ranges of the index, which SQLite walks
+    only over the jobs ahead (the OR of the two it answered by reading every queued job)."""
     jobs = {(priority, user): [store.add(new(f"{user}-{priority}-{i}", priority=priority, user=user))[0] for i in range(6)]
             for priority in (0, 3) for user in ("ann", "bob", "cy")}
     urgent = store.add(new("urgent", priority=9, user="dee"))[0]
     head, sent = statements_of(store, lambda: store.queue_head(per_user=2))
-    assert len(sent) == len(jobs) + 1 + 1, [s for s, _ in sent]  # 7 groups, then none
+    assert len(sent) == (len(jobs) + 1) + 3 + (3 + 1), [s for s, _ in sent]  # 7 groups; 3 priorities, then none
     expected = [urgent] + [job for user in ("ann", "bob", "cy") for job in jobs[3, user][:2]]
     assert [j.id for j in head[:7]] == [j.id for j in expected]
     assert {j.id for j in head[7:]} == {job.id for user in ("ann", "bob", "cy") for job in jobs[0, user][:2]}
@@ -514,6 +515,28 @@ def admit(queue, totals, active, **rules):
     """(jobs admitted now, the job the room is reserved for)."""
     plan = scheduling.plan(queue, totals, active, scheduling.Rules(**rules), now=NOW)
     return plan.chosen, plan.reserved_for
+
+
+def test_planning_a_priority_tier_at_a_time_decides_as_planning_the_whole_front_at_once():
+    """The dispatcher plans (and hands to Ray) one tier at a time, highest first: the same
+    admissions, reservation, victims and reasons as one plan over every tier, on random queues
+    over a busy two-node cluster (quotas, fair share, preemption, fragmentation all in play)."""
+    rng = random.Random(7)
+    for case in range(60):
+        active = [running(f"r{i}", rng.choice((1, 2)), priority=rng.choice((0, 1, 2)), for_s=rng.choice((30, 900)),
+                          user=rng.choice("ab")) for i in range(rng.randint(0, 3))]
+        queue = [Fake(f"q{i}", rng.choice((1, 2, 3, 5)), priority=rng.choice((0, 1, 5, 9)), submitted_by=rng.choice("abcd"),
+                      workers=rng.choice((1, 2)), strategy=rng.choice(("PACK", "SPREAD"))) for i in range(rng.randint(1, 12))]
+        queue.sort(key=lambda job: (-job.priority, job.created_at))
+        rules = scheduling.Rules(quota=Quota(cpus=4.0))
+        whole = scheduling.plan(queue, two_nodes(3.0), active, rules, now=NOW)
+        planner = scheduling.Planner(two_nodes(3.0), active, rules, now=NOW)
+        chosen, preempt, reasons = [], [], {}
+        for _, tier in itertools.groupby(queue, key=lambda job: job.priority):
+            step = planner.consider(list(tier))
+            chosen, preempt, reasons = chosen + step.chosen, preempt + step.preempt, reasons | step.reasons
+        assert (ids(chosen), ids(preempt), reasons) == (ids(whole.chosen), ids(whole.preempt), whole.reasons), case
+        assert planner.reserved_for is whole.reserved_for, case
 
 
 def test_admit_in_order_while_there_is_room():

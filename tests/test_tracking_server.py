@@ -85,7 +85,8 @@ def _keys(s3: dict, bucket: str) -> list[str]:
 def test_training_run_lands_artifacts_and_checkpoints_in_the_bucket(ray_cluster, tiny_spec, s3_server, mlflow_server, monkeypatch, run_job):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server["url"])
     checkpoints = s3_server["make_bucket"]()
-    spec = tiny_spec(storage__uri=f"s3://{checkpoints}/runs", tracking__register_as="served", tracking__experiment="served")
+    spec = tiny_spec(storage__uri=f"s3://{checkpoints}/runs", tracking__register_as="served", tracking__experiment="served",
+                     tracking__figures=True)
     result = run_job(spec)
 
     run = client().get_run(result.mlflow_run_id)

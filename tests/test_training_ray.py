@@ -95,7 +95,8 @@ def comparable(record: dict) -> dict:
 
 
 def test_two_worker_ddp_shards_are_disjoint_and_weights_stay_identical(ray_cluster, tiny_spec, run_job):
-    spec = tiny_spec(resources__num_workers=2, optim__epochs=2, tracking__register_as="tiny-ddp", tracking__experiment="ddp")
+    spec = tiny_spec(resources__num_workers=2, optim__epochs=2, tracking__register_as="tiny-ddp", tracking__experiment="ddp",
+                     tracking__figures=True)
     result = run_job(spec)
 
     assert result.epochs_completed == 2
@@ -227,10 +228,9 @@ def test_seeded_single_worker_runs_are_reproducible_in_one_warm_process(ray_clus
     # A run between two identical ones, with another seed, model and thread count, must leave
     # nothing behind in that process that changes the third run's result.
     # Ray hands a task the worker that went idle last, so the three runs share one process.
-    spec = lambda **fields: tiny_spec(tracking__figures=False, **fields)  # numbers compared, no figures needed
-    a, a_pids = one_worker_pids(lambda: run_job(spec(optim__seed=7)))
-    c, c_pids = one_worker_pids(lambda: run_job(spec(optim__seed=8, model__latent_dim=6, resources__cpus_per_worker=2)))
-    b, b_pids = one_worker_pids(lambda: run_job(spec(optim__seed=7)))
+    a, a_pids = one_worker_pids(lambda: run_job(tiny_spec(optim__seed=7)))
+    c, c_pids = one_worker_pids(lambda: run_job(tiny_spec(optim__seed=8, model__latent_dim=6, resources__cpus_per_worker=2)))
+    b, b_pids = one_worker_pids(lambda: run_job(tiny_spec(optim__seed=7)))
     assert len(a_pids) == 1 and a_pids == b_pids == c_pids, (a_pids, c_pids, b_pids)  # the same warm process
     assert [timeless(r) for r in a.history] == [timeless(r) for r in b.history]
     assert timeless(a.metrics) == timeless(b.metrics)

@@ -5,8 +5,9 @@ repeat, so a dispatcher killed at any point and started again finishes the work 
 doing it twice:
 
   requeue  jobs preempted during the last tick go back to `queued`
-  admit    the front of the queue (Store.queue_head: each user's first jobs at each priority),
-           in the order scheduling.py gives (priority, fair share, quotas); jobs whose workers
+  admit    the front of the queue (Store.queue_tiers: each user's first jobs at each priority,
+           a priority at a time, highest first; each tier handed to Ray before the next is
+           read), in the order scheduling.py gives (priority, fair share, quotas); jobs whose workers
            can be placed on the nodes now (where Ray says the admitted jobs are) are committed as
            `submitted` first, then handed to Ray with submission id = the job id (its first
            attempt) or `<job id>-<n>` (the attempt after its n-th preemption); running jobs
@@ -54,6 +55,7 @@ once); one cancelled during the call is stopped right after it, not a tick later
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -281,23 +283,36 @@ class Dispatcher:
             self._transition(job.id, State.QUEUED, only_from=[State.PREEMPTED])
 
     def admit(self) -> None:
-        queued = self.store.queue_head()  # not every queued row: a tick's cost does not grow with the queue
-        if not queued:
+        """The front of the queue (not every queued row: a tick's cost does not grow with the
+        queue), a priority tier at a time: each tier's chosen jobs are handed to Ray before the
+        next tier is read and planned, so an urgent job waits for nothing ranked below it."""
+        tiers = self.store.queue_tiers()
+        top = next(tiers, None)
+        if top is None:
             self._reserved_for = None
             self._waiting = {}
             return
         cluster, active = self.ray.cluster(), self.store.in_states(ACTIVE)
-        plan = scheduling.plan(queued, cluster, active, self.rules, placed=self._placed(cluster, active),
-                               history=self._history)
-        chosen, reserved = plan.chosen, plan.reserved_for
-        for victim in plan.preempt:
-            self._preempt(victim, reserved)
-        self._store_waiting_reasons(queued, plan.reasons)
+        planner = scheduling.Planner(cluster, active, self.rules, placed=self._placed(cluster, active),
+                                     history=self._history)
+        considered, reasons = [], {}
+        for tier in itertools.chain([top], tiers):
+            step = planner.consider(tier)
+            for victim in step.preempt:
+                self._preempt(victim, step.reserved_for)
+            self._hand_to_ray(step.chosen)
+            considered += tier
+            reasons |= step.reasons
+        self._store_waiting_reasons(considered, reasons)
+        reserved = planner.reserved_for
         reserved_id = reserved.id if reserved is not None else None
         if reserved_id and reserved_id != self._reserved_for:
             log.info("dispatcher: job %s (asks %s) waits for room; jobs ranked after it wait behind it",
                      reserved_id, reserved.resource_request)
         self._reserved_for = reserved_id
+
+    def _hand_to_ray(self, chosen: list[Job]) -> None:
+        """Commits each chosen job as `submitted`, then submits it to Ray."""
         for job in chosen:
             if self._out_of_time():
                 break  # still queued: admitted next tick
@@ -357,7 +372,7 @@ class Dispatcher:
             self._stop(job)
 
     def _preempt(self, victim: Job, reserved: Job) -> None:
-        """Asks a running job to make room for `reserved` (scheduling.plan chose it)."""
+        """Asks a running job to make room for `reserved` (the plan chose it)."""
         try:
             self.store.transition(victim.id, State.PREEMPTING, only_from=[State.RUNNING])
         except (IllegalTransition, UnknownJob):

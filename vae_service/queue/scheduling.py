@@ -119,41 +119,60 @@ def plan(queued_in_order: Sequence[Candidate], cluster: Union[Cluster, Mapping[s
          rules: Rules = Rules(), now: Optional[datetime] = None,
          placed: Optional[Mapping[str, Sequence[str]]] = None, history: Mapping[str, float] = {}) -> Plan:
     """Which jobs to admit now, which one the room is reserved for, which running jobs to
-    preempt for it, and why each other queued job waits. `cluster`: the nodes and their totals
-    (a mapping of totals: one node); `active`: the admitted jobs; `placed`: where Ray says an
-    active job's bundles are (node ids; the others are counted where they would go); `history`:
-    each user's decayed usage (share-seconds) for fair share."""
-    now = now or datetime.now(timezone.utc)
-    out = Plan()
-    nodes = cluster.emptied() if isinstance(cluster, Cluster) else Cluster.one_node(cluster)
-    empty, totals = Placing(nodes.copy()), nodes.totals()
-    at = {job.id: nodes.take(bundles_of(job), (placed or {}).get(job.id)) for job in active}  # node ids
-    nodes = Placing(nodes)
-    usage = usage_by_user(active)
-    free = subtract(totals, summed(active))  # what later jobs may use (less the reservation)
-    unreserved = dict(free)  # what is free at all
-    stopping = [job for job in active if job.state == "preempting"]
-    for job in fair_order(queued_in_order, usage, totals, rules.fair_share, history):
-        request, bundles = job.resource_request, bundles_of(job)
-        over_quota = rules.quota.exceeded(usage[job.submitted_by], request)
-        where = nodes.where(bundles) if not over_quota and fits(request, free) else None
-        if over_quota:
-            out.reasons[job.id] = over_quota
-        elif where is not None:
-            out.chosen.append(job)
-            nodes.take(bundles, where)
-            free, unreserved = subtract(free, request), subtract(unreserved, request)
-            usage[job.submitted_by].add(request)
-        elif not fits(request, totals) or not empty.can_place(bundles):
-            out.reasons[job.id] = too_large(request, totals, bundles, empty)
-        elif out.reserved_for is None:
-            out.reserved_for = job
-            room = Room(nodes, at, unreserved, request, bundles)
-            out.reasons[job.id] = _make_room(out, job, room, totals, stopping, active, rules, now)
-            free = subtract(free, request)  # may go negative: nothing behind it fits until it runs
-        else:
-            out.reasons[job.id] = waiting_for_room(request, totals, unreserved, out.reserved_for, bundles, nodes)
-    return out
+    preempt for it, and why each other queued job waits (Planner, over the whole front at once)."""
+    return Planner(cluster, active, rules, now, placed, history).consider(queued_in_order)
+
+
+class Planner:
+    """A plan made a priority tier at a time, highest first (the dispatcher hands each tier's
+    jobs to Ray before it reads the next). Tiers are strict, so a tier's plan depends only on
+    the tiers above it: what they took, and the reservation one of them made. `cluster`: the
+    nodes and their totals (a mapping of totals: one node); `active`: the admitted jobs;
+    `placed`: where Ray says an active job's bundles are (node ids; the others are counted
+    where they would go); `history`: each user's decayed usage (share-seconds) for fair share."""
+
+    def __init__(self, cluster: Union[Cluster, Mapping[str, float]], active: Sequence, rules: Rules = Rules(),
+                 now: Optional[datetime] = None, placed: Optional[Mapping[str, Sequence[str]]] = None,
+                 history: Mapping[str, float] = {}):
+        self.rules, self.history, self.active = rules, history, active
+        self.now = now or datetime.now(timezone.utc)
+        self.reserved_for: Optional[Candidate] = None  # the highest-ranked job that waits for room
+        nodes = cluster.emptied() if isinstance(cluster, Cluster) else Cluster.one_node(cluster)
+        self.empty, self.totals = Placing(nodes.copy()), nodes.totals()
+        self.at = {job.id: nodes.take(bundles_of(job), (placed or {}).get(job.id)) for job in active}  # node ids
+        self.nodes = Placing(nodes)
+        self.usage = usage_by_user(active)
+        self.free = subtract(self.totals, summed(active))  # what later jobs may use (less the reservation)
+        self.unreserved = dict(self.free)  # what is free at all
+        self.stopping = [job for job in active if job.state == "preempting"]
+
+    def consider(self, queued_in_order: Sequence[Candidate]) -> Plan:
+        """The plan for these queued jobs (in queue order, ranked below every job considered
+        before): those to admit, the running jobs to preempt, why the others wait."""
+        out = Plan()
+        for job in fair_order(queued_in_order, self.usage, self.totals, self.rules.fair_share, self.history):
+            request, bundles = job.resource_request, bundles_of(job)
+            over_quota = self.rules.quota.exceeded(self.usage[job.submitted_by], request)
+            where = self.nodes.where(bundles) if not over_quota and fits(request, self.free) else None
+            if over_quota:
+                out.reasons[job.id] = over_quota
+            elif where is not None:
+                out.chosen.append(job)
+                self.nodes.take(bundles, where)
+                self.free, self.unreserved = subtract(self.free, request), subtract(self.unreserved, request)
+                self.usage[job.submitted_by].add(request)
+            elif not fits(request, self.totals) or not self.empty.can_place(bundles):
+                out.reasons[job.id] = too_large(request, self.totals, bundles, self.empty)
+            elif self.reserved_for is None:
+                self.reserved_for = job
+                room = Room(self.nodes, self.at, self.unreserved, request, bundles)
+                out.reasons[job.id] = _make_room(out, job, room, self.totals, self.stopping, self.active, self.rules, self.now)
+                self.free = subtract(self.free, request)  # may go negative: nothing behind it fits until it runs
+            else:
+                out.reasons[job.id] = waiting_for_room(request, self.totals, self.unreserved, self.reserved_for, bundles,
+                                                       self.nodes)
+        out.reserved_for = self.reserved_for
+        return out
 
 
 class Placing:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Iterable, Iterator, Mapping, Optional
 
-from sqlalchemy import Engine, bindparam, case, func, select, tuple_
+from sqlalchemy import Engine, bindparam, case, func, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
@@ -149,31 +149,44 @@ class Store:
             return [job for at in range(0, len(ids), IDS_PER_QUERY)
                     for job in session.scalars(query.where(Job.id.in_(ids[at:at + IDS_PER_QUERY])))]
 
-    def queue_head(self, per_user: int = HEAD_PER_USER, limit: int = HEAD_LIMIT) -> list[Job]:
-        """The front of the queue, in queue order: each user's oldest `per_user` queued jobs at
-        each priority (at most `limit` in all). A tick admits or reserves only what the cluster
-        can start at once, and fair share only compares users' next jobs, so this is all it
-        needs. Its cost does not grow with the queue: the index on (state, priority, user,
-        created) is walked group by group — one seek past the last (priority, user) to the next
-        group's first jobs — so the work is per group, not per queued job."""
+    def queue_tiers(self, per_user: int = HEAD_PER_USER, limit: int = HEAD_LIMIT) -> Iterator[list[Job]]:
+        """The front of the queue, one priority at a time, highest first: each user's oldest
+        `per_user` queued jobs at that priority, oldest first (at most `limit` in all). A tick
+        admits or reserves only what the cluster can start at once, and fair share only compares
+        users' next jobs, so this is all it needs; and a tier is read only once the dispatcher has
+        handed the tiers above it to Ray, so an urgent job does not wait for the rest of the queue
+        to be read. The cost does not grow with the queue: the index on (state, priority, user,
+        created) is walked group by group (one seek to the next user's first jobs, one to the next
+        priority), so the work is per (priority, user) group, not per queued job. Each tier is
+        read in its own short transaction (the caller writes in between)."""
         queued = Job.state == State.QUEUED.value
+        top = select(func.max(Job.priority)).where(queued)
+        below = top.where(Job.priority < bindparam("priority"))
         # The index's own order, so that a planner without statistics picks that index. Built
         # once and run once per group with that group's values: building a statement costs
         # SQLAlchemy more than the database takes to run it.
-        first = (select(Job).options(*WITHOUT_SPECS).where(queued)
-                 .order_by(Job.priority, Job.submitted_by, Job.created_at, Job.id).limit(per_user))
-        # after a group, the next one's first jobs: a row value, which both databases seek to in
-        # the index (an OR of the two they scan)
-        after = first.where(tuple_(Job.priority, Job.submitted_by) > tuple_(bindparam("priority"), bindparam("user")))
-        front: list[Job] = []
-        with self.session() as session:
-            rows = session.scalars(first).all()
-            while rows:  # the group's first jobs, then maybe the next group's (read again next)
-                group = (rows[0].priority, rows[0].submitted_by)
-                front += [job for job in rows if (job.priority, job.submitted_by) == group]
-                rows = session.scalars(after, {"priority": group[0], "user": group[1]}).all()
-        front.sort(key=lambda job: (-job.priority, job.created_at, job.id))
-        return front[:limit]
+        first = (select(Job).options(*WITHOUT_SPECS).where(queued, Job.priority == bindparam("priority"))
+                 .order_by(Job.submitted_by, Job.created_at, Job.id).limit(per_user))
+        after = first.where(Job.submitted_by > bindparam("user"))  # the next user's first jobs
+        priority = None
+        while limit > 0:
+            with self.session() as session:
+                priority = session.scalar(top) if priority is None else session.scalar(below, {"priority": priority})
+                if priority is None:
+                    return
+                tier: list[Job] = []
+                rows = session.scalars(first, {"priority": priority}).all()
+                while rows:  # a user's first jobs, then maybe the next user's (read again next)
+                    user = rows[0].submitted_by
+                    tier += [job for job in rows if job.submitted_by == user]
+                    rows = session.scalars(after, {"priority": priority, "user": user}).all()
+            tier.sort(key=lambda job: (job.created_at, job.id))
+            yield tier[:limit]
+            limit -= len(tier)
+
+    def queue_head(self, per_user: int = HEAD_PER_USER, limit: int = HEAD_LIMIT) -> list[Job]:
+        """The front of the queue (queue_tiers) as one list, in queue order."""
+        return [job for tier in self.queue_tiers(per_user, limit) for job in tier]
 
     def position(self, job: Job) -> int:
         """How many queued jobs are ahead of this one (0 = next): those of higher priority, and
