@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Iterable, Iterator, Mapping, Optional
 
-from sqlalchemy import Engine, bindparam, case, func, select
+from sqlalchemy import Engine, bindparam, case, func, select, tuple_
 from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
@@ -162,12 +163,18 @@ class Store:
         queued = Job.state == State.QUEUED.value
         top = select(func.max(Job.priority)).where(queued)
         below = top.where(Job.priority < bindparam("priority"))
-        # The index's own order, so that a planner without statistics picks that index. Built
-        # once and run once per group with that group's values: building a statement costs
-        # SQLAlchemy more than the database takes to run it.
-        first = (select(Job).options(*WITHOUT_SPECS).where(queued, Job.priority == bindparam("priority"))
-                 .order_by(Job.submitted_by, Job.created_at, Job.id).limit(per_user))
-        after = first.where(Job.submitted_by > bindparam("user"))  # the next user's first jobs
+        # A group's first jobs: the next (priority, user) from a row value on, in the index's own
+        # order (ascending: past a tier's last user come the tiers above, already read). Not
+        # `priority = :p … ORDER BY user`: PostgreSQL without statistics on the table (a bulk
+        # insert not yet analysed) served that from the (state, priority, created) index,
+        # sorting the whole tier for each group. Built once and run once per group with that
+        # group's values: building a statement costs SQLAlchemy more than the database takes.
+        group = tuple_(Job.priority, Job.submitted_by)
+        from_here = bindparam("priority"), bindparam("user")
+        in_order = (select(Job).options(*WITHOUT_SPECS)
+                    .order_by(Job.priority, Job.submitted_by, Job.created_at, Job.id).limit(per_user))
+        first = in_order.where(queued, group >= tuple_(*from_here))  # the tier's first user's
+        after = in_order.where(queued, group > tuple_(*from_here))  # the next user's
         priority = None
         while limit > 0:
             with self.session() as session:
@@ -175,10 +182,10 @@ class Store:
                 if priority is None:
                     return
                 tier: list[Job] = []
-                rows = session.scalars(first, {"priority": priority}).all()
-                while rows:  # a user's first jobs, then maybe the next user's (read again next)
+                rows = session.scalars(first, {"priority": priority, "user": ""}).all()
+                while rows and rows[0].priority == priority:  # a user's first jobs, then maybe the next user's (read again next)
                     user = rows[0].submitted_by
-                    tier += [job for job in rows if job.submitted_by == user]
+                    tier += [job for job in rows if (job.priority, job.submitted_by) == (priority, user)]
                     rows = session.scalars(after, {"priority": priority, "user": user}).all()
             tier.sort(key=lambda job: (job.created_at, job.id))
             yield tier[:limit]
@@ -263,11 +270,17 @@ class Store:
     def set_waiting_reasons(self, reasons: dict[str, Optional[str]], state: State = State.QUEUED) -> None:
         """Why each job in `state` waits — a queued one for admission (scheduling.plan), a
         running one for Ray to place its workers — in one transaction; a job that has left
-        `state` meanwhile is not touched. The dispatcher calls this only with what changed."""
+        `state` meanwhile is not touched. The dispatcher calls this only with what changed. One
+        statement per distinct reason (many jobs wait for the same thing), not per job: a first
+        tick over a long queue stores hundreds."""
+        by_reason: dict[Optional[str], list[str]] = defaultdict(list)
+        for job_id, reason in reasons.items():
+            by_reason[reason].append(job_id)
         with self.session() as session:
-            for job_id, reason in reasons.items():
-                session.execute(sql_update(Job).where(Job.id == job_id, Job.state == State(state).value)
-                                .values(waiting_reason=reason))
+            for reason, ids in by_reason.items():
+                for at in range(0, len(ids), IDS_PER_QUERY):
+                    session.execute(sql_update(Job).where(Job.id.in_(ids[at:at + IDS_PER_QUERY]), Job.state == State(state).value)
+                                    .values(waiting_reason=reason))
 
     def request_cancel(self, job_id: str) -> Job:
         """queued/preempted → cancelled at once; submitted/running/preempting → cancelling (the
