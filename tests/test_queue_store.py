@@ -292,8 +292,8 @@ def statements_of(store, call):
 def test_the_front_of_the_queue_is_one_query_per_group_and_the_position_a_count_of_the_jobs_ahead(store):
     """What a tick and GET /jobs/{id} cost depends on the front of the queue and the jobs ahead,
     not on the queue's length: queue_head sends one query per (priority, user) group, one per
-    priority that finds no user after its last, and one per priority that finds the next one
-    down (and none below the last); position counts two ranges of the index, which SQLite walks
+    priority that finds no user of it after its last, and one per priority that finds the next
+    one down (and none below the last); position counts two ranges of the index, which SQLite walks
     only over the jobs ahead (the OR of the two it answered by reading every queued job)."""
     jobs = {(priority, user): [store.add(new(f"{user}-{priority}-{i}", priority=priority, user=user))[0] for i in range(6)]
             for priority in (0, 3) for user in ("ann", "bob", "cy")}

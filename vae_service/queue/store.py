@@ -183,7 +183,7 @@ class Store:
                     return
                 tier: list[Job] = []
                 rows = session.scalars(first, {"priority": priority, "user": ""}).all()
-                while rows and rows[0].priority == priority:  # a user's first jobs, then maybe the next user's (read again next)
+                while rows and rows[0].priority == priority:  # a user's first jobs, maybe the next one's (read again)
                     user = rows[0].submitted_by
                     tier += [job for job in rows if (job.priority, job.submitted_by) == (priority, user)]
                     rows = session.scalars(after, {"priority": priority, "user": user}).all()
