@@ -249,8 +249,7 @@ def test_a_run_stopped_mid_epoch_resumes_at_its_step_and_equals_the_uninterrupte
     # a small model, so that each is quick.
     steps_per_epoch = 540 // workers ** 2
     spec = tiny_spec(optim__epochs=2, optim__batch_size=10 * workers, data__limit=6000 // workers,
-                     data__binarize="dynamic", resources__num_workers=workers, tracking__register_as=None,
-                     tracking__figures=False)
+                     data__binarize="dynamic", resources__num_workers=workers, tracking__register_as=None)
     whole = run_job(spec)
 
     run_dir = storage.resolve(str(tmp_path / "stopped"))

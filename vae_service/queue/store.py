@@ -49,6 +49,12 @@ class UnknownJob(Exception):
         super().__init__(f"no job {job_id!r}")
 
 
+def in_batches(ids: list[str]) -> Iterator[list[str]]:
+    """`ids` IDS_PER_QUERY at a time: one IN (…) each."""
+    for at in range(0, len(ids), IDS_PER_QUERY):
+        yield ids[at:at + IDS_PER_QUERY]
+
+
 def new_job_id() -> str:
     """16 hex digits: short enough to type, random enough to share one Ray cluster."""
     return uuid.uuid4().hex[:16]
@@ -146,9 +152,7 @@ class Store:
         with self.session() as session:
             if ids is None:
                 return list(session.scalars(query))
-            ids = sorted(set(ids))
-            return [job for at in range(0, len(ids), IDS_PER_QUERY)
-                    for job in session.scalars(query.where(Job.id.in_(ids[at:at + IDS_PER_QUERY])))]
+            return [job for batch in in_batches(sorted(set(ids))) for job in session.scalars(query.where(Job.id.in_(batch)))]
 
     def queue_tiers(self, per_user: int = HEAD_PER_USER, limit: int = HEAD_LIMIT) -> Iterator[list[Job]]:
         """The front of the queue, one priority at a time, highest first: each user's oldest
@@ -278,8 +282,8 @@ class Store:
             by_reason[reason].append(job_id)
         with self.session() as session:
             for reason, ids in by_reason.items():
-                for at in range(0, len(ids), IDS_PER_QUERY):
-                    session.execute(sql_update(Job).where(Job.id.in_(ids[at:at + IDS_PER_QUERY]), Job.state == State(state).value)
+                for batch in in_batches(ids):
+                    session.execute(sql_update(Job).where(Job.id.in_(batch), Job.state == State(state).value)
                                     .values(waiting_reason=reason))
 
     def request_cancel(self, job_id: str) -> Job:
